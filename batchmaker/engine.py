@@ -1,0 +1,372 @@
+"""The engine: admission, device placement, and the bridge between asyncio and device threads.
+
+``submit`` runs on the event loop. It validates the request, unfolds it into a
+graph, checks the admission limit *at once* (RESOURCE_EXHAUSTED, never a
+queue), pins the request to the least-loaded device and hands it to that
+device's worker thread. Outcomes come back with one ``call_soon_threadsafe``
+per step and fan out to each request's ``RequestStream``.
+
+Admission is counted here, on the loop thread, so no lock is needed: a slot
+counts as taken from submit until the loop hears the request ended, which is
+never less than what the worker's scheduler holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from batchmaker.config import EngineConfig
+from batchmaker.errors import (
+    AdmissionRejectedError,
+    BatchMakerError,
+    DeadlineExceededError,
+    ExecutionFailedError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestCancelledError,
+    UnavailableError,
+)
+from batchmaker.executor import Executor, TorchExecutor
+from batchmaker.models import Model
+from batchmaker.stream import RequestStream
+from batchmaker.types import InferRequest, StepOutput
+from batchmaker.worker import DeviceWorker, WorkerStats
+from cells import StatePool
+from scheduler import (
+    NUM_RESERVED_SLOTS,
+    CellTypeSpec,
+    CellularScheduler,
+    FinishReason,
+    MonotonicClock,
+    PaddedScheduler,
+    PolicyConfig,
+    SchedRequest,
+    Scheduler,
+    StepOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+ExecutorWrapper = Callable[[Executor], Executor]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """A snapshot of one device, for metrics, tests and benchmarks."""
+
+    device: str
+    num_live: int
+    num_free_slots: dict[str, int]
+    worker: WorkerStats
+
+
+class _Placement:
+    """Loop-side admission accounting of one device."""
+
+    __slots__ = ("free_slots", "index", "num_live")
+
+    def __init__(self, index: int, pools: dict[str, int]) -> None:
+        self.index = index
+        self.num_live = 0
+        self.free_slots = dict(pools)
+
+
+class Engine:
+    """Serves requests for a set of models on one or more devices."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        models: Iterable[Model],
+        *,
+        executor_wrapper: ExecutorWrapper | None = None,
+    ) -> None:
+        self.config = config
+        self._models: dict[str, dict[int, Model]] = {}
+        for m in models:
+            versions = self._models.setdefault(m.name, {})
+            if m.version in versions:
+                raise ValueError(f"model {m.key} registered twice")
+            versions[m.version] = m
+        if not self._models:
+            raise ValueError("an engine needs at least one model")
+        for d in config.devices:
+            if d.startswith("cuda") and not torch.cuda.is_available():
+                raise ValueError(f"devices: {d!r} requested but CUDA is not available")
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self._all_models = [m for vs in self._models.values() for m in vs.values()]
+        self._pool_capacities = {
+            m.qualify(p): config.num_slots for m in self._all_models for p in m.pools
+        }
+        self._workers: list[DeviceWorker] = []
+        self._placements: list[_Placement] = []
+        for i, device in enumerate(config.devices):
+            executor: Executor = self._build_executor(device)
+            if executor_wrapper is not None:
+                executor = executor_wrapper(executor)
+            self._workers.append(
+                DeviceWorker(self._build_scheduler(), executor, self._deliver_threadsafe)
+            )
+            self._placements.append(_Placement(i, self._pool_capacities))
+        self._streams: dict[str, tuple[RequestStream, _Placement, SchedRequest]] = {}
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepting = False
+        self._stopped = False
+        self._idle = asyncio.Event()
+
+    # ---- construction -------------------------------------------------------
+
+    def _cell_type_specs(self) -> list[CellTypeSpec]:
+        return [
+            CellTypeSpec(
+                name=m.qualify(c),
+                max_batch=self.config.max_batch_for(m.qualify(c)),
+                pool=m.qualify(m.cell_pool(c)),
+                arity=cell.arity,
+                rank=m.cell_rank(c),
+            )
+            for m in self._all_models
+            for c, cell in m.cells.items()
+        ]
+
+    def _build_scheduler(self) -> Scheduler:
+        cfg = self.config
+        specs = self._cell_type_specs()
+        clock = MonotonicClock()
+        if cfg.mode == "cellular":
+            return CellularScheduler(
+                specs,
+                self._pool_capacities,
+                clock,
+                max_num_live_requests=cfg.max_num_live_requests,
+                policy=PolicyConfig(finishing_first=cfg.finishing_first),
+            )
+        padded = cfg.mode == "padded"
+        return PaddedScheduler(
+            specs,
+            self._pool_capacities,
+            clock,
+            max_num_live_requests=cfg.max_num_live_requests,
+            max_batch_requests=cfg.padded_max_batch if padded else 1,
+            batch_timeout=cfg.padded_timeout_s if padded else 0.0,
+            stream=not padded,
+        )
+
+    def _build_executor(self, device: str) -> TorchExecutor:
+        cells = {}
+        pools = {}
+        cell_pools = {}
+        for m in self._all_models:
+            for c, cell in m.cells.items():
+                cells[m.qualify(c)] = copy.deepcopy(cell).to(device)
+                cell_pools[m.qualify(c)] = m.qualify(m.cell_pool(c))
+            for p, specs in m.pools.items():
+                pools[m.qualify(p)] = StatePool(
+                    specs, NUM_RESERVED_SLOTS + self.config.num_slots, device
+                )
+        return TorchExecutor(device, cells, pools, cell_pools)
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the device threads; call from the event loop that will submit."""
+        if self._loop is not None:
+            raise RuntimeError("engine already started")
+        self._loop = asyncio.get_running_loop()
+        for w in self._workers:
+            w.start()
+        self._accepting = True
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop admitting, let live requests finish for up to ``grace`` seconds, then end the rest.
+
+        ``grace=None`` waits for every live request; ``0`` ends them at once.
+        """
+        self._accepting = False
+        if self._stopped:
+            return
+        if self._streams and grace != 0:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning(
+                    "grace period over with %d live requests; ending them", len(self._streams)
+                )
+        for w in self._workers:
+            w.stop()
+        for w in self._workers:
+            await asyncio.to_thread(w.join)
+        # The workers' final outcomes were scheduled on the loop; let them land.
+        await asyncio.sleep(0)
+        self._stopped = True
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown(grace=0)
+
+    # ---- requests ----------------------------------------------------------------
+
+    def model(self, name: str, version: int | None = None) -> Model:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} is not served")
+        if version is None:
+            return versions[max(versions)]
+        m = versions.get(version)
+        if m is None:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version} (served: {sorted(versions)})"
+            )
+        return m
+
+    @property
+    def models(self) -> list[Model]:
+        return list(self._all_models)
+
+    def submit(self, request: InferRequest) -> RequestStream:
+        """Admit ``request`` and return its stream, or raise a ``BatchMakerError`` at once."""
+        if not self._accepting or self._loop is None:
+            raise UnavailableError("the engine is not accepting requests")
+        model = self.model(request.model, request.version)
+        model.validate(request)
+        request_id = request.request_id or f"req-{next(self._ids)}"
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request_id: {request_id!r} is already live")
+        graph = model.build_graph(request)
+        wanted: dict[str, int] = {}
+        for pool in graph.slot_pools:
+            wanted[pool] = wanted.get(pool, 0) + 1
+        place = self._place(wanted)
+        place.num_live += 1
+        for pool, n in wanted.items():
+            place.free_slots[pool] -= n
+        stream = RequestStream(request_id, model.key, self.abort)
+        clock_now = self._workers[place.index].scheduler.clock.now()
+        sreq = SchedRequest(
+            request_id,
+            graph,
+            arrival=clock_now,
+            priority=request.priority,
+            deadline=None if request.timeout is None else clock_now + request.timeout,
+            top_k=request.top_k,
+            tag=(stream, request.return_vectors, request.top_k),
+        )
+        self._streams[request_id] = (stream, place, sreq)
+        self._workers[place.index].submit(sreq)
+        return stream
+
+    def _place(self, wanted: dict[str, int]) -> _Placement:
+        limit = self.config.max_num_live_requests
+        best: _Placement | None = None
+        reason = ""
+        for p in self._placements:
+            if p.num_live >= limit:
+                reason = (
+                    f"{p.num_live} live requests on {self.config.devices[p.index]}, limit {limit}"
+                )
+                continue
+            short = [pool for pool, n in wanted.items() if p.free_slots[pool] < n]
+            if short:
+                reason = (
+                    f"no free state slot in pool {short[0]!r} on {self.config.devices[p.index]}"
+                )
+                continue
+            if best is None or p.num_live < best.num_live:
+                best = p
+        if best is None:
+            raise AdmissionRejectedError(f"admission limit reached: {reason}")
+        return best
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a live request: it leaves its batch at the next step boundary."""
+        entry = self._streams.get(request_id)
+        if entry is not None:
+            self._workers[entry[1].index].abort(request_id, FinishReason.CANCELLED)
+
+    async def infer(self, request: InferRequest) -> list[StepOutput]:
+        """Submit and collect every step (the unary path)."""
+        return await self.submit(request).collect()
+
+    # ---- outcomes, on the loop ------------------------------------------------------
+
+    def _deliver_threadsafe(self, outcome: StepOutcome, error: BaseException | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # The loop may close between the check and the call.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._deliver, outcome, error)
+
+    def _deliver(self, outcome: StepOutcome, error: BaseException | None) -> None:
+        for e in outcome.emissions:
+            stream, want_vectors, k = e.request.tag
+            res = e.result
+            row = e.row
+            stream._push(
+                StepOutput(
+                    step=e.step,
+                    vector=res.outputs[row] if want_vectors else None,
+                    top_ids=res.top_ids[row, :k] if k else None,
+                    top_scores=res.top_scores[row, :k] if k else None,
+                )
+            )
+        for request in outcome.finished:
+            entry = self._streams.pop(request.request_id, None)
+            if entry is None:
+                continue
+            stream, place, sreq = entry
+            place.num_live -= 1
+            for pool in sreq.graph.slot_pools:
+                place.free_slots[pool] += 1
+            stream._finish(_finish_error(request, error))
+        if not self._streams:
+            self._idle.set()
+
+    # ---- introspection -----------------------------------------------------------------
+
+    @property
+    def num_live(self) -> int:
+        return len(self._streams)
+
+    def device_stats(self) -> list[DeviceStats]:
+        return [
+            DeviceStats(
+                device=w.device,
+                num_live=p.num_live,
+                num_free_slots=dict(p.free_slots),
+                worker=w.stats,
+            )
+            for w, p in zip(self._workers, self._placements, strict=True)
+        ]
+
+    @property
+    def workers(self) -> list[DeviceWorker]:
+        return list(self._workers)
+
+
+def _finish_error(request: SchedRequest, error: BaseException | None) -> BatchMakerError | None:
+    reason = request.finish_reason
+    if reason is FinishReason.COMPLETED:
+        return None
+    if reason is FinishReason.CANCELLED:
+        return RequestCancelledError("the request was cancelled")
+    if reason is FinishReason.DEADLINE_EXCEEDED:
+        return DeadlineExceededError("the request's deadline passed before it finished")
+    if reason is FinishReason.SHUTDOWN:
+        return UnavailableError("the server shut down before the request finished")
+    detail = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    return ExecutionFailedError(f"cell execution failed for this request's batch ({detail})")

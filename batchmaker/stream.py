@@ -1,0 +1,114 @@
+"""A request's output stream on the event loop: what a caller iterates over.
+
+The device worker never touches it directly: outputs arrive through one
+``call_soon_threadsafe`` per step, and this object only buffers them. A slow
+reader therefore never blocks the engine; it finds several steps waiting and
+can take them all at once with ``next_chunk``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from batchmaker.errors import BatchMakerError
+from batchmaker.types import StepOutput
+
+
+class RequestStream:
+    """Async iterator over one request's ``StepOutput``s; raises the request's error, if any."""
+
+    def __init__(self, request_id: str, model_key: str, abort: Callable[[str], None]) -> None:
+        self.request_id = request_id
+        self.model_key = model_key
+        self._abort = abort
+        self._buf: deque[StepOutput] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BatchMakerError | None = None
+        self.submitted_at = time.monotonic()
+        self.first_output_at: float | None = None
+        self.finished_at: float | None = None
+
+    # ---- fed by the engine, on the event loop --------------------------------
+
+    def _push(self, output: StepOutput) -> None:
+        if self.first_output_at is None:
+            self.first_output_at = time.monotonic()
+        self._buf.append(output)
+        self._wake()
+
+    def _finish(self, error: BatchMakerError | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._error = error
+        self.finished_at = time.monotonic()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ---- read by the caller ----------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The request ended (its remaining buffered outputs may still be read)."""
+        return self._done
+
+    @property
+    def error(self) -> BatchMakerError | None:
+        return self._error
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step boundary and free the slot."""
+        if not self._done:
+            self._abort(self.request_id)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def next_chunk(self) -> list[StepOutput]:
+        """Every output available now (waiting for at least one); ``[]`` at a clean end."""
+        while not self._buf:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return []
+            await self._wait()
+        out = list(self._buf)
+        self._buf.clear()
+        return out
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> StepOutput:
+        while not self._buf:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            await self._wait()
+        return self._buf.popleft()
+
+    async def collect(self) -> list[StepOutput]:
+        """All outputs, for unary calls."""
+        return [o async for o in self]
+
+    @property
+    def latency(self) -> float | None:
+        """Submission to end, in seconds, once ended."""
+        return None if self.finished_at is None else self.finished_at - self.submitted_at
+
+    @property
+    def time_to_first_output(self) -> float | None:
+        return None if self.first_output_at is None else self.first_output_at - self.submitted_at

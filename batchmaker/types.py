@@ -1,0 +1,47 @@
+"""Domain types at the engine's API: what a caller submits and what streams back.
+
+Protobuf never crosses into the engine; the servicer converts at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One inference request."""
+
+    model: str
+    """Model name in the engine's registry."""
+    inputs: Sequence[int] | np.ndarray
+    """Token ids, or a ``[T, D]`` float array for models that take vectors."""
+    version: int | None = None
+    """Pinned model version; ``None`` takes the latest."""
+    request_id: str = ""
+    """Client-chosen id; the engine makes one when empty. Unique among live requests."""
+    priority: int = 0
+    """Higher goes first among requests in the same state (queued or in flight)."""
+    timeout: float | None = None
+    """Seconds from submission until the request expires with DEADLINE_EXCEEDED."""
+    top_k: int = 0
+    """Return the k best output ids and scores per step; 0 for none."""
+    return_vectors: bool = True
+    """Return each step's full output vector."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """One step of a request's output stream."""
+
+    step: int
+    """0-based index of the step in this request's stream."""
+    vector: np.ndarray | None
+    """The cell's output row (``[output_dim]`` float32), if asked for."""
+    top_ids: np.ndarray | None = None
+    """``[k]`` int64, best first, if ``top_k`` was asked for."""
+    top_scores: np.ndarray | None = None
+    """``[k]`` float32 scores matching ``top_ids``."""

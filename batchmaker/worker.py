@@ -1,0 +1,156 @@
+"""One thread per device: the step loop that owns a scheduler and an executor.
+
+It reads like vLLM's ``EngineCore.step()``: take commands, schedule, execute,
+update, deliver. The asyncio loop never runs a kernel; this thread never
+touches a stream. Commands come in through a locked list and a condition
+variable (no polling); outcomes go out through one callback per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchmaker.executor import Executor
+from scheduler import FinishReason, SchedRequest, Scheduler, StepOutcome
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[StepOutcome, BaseException | None], None]
+
+
+@dataclass(slots=True)
+class CellTypeStats:
+    num_steps: int = 0
+    num_rows: int = 0
+    """Rows doing requested work (cell-steps)."""
+    num_padding_rows: int = 0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters the worker thread updates; readers get a racy but consistent-enough view."""
+
+    num_steps: int = 0
+    num_failed_steps: int = 0
+    busy_seconds: float = 0.0
+    per_cell_type: dict[str, CellTypeStats] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows for s in self.per_cell_type.values())
+
+
+class DeviceWorker:
+    """Drives one device's scheduler and executor on a dedicated thread."""
+
+    def __init__(self, scheduler: Scheduler, executor: Executor, deliver: Deliver) -> None:
+        self.scheduler = scheduler
+        self.executor = executor
+        self.device = executor.device
+        self._deliver = deliver
+        self._cv = threading.Condition()
+        self._inbox: list[tuple[str, object]] = []
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"batchmaker-{self.device}", daemon=True
+        )
+        self.stats = WorkerStats()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: SchedRequest) -> None:
+        self._post(("add", request))
+
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        self._post(("abort", (request_id, reason)))
+
+    def stop(self) -> None:
+        """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _post(self, cmd: tuple[str, object]) -> None:
+        with self._cv:
+            self._inbox.append(cmd)
+            self._cv.notify()
+
+    def _wait_for_work(self) -> tuple[list[tuple[str, object]], bool]:
+        sched = self.scheduler
+        with self._cv:
+            while not self._inbox and not self._stopping and not sched.has_ready_work:
+                wake = sched.next_wakeup()
+                if wake is None:
+                    self._cv.wait()
+                    continue
+                delay = wake - sched.clock.now()
+                if delay <= 0:
+                    break
+                self._cv.wait(delay)
+            inbox, self._inbox = self._inbox, []
+            return inbox, self._stopping
+
+    def _apply(self, inbox: list[tuple[str, object]]) -> None:
+        sched = self.scheduler
+        for kind, arg in inbox:
+            if kind == "add":
+                assert isinstance(arg, SchedRequest)
+                try:
+                    sched.add_request(arg)
+                except Exception as exc:  # the engine's accounting should make this unreachable
+                    log.exception("scheduler refused request %s", arg.request_id)
+                    arg.finish_reason = FinishReason.FAILED
+                    self._deliver(StepOutcome(finished=[arg]), exc)
+            else:
+                request_id, reason = arg  # type: ignore[misc]
+                sched.abort(request_id, reason)
+
+    def _run(self) -> None:
+        sched = self.scheduler
+        stats = self.stats
+        while True:
+            inbox, stopping = self._wait_for_work()
+            if inbox:
+                self._apply(inbox)
+            if stopping:
+                sched.abort_all(FinishReason.SHUTDOWN)
+                self._deliver(sched.take_outcome(), None)
+                return
+            plan = sched.schedule()
+            if plan is None:
+                outcome = sched.take_outcome()
+                if outcome:
+                    self._deliver(outcome, None)
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = self.executor.execute(plan)
+            except Exception as exc:
+                log.exception("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size)
+                stats.num_failed_steps += 1
+                self._deliver(sched.fail_step(plan), exc)
+                continue
+            stats.busy_seconds += time.perf_counter() - t0
+            stats.num_steps += 1
+            cts = stats.per_cell_type.get(plan.cell_type)
+            if cts is None:
+                cts = stats.per_cell_type[plan.cell_type] = CellTypeStats()
+            real = plan.num_real
+            cts.num_steps += 1
+            cts.num_rows += real
+            cts.num_padding_rows += plan.batch_size - real
+            outcome = sched.update_from_output(plan, result)
+            if outcome:
+                self._deliver(outcome, None)

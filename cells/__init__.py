@@ -1,0 +1,11 @@
+"""Batched cell math in torch.
+
+Cells know tensors and nothing about requests: no request ids, no scheduler,
+no serving runtime. See DESIGN.md for the layering.
+"""
+
+from cells.base import Cell, InputKind, StateSpec
+from cells.pool import StatePool
+from cells.recurrent import RecurrentKind, RecurrentStackCell
+
+__all__ = ["Cell", "InputKind", "RecurrentKind", "RecurrentStackCell", "StatePool", "StateSpec"]

@@ -1,0 +1,54 @@
+"""The interface every batched cell implements, and the state each one declares.
+
+A cell is one timestep of shared-weight computation over a batch:
+``(inputs, states) -> (outputs, new_states)``. It never sees a request: the
+executor gathers the rows it needs from a ``StatePool``, calls the cell once,
+and scatters the new states back.
+
+Cells with several predecessors (tree nodes) declare ``arity > 1`` and receive
+each state as ``[B, arity, *shape]``; chain cells (``arity == 1``) receive
+``[B, *shape]``. A predecessor that does not exist reads the pool's zero row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+InputKind = Literal["tokens", "vectors"]
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """One state tensor a cell carries between steps, per request row."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+class Cell(nn.Module, ABC):
+    """A batched cell. Subclasses set the class-level contract in ``__init__``."""
+
+    arity: int = 1
+    """States read per node: 1 for chains, N for N-ary tree nodes."""
+    input_kind: InputKind = "tokens"
+    """``tokens``: inputs are ``[B]`` int64 ids; ``vectors``: ``[B, input_dim]`` float."""
+    input_dim: int = 0
+    """Vector width for ``vectors`` input; the vocabulary size for ``tokens``."""
+    output_dim: int = 0
+    """Width of each row of ``outputs``."""
+
+    @property
+    @abstractmethod
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        """The states this cell carries; the pool preallocates one row of each per slot."""
+
+    @abstractmethod
+    def forward(
+        self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step for a batch: returns ``[B, output_dim]`` outputs and the new states."""

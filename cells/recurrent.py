@@ -1,0 +1,126 @@
+"""LSTM and GRU stacks as single cells: embedding -> L layers -> projection.
+
+The whole per-step stack is one cell, so one scheduler node per token runs all
+layers (the BatchMaker paper's choice for stacked RNNs): fewer, fuller batches
+than one node per layer, and a request's layers never wait on each other.
+
+Weights live in a real ``nn.LSTM``/``nn.GRU`` (and ``nn.Embedding``/``nn.Linear``)
+so a user's trained ``state_dict`` loads unchanged and plain torch over the
+same modules is the reference the tests compare against. Each step calls the
+fused ``torch.lstm_cell``/``torch.gru_cell`` kernels on those parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cells.base import Cell, InputKind, StateSpec
+
+RecurrentKind = Literal["lstm", "gru"]
+
+
+class RecurrentStackCell(Cell):
+    """One timestep of an L-layer LSTM or GRU, with optional embedding and projection."""
+
+    def __init__(
+        self,
+        kind: RecurrentKind,
+        *,
+        hidden_size: int,
+        num_layers: int = 1,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+        embedding_dim: int | None = None,
+        output_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
+        if (vocab_size is None) == (input_dim is None):
+            raise ValueError("give exactly one of vocab_size (token input) or input_dim (vectors)")
+        if hidden_size < 1 or num_layers < 1:
+            raise ValueError(
+                f"hidden_size and num_layers must be >= 1, got {hidden_size}, {num_layers}"
+            )
+        self.kind: RecurrentKind = kind
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.embedding: nn.Embedding | None
+        if vocab_size is not None:
+            self.input_kind: InputKind = "tokens"
+            self.input_dim = vocab_size
+            emb = embedding_dim or hidden_size
+            self.embedding = nn.Embedding(vocab_size, emb)
+            rnn_in = emb
+        else:
+            assert input_dim is not None
+            self.input_kind = "vectors"
+            self.input_dim = input_dim
+            self.embedding = None
+            rnn_in = input_dim
+        rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = rnn_cls(rnn_in, hidden_size, num_layers=num_layers)
+        self.proj = nn.Linear(hidden_size, output_dim) if output_dim else None
+        self.output_dim = output_dim or hidden_size
+        self._layer_params: list[tuple[torch.Tensor, ...]] = []
+        self._refresh_params()
+
+    def _refresh_params(self) -> None:
+        self._layer_params = [
+            tuple(
+                getattr(self.rnn, f"{n}_l{k}")
+                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            for k in range(self.num_layers)
+        ]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to()/.cuda() replace the parameters; keep the cached per-layer tuple pointing at them.
+        out = super()._apply(fn, recurse)
+        self._refresh_params()
+        return out
+
+    @property
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        shape = (self.num_layers, self.hidden_size)
+        if self.kind == "lstm":
+            return (StateSpec("h", shape), StateSpec("c", shape))
+        return (StateSpec("h", shape),)
+
+    def forward(
+        self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        x = self.embedding(inputs) if self.embedding is not None else inputs
+        h = states[0]
+        new_h = []
+        if self.kind == "lstm":
+            c = states[1]
+            new_c = []
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_params):
+                x, ck = torch.lstm_cell(x, (h[:, k], c[:, k]), w_ih, w_hh, b_ih, b_hh)
+                new_h.append(x)
+                new_c.append(ck)
+            new_states: tuple[torch.Tensor, ...] = (
+                torch.stack(new_h, dim=1),
+                torch.stack(new_c, dim=1),
+            )
+        else:
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_params):
+                x = torch.gru_cell(x, h[:, k], w_ih, w_hh, b_ih, b_hh)
+                new_h.append(x)
+            new_states = (torch.stack(new_h, dim=1),)
+        out = self.proj(x) if self.proj is not None else x
+        return out, new_states
+
+    def reference(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Plain torch over a whole sequence run alone: ``[T]`` or ``[T, D]`` in, ``[T, out]`` out.
+
+        The ground truth every batching mode must match.
+        """
+        x = self.embedding(inputs) if self.embedding is not None else inputs
+        y, _ = self.rnn(x.unsqueeze(1))
+        y = y.squeeze(1)
+        return self.proj(y) if self.proj is not None else y

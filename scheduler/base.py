@@ -1,0 +1,271 @@
+"""What every batching policy shares: admission, slots, deadlines, aborts and
+turning executed rows into emissions.
+
+The contract follows vLLM v1's scheduler interface: ``add_request``, then in a
+loop ``schedule()`` -> execute the plan -> ``update_from_output()``, and
+``abort()`` at step boundaries. It is synchronous and owned by one thread; it
+never sees a tensor, so the live engine and the simulator run the same code.
+"""
+
+from __future__ import annotations
+
+import heapq
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from scheduler.clock import Clock
+from scheduler.graph import NodeSpec
+from scheduler.plan import CellTypeSpec, Emission, FinishReason, StepOutcome, StepPlan
+from scheduler.request import SchedRequest
+from scheduler.slots import SCRATCH_SLOT, ZERO_SLOT, SlotPool
+
+
+class AdmissionError(RuntimeError):
+    """The request would break the admission limit; nothing was queued."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        """Which limit: ``"live_requests"`` or ``"slots"``."""
+
+
+# A row of a plan: the request and node it runs, or (None, -1, None) for padding.
+Row = tuple[SchedRequest | None, int, NodeSpec | None]
+PADDING_ROW: Row = (None, -1, None)
+
+
+class Scheduler(ABC):
+    """Base of the cellular scheduler and the request-level baselines."""
+
+    def __init__(
+        self,
+        cell_types: Iterable[CellTypeSpec],
+        pool_capacities: Mapping[str, int],
+        clock: Clock,
+        *,
+        max_num_live_requests: int,
+    ) -> None:
+        if max_num_live_requests < 1:
+            raise ValueError(f"max_num_live_requests must be >= 1, got {max_num_live_requests}")
+        self.cell_types: dict[str, CellTypeSpec] = {}
+        for spec in cell_types:
+            if spec.name in self.cell_types:
+                raise ValueError(f"cell type {spec.name!r} declared twice")
+            if spec.pool not in pool_capacities:
+                raise ValueError(f"cell type {spec.name!r} uses unknown pool {spec.pool!r}")
+            self.cell_types[spec.name] = spec
+        self.pools = {name: SlotPool(name, cap) for name, cap in pool_capacities.items()}
+        self.clock = clock
+        self.max_num_live_requests = max_num_live_requests
+        self._live: dict[str, SchedRequest] = {}
+        self._seq = 0
+        self._deadlines: list[tuple[float, int, SchedRequest]] = []
+        self._outcome = StepOutcome.make_empty()
+
+    # ---- admission ----------------------------------------------------------
+
+    @property
+    def num_live(self) -> int:
+        return len(self._live)
+
+    def num_free_slots(self, pool: str) -> int:
+        return self.pools[pool].num_free
+
+    def add_request(self, request: SchedRequest) -> None:
+        """Admit ``request`` or raise ``AdmissionError`` having changed nothing."""
+        if request.request_id in self._live:
+            raise ValueError(f"request id {request.request_id!r} is already live")
+        if len(self._live) >= self.max_num_live_requests:
+            raise AdmissionError(
+                f"{len(self._live)} live requests, limit is {self.max_num_live_requests}",
+                limit="live_requests",
+            )
+        graph = request.graph
+        initial = [(n, graph.node(n)) for n in graph.initial_nodes()]
+        if not initial:
+            raise ValueError(f"request {request.request_id!r} has no initial node")
+        for _, spec in initial:
+            if spec.cell_type not in self.cell_types:
+                raise ValueError(
+                    f"request {request.request_id!r} names unknown cell {spec.cell_type!r}"
+                )
+        wanted: dict[str, int] = {}
+        for pool in graph.slot_pools:
+            wanted[pool] = wanted.get(pool, 0) + 1
+        for pool, n in wanted.items():
+            if pool not in self.pools:
+                raise ValueError(f"request {request.request_id!r} names unknown pool {pool!r}")
+            if self.pools[pool].num_free < n:
+                raise AdmissionError(
+                    f"state pool {pool!r} has {self.pools[pool].num_free} free slots, "
+                    f"request needs {n}",
+                    limit="slots",
+                )
+        request.slots = [self.pools[pool].allocate(1)[0] for pool in graph.slot_pools]
+        request.seq = self._seq
+        self._seq += 1
+        self._live[request.request_id] = request
+        if request.deadline is not None:
+            heapq.heappush(self._deadlines, (request.deadline, request.seq, request))
+        request.num_outstanding = len(initial)
+        self._on_admit(request, initial)
+
+    # ---- ending requests -----------------------------------------------------
+
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        """End a live request now (between steps); False if it is not live."""
+        request = self._live.get(request_id)
+        if request is None:
+            return False
+        self._finish(request, reason)
+        return True
+
+    def abort_all(self, reason: FinishReason = FinishReason.SHUTDOWN) -> None:
+        for request in list(self._live.values()):
+            self._finish(request, reason)
+
+    def fail_step(self, plan: StepPlan) -> StepOutcome:
+        """The executor raised on ``plan``: fail its requests, and only those."""
+        for request in plan.requests:
+            if request is not None and not request.finished:
+                self._finish(request, FinishReason.FAILED)
+        return self.take_outcome()
+
+    def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
+        request.finish_reason = reason
+        del self._live[request.request_id]
+        self._on_finish(request)
+        for pool, slot in zip(request.graph.slot_pools, request.slots, strict=True):
+            self.pools[pool].free([slot])
+        request.slots = []
+        self._outcome.finished.append(request)
+
+    def _expire_deadlines(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, request = heapq.heappop(heap)
+            if not request.finished:
+                self._finish(request, FinishReason.DEADLINE_EXCEEDED)
+
+    def take_outcome(self) -> StepOutcome:
+        """Emissions and endings not yet handed out (aborts, expiries, the last step)."""
+        out, self._outcome = self._outcome, StepOutcome.make_empty()
+        return out
+
+    # ---- the step loop -------------------------------------------------------
+
+    def schedule(self) -> StepPlan | None:
+        """Decide the next step, or ``None`` if nothing should run now (see ``next_wakeup``)."""
+        now = self.clock.now()
+        if self._deadlines:
+            self._expire_deadlines(now)
+        return self._schedule(now)
+
+    def next_wakeup(self) -> float | None:
+        """Clock time at which ``schedule`` may have work without new input, if any."""
+        while self._deadlines and self._deadlines[0][2].finished:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:
+        """Record that ``plan`` ran; returns what to deliver."""
+        tokens = getattr(result, "tokens", None)
+        for row, request in enumerate(plan.requests):
+            if request is None or request.finished:
+                continue
+            node = plan.nodes[row]
+            if plan.emits[row]:
+                self._emit(Emission(request, request.num_emitted, result, row))
+                request.num_emitted += 1
+            token = None if tokens is None else int(tokens[row])
+            ready = request.graph.complete(node, token)
+            request.num_outstanding += len(ready) - 1
+            for n in ready:
+                self._push(request, n, request.graph.node(n))
+            if request.num_outstanding == 0:
+                self._on_complete(request)
+        self._after_step()
+        return self.take_outcome()
+
+    def _build_plan(self, cell_type: CellTypeSpec, rows: list[Row]) -> StepPlan:
+        """Turn rows into the index arrays an executor gathers and scatters with."""
+        arity = cell_type.arity
+        requests: list[SchedRequest | None] = []
+        nodes: list[int] = []
+        emits: list[bool] = []
+        inputs: list[Any] = []
+        reads: list[int] = []
+        writes: list[int] = []
+        top_k = 0
+        pad_input: Any = 0
+        for request, _, spec in rows:
+            if request is None or spec is None:
+                continue
+            if isinstance(spec.input, np.ndarray):
+                pad_input = np.zeros_like(spec.input)
+            break
+        for request, node, spec in rows:
+            requests.append(request)
+            nodes.append(node)
+            if request is None or spec is None:
+                emits.append(False)
+                inputs.append(pad_input)
+                reads.extend([ZERO_SLOT] * arity)
+                writes.append(SCRATCH_SLOT)
+                continue
+            request.started = True
+            emits.append(spec.emits)
+            inputs.append(spec.input)
+            slots = request.slots
+            reads.extend([ZERO_SLOT if h < 0 else slots[h] for h in spec.reads])
+            writes.append(slots[spec.write])
+            if request.top_k > top_k:
+                top_k = request.top_k
+        if isinstance(pad_input, np.ndarray):
+            input_array = np.stack(inputs).astype(np.float32, copy=False)
+        else:
+            input_array = np.array(inputs, dtype=np.int64)
+        return StepPlan(
+            cell_type=cell_type.name,
+            requests=requests,
+            nodes=nodes,
+            emits=emits,
+            inputs=input_array,
+            read_slots=np.array(reads, dtype=np.int64).reshape(len(rows), arity),
+            write_slots=np.array(writes, dtype=np.int64),
+            top_k=top_k,
+        )
+
+    # ---- what each policy decides --------------------------------------------
+
+    @abstractmethod
+    def _on_admit(self, request: SchedRequest, initial: list[tuple[int, NodeSpec]]) -> None:
+        """Queue an admitted request's initial nodes."""
+
+    @abstractmethod
+    def _on_finish(self, request: SchedRequest) -> None:
+        """Drop a finished request's queued nodes."""
+
+    @abstractmethod
+    def _push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
+        """Queue a node that just became ready."""
+
+    @abstractmethod
+    def _schedule(self, now: float) -> StepPlan | None: ...
+
+    def _emit(self, emission: Emission) -> None:
+        self._outcome.emissions.append(emission)
+
+    def _on_complete(self, request: SchedRequest) -> None:
+        self._finish(request, FinishReason.COMPLETED)
+
+    def _after_step(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Hook run after every step's update."""
+
+    @property
+    @abstractmethod
+    def has_ready_work(self) -> bool:
+        """Whether ``schedule`` would return a plan if called now (ignoring timers)."""

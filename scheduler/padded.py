@@ -1,0 +1,147 @@
+"""Request-level batching, the baseline that TF-Serving, Triton's dynamic batcher
+and Ray Serve's ``@serve.batch`` implement, on the same cells and weights.
+
+Wait until ``max_batch_requests`` requests are queued or the oldest has waited
+``batch_timeout`` seconds; then run that batch step by step, padding every row
+to the longest request, and return each request's outputs only when the whole
+batch is done. New arrivals wait for the next batch.
+
+``max_batch_requests=1, batch_timeout=0, stream=True`` is the ``none`` mode:
+one request at a time, no padding, outputs streamed as they are produced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from scheduler.base import PADDING_ROW, Row, Scheduler
+from scheduler.clock import Clock
+from scheduler.graph import NodeSpec
+from scheduler.plan import CellTypeSpec, Emission, FinishReason, StepPlan
+from scheduler.request import SchedRequest
+
+
+class PaddedScheduler(Scheduler):
+    """Runs one request-level batch at a time, padded to its longest member."""
+
+    def __init__(
+        self,
+        cell_types: Iterable[CellTypeSpec],
+        pool_capacities: Mapping[str, int],
+        clock: Clock,
+        *,
+        max_num_live_requests: int,
+        max_batch_requests: int,
+        batch_timeout: float,
+        stream: bool = False,
+    ) -> None:
+        super().__init__(
+            cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
+        )
+        if max_batch_requests < 1:
+            raise ValueError(f"max_batch_requests must be >= 1, got {max_batch_requests}")
+        if batch_timeout < 0:
+            raise ValueError(f"batch_timeout must be >= 0, got {batch_timeout}")
+        for spec in self.cell_types.values():
+            if spec.max_batch < max_batch_requests:
+                raise ValueError(
+                    f"cell type {spec.name!r}: max_batch {spec.max_batch} is below "
+                    f"max_batch_requests {max_batch_requests}"
+                )
+        self.max_batch_requests = max_batch_requests
+        self.batch_timeout = batch_timeout
+        self.stream = stream
+        self._waiting: deque[SchedRequest] = deque()
+        self._ready: dict[SchedRequest, list[tuple[int, NodeSpec]]] = {}
+        self._batch: list[SchedRequest] = []
+        self._completed: list[SchedRequest] = []
+        self._buffered: list[Emission] = []
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a later batch."""
+        return len(self._waiting)
+
+    @property
+    def batch_requests(self) -> list[SchedRequest]:
+        """The batch now running (finished members included until it ends)."""
+        return list(self._batch)
+
+    @property
+    def has_ready_work(self) -> bool:
+        return bool(self._batch) or len(self._waiting) >= self.max_batch_requests
+
+    def _on_admit(self, request: SchedRequest, initial: list[tuple[int, NodeSpec]]) -> None:
+        self._ready[request] = list(initial)
+        self._waiting.append(request)
+
+    def _push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
+        self._ready[request].append((node, spec))
+
+    def _on_finish(self, request: SchedRequest) -> None:
+        self._ready.pop(request, None)
+        if request in self._waiting:
+            self._waiting.remove(request)
+
+    def _emit(self, emission: Emission) -> None:
+        if self.stream:
+            super()._emit(emission)
+        else:
+            self._buffered.append(emission)
+
+    def _on_complete(self, request: SchedRequest) -> None:
+        # Request-level batching answers when the whole batch is done.
+        if self.stream:
+            super()._on_complete(request)
+        else:
+            self._completed.append(request)
+
+    def _after_step(self) -> None:
+        if any(self._ready.get(r) for r in self._batch):
+            return
+        for emission in self._buffered:
+            if not emission.request.finished:
+                self._outcome.emissions.append(emission)
+        for request in self._completed:
+            if not request.finished:
+                self._finish(request, FinishReason.COMPLETED)
+        self._buffered, self._completed, self._batch = [], [], []
+
+    def next_wakeup(self) -> float | None:
+        t = super().next_wakeup()
+        if not self._batch and self._waiting:
+            form = self._waiting[0].arrival + self.batch_timeout
+            t = form if t is None else min(t, form)
+        return t
+
+    def _schedule(self, now: float) -> StepPlan | None:
+        if not self._batch:
+            if not self._waiting:
+                return None
+            full = len(self._waiting) >= self.max_batch_requests
+            if not full and now < self._waiting[0].arrival + self.batch_timeout:
+                return None
+            n = min(self.max_batch_requests, len(self._waiting))
+            self._batch = [self._waiting.popleft() for _ in range(n)]
+        # One cell type per step: the one most rows of the batch are ready for.
+        counts: dict[str, int] = {}
+        for request in self._batch:
+            for _, spec in self._ready.get(request, ()):
+                counts[spec.cell_type] = counts.get(spec.cell_type, 0) + 1
+                break
+        if not counts:
+            return None
+        name = max(counts, key=lambda c: (counts[c], self.cell_types[c].rank))
+        rows: list[Row] = []
+        for request in self._batch:
+            ready = self._ready.get(request)
+            row = PADDING_ROW
+            if ready:
+                for i, (node, spec) in enumerate(ready):
+                    if spec.cell_type == name:
+                        del ready[i]
+                        row = (request, node, spec)
+                        break
+            rows.append(row)
+        return self._build_plan(self.cell_types[name], rows)

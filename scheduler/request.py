@@ -1,0 +1,73 @@
+"""The scheduler's view of one request: its graph, slots, progress and fate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler.graph import RequestGraph
+from scheduler.plan import FinishReason
+
+
+class SchedRequest:
+    """Mutable per-request state, touched only by the thread that owns the scheduler."""
+
+    __slots__ = (
+        "arrival",
+        "deadline",
+        "finish_reason",
+        "graph",
+        "num_emitted",
+        "num_outstanding",
+        "priority",
+        "request_id",
+        "seq",
+        "slots",
+        "started",
+        "tag",
+        "top_k",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        graph: RequestGraph,
+        *,
+        arrival: float = 0.0,
+        priority: int = 0,
+        deadline: float | None = None,
+        top_k: int = 0,
+        tag: Any = None,
+    ) -> None:
+        self.request_id = request_id
+        self.graph = graph
+        self.arrival = arrival
+        """Clock time it was submitted; age decides order among equals."""
+        self.priority = priority
+        """Higher goes first among requests in the same in-flight state."""
+        self.deadline = deadline
+        """Clock time after which it is expired at the next step boundary."""
+        self.top_k = top_k
+        self.tag = tag
+        """Opaque to the scheduler: the engine's handle for delivering outputs."""
+        self.seq = -1
+        """Admission order, set by the scheduler."""
+        self.slots: list[int] = []
+        """Pool row of each request-local slot handle."""
+        self.started = False
+        """True once any of its nodes ran: it is in flight."""
+        self.num_emitted = 0
+        self.num_outstanding = 0
+        """Nodes ready or running; the request is complete when this reaches 0."""
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def __repr__(self) -> str:
+        state = (
+            self.finish_reason.value
+            if self.finish_reason
+            else ("running" if self.started else "queued")
+        )
+        return f"SchedRequest({self.request_id!r}, {state}, emitted={self.num_emitted})"

@@ -42,7 +42,9 @@ class EngineConfig:
     finishing_first: bool = True
     """``cellular``: run cell types that finish requests (decoders) before ones that start them."""
     num_threads: int | None = None
-    """torch intra-op threads for CPU devices; ``None`` keeps torch's default."""
+    """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
+    is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads
+    stalls every parallel region; see docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

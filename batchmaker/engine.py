@@ -18,6 +18,7 @@ import contextlib
 import copy
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -101,8 +102,8 @@ class Engine:
         for d in config.devices:
             if d.startswith("cuda") and not torch.cuda.is_available():
                 raise ValueError(f"devices: {d!r} requested but CUDA is not available")
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
+        if any(d == "cpu" for d in config.devices):
+            torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
         self._all_models = [m for vs in self._models.values() for m in vs.values()]
         self._pool_capacities = {
             m.qualify(p): config.num_slots for m in self._all_models for p in m.pools

@@ -109,14 +109,12 @@ class SequenceModel(Model):
                 f"inputs: length {n} exceeds model {self.name!r} limit {self.max_input_len}"
             )
         if self.cell.input_kind == "tokens":
-            if isinstance(x, np.ndarray) and (x.ndim != 1 or x.dtype.kind not in "iu"):
-                raise InvalidRequestError(
-                    f"inputs: model {self.name!r} takes a 1-D sequence of token ids, "
-                    f"got array of shape {x.shape} and dtype {x.dtype}"
-                )
             ids = np.asarray(x)
             if ids.ndim != 1 or ids.dtype.kind not in "iu":
-                raise InvalidRequestError(f"inputs: model {self.name!r} takes token ids")
+                raise InvalidRequestError(
+                    f"inputs: model {self.name!r} takes a 1-D sequence of integer token ids, "
+                    f"got shape {list(ids.shape)} of {ids.dtype}"
+                )
             lo, hi = int(ids.min()), int(ids.max())
             vocab = self.cell.input_dim
             if lo < 0 or hi >= vocab:

@@ -87,10 +87,15 @@ class DeviceWorker:
             self._inbox.append(cmd)
             self._cv.notify()
 
-    def _wait_for_work(self) -> tuple[list[tuple[str, object]], bool]:
+    def _wait_for_work(self, idle: bool) -> tuple[list[tuple[str, object]], bool]:
+        """Block until a command arrives, work is ready, or a scheduler timer is due.
+
+        ``idle``: the last ``schedule()`` found nothing to run, so wait for news even if
+        the scheduler claims ready work; a policy bug then stalls instead of spinning.
+        """
         sched = self.scheduler
         with self._cv:
-            while not self._inbox and not self._stopping and not sched.has_ready_work:
+            while not self._inbox and not self._stopping and (idle or not sched.has_ready_work):
                 wake = sched.next_wakeup()
                 if wake is None:
                     self._cv.wait()
@@ -99,6 +104,7 @@ class DeviceWorker:
                 if delay <= 0:
                     break
                 self._cv.wait(delay)
+                idle = False
             inbox, self._inbox = self._inbox, []
             return inbox, self._stopping
 
@@ -120,16 +126,34 @@ class DeviceWorker:
     def _run(self) -> None:
         sched = self.scheduler
         stats = self.stats
+        idle = False
+        # Step k's outcome is handed to the event loop just before step k+1's kernel
+        # starts, so the loop's Python work (fanning outputs out to streams) runs while
+        # this thread is inside torch without the GIL, instead of contending with the
+        # scheduling of step k+1. Outcomes keep their order; nothing waits longer than
+        # one scheduling decision.
+        pending: StepOutcome | None = None
         while True:
-            inbox, stopping = self._wait_for_work()
+            if pending is not None and not sched.has_ready_work:
+                self._deliver(pending, None)
+                pending = None
+            inbox, stopping = self._wait_for_work(idle)
+            idle = False
             if inbox:
                 self._apply(inbox)
+            if pending is not None and (stopping or not sched.has_ready_work):
+                self._deliver(pending, None)
+                pending = None
             if stopping:
                 sched.abort_all(FinishReason.SHUTDOWN)
                 self._deliver(sched.take_outcome(), None)
                 return
             plan = sched.schedule()
+            if pending is not None:
+                self._deliver(pending, None)
+                pending = None
             if plan is None:
+                idle = True
                 outcome = sched.take_outcome()
                 if outcome:
                     self._deliver(outcome, None)
@@ -153,4 +177,4 @@ class DeviceWorker:
             cts.num_padding_rows += plan.batch_size - real
             outcome = sched.update_from_output(plan, result)
             if outcome:
-                self._deliver(outcome, None)
+                pending = outcome

@@ -36,6 +36,9 @@ class CellularScheduler(Scheduler):
         self.policy = policy or PolicyConfig()
         self.queues = {name: ReadyQueue(name) for name in self.cell_types}
         self._candidates = [(spec, self.queues[name]) for name, spec in self.cell_types.items()]
+        # Fairness counts steps, not clock time: a simulator's clock (or a coarse one)
+        # may not move between steps, and equal times would let one type starve another.
+        self._num_steps = 0
 
     def num_ready(self, cell_type: str) -> int:
         return len(self.queues[cell_type])
@@ -61,5 +64,6 @@ class CellularScheduler(Scheduler):
         if choice is None:
             return None
         spec, queue = choice
-        queue.last_served = now
+        self._num_steps += 1
+        queue.last_served = self._num_steps
         return self._build_plan(spec, list(queue.pop(spec.max_batch)))

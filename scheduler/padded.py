@@ -98,6 +98,10 @@ class PaddedScheduler(Scheduler):
             self._completed.append(request)
 
     def _after_step(self) -> None:
+        self._end_batch_if_done()
+
+    def _end_batch_if_done(self) -> None:
+        """Answer the whole batch once no member has work left (completed or aborted)."""
         if any(self._ready.get(r) for r in self._batch):
             return
         for emission in self._buffered:
@@ -116,6 +120,8 @@ class PaddedScheduler(Scheduler):
         return t
 
     def _schedule(self, now: float) -> StepPlan | None:
+        # Every member may have been aborted since the last step.
+        self._end_batch_if_done()
         if not self._batch:
             if not self._waiting:
                 return None

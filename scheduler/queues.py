@@ -28,7 +28,8 @@ class ReadyQueue:
         self.cell_type = cell_type
         self._heap: list[_Entry] = []
         self.last_served = float("-inf")
-        """Clock time this cell type last ran: the policy's fairness tie-break."""
+        """Scheduler step number at which this cell type last ran: the policy's fairness
+        tie-break (a step count, not clock time, so equal timestamps cannot starve a type)."""
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -1,6 +1,8 @@
-"""Entry point: ``python server.py`` is ``batchmaker serve``."""
+"""Entry point: ``python server.py [flags]`` is ``batchmaker serve [flags]``."""
+
+import sys
 
 from batchmaker.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["serve", *__import__("sys").argv[1:]]))
+    raise SystemExit(main(["serve", *sys.argv[1:]]))

@@ -264,6 +264,7 @@ class Engine:
             priority=request.priority,
             deadline=None if request.timeout is None else clock_now + request.timeout,
             top_k=request.top_k,
+            wants_outputs=request.return_vectors,
             tag=(stream, request.return_vectors, request.top_k),
         )
         self._streams[request_id] = (stream, place, sreq)

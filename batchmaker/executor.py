@@ -25,8 +25,8 @@ from scheduler import StepPlan
 class StepResult:
     """One executed step, on host. Row ``i`` belongs to row ``i`` of the plan."""
 
-    outputs: np.ndarray
-    """``[B, output_dim]`` float32."""
+    outputs: np.ndarray | None
+    """``[B, output_dim]`` float32; ``None`` when no row of the plan wanted them."""
     top_ids: np.ndarray | None = None
     """``[B, plan.top_k]`` int64, best first, when the plan asked for top-k."""
     top_scores: np.ndarray | None = None
@@ -76,7 +76,8 @@ class TorchExecutor:
             if plan.top_k:
                 top_scores_t, top_ids_t = _top_k(outputs, plan.top_k)
                 top_ids, top_scores = self._to_host(top_ids_t), self._to_host(top_scores_t)
-            host = self._to_host(outputs)
+            # Dropping unwanted outputs here lets the allocator reuse their memory at once.
+            host = self._to_host(outputs) if plan.wants_outputs else None
             if self._cuda:
                 # One synchronisation per step: every non-blocking copy above has landed.
                 torch.cuda.current_stream(self._device).synchronize()
@@ -101,10 +102,13 @@ class TorchExecutor:
         buf.copy_(t, non_blocking=True)
         return buf.numpy()
 
-    def run_isolated(self, cell_type: str, batch_size: int, iterations: int) -> float:
+    def run_isolated(
+        self, cell_type: str, batch_size: int, iterations: int, repeats: int = 5
+    ) -> float:
         """Seconds per forward of ``cell_type`` on a preformed batch, no gather/scatter.
 
         The denominator of the benchmark's efficiency: the kernel alone at that batch.
+        The median of ``repeats`` timed runs of ``iterations`` forwards each.
         """
         cell = self.cells[cell_type]
         pool = self._cell_pool[cell_type]
@@ -120,14 +124,17 @@ class TorchExecutor:
                 torch.zeros((*lead, *t.shape[1:]), dtype=t.dtype, device=self._device)
                 for t in pool.tensors
             )
-            for _ in range(3):
+            for _ in range(max(3, iterations // 5)):
                 cell(inputs, states)
             self._sync()
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                cell(inputs, states)
-            self._sync()
-            return (time.perf_counter() - t0) / iterations
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(iterations):
+                    cell(inputs, states)
+                self._sync()
+                times.append((time.perf_counter() - t0) / iterations)
+            return sorted(times)[len(times) // 2]
 
     def _sync(self) -> None:
         if self._cuda:

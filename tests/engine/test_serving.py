@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,11 +44,11 @@ class GatedExecutor:
         self.go = threading.Semaphore(0)
         self.poison: set[int] = set()
 
-    def execute(self, plan: StepPlan) -> StepResult:
+    def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         self.go.acquire()
         if self.poison.intersection(np.asarray(plan.inputs).reshape(-1).tolist()):
             raise RuntimeError("injected cell failure")
-        return self.inner.execute(plan)
+        return self.inner.execute(plan, on_launch)
 
     def reset_state(self) -> None:
         self.inner.reset_state()

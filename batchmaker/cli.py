@@ -7,7 +7,6 @@ once, and passed down.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,9 +14,10 @@ from collections.abc import Sequence
 from batchmaker.config import MODES, EngineConfig
 
 
-def add_engine_flags(p: argparse.ArgumentParser) -> None:
+def add_engine_flags(p: argparse.ArgumentParser, *, with_mode: bool = True) -> None:
     d = EngineConfig()
-    p.add_argument("--mode", choices=MODES, default=d.mode, help="batching mode")
+    if with_mode:
+        p.add_argument("--mode", choices=MODES, default=d.mode, help="batching mode")
     p.add_argument(
         "--device",
         action="append",
@@ -44,7 +44,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig:
     fields: dict[str, object] = {
-        "mode": args.mode,
+        "mode": getattr(args, "mode", "cellular"),
         "devices": tuple(args.devices or ("cpu",)),
         "max_batch": args.max_batch,
         "max_num_live_requests": args.max_live,
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--requests", type=int, default=6, help="demo requests to stream")
 
     bench = sub.add_parser("bench", help="cellular vs padded vs none on one recorded trace")
-    add_engine_flags(bench)
+    add_engine_flags(bench, with_mode=False)  # it runs every mode in --modes
     from batchmaker.bench import add_bench_flags
 
     add_bench_flags(bench)
@@ -76,9 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
         if args.command == "serve":
+            import uvloop
+
             from batchmaker.demo import run_demo
 
-            asyncio.run(run_demo(engine_config(args), num_requests=args.requests))
+            uvloop.run(run_demo(engine_config(args), num_requests=args.requests))
             return 0
         from batchmaker.bench import run_bench_cli
 

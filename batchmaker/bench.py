@@ -36,7 +36,7 @@ from batchmaker.engine import Engine
 from batchmaker.errors import AdmissionRejectedError, BatchMakerError, RequestCancelledError
 from batchmaker.models import SequenceModel
 from batchmaker.trace import Trace, make_trace
-from batchmaker.types import InferRequest
+from batchmaker.types import InferRequest, StepOutput
 
 MODES = ("cellular", "padded", "none")
 
@@ -490,14 +490,21 @@ class Bench:
         return result
 
 
-def _fingerprint(outs: list) -> Fingerprint:
+def _fingerprint(outs: list[StepOutput]) -> Fingerprint:
+    """Top-1 per step, from the engine's top-k or, for vector requests, from the vectors."""
     if outs and outs[0].top_ids is None:
-        v = np.stack([o.vector for o in outs])
+        v = np.stack([_present(o.vector) for o in outs])
         return Fingerprint(ids=v.argmax(axis=1)[:, None], scores=v.max(axis=1)[:, None])
     return Fingerprint(
-        ids=np.stack([o.top_ids for o in outs]),
-        scores=np.stack([o.top_scores for o in outs]),
+        ids=np.stack([_present(o.top_ids) for o in outs]),
+        scores=np.stack([_present(o.top_scores) for o in outs]),
     )
+
+
+def _present(a: np.ndarray | None) -> np.ndarray:
+    if a is None:
+        raise RuntimeError("a step output lacks the field this benchmark asked for")
+    return a
 
 
 def _concat(parts: list[Fingerprint]) -> Fingerprint:

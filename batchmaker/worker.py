@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[StepOutcome, BaseException | None], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """A request for the worker thread, applied at the next step boundary, in order."""
+
+    add: SchedRequest | None
+    """Admit this request; ``None`` for an abort."""
+    abort_id: str = ""
+    reason: FinishReason = FinishReason.CANCELLED
+
+
 @dataclass(slots=True)
 class CellTypeStats:
     num_steps: int = 0
@@ -53,7 +63,7 @@ class DeviceWorker:
         self.device = executor.device
         self._deliver = deliver
         self._cv = threading.Condition()
-        self._inbox: list[tuple[str, object]] = []
+        self._inbox: list[_Command] = []
         self._stopping = False
         self._thread = threading.Thread(
             target=self._run, name=f"batchmaker-{self.device}", daemon=True
@@ -64,10 +74,10 @@ class DeviceWorker:
         self._thread.start()
 
     def submit(self, request: SchedRequest) -> None:
-        self._post(("add", request))
+        self._post(_Command(request))
 
     def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> None:
-        self._post(("abort", (request_id, reason)))
+        self._post(_Command(None, request_id, reason))
 
     def stop(self) -> None:
         """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""
@@ -82,12 +92,12 @@ class DeviceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _post(self, cmd: tuple[str, object]) -> None:
+    def _post(self, cmd: _Command) -> None:
         with self._cv:
             self._inbox.append(cmd)
             self._cv.notify()
 
-    def _wait_for_work(self, idle: bool) -> tuple[list[tuple[str, object]], bool]:
+    def _wait_for_work(self, idle: bool) -> tuple[list[_Command], bool]:
         """Block until a command arrives, work is ready, or a scheduler timer is due.
 
         ``idle``: the last ``schedule()`` found nothing to run, so wait for news even if
@@ -108,20 +118,18 @@ class DeviceWorker:
             inbox, self._inbox = self._inbox, []
             return inbox, self._stopping
 
-    def _apply(self, inbox: list[tuple[str, object]]) -> None:
+    def _apply(self, inbox: list[_Command]) -> None:
         sched = self.scheduler
-        for kind, arg in inbox:
-            if kind == "add":
-                assert isinstance(arg, SchedRequest)
-                try:
-                    sched.add_request(arg)
-                except Exception as exc:  # the engine's accounting should make this unreachable
-                    log.exception("scheduler refused request %s", arg.request_id)
-                    arg.finish_reason = FinishReason.FAILED
-                    self._deliver(StepOutcome(finished=[arg]), exc)
-            else:
-                request_id, reason = arg  # type: ignore[misc]
-                sched.abort(request_id, reason)
+        for cmd in inbox:
+            if cmd.add is None:
+                sched.abort(cmd.abort_id, cmd.reason)
+                continue
+            try:
+                sched.add_request(cmd.add)
+            except Exception as exc:  # the engine's accounting should make this unreachable
+                log.exception("scheduler refused request %s", cmd.add.request_id)
+                cmd.add.finish_reason = FinishReason.FAILED
+                self._deliver(StepOutcome(finished=[cmd.add]), exc)
 
     def _run(self) -> None:
         sched = self.scheduler

@@ -72,7 +72,9 @@ class RecurrentStackCell(Cell):
         self._layer_params: list[tuple[torch.Tensor, ...]] = []
         self._proj_weight_t: torch.Tensor | None = None
         self._pack()
-        self.register_load_state_dict_post_hook(lambda module, _: module._pack())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _: module._pack()
+        )
 
     def _pack(self) -> None:
         """Rebuild the packed step weights from the module's parameters."""
@@ -91,7 +93,7 @@ class RecurrentStackCell(Cell):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # .to()/.cuda()/.half() replace the parameters: pack the new ones.
-        out = super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._pack()
         return out
 
@@ -124,7 +126,7 @@ class RecurrentStackCell(Cell):
                 x = torch.gru_cell(x, h[:, k], w_ih, w_hh, b_ih, b_hh)
                 new_h.append(x)
             new_states = (torch.stack(new_h, dim=1),)
-        if self.proj is None:
+        if self.proj is None or self._proj_weight_t is None:
             return x, new_states
         return torch.addmm(self.proj.bias, x, self._proj_weight_t), new_states
 
@@ -136,4 +138,5 @@ class RecurrentStackCell(Cell):
         x = self.embedding(inputs) if self.embedding is not None else inputs
         y, _ = self.rnn(x.unsqueeze(1))
         y = y.squeeze(1)
-        return self.proj(y) if self.proj is not None else y
+        out: torch.Tensor = self.proj(y) if self.proj is not None else y
+        return out

@@ -21,6 +21,7 @@ from batchmaker import (
     Code,
     DeadlineExceededError,
     Engine,
+    EngineConfig,
     ExecutionFailedError,
     InferRequest,
     InvalidRequestError,
@@ -56,6 +57,18 @@ class GatedExecutor:
     def allow(self, n: int = 1_000_000) -> None:
         for _ in range(n):
             self.go.release()
+
+
+def gated(cfg: EngineConfig) -> tuple[Engine, GatedExecutor]:
+    """An engine whose single device runs a step only when the returned gate allows it."""
+    gates: list[GatedExecutor] = []
+
+    def wrap(inner: Executor) -> Executor:
+        gates.append(GatedExecutor(inner))
+        return gates[-1]
+
+    engine = Engine(cfg, [LM], executor_wrapper=wrap)
+    return engine, gates[0]
 
 
 def slots(engine: Engine) -> dict[str, int]:
@@ -111,13 +124,12 @@ def test_bad_input_is_refused_with_its_field_and_nothing_is_admitted(
 
 def test_duplicate_live_request_id_is_refused() -> None:
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        async with Engine(config(), [LM], executor_wrapper=wrap) as engine:
+        engine, gate = gated(config())
+        async with engine:
             s = engine.submit(InferRequest("lm", [1, 2], request_id="a"))
             with pytest.raises(InvalidRequestError, match="request_id"):
                 engine.submit(InferRequest("lm", [3], request_id="a"))
-            gate[0].allow()
+            gate.allow()
             assert len(await s.collect()) == 2
 
     run(main())
@@ -133,15 +145,14 @@ def test_admission_limit_refuses_at_once_and_loses_nothing(limit: str) -> None:
     inputs = [rng.integers(0, 50, n).tolist() for n in (5, 9, 13)]
 
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        async with Engine(cfg, [LM], executor_wrapper=wrap) as engine:
+        engine, gate = gated(cfg)
+        async with engine:
             before = slots(engine)
             streams = [engine.submit(InferRequest("lm", x)) for x in inputs]
             with pytest.raises(AdmissionRejectedError, match="admission limit") as info:
                 engine.submit(InferRequest("lm", [1, 2, 3]))
             assert info.value.code is Code.RESOURCE_EXHAUSTED
-            gate[0].allow()
+            gate.allow()
             outs = await asyncio.gather(*(collect_vectors(s) for s in streams))
             for x, got in zip(inputs, outs, strict=True):
                 assert max_err(got, run_alone(LM, x)) < TOL
@@ -162,17 +173,16 @@ def test_cancel_mid_stream_frees_the_slot_and_spares_the_others(mode: str) -> No
     keep = [rng.integers(0, 50, n).tolist() for n in (7, 30)]
 
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        async with Engine(config(mode), [LM], executor_wrapper=wrap) as engine:
+        engine, gate = gated(config(mode))
+        async with engine:
             before = slots(engine)
             victim = engine.submit(InferRequest("lm", [1] * 35))
             others = [engine.submit(InferRequest("lm", x)) for x in keep]
-            gate[0].allow(3)
+            gate.allow(3)
             if mode != "padded":  # padded answers only at the end
                 assert (await victim.__anext__()).step == 0
             victim.cancel()
-            gate[0].allow()
+            gate.allow()
             with pytest.raises(RequestCancelledError):
                 await victim.collect()
             for x, s in zip(keep, others, strict=True):
@@ -185,18 +195,17 @@ def test_cancel_mid_stream_frees_the_slot_and_spares_the_others(mode: str) -> No
 
 def test_deadline_expires_the_request_at_a_step_boundary() -> None:
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        async with Engine(config(), [LM], executor_wrapper=wrap) as engine:
+        engine, gate = gated(config())
+        async with engine:
             before = slots(engine)
             late = engine.submit(InferRequest("lm", [2] * 30, timeout=0.05))
             fine = engine.submit(InferRequest("lm", [3] * 10))
-            gate[0].allow(2)
+            gate.allow(2)
             first = await late.__anext__()
             assert first.step == 0
             # Steps are held until the deadline has certainly passed.
             await asyncio.sleep(0.1)
-            gate[0].allow()
+            gate.allow()
             with pytest.raises(DeadlineExceededError) as info:
                 await late.collect()
             assert info.value.code is Code.DEADLINE_EXCEEDED
@@ -212,15 +221,14 @@ def test_deadline_expires_the_request_at_a_step_boundary() -> None:
 
 def test_a_failing_batch_fails_only_its_requests() -> None:
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        cfg = config(max_batch=1)  # one request per batch, so the poisoned batch is alone
-        async with Engine(cfg, [LM], executor_wrapper=wrap) as engine:
+        # One request per batch, so the poisoned batch holds nothing else.
+        engine, gate = gated(config(max_batch=1))
+        async with engine:
             before = slots(engine)
-            gate[0].poison.add(49)
+            gate.poison.add(49)
             ok_before = engine.submit(InferRequest("lm", [5, 6, 7]))
             bad = engine.submit(InferRequest("lm", [49, 1, 2]))
-            gate[0].allow()
+            gate.allow()
             with pytest.raises(ExecutionFailedError, match="injected cell failure") as info:
                 await bad.collect()
             assert info.value.code is Code.INTERNAL
@@ -240,16 +248,14 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
 
 def test_shutdown_with_grace_lets_live_streams_finish_and_refuses_new_ones() -> None:
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        engine = Engine(config(), [LM], executor_wrapper=wrap)
+        engine, gate = gated(config())
         await engine.start()
         live = engine.submit(InferRequest("lm", [1, 2, 3, 4]))
         stopping = asyncio.create_task(engine.shutdown(grace=None))
         await asyncio.sleep(0)
         with pytest.raises(UnavailableError):
             engine.submit(InferRequest("lm", [1]))
-        gate[0].allow()
+        gate.allow()
         got = await collect_vectors(live)
         await stopping
         assert max_err(got, run_alone(LM, [1, 2, 3, 4])) < TOL
@@ -259,12 +265,10 @@ def test_shutdown_with_grace_lets_live_streams_finish_and_refuses_new_ones() -> 
 
 def test_shutdown_without_grace_ends_live_streams_with_unavailable() -> None:
     async def main() -> None:
-        gate: list[GatedExecutor] = []
-        wrap = lambda ex: gate.append(GatedExecutor(ex)) or gate[0]  # noqa: E731
-        engine = Engine(config(), [LM], executor_wrapper=wrap)
+        engine, gate = gated(config())
         await engine.start()
         live = engine.submit(InferRequest("lm", [1, 2, 3, 4]))
-        gate[0].allow(1)
+        gate.allow(1)
         await engine.shutdown(grace=0)
         with pytest.raises(UnavailableError, match="shut down"):
             await live.collect()

@@ -181,8 +181,8 @@ class Engine:
 
     async def start(self) -> None:
         """Start the device threads; call from the event loop that will submit."""
-        if self._loop is not None:
-            raise RuntimeError("engine already started")
+        if self._loop is not None or self._stopped:
+            raise RuntimeError("engine already started" if self._loop else "engine was shut down")
         self._loop = asyncio.get_running_loop()
         for w in self._workers:
             w.start()
@@ -195,6 +195,9 @@ class Engine:
         """
         self._accepting = False
         if self._stopped:
+            return
+        if self._loop is None:  # never started: no thread to stop, nothing live
+            self._stopped = True
             return
         if self._streams and grace != 0:
             self._idle.clear()

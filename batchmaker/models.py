@@ -100,7 +100,12 @@ class SequenceModel(Model):
         return "state"
 
     def validate(self, request: InferRequest) -> None:
-        x = request.inputs
+        try:
+            x = np.asarray(request.inputs)
+        except (ValueError, TypeError) as exc:  # ragged nesting, or not array-like at all
+            raise InvalidRequestError(f"inputs: not a rectangular array ({exc})") from None
+        if x.ndim == 0:
+            raise InvalidRequestError(f"inputs: expected a sequence, got a scalar of {x.dtype}")
         n = len(x)
         if n == 0:
             raise InvalidRequestError("inputs: the sequence is empty")
@@ -109,7 +114,7 @@ class SequenceModel(Model):
                 f"inputs: length {n} exceeds model {self.name!r} limit {self.max_input_len}"
             )
         if self.cell.input_kind == "tokens":
-            ids = np.asarray(x)
+            ids = x
             if ids.ndim != 1 or ids.dtype.kind not in "iu":
                 raise InvalidRequestError(
                     f"inputs: model {self.name!r} takes a 1-D sequence of integer token ids, "
@@ -123,14 +128,19 @@ class SequenceModel(Model):
                     f"inputs: token id {bad} is outside the vocabulary [0, {vocab})"
                 )
         else:
-            v = np.asarray(x)
+            v = x
             if v.ndim != 2 or v.shape[1] != self.cell.input_dim:
                 raise InvalidRequestError(
                     f"inputs: model {self.name!r} takes [T, {self.cell.input_dim}] vectors, "
                     f"got shape {list(v.shape)}"
                 )
-            if not np.isfinite(v).all():
-                raise InvalidRequestError("inputs: vectors contain NaN or Inf")
+            if v.dtype.kind not in "biuf":
+                raise InvalidRequestError(f"inputs: vectors must be real numbers, got {v.dtype}")
+            # Checked in float32, what the cells run in: a finite float64 may overflow to Inf.
+            with np.errstate(over="ignore"):
+                finite = np.isfinite(v.astype(np.float32, copy=False)).all()
+            if not finite:
+                raise InvalidRequestError("inputs: vectors contain NaN or Inf (in float32)")
         if not 0 <= request.top_k <= self.cell.output_dim:
             raise InvalidRequestError(
                 f"top_k: {request.top_k} is outside [0, {self.cell.output_dim}]"

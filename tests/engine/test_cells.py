@@ -1,72 +1,215 @@
-"""Cells and state pools on their own: gather/scatter by slot row, and one step of the
-stacked cell against the whole-sequence torch module."""
+"""Cells and state pools on their own, without the engine or the scheduler.
+
+``StatePool`` gathers and scatters state rows by slot index, for chains
+(arity 1) and tree nodes (arity 2), and never writes its zero row. Stepping a
+``RecurrentStackCell`` through a pool, however sequences interleave in its
+batches, gives what ``nn.LSTM``/``nn.GRU`` give over each whole sequence alone.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import TOL, max_abs_diff, run_alone
 
 from cells import RecurrentStackCell, StatePool, StateSpec
+from scheduler import NUM_RESERVED_SLOTS, ZERO_SLOT
+
+LSTM_STATE = (StateSpec("h", (2, 3)), StateSpec("c", (2, 3)))
+GRU_STATE = (StateSpec("h", (2, 3)),)
 
 
-def test_pool_gather_scatter_by_row_and_arity() -> None:
-    pool = StatePool([StateSpec("h", (2, 3)), StateSpec("c", (4,))], num_rows=6, device="cpu")
-    h = torch.arange(2 * 2 * 3, dtype=torch.float32).view(2, 2, 3) + 1
-    c = torch.arange(2 * 4, dtype=torch.float32).view(2, 4) + 1
-    pool.scatter(torch.tensor([4, 2]), (h, c))
-    gh, gc = pool.gather(torch.tensor([2, 0, 4]))
-    assert torch.equal(gh, torch.stack([h[1], torch.zeros(2, 3), h[0]]))
-    assert torch.equal(gc, torch.stack([c[1], torch.zeros(4), c[0]]))
-    # Arity 2 (tree nodes): [B, k] rows give [B, k, *shape].
-    th, tc = pool.gather(torch.tensor([[4, 2], [0, 4]]))
-    assert th.shape == (2, 2, 2, 3)
-    assert tc.shape == (2, 2, 4)
-    assert torch.equal(th[0, 1], h[1])
-    assert torch.equal(th[1, 0], torch.zeros(2, 3))
-    assert torch.equal(pool.tensors[0][0], torch.zeros(2, 3))  # row 0 is never written
+def rows(n: int, shape: tuple[int, ...], start: float) -> torch.Tensor:
+    """``n`` distinct nonzero rows of ``shape``."""
+    size = int(np.prod(shape))
+    return torch.arange(n * size, dtype=torch.float32).view(n, *shape) + start
+
+
+@pytest.mark.parametrize("specs", [LSTM_STATE, GRU_STATE], ids=["two-states", "one-state"])
+def test_pool_gather_returns_what_scatter_wrote_by_row(specs: tuple[StateSpec, ...]) -> None:
+    pool = StatePool(specs, num_rows=6, device="cpu")
+    written = tuple(rows(2, s.shape, start=1 + 100 * i) for i, s in enumerate(specs))
+    pool.scatter(torch.tensor([4, 2]), written)
+
+    got = pool.gather(torch.tensor([2, ZERO_SLOT, 4, 4]))
+
+    assert len(got) == len(specs)
+    for g, w, s in zip(got, written, specs, strict=True):
+        assert g.shape == (4, *s.shape)
+        assert torch.equal(g[0], w[1])
+        assert torch.equal(g[1], torch.zeros(s.shape))
+        assert torch.equal(g[2], w[0])
+        assert torch.equal(g[3], w[0])
+
+
+@pytest.mark.parametrize("specs", [LSTM_STATE, GRU_STATE], ids=["two-states", "one-state"])
+def test_pool_gathers_arity_two_reads_as_batch_by_child(specs: tuple[StateSpec, ...]) -> None:
+    pool = StatePool(specs, num_rows=6, device="cpu")
+    written = tuple(rows(3, s.shape, start=1 + 100 * i) for i, s in enumerate(specs))
+    pool.scatter(torch.tensor([2, 3, 5]), written)
+
+    # Two tree nodes: the first reads children in rows 5 and 2, the second has one
+    # absent child (the zero row) and one in row 3.
+    got = pool.gather(torch.tensor([[5, 2], [ZERO_SLOT, 3]]))
+
+    for g, w, s in zip(got, written, specs, strict=True):
+        assert g.shape == (2, 2, *s.shape)
+        assert torch.equal(g[0, 0], w[2])
+        assert torch.equal(g[0, 1], w[0])
+        assert torch.equal(g[1, 0], torch.zeros(s.shape))
+        assert torch.equal(g[1, 1], w[1])
+
+
+def test_pool_zero_row_stays_zero_through_traffic() -> None:
+    pool = StatePool(LSTM_STATE, num_rows=8, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        targets = torch.randperm(8 - NUM_RESERVED_SLOTS, generator=gen)[:3] + NUM_RESERVED_SLOTS
+        states = tuple(torch.randn(3, *s.shape, generator=gen) for s in LSTM_STATE)
+        pool.scatter(targets, states)
+        for g in pool.gather(torch.tensor([ZERO_SLOT, ZERO_SLOT])):
+            assert not g.any()
+    assert all(not t[ZERO_SLOT].any() for t in pool.tensors)
+    assert all(t[NUM_RESERVED_SLOTS:].any() for t in pool.tensors)
     pool.reset()
     assert all(not t.any() for t in pool.tensors)
 
 
-def test_pool_needs_the_reserved_rows() -> None:
+def test_pool_needs_the_reserved_rows_and_preallocates_them() -> None:
     with pytest.raises(ValueError, match="reserved"):
-        StatePool([StateSpec("h", (3,))], num_rows=2, device="cpu")
+        StatePool(GRU_STATE, num_rows=2, device="cpu")
+    pool = StatePool(LSTM_STATE, num_rows=5, device="cpu")
+    assert [tuple(t.shape) for t in pool.tensors] == [(5, 2, 3), (5, 2, 3)]
+    assert pool.nbytes == 2 * 5 * 6 * 4
+
+
+def make_cell(kind: str, num_layers: int, vectors: bool, project: bool) -> RecurrentStackCell:
+    torch.manual_seed(7)
+    return RecurrentStackCell(
+        kind,  # type: ignore[arg-type]
+        hidden_size=16,
+        num_layers=num_layers,
+        vocab_size=None if vectors else 30,
+        input_dim=5 if vectors else None,
+        output_dim=(9 if vectors else 30) if project else None,
+    ).eval()
+
+
+def make_sequence(cell: RecurrentStackCell, rng: np.random.Generator, n: int) -> np.ndarray:
+    if cell.input_kind == "tokens":
+        return rng.integers(0, cell.input_dim, n)
+    return rng.standard_normal((n, cell.input_dim)).astype(np.float32)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("num_layers", [1, 3])
-def test_stepping_the_cell_equals_the_sequence_module(kind: str, num_layers: int) -> None:
-    torch.manual_seed(0)
-    cell = RecurrentStackCell(
-        kind, hidden_size=16, num_layers=num_layers, vocab_size=30, output_dim=30
-    ).eval()
-    tokens = torch.randint(0, 30, (9,))
-    pool = StatePool(cell.state_specs, num_rows=4, device="cpu")
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("vectors", [False, True], ids=["tokens", "vectors"])
+def test_stepping_one_sequence_equals_the_sequence_module(
+    kind: str, num_layers: int, vectors: bool
+) -> None:
+    cell = make_cell(kind, num_layers, vectors, project=True)
+    seq = make_sequence(cell, np.random.default_rng(1), 12)
+    pool = StatePool(cell.state_specs, num_rows=3, device="cpu")
+    slot = NUM_RESERVED_SLOTS
     outs = []
     with torch.inference_mode():
-        for t in range(len(tokens)):
-            states = pool.gather(torch.tensor([0 if t == 0 else 3]))
-            out, new = cell(tokens[t : t + 1], states)
-            pool.scatter(torch.tensor([3]), new)
+        for t in range(len(seq)):
+            states = pool.gather(torch.tensor([ZERO_SLOT if t == 0 else slot]))
+            out, new = cell(torch.as_tensor(seq[t : t + 1]), states)
+            pool.scatter(torch.tensor([slot]), new)
             outs.append(out)
-        y, _ = cell.rnn(cell.embedding(tokens).unsqueeze(1))
-        want = cell.proj(y.squeeze(1))
-    assert (torch.cat(outs) - want).abs().max().item() < 1e-5
+    assert max_abs_diff(torch.cat(outs).numpy(), run_alone(cell, seq)) < TOL
+    # The final state in the pool is the sequence module's final state, layer by layer.
+    with torch.no_grad():
+        x = torch.as_tensor(seq)
+        x = cell.embedding(x) if cell.embedding is not None else x
+        _, final = cell.rnn(x.unsqueeze(1))
+    h_n = final[0] if kind == "lstm" else final
+    assert max_abs_diff(pool.tensors[0][slot].numpy(), h_n[:, 0].numpy()) < TOL
+    if kind == "lstm":
+        assert max_abs_diff(pool.tensors[1][slot].numpy(), final[1][:, 0].numpy()) < TOL
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["lstm", "gru"]),
+    num_layers=st.integers(1, 2),
+    vectors=st.booleans(),
+    project=st.booleans(),
+    lengths=st.lists(st.integers(1, 15), min_size=1, max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_interleaved_batches_through_a_pool_equal_each_sequence_alone(
+    kind: str, num_layers: int, vectors: bool, project: bool, lengths: list[int], seed: int
+) -> None:
+    """Cellular batching at the cell level: each batch takes a random subset of the
+    unfinished sequences, in random order, each at its own position."""
+    cell = make_cell(kind, num_layers, vectors, project)
+    rng = np.random.default_rng(seed)
+    seqs = [make_sequence(cell, rng, n) for n in lengths]
+    slots = rng.permutation(len(seqs)) + NUM_RESERVED_SLOTS
+    pool = StatePool(cell.state_specs, num_rows=NUM_RESERVED_SLOTS + len(seqs), device="cpu")
+    pos = [0] * len(seqs)
+    outs: list[list[np.ndarray]] = [[] for _ in seqs]
+    with torch.inference_mode():
+        while live := [i for i, s in enumerate(seqs) if pos[i] < len(s)]:
+            batch = rng.permutation(live)[: rng.integers(1, len(live) + 1)]
+            x = torch.as_tensor(np.stack([seqs[i][pos[i]] for i in batch]))
+            reads = torch.tensor([ZERO_SLOT if pos[i] == 0 else slots[i] for i in batch])
+            out, new = cell(x, pool.gather(reads))
+            pool.scatter(torch.as_tensor(slots[batch]), new)
+            for row, i in enumerate(batch):
+                outs[i].append(out[row].numpy().copy())
+                pos[i] += 1
+    for seq, got in zip(seqs, outs, strict=True):
+        assert max_abs_diff(np.stack(got), run_alone(cell, seq)) < TOL
+
+
+def test_moving_the_cell_repacks_its_step_weights() -> None:
+    """``.to()`` replaces the parameters; the step must use the new ones (here float64)."""
+    cell = make_cell("lstm", 2, False, project=True).double()
+    seq = np.arange(9) % 30
+    states = tuple(torch.zeros(1, *s.shape, dtype=torch.float64) for s in cell.state_specs)
+    outs = []
+    with torch.inference_mode():
+        for t in range(len(seq)):
+            out, states = cell(torch.tensor(seq[t : t + 1]), states)
+            outs.append(out)
+    got = torch.cat(outs)
+    assert got.dtype == torch.float64
+    assert max_abs_diff(got.numpy(), run_alone(cell, seq)) < 1e-12
 
 
 def test_loading_a_state_dict_repacks_the_step_weights() -> None:
-    torch.manual_seed(1)
-    a = RecurrentStackCell("lstm", hidden_size=8, num_layers=2, vocab_size=10, output_dim=10)
-    b = RecurrentStackCell("lstm", hidden_size=8, num_layers=2, vocab_size=10, output_dim=10)
-    b.load_state_dict(a.state_dict())
-    x = torch.tensor([1, 2])
-    states = tuple(torch.zeros(2, *s.shape) for s in a.state_specs)
+    a = make_cell("gru", 2, False, project=True)
+    torch.manual_seed(99)
+    b = RecurrentStackCell("gru", hidden_size=16, num_layers=2, vocab_size=30, output_dim=30)
+    x = torch.tensor([1, 2, 3])
+    states = tuple(torch.zeros(3, *s.shape) for s in a.state_specs)
     with torch.inference_mode():
+        assert not torch.equal(a(x, states)[0], b(x, states)[0])
+        b.load_state_dict(a.state_dict())
         assert torch.equal(a(x, states)[0], b(x, states)[0])
 
 
-def test_cell_rejects_ambiguous_inputs() -> None:
+def test_state_specs_follow_the_kind_and_stack() -> None:
+    lstm = make_cell("lstm", 2, False, project=False)
+    gru = make_cell("gru", 1, True, project=False)
+    assert lstm.state_specs == (StateSpec("h", (2, 16)), StateSpec("c", (2, 16)))
+    assert gru.state_specs == (StateSpec("h", (1, 16)),)
+    assert (lstm.input_kind, lstm.input_dim, lstm.output_dim) == ("tokens", 30, 16)
+    assert (gru.input_kind, gru.input_dim, gru.output_dim) == ("vectors", 5, 16)
+
+
+def test_cell_rejects_ambiguous_configuration() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         RecurrentStackCell("lstm", hidden_size=4, vocab_size=3, input_dim=2)
+    with pytest.raises(ValueError, match="exactly one"):
+        RecurrentStackCell("lstm", hidden_size=4)
     with pytest.raises(ValueError, match="kind"):
         RecurrentStackCell("rnn", hidden_size=4, vocab_size=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_layers"):
+        RecurrentStackCell("gru", hidden_size=4, num_layers=0, vocab_size=3)

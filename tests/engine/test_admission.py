@@ -1,0 +1,125 @@
+"""Admission: beyond the live-request or state-slot limit, submit refuses at once.
+
+Nothing is queued for a refused request, admitted requests are untouched and
+complete correctly, and every slot comes back. Steps are held at the gate, so
+the admitted requests are certainly still live when the refusal is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from harness import NUM_SLOTS, collect, engine_config, free_slots, serving, small_model
+from reference import assert_matches_alone
+
+from batchmaker import AdmissionRejectedError, Code, EngineConfig, InferRequest, InvalidRequestError
+
+LM = small_model("lstm", num_layers=2, name="lm")
+POOL = LM.qualify("state")
+LIMIT = 3
+
+
+def limited(mode: str, limit: str) -> tuple[EngineConfig, str]:
+    """A config at ``LIMIT`` on one of the two limits, and what the refusal says."""
+    if limit == "live_requests":
+        return engine_config(mode, max_num_live_requests=LIMIT), "live requests"
+    return engine_config(mode, num_slots=LIMIT), "no free state slot"
+
+
+@pytest.mark.parametrize("limit", ["live_requests", "slots"])
+@pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
+def test_beyond_the_limit_submit_is_refused_at_once_and_nothing_is_lost(
+    mode: str, limit: str
+) -> None:
+    config, reason = limited(mode, limit)
+    rng = np.random.default_rng(1)
+    inputs = [rng.integers(0, 50, n).tolist() for n in (5, 9, 13)]
+
+    async def main() -> None:
+        async with serving(config, [LM], gated=True) as (engine, gate):
+            start = free_slots(engine)
+            assert start == {POOL: config.num_slots}
+            streams = [engine.submit(InferRequest("lm", x)) for x in inputs]
+            assert engine.num_live == LIMIT
+            assert free_slots(engine) == {POOL: config.num_slots - LIMIT}
+            for _ in range(2):  # refusing changes nothing, so it refuses again
+                with pytest.raises(AdmissionRejectedError) as info:
+                    engine.submit(InferRequest("lm", [1, 2, 3], request_id="extra"))
+                assert info.value.code is Code.RESOURCE_EXHAUSTED
+                assert "admission limit" in info.value.message
+                assert reason in info.value.message
+                assert engine.num_live == LIMIT
+                assert free_slots(engine) == {POOL: config.num_slots - LIMIT}
+            gate.open()
+            for x, stream in zip(inputs, streams, strict=True):
+                assert_matches_alone(LM, x, await collect(stream))
+            assert engine.num_live == 0
+            assert free_slots(engine) == start
+            # Full capacity is back (and the refused id was never taken).
+            again = [
+                engine.submit(InferRequest("lm", x, request_id=f"extra{i}" if i else "extra"))
+                for i, x in enumerate(inputs)
+            ]
+            for x, stream in zip(inputs, again, strict=True):
+                assert_matches_alone(LM, x, await collect(stream))
+            assert engine.num_live == 0
+            assert free_slots(engine) == start
+            stats = engine.device_stats()[0]
+            assert stats.num_live == 0
+            assert stats.worker.num_rows == 2 * sum(map(len, inputs))
+
+    asyncio.run(main())
+
+
+def test_room_comes_back_one_finished_request_at_a_time() -> None:
+    config = engine_config(max_num_live_requests=2)
+
+    async def main() -> None:
+        async with serving(config, [LM], gated=True) as (engine, gate):
+            short = engine.submit(InferRequest("lm", [1, 2]))
+            long = engine.submit(InferRequest("lm", list(range(20))))
+            with pytest.raises(AdmissionRejectedError):
+                engine.submit(InferRequest("lm", [3]))
+            gate.allow(3)  # short's two steps, and one more that holds its last output back
+            assert len(await collect(short)) == 2
+            assert engine.num_live == 1
+            late = engine.submit(InferRequest("lm", [4, 5]))
+            with pytest.raises(AdmissionRejectedError):
+                engine.submit(InferRequest("lm", [3]))
+            gate.open()
+            assert_matches_alone(LM, [4, 5], await collect(late))
+            assert_matches_alone(LM, list(range(20)), await collect(long))
+            assert free_slots(engine) == {POOL: NUM_SLOTS}
+
+    asyncio.run(main())
+
+
+def test_a_live_request_id_cannot_be_reused_until_it_ends() -> None:
+    async def main() -> None:
+        async with serving(engine_config(), [LM], gated=True) as (engine, gate):
+            first = engine.submit(InferRequest("lm", [1, 2], request_id="a"))
+            with pytest.raises(InvalidRequestError, match="request_id") as info:
+                engine.submit(InferRequest("lm", [3], request_id="a"))
+            assert info.value.code is Code.INVALID_ARGUMENT
+            assert engine.num_live == 1
+            gate.open()
+            assert_matches_alone(LM, [1, 2], await collect(first))
+            second = engine.submit(InferRequest("lm", [3], request_id="a"))
+            assert second.request_id == "a"
+            assert_matches_alone(LM, [3], await collect(second))
+            assert free_slots(engine) == {POOL: NUM_SLOTS}
+
+    asyncio.run(main())
+
+
+def test_generated_request_ids_are_unique() -> None:
+    async def main() -> None:
+        async with serving(engine_config(), [LM]) as (engine, _):
+            streams = [engine.submit(InferRequest("lm", [i])) for i in range(5)]
+            assert len({s.request_id for s in streams}) == 5
+            assert all(s.request_id and s.model_key == "lm@1" for s in streams)
+            await asyncio.gather(*(collect(s) for s in streams))
+
+    asyncio.run(main())

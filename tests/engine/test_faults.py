@@ -1,0 +1,89 @@
+"""A cell execution that raises fails the requests of that batch and no others.
+
+The gated executor raises for the first step that holds a row of the poisoned
+request after it has streamed two steps. Which requests shared that step is
+read from the executor's log, so the check is exact in every mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from harness import collect, drain, engine_config, free_slots, holds, serving, small_model
+from reference import TOL, assert_matches_alone, max_abs_diff, run_alone
+
+from batchmaker import Code, ExecutionFailedError, InferRequest
+
+LM = small_model("lstm", name="lm")
+rng = np.random.default_rng(6)
+INPUTS = {rid: rng.integers(0, 50, n).tolist() for rid, n in (("a", 5), ("b", 5), ("c", 6))}
+INPUTS["d"] = rng.integers(0, 50, 4).tolist()
+
+
+@pytest.mark.parametrize(
+    ("mode", "batch_of_c"),
+    [("cellular", {"c", "d"}), ("padded", {"c", "d"}), ("none", {"c"})],
+)
+def test_a_failing_step_fails_only_its_batch_and_the_engine_keeps_serving(
+    mode: str, batch_of_c: set[str]
+) -> None:
+    config = engine_config(mode, max_batch=2, padded_max_batch=2, padded_timeout_s=0)
+
+    async def main() -> None:
+        async with serving(config, [LM], gated=True) as (engine, gate):
+            start = free_slots(engine)
+            gate.fail_when = lambda plan: holds(plan, "c", min_emitted=2)
+            warmup = engine.submit(InferRequest("lm", [0], request_id="w"))
+            await gate.wait_entered(1)  # all four queue while step 1 is held
+            streams = {
+                rid: engine.submit(InferRequest("lm", x, request_id=rid))
+                for rid, x in INPUTS.items()
+            }
+            gate.open()
+            assert len(await collect(warmup)) == 1
+            results = {rid: await drain(s) for rid, s in streams.items()}
+
+            (failed_step,) = [s for s in gate.steps if s.failed]
+            failed = {r for r in failed_step.request_ids if r is not None}
+            assert failed == batch_of_c
+            for rid, (outputs, error) in results.items():
+                if rid in failed:
+                    assert isinstance(error, ExecutionFailedError), rid
+                    assert error.code is Code.INTERNAL
+                    assert "injected cell failure" in error.message
+                    if outputs:  # the steps it streamed before the failure are right
+                        got = np.stack([o.vector for o in outputs])
+                        assert max_abs_diff(got, run_alone(LM, INPUTS[rid])[: len(got)]) < TOL
+                else:
+                    assert error is None, rid
+                    assert_matches_alone(LM, INPUTS[rid], outputs)
+            if mode != "padded":
+                assert len(results["c"][0]) == 2
+            assert engine.workers[0].stats.num_failed_steps == 1
+            assert engine.num_live == 0
+            assert free_slots(engine) == start
+
+            # Later requests, reusing the failed requests' slots, are served and right.
+            later = {rid: engine.submit(InferRequest("lm", x)) for rid, x in INPUTS.items()}
+            for rid, stream in later.items():
+                assert_matches_alone(LM, INPUTS[rid], await collect(stream))
+            assert free_slots(engine) == start
+
+    asyncio.run(main())
+
+
+def test_a_failure_on_the_first_step_fails_the_request_before_any_output() -> None:
+    async def main() -> None:
+        async with serving(engine_config(max_batch=1), [LM]) as (engine, gate):
+            gate.fail_when = lambda plan: holds(plan, "bad")
+            bad = engine.submit(InferRequest("lm", [1, 2, 3], request_id="bad"))
+            good = engine.submit(InferRequest("lm", [4, 5, 6], request_id="good"))
+            outputs, error = await drain(bad)
+            assert outputs == []
+            assert isinstance(error, ExecutionFailedError)
+            assert_matches_alone(LM, [4, 5, 6], await collect(good))
+            assert len(gate.steps_of("bad")) == 1
+
+    asyncio.run(main())

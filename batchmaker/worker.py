@@ -46,6 +46,8 @@ class WorkerStats:
 
     num_steps: int = 0
     num_failed_steps: int = 0
+    num_internal_errors: int = 0
+    """Unexpected errors outside the executor; each failed every live request of the device."""
     busy_seconds: float = 0.0
     per_cell_type: dict[str, CellTypeStats] = field(default_factory=dict)
 
@@ -65,6 +67,8 @@ class DeviceWorker:
         self._cv = threading.Condition()
         self._inbox: list[_Command] = []
         self._stopping = False
+        self._pending: StepOutcome | None = None
+        """Step k's outcome, waiting to be handed to the loop when step k+1 launches."""
         self._thread = threading.Thread(
             target=self._run, name=f"batchmaker-{self.device}", daemon=True
         )
@@ -132,6 +136,33 @@ class DeviceWorker:
                 self._deliver(StepOutcome(finished=[cmd.add]), exc)
 
     def _run(self) -> None:
+        """The thread's body: the step loop, kept alive through unexpected errors.
+
+        An exception outside the executor (a scheduler or graph bug) would otherwise
+        end the thread and leave every live stream waiting forever. Instead the live
+        requests of this device fail with INTERNAL, the error is logged, and the loop
+        starts again for new requests.
+        """
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as exc:
+                log.exception(
+                    "device worker %s: unexpected error; failing its live requests", self.device
+                )
+                self.stats.num_internal_errors += 1
+                try:
+                    pending, self._pending = self._pending, None
+                    if pending is not None:
+                        self._deliver(pending, None)
+                    self.scheduler.abort_all(FinishReason.FAILED)
+                    self._deliver(self.scheduler.take_outcome(), exc)
+                except Exception:
+                    log.exception("device worker %s: could not fail its live requests", self.device)
+                    return
+
+    def _loop(self) -> None:
         sched = self.scheduler
         stats = self.stats
         idle = False
@@ -141,34 +172,34 @@ class DeviceWorker:
         # without the GIL, instead of contending with scheduling, gather and scatter:
         # measured, the gather alone lost 0.3 ms a step waiting for the GIL otherwise.
         # Outcomes keep their order; none waits longer than one schedule and gather.
-        pending: StepOutcome | None = None
+        # (self._pending survives an unexpected error, so _run can still deliver it.)
         while True:
-            if pending is not None and not sched.has_ready_work:
-                self._deliver(pending, None)
-                pending = None
+            if self._pending is not None and not sched.has_ready_work:
+                self._deliver(self._pending, None)
+                self._pending = None
             inbox, stopping = self._wait_for_work(idle)
             idle = False
             if inbox:
                 self._apply(inbox)
-            if pending is not None and (stopping or not sched.has_ready_work):
-                self._deliver(pending, None)
-                pending = None
+            if self._pending is not None and (stopping or not sched.has_ready_work):
+                self._deliver(self._pending, None)
+                self._pending = None
             if stopping:
                 sched.abort_all(FinishReason.SHUTDOWN)
                 self._deliver(sched.take_outcome(), None)
                 return
             plan = sched.schedule()
             if plan is None:
-                if pending is not None:
-                    self._deliver(pending, None)
-                    pending = None
+                if self._pending is not None:
+                    self._deliver(self._pending, None)
+                    self._pending = None
                 idle = True
                 outcome = sched.take_outcome()
                 if outcome:
                     self._deliver(outcome, None)
                 continue
-            handoff = _Handoff(self._deliver, pending)
-            pending = None
+            handoff = _Handoff(self._deliver, self._pending)
+            self._pending = None
             t0 = time.perf_counter()
             try:
                 result = self.executor.execute(plan, handoff)
@@ -190,7 +221,7 @@ class DeviceWorker:
             cts.num_padding_rows += plan.batch_size - real
             outcome = sched.update_from_output(plan, result)
             if outcome:
-                pending = outcome
+                self._pending = outcome
 
 
 class _Handoff:

@@ -87,3 +87,38 @@ def test_a_failure_on_the_first_step_fails_the_request_before_any_output() -> No
             assert len(gate.steps_of("bad")) == 1
 
     asyncio.run(main())
+
+
+def test_an_unexpected_scheduler_error_fails_live_requests_and_the_worker_survives() -> None:
+    """A bug outside the executor must not kill the device thread and hang every stream."""
+
+    async def main() -> None:
+        async with serving(engine_config(max_batch=4), [LM], gated=True) as (engine, gate):
+            start = free_slots(engine)
+            worker = engine.workers[0]
+            update = worker.scheduler.update_from_output
+            broken = {"armed": True}
+
+            def flaky_update(plan, result):
+                if broken["armed"]:
+                    broken["armed"] = False
+                    raise RuntimeError("injected scheduler bug")
+                return update(plan, result)
+
+            worker.scheduler.update_from_output = flaky_update  # type: ignore[method-assign]
+            live = [engine.submit(InferRequest("lm", x)) for x in INPUTS.values()]
+            gate.open()
+            for stream in live:
+                _, error = await drain(stream)
+                assert isinstance(error, ExecutionFailedError)
+                assert error.code is Code.INTERNAL
+                assert "injected scheduler bug" in error.message
+            assert worker.alive
+            assert worker.stats.num_internal_errors == 1
+            assert engine.num_live == 0
+            assert free_slots(engine) == start
+            # The same thread serves the next requests, correctly.
+            for x in INPUTS.values():
+                assert_matches_alone(LM, x, await collect(engine.submit(InferRequest("lm", x))))
+
+    asyncio.run(main())

@@ -251,9 +251,7 @@ class Engine:
         if request_id in self._streams:
             raise InvalidRequestError(f"request_id: {request_id!r} is already live")
         graph = model.build_graph(request)
-        wanted: dict[str, int] = {}
-        for pool in graph.slot_pools:
-            wanted[pool] = wanted.get(pool, 0) + 1
+        wanted = graph.slots_per_pool()
         place = self._place(wanted)
         place.num_live += 1
         for pool, n in wanted.items():
@@ -268,7 +266,7 @@ class Engine:
             deadline=None if request.timeout is None else clock_now + request.timeout,
             top_k=request.top_k,
             wants_outputs=request.return_vectors,
-            tag=(stream, request.return_vectors, request.top_k),
+            tag=stream,
         )
         self._streams[request_id] = (stream, place, sreq)
         self._workers[place.index].submit(sreq)
@@ -318,13 +316,14 @@ class Engine:
 
     def _deliver(self, outcome: StepOutcome, error: BaseException | None) -> None:
         for e in outcome.emissions:
-            stream, want_vectors, k = e.request.tag
+            request = e.request
+            stream, k = request.tag, request.top_k
             res = e.result
             row = e.row
             stream._push(
                 StepOutput(
                     step=e.step,
-                    vector=res.outputs[row] if want_vectors else None,
+                    vector=res.outputs[row] if request.wants_outputs else None,
                     top_ids=res.top_ids[row, :k] if k else None,
                     top_scores=res.top_scores[row, :k] if k else None,
                 )

@@ -3,8 +3,8 @@
 ``TorchExecutor`` owns one device's cells and state pools: it gathers states by
 slot row, runs the batched cell once, scatters the new states back and copies
 the step's outputs to host once (not once per request). ``Executor`` is the
-interface the device worker depends on, so engine logic can be tested with a
-deterministic fake (``batchmaker.fake``) and faults can be injected.
+interface the device worker depends on, so tests can wrap it to gate steps and
+inject faults.
 """
 
 from __future__ import annotations

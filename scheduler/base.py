@@ -92,10 +92,7 @@ class Scheduler(ABC):
                 raise ValueError(
                     f"request {request.request_id!r} names unknown cell {spec.cell_type!r}"
                 )
-        wanted: dict[str, int] = {}
-        for pool in graph.slot_pools:
-            wanted[pool] = wanted.get(pool, 0) + 1
-        for pool, n in wanted.items():
+        for pool, n in graph.slots_per_pool().items():
             if pool not in self.pools:
                 raise ValueError(f"request {request.request_id!r} names unknown pool {pool!r}")
             if self.pools[pool].num_free < n:

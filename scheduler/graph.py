@@ -45,6 +45,13 @@ class RequestGraph(ABC):
     slot_pools: tuple[str, ...]
     """The state pool of each request-local slot handle (its length: slots the request holds)."""
 
+    def slots_per_pool(self) -> dict[str, int]:
+        """How many slots the request holds in each pool: what admission must find free."""
+        counts: dict[str, int] = {}
+        for pool in self.slot_pools:
+            counts[pool] = counts.get(pool, 0) + 1
+        return counts
+
     @abstractmethod
     def initial_nodes(self) -> list[int]:
         """Nodes ready at admission."""

@@ -11,7 +11,7 @@ TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv serve demo test test-all test-gpu bench lint format check clean
+.PHONY: venv proto proto-check serve demo test test-all test-gpu bench lint format check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,29 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Until the gRPC server lands, the main job is the in-process streaming demo.
-serve: $(STAMP)
-	$(BIN)/python server.py
+# The wire contract. Stubs are generated into batchmaker/v1/ (the proto package's
+# path), checked in, and never edited; `proto-check` (part of lint, so CI) fails
+# when they differ from what the pinned grpcio-tools makes of proto/.
+PROTOS := $(wildcard proto/batchmaker/v1/*.proto)
+PROTOC = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) $(PROTOS)
 
-demo: serve
+proto: $(STAMP)
+	$(call PROTOC,.)
+
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && $(call PROTOC,$$tmp) && \
+	  for f in $$(cd $$tmp && find batchmaker -type f); do \
+	    cmp -s $$tmp/$$f $$f || { echo "stale generated stub: $$f (run make proto)"; rm -rf $$tmp; exit 1; }; \
+	  done; rm -rf $$tmp; echo "generated stubs are up to date"
+
+# The gRPC server with the built-in models on localhost:50051. It prints how to call it.
+SERVE_ARGS ?=
+serve: $(STAMP)
+	$(BIN)/python server.py --host 127.0.0.1 $(SERVE_ARGS)
+
+# The in-process streaming demo (no gRPC): the engine on its own.
+demo: $(STAMP)
+	$(BIN)/batchmaker demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -42,7 +60,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/batchmaker bench $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -1,25 +1,55 @@
-"""BatchMaker's serving runtime: engine, executors, models, and (later) the gRPC edge.
+"""BatchMaker's serving runtime: engine, executors, models, the gRPC server and client.
 
 Owns every side effect (threads, devices, sockets, files, metrics). Depends on
 ``scheduler`` and ``cells``; neither of them may import this package.
+
+Names are imported lazily, so ``import batchmaker.client`` does not pull in
+torch: a client process needs only grpc, protobuf and numpy.
 """
 
-from batchmaker.config import EngineConfig, Mode
-from batchmaker.engine import Engine
-from batchmaker.errors import (
-    AdmissionRejectedError,
-    BatchMakerError,
-    Code,
-    DeadlineExceededError,
-    ExecutionFailedError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    RequestCancelledError,
-    UnavailableError,
-)
-from batchmaker.models import Model, SequenceModel, recurrent_model
-from batchmaker.stream import RequestStream
-from batchmaker.types import InferRequest, StepOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchmaker.config import EngineConfig, Mode
+    from batchmaker.engine import Engine
+    from batchmaker.errors import (
+        AdmissionRejectedError,
+        BatchMakerError,
+        Code,
+        DeadlineExceededError,
+        ExecutionFailedError,
+        InvalidRequestError,
+        ModelNotFoundError,
+        RequestCancelledError,
+        UnavailableError,
+    )
+    from batchmaker.models import Model, SequenceModel, recurrent_model
+    from batchmaker.stream import RequestStream
+    from batchmaker.types import InferRequest, StepOutput
+
+_WHERE = {
+    "EngineConfig": "config",
+    "Mode": "config",
+    "Engine": "engine",
+    "AdmissionRejectedError": "errors",
+    "BatchMakerError": "errors",
+    "Code": "errors",
+    "DeadlineExceededError": "errors",
+    "ExecutionFailedError": "errors",
+    "InvalidRequestError": "errors",
+    "ModelNotFoundError": "errors",
+    "RequestCancelledError": "errors",
+    "UnavailableError": "errors",
+    "Model": "models",
+    "SequenceModel": "models",
+    "recurrent_model": "models",
+    "RequestStream": "stream",
+    "InferRequest": "types",
+    "StepOutput": "types",
+}
 
 __all__ = [
     "AdmissionRejectedError",
@@ -41,3 +71,11 @@ __all__ = [
     "UnavailableError",
     "recurrent_model",
 ]
+assert sorted(__all__) == sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchmaker' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"batchmaker.{module}"), name)

@@ -1,4 +1,4 @@
-"""The models an engine serves when none are configured.
+"""The models a server can serve by name without a model repository.
 
 Reproducible random weights (fixed seeds) until trained demo models ship
 with the model-repository issue; they exercise every code path and match
@@ -7,14 +7,19 @@ plain torch exactly, but their predictions mean nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from batchmaker.models import SequenceModel, recurrent_model
 
 
-def default_models() -> list[SequenceModel]:
-    return [
-        recurrent_model("lstm-lm", "lstm", vocab_size=1000, hidden_size=256, num_layers=2, seed=1),
-        recurrent_model("gru-lm", "gru", vocab_size=1000, hidden_size=256, num_layers=2, seed=2),
-    ]
+def _lstm_lm() -> SequenceModel:
+    return recurrent_model(
+        "lstm-lm", "lstm", vocab_size=1000, hidden_size=256, num_layers=2, seed=1
+    )
+
+
+def _gru_lm() -> SequenceModel:
+    return recurrent_model("gru-lm", "gru", vocab_size=1000, hidden_size=256, num_layers=2, seed=2)
 
 
 def benchmark_model() -> SequenceModel:
@@ -28,3 +33,32 @@ def benchmark_model() -> SequenceModel:
         seed=3,
         max_input_len=512,
     )
+
+
+BUILTIN_MODELS: dict[str, Callable[[], SequenceModel]] = {
+    "lstm-lm": _lstm_lm,
+    "gru-lm": _gru_lm,
+    "lstm-512": benchmark_model,
+}
+"""Name -> factory. Building is deterministic: the same name gives the same weights."""
+
+DEFAULT_MODEL_NAMES: tuple[str, ...] = ("lstm-lm", "gru-lm")
+
+
+def default_models() -> list[SequenceModel]:
+    return builtin_models(DEFAULT_MODEL_NAMES)
+
+
+def check_model_names(names: Sequence[str]) -> None:
+    """A ``ValueError`` listing the known names, for an unknown one or none at all."""
+    unknown = [n for n in names if n not in BUILTIN_MODELS]
+    if unknown:
+        raise ValueError(f"models: unknown {unknown[0]!r}; built in: {', '.join(BUILTIN_MODELS)}")
+    if not names:
+        raise ValueError("models: name at least one")
+
+
+def builtin_models(names: Sequence[str]) -> list[SequenceModel]:
+    """Build the named models (each once, in order)."""
+    check_model_names(names)
+    return [BUILTIN_MODELS[n]() for n in dict.fromkeys(names)]

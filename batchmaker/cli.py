@@ -1,52 +1,113 @@
-"""The ``batchmaker`` command: ``serve``, ``bench``.
+"""The ``batchmaker`` command: ``serve``, ``infer``, ``metadata``, ``demo``, ``bench``.
 
-Flags map one-to-one onto ``EngineConfig`` fields; the config is built here,
-once, and passed down.
+The configuration is built here, once, from flags and ``BATCHMAKER_*``
+environment variables (a flag wins over its variable), and passed down; nothing
+below reads the environment. ``python server.py ...`` is ``batchmaker serve ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from batchmaker.config import MODES, EngineConfig
 
+if TYPE_CHECKING:
+    from batchmaker.server import InferenceServer
 
-def add_engine_flags(p: argparse.ArgumentParser, *, with_mode: bool = True) -> None:
+ENV_PREFIX = "BATCHMAKER_"
+
+
+def _env(name: str, default: Any) -> Any:
+    """argparse parses string defaults with the flag's type, so variables are checked too."""
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _cell_batch(text: str) -> tuple[str, int]:
+    cell, sep, n = text.rpartition("=")
+    if not sep or not cell or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"expected CELL=N (e.g. lstm-lm/step=32), got {text!r}")
+    return cell, int(n)
+
+
+def add_engine_flags(
+    p: argparse.ArgumentParser, *, with_mode: bool = True, env: bool = False
+) -> None:
+    """Engine flags; with ``env``, each defaults to its ``BATCHMAKER_*`` variable."""
     d = EngineConfig()
+
+    def default(name: str, value: Any) -> Any:
+        return _env(name, value) if env else value
+
     if with_mode:
-        p.add_argument("--mode", choices=MODES, default=d.mode, help="batching mode")
+        p.add_argument(
+            "--mode", choices=MODES, default=default("MODE", d.mode), help="batching mode [MODE]"
+        )
     p.add_argument(
         "--device",
         action="append",
         dest="devices",
         metavar="DEVICE",
-        help="torch device, repeatable (cpu, cuda, cuda:N); default cpu",
+        help="torch device, repeatable (cpu, cuda, cuda:N); default cpu [DEVICES, comma-separated]",
     )
     p.add_argument(
-        "--max-batch", type=int, default=d.max_batch, help="max nodes per cell execution"
+        "--max-batch",
+        type=int,
+        default=default("MAX_BATCH", d.max_batch),
+        help="max nodes per cell execution [MAX_BATCH]",
+    )
+    p.add_argument(
+        "--max-batch-per-cell",
+        type=_cell_batch,
+        action="append",
+        metavar="CELL=N",
+        help="override --max-batch for one cell type (model/cell or model@version/cell), "
+        "repeatable [MAX_BATCH_PER_CELL, comma-separated]",
     )
     p.add_argument(
         "--max-live",
         type=int,
-        default=d.max_num_live_requests,
-        help="admission limit: live requests per device",
+        default=default("MAX_LIVE", d.max_num_live_requests),
+        help="admission limit: live requests per device; beyond it RESOURCE_EXHAUSTED [MAX_LIVE]",
     )
     p.add_argument(
-        "--num-slots", type=int, default=d.num_slots, help="state slots per pool per device"
+        "--num-slots",
+        type=int,
+        default=default("NUM_SLOTS", d.num_slots),
+        help="state slots per pool per device [NUM_SLOTS]",
     )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default("THREADS", None),
+        help="torch CPU threads; default cores - 1 [THREADS]",
+    )
+    p.set_defaults(env=env)
 
 
 def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig:
+    env = getattr(args, "env", False)
+    devices = args.devices or (_env_list("DEVICES") if env else None) or ["cpu"]
+    per_cell = args.max_batch_per_cell
+    if per_cell is None and env:
+        per_cell = [_cell_batch(v) for v in _env_list("MAX_BATCH_PER_CELL") or []]
     fields: dict[str, object] = {
         "mode": getattr(args, "mode", "cellular"),
-        "devices": tuple(args.devices or ("cpu",)),
+        "devices": tuple(devices),
         "max_batch": args.max_batch,
+        "max_batch_per_cell": dict(per_cell or []),
         "max_num_live_requests": args.max_live,
         "num_slots": args.num_slots,
         "padded_max_batch": args.padded_max_batch,
@@ -57,14 +118,100 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
     return EngineConfig(**fields)  # type: ignore[arg-type]
 
 
+def _add_serve_parser(sub: Any) -> None:
+    from batchmaker.builtin import BUILTIN_MODELS, DEFAULT_MODEL_NAMES
+    from batchmaker.server import ServerConfig
+
+    d = ServerConfig()
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. Each flag defaults to the BATCHMAKER_* variable "
+        "in brackets; SIGTERM or SIGINT drains live streams for --grace seconds, then exits 0.",
+    )
+    p.add_argument("--host", default=_env("HOST", d.host), help="interface to bind [HOST]")
+    p.add_argument(
+        "--port", type=int, default=_env("PORT", d.port), help="0 picks a free port [PORT]"
+    )
+    p.add_argument(
+        "--models",
+        default=_env("MODELS", ",".join(DEFAULT_MODEL_NAMES)),
+        help=f"comma-separated built-in models to serve: {', '.join(BUILTIN_MODELS)} [MODELS]",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=_env("MAX_MESSAGE_BYTES", d.max_receive_message_bytes),
+        help="largest request accepted; larger ones get RESOURCE_EXHAUSTED [MAX_MESSAGE_BYTES]",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=_env("GRACE_S", d.grace_s),
+        help="seconds live streams may finish in on SIGTERM/SIGINT [GRACE_S]",
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up request per model")
+    add_engine_flags(p, env=True)
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    from batchmaker.client import DEFAULT_ADDRESS
+
+    p.add_argument(
+        "--address", default=_env("ADDRESS", DEFAULT_ADDRESS), help="server host:port [ADDRESS]"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca-cert", metavar="PEM", help="CA bundle that signed the server's cert")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    p.add_argument("--client-key", metavar="PEM", help="client private key, for mutual TLS")
+    p.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
+
+
+def _add_infer_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="send one request and print its outputs as they stream in",
+        description="Send one request; print each step as it arrives (exit 1 on an error status).",
+    )
+    _add_client_flags(p)
+    p.add_argument("--model", "-m", required=True)
+    p.add_argument("--version", default=None, help="model version; default the latest")
+    inp = p.add_mutually_exclusive_group(required=True)
+    inp.add_argument("--tokens", "-t", type=int, nargs="+", metavar="ID", help="token ids")
+    inp.add_argument(
+        "--vectors", metavar="JSON", help="a JSON list of equal-length float lists, one per step"
+    )
+    p.add_argument("--top-k", "-k", type=int, default=None, help="best ids per step (default 1)")
+    p.add_argument("--return-vectors", action="store_true", help="print full output vectors")
+    p.add_argument("--max-length", type=int, default=0, help="cap on output steps")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--id", default="", help="request id, echoed back")
+    p.add_argument("--unary", action="store_true", help="one response at the end, no stream")
+    p.add_argument("--json", action="store_true", help="one JSON object per step")
+
+
+def _add_metadata_parser(sub: Any) -> None:
+    p = sub.add_parser("metadata", help="print server metadata, or one model's, as JSON")
+    _add_client_flags(p)
+    p.add_argument("--model", "-m", default=None)
+    p.add_argument("--version", default=None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batchmaker", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(sub)
+    _add_infer_parser(sub)
+    _add_metadata_parser(sub)
 
-    serve = sub.add_parser("serve", help="serve the built-in models (today: the in-process demo)")
-    add_engine_flags(serve)
-    serve.add_argument("--requests", type=int, default=6, help="demo requests to stream")
+    demo = sub.add_parser("demo", help="stream a few requests through an in-process engine")
+    add_engine_flags(demo)
+    demo.add_argument("--requests", type=int, default=6, help="demo requests to stream")
 
     bench = sub.add_parser("bench", help="cellular vs padded vs none on one recorded trace")
     add_engine_flags(bench, with_mode=False)  # it runs every mode in --modes
@@ -73,9 +220,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_flags(bench)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        parser.error(f"--log-level: unknown level {args.log_level!r}")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "serve":
+            return _serve(args)
+        if args.command in ("infer", "metadata"):
+            from batchmaker.errors import BatchMakerError
+
+            try:
+                return _infer(args) if args.command == "infer" else _metadata(args)
+            except BatchMakerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        if args.command == "demo":
             import uvloop
 
             from batchmaker.demo import run_demo
@@ -88,3 +250,142 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     return 2
+
+
+# ---- serve ------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from batchmaker.builtin import builtin_models, check_model_names
+    from batchmaker.server import ServerConfig, serve
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    check_model_names(names)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_receive_message_bytes=args.max_message_bytes,
+        grace_s=args.grace,
+        warmup=not args.no_warmup,
+    )
+    engine_cfg = engine_config(args)
+
+    def ready(server: InferenceServer) -> None:
+        print(_banner(server, names), flush=True)
+
+    return uvloop.run(serve(config, engine_cfg, lambda: builtin_models(names), on_ready=ready))
+
+
+def _banner(server: InferenceServer, names: Sequence[str]) -> str:
+    addr = server.address
+    cfg = server.engine_config
+    model = names[0]
+    return "\n".join(
+        [
+            f"batchmaker: listening on {addr}",
+            f"  models {', '.join(m.key for m in server.engine.models)}; mode {cfg.mode}; "
+            f"devices {', '.join(cfg.devices)}",
+            "  try:",
+            f"    batchmaker infer --address {addr} --model {model} --tokens 1 2 3 4 --top-k 3",
+            f"    grpcurl -plaintext {addr} grpc.health.v1.Health/Check",
+            f'    grpcurl -plaintext -d \'{{"model_name": "{model}", '
+            f'"tokens": {{"ids": [1, 2, 3]}}}}\' {addr} batchmaker.v1.Inference/InferStream',
+            "  Ctrl-C or SIGTERM drains live streams and exits.",
+        ]
+    )
+
+
+# ---- client commands ----------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from batchmaker.client import Client, TLSConfig
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    tls = None
+    if args.tls or args.ca_cert or args.client_cert:
+        tls = TLSConfig(read(args.ca_cert), read(args.client_key), read(args.client_cert))
+    return Client(args.address, tls=tls)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from batchmaker.errors import InvalidRequestError
+
+    if args.tokens is not None:
+        inputs: Any = args.tokens
+    else:
+        try:
+            inputs = np.asarray(json.loads(args.vectors), dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            msg = f"--vectors: not a JSON list of float lists ({exc})"
+            raise InvalidRequestError(msg) from None
+    options: dict[str, Any] = {
+        "version": args.version,
+        "request_id": args.id,
+        "priority": args.priority,
+        "top_k": args.top_k,
+        "return_vectors": args.return_vectors,
+        "max_output_length": args.max_length,
+    }
+    with _client(args) as client:
+        if args.unary:
+            result = client.infer(args.model, inputs, timeout=args.timeout, **options)
+            for step in result.steps:
+                print(_format_step(step, args.json), flush=True)
+            reason = result.finish_reason
+        else:
+            stream = client.infer_stream(args.model, inputs, timeout=args.timeout, **options)
+            for step in stream:
+                print(_format_step(step, args.json), flush=True)
+            reason = stream.finish_reason
+    if args.json:
+        print(json.dumps({"finish_reason": reason}))
+    else:
+        print(f"finished: {reason}")
+    return 0
+
+
+def _format_step(step: Any, as_json: bool) -> str:
+    import numpy as np
+
+    top = (
+        []
+        if step.top_ids is None
+        else [(int(i), float(s)) for i, s in zip(step.top_ids, step.top_scores, strict=True)]
+    )
+    if as_json:
+        obj: dict[str, Any] = {"step": step.step, "top_ids": [i for i, _ in top]}
+        obj["top_scores"] = [round(s, 6) for _, s in top]
+        if step.vector is not None:
+            obj["vector"] = [round(float(v), 6) for v in step.vector]
+        return json.dumps(obj)
+    line = f"step {step.step:4d}: " + "  ".join(f"{i} ({s:.3f})" for i, s in top)
+    if step.vector is not None:
+        line += (
+            f"  vector[{len(step.vector)}] = "
+            + np.array2string(step.vector[:8], precision=3, separator=", ").rstrip("]")
+            + (", ...]" if len(step.vector) > 8 else "]")
+        )
+    return line
+
+
+def _metadata(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _client(args) as client:
+        msg = (
+            client.model_metadata(args.model, args.version, timeout=args.timeout)
+            if args.model
+            else client.server_metadata(timeout=args.timeout)
+        )
+    print(json_format.MessageToJson(msg, indent=2))
+    return 0

@@ -29,7 +29,8 @@ class EngineConfig:
     max_batch: int = 64
     """Most nodes in one cell execution, for every cell type without an override."""
     max_batch_per_cell: Mapping[str, int] = field(default_factory=dict)
-    """Per cell type overrides of ``max_batch``, keyed by qualified cell type name."""
+    """Per cell type overrides of ``max_batch``, keyed by cell type: ``model@version/cell``
+    for one version, or ``model/cell`` for every version of the model."""
     max_num_live_requests: int = 1024
     """Admission limit per device: admitted requests not yet finished. Beyond it, submit
     fails at once with RESOURCE_EXHAUSTED."""
@@ -73,7 +74,12 @@ class EngineConfig:
             )
 
     def max_batch_for(self, cell_type: str) -> int:
-        return self.max_batch_per_cell.get(cell_type, self.max_batch)
+        """The max batch of a qualified cell type (``model@version/cell``)."""
+        per_cell = self.max_batch_per_cell
+        if cell_type in per_cell:
+            return per_cell[cell_type]
+        model_version, _, cell = cell_type.partition("/")
+        return per_cell.get(f"{model_version.partition('@')[0]}/{cell}", self.max_batch)
 
 
 def _positive(name: str, value: int) -> None:

@@ -105,6 +105,17 @@ class Engine:
         if any(d == "cpu" for d in config.devices):
             torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
         self._all_models = [m for vs in self._models.values() for m in vs.values()]
+        known = {
+            key
+            for m in self._all_models
+            for c in m.cells
+            for key in (m.qualify(c), f"{m.name}/{c}")
+        }
+        unknown = sorted(set(config.max_batch_per_cell) - known)
+        if unknown:
+            raise ValueError(
+                f"max_batch_per_cell: no cell type {unknown[0]!r}; served: {sorted(known)}"
+            )
         self._pool_capacities = {
             m.qualify(p): config.num_slots for m in self._all_models for p in m.pools
         }
@@ -336,7 +347,7 @@ class Engine:
             place.num_live -= 1
             for pool in sreq.graph.slot_pools:
                 place.free_slots[pool] += 1
-            stream._finish(_finish_error(request, error))
+            stream._finish(_finish_error(request, error), capped=sreq.graph.capped)
         if not self._streams:
             self._idle.set()
 

@@ -10,25 +10,39 @@ import enum
 
 
 class Code(enum.Enum):
-    """The gRPC status each error maps to."""
+    """gRPC's status codes (OK aside), named as grpc.StatusCode names them."""
 
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NOT_FOUND = "NOT_FOUND"
-    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
-    UNAVAILABLE = "UNAVAILABLE"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 class BatchMakerError(Exception):
-    """Base of every error a request can end with."""
+    """Base of every error a request can end with, in-process or from a remote server."""
 
     code: Code = Code.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: Code | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
 
 
 class InvalidRequestError(BatchMakerError):
@@ -65,3 +79,24 @@ class ExecutionFailedError(BatchMakerError):
     """The cell execution of this request's batch raised; other batches were unaffected."""
 
     code = Code.INTERNAL
+
+
+_BY_CODE: dict[Code, type[BatchMakerError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequestError,
+        ModelNotFoundError,
+        AdmissionRejectedError,
+        DeadlineExceededError,
+        RequestCancelledError,
+        UnavailableError,
+    )
+}
+
+
+def error_for(code: Code, message: str) -> BatchMakerError:
+    """The error a client raises for a status: the same class the engine raises in-process
+    where the code has one (so callers catch one hierarchy either way), else the base class
+    carrying the code. INTERNAL stays the base class: it need not be a cell failure."""
+    cls = _BY_CODE.get(code)
+    return cls(message) if cls is not None else BatchMakerError(message, code=code)

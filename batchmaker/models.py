@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +20,33 @@ from batchmaker.errors import InvalidRequestError
 from batchmaker.types import InferRequest
 from cells import Cell, RecurrentKind, RecurrentStackCell, StateSpec
 from scheduler import ChainGraph, RequestGraph
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSignature:
+    """A named input or output; datatypes and shapes as in the KServe v2 protocol."""
+
+    name: str
+    datatype: str
+    """``"INT64"``, ``"FP32"``."""
+    shape: tuple[int, ...]
+    """-1 for a dimension of variable size."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """What a client needs to know to call a model; served as its metadata."""
+
+    family: str
+    """Architecture family, e.g. ``"lstm"``."""
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
+    """Per step."""
+    max_input_length: int
+    max_output_length: int
+    max_top_k: int
+    vocab_size: int | None
+    """For token inputs: ids lie in ``[0, vocab_size)``."""
 
 
 class Model(ABC):
@@ -57,6 +85,11 @@ class Model(ABC):
     def cell_rank(self, cell: str) -> int:
         """Scheduling rank of a local cell type (higher finishes requests sooner)."""
         return 0
+
+    @property
+    @abstractmethod
+    def signature(self) -> ModelSignature:
+        """Inputs, outputs and limits, for clients (model metadata)."""
 
     @abstractmethod
     def validate(self, request: InferRequest) -> None:
@@ -98,6 +131,25 @@ class SequenceModel(Model):
 
     def cell_pool(self, cell: str) -> str:
         return "state"
+
+    @property
+    def signature(self) -> ModelSignature:
+        c = self.cell
+        tokens = c.input_kind == "tokens"
+        return ModelSignature(
+            family=c.kind,
+            inputs=(
+                TensorSignature("tokens", "INT64", (-1,))
+                if tokens
+                else TensorSignature("vectors", "FP32", (-1, c.input_dim)),
+            ),
+            outputs=(TensorSignature("scores", "FP32", (c.output_dim,)),),
+            max_input_length=self.max_input_len,
+            # One output per input step: the input limit is the output limit.
+            max_output_length=self.max_input_len,
+            max_top_k=c.output_dim,
+            vocab_size=c.input_dim if tokens else None,
+        )
 
     def validate(self, request: InferRequest) -> None:
         try:
@@ -145,6 +197,13 @@ class SequenceModel(Model):
             raise InvalidRequestError(
                 f"top_k: {request.top_k} is outside [0, {self.cell.output_dim}]"
             )
+        cap = request.max_output_length
+        if cap is not None and not (
+            isinstance(cap, int) and 1 <= cap <= self.signature.max_output_length
+        ):
+            raise InvalidRequestError(
+                f"max_output_length: {cap!r} is outside [1, {self.signature.max_output_length}]"
+            )
         if request.timeout is not None and not (
             request.timeout > 0 and math.isfinite(request.timeout)
         ):
@@ -158,11 +217,17 @@ class SequenceModel(Model):
         return np.ascontiguousarray(request.inputs, dtype=np.float32)
 
     def build_graph(self, request: InferRequest) -> RequestGraph:
-        return ChainGraph(self.qualify("step"), self._input_array(request), self.qualify("state"))
+        return ChainGraph(
+            self.qualify("step"),
+            self._input_array(request),
+            self.qualify("state"),
+            max_steps=request.max_output_length,
+        )
 
     def reference(self, request: InferRequest) -> np.ndarray:
+        x = self._input_array(request)[: request.max_output_length]
         with torch.inference_mode():
-            return self.cell.reference(torch.from_numpy(self._input_array(request))).numpy()
+            return self.cell.reference(torch.from_numpy(x)).numpy()
 
 
 def recurrent_model(

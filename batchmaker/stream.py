@@ -12,9 +12,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 from batchmaker.errors import BatchMakerError
 from batchmaker.types import StepOutput
+
+FinishReason = Literal["completed", "length"]
+"""How a request that did not fail ended: its work ran out, or its output-length cap."""
 
 
 class RequestStream:
@@ -28,6 +32,8 @@ class RequestStream:
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BatchMakerError | None = None
+        self.finish_reason: FinishReason | None = None
+        """Set when the request ends without an error."""
         self.submitted_at = time.monotonic()
         self.first_output_at: float | None = None
         self.finished_at: float | None = None
@@ -40,11 +46,13 @@ class RequestStream:
         self._buf.append(output)
         self._wake()
 
-    def _finish(self, error: BatchMakerError | None) -> None:
+    def _finish(self, error: BatchMakerError | None, *, capped: bool = False) -> None:
         if self._done:
             return
         self._done = True
         self._error = error
+        if error is None:
+            self.finish_reason = "length" if capped else "completed"
         self.finished_at = time.monotonic()
         self._wake()
 

@@ -31,6 +31,9 @@ class InferRequest:
     """Return the k best output ids and scores per step; 0 for none."""
     return_vectors: bool = True
     """Return each step's full output vector."""
+    max_output_length: int | None = None
+    """At most this many output steps, then the request ends with finish reason "length";
+    ``None``: the model's own limit."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,9 @@ class RequestGraph(ABC):
 
     slot_pools: tuple[str, ...]
     """The state pool of each request-local slot handle (its length: slots the request holds)."""
+    capped: bool = False
+    """The graph ends where it does because of the request's output-length cap, not
+    because its work ran out: what a client sees as finish reason "length"."""
 
     def slots_per_pool(self) -> dict[str, int]:
         """How many slots the request holds in each pool: what admission must find free."""
@@ -80,15 +83,26 @@ class ChainGraph(RequestGraph):
     are computed on demand, so admitting a long sequence allocates nothing per node.
     """
 
-    __slots__ = ("_cell_type", "_inputs", "_n", "slot_pools")
+    __slots__ = ("_cell_type", "_inputs", "_n", "capped", "slot_pools")
 
-    def __init__(self, cell_type: str, inputs: Sequence[int] | np.ndarray, pool: str) -> None:
+    def __init__(
+        self,
+        cell_type: str,
+        inputs: Sequence[int] | np.ndarray,
+        pool: str,
+        *,
+        max_steps: int | None = None,
+    ) -> None:
         n = len(inputs)
         if n == 0:
             raise ValueError("a chain needs at least one input")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self._cell_type = cell_type
         self._inputs = inputs
-        self._n = n
+        # A chain's step i depends on inputs[:i+1] only, so capping it is truncation.
+        self._n = n if max_steps is None else min(n, max_steps)
+        self.capped = self._n < n
         self.slot_pools = (pool,)
 
     def initial_nodes(self) -> list[int]:

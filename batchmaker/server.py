@@ -1,0 +1,261 @@
+"""The gRPC server's lifecycle: start, serve, drain, stop.
+
+Order matters for the operators' tools:
+
+- **Start.** Bind and answer at once, with grpc health NOT_SERVING and
+  inference UNAVAILABLE, then build the models and the engine off the event
+  loop, warm every model up with one tiny request, and only then flip health to
+  SERVING. A load balancer or Kubernetes probe never routes to a server whose
+  first request would pay for model loading.
+- **Drain** (SIGTERM, SIGINT, or ``stop()``). Health goes NOT_SERVING and new
+  inference calls get UNAVAILABLE at once; live streams carry on for up to the
+  grace period. Whatever the engine still runs after it ends with UNAVAILABLE
+  ("the server shut down before the request finished"), the handlers flush,
+  and gRPC stops. The process then exits 0.
+
+Standard services ride along: ``grpc.health.v1.Health`` and server reflection,
+so grpcurl, grpc_health_probe and Kubernetes' gRPC probes work unmodified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from batchmaker.config import EngineConfig
+from batchmaker.engine import Engine, ExecutorWrapper
+from batchmaker.models import Model
+from batchmaker.service import SERVICE_NAME, InferenceService, ServiceLimits
+from batchmaker.types import InferRequest
+from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[[], Sequence[Model]]
+"""Builds the served models; called off the event loop while health says NOT_SERVING."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the server listens and what it lets through. Built once at the entry point."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; ``0.0.0.0`` or ``[::]`` for every one (containers)."""
+    port: int = 50051
+    """0 picks a free port (tests); the bound port is reported on start."""
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+    """Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED."""
+    max_stream_message_bytes: int = 1024 * 1024
+    """Soft cap per stream message; a backlog of steps is split to stay under it, so a
+    client with gRPC's default 4 MiB receive limit can read any stream."""
+    grace_s: float = 30.0
+    """On SIGTERM or SIGINT: how long live streams may run before they are cancelled."""
+    warmup: bool = True
+    """Run one tiny request per model before reporting SERVING."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_receive_message_bytes < 1024:
+            raise ValueError(
+                f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"
+            )
+        if self.max_stream_message_bytes < 1024:
+            raise ValueError(
+                f"max_stream_message_bytes must be >= 1024, got {self.max_stream_message_bytes}"
+            )
+        if not 0 <= self.grace_s <= 3600:
+            raise ValueError(f"grace_s must be in [0, 3600], got {self.grace_s}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class InferenceServer:
+    """A ``grpc.aio`` server around one engine. Create, ``start()``, ``stop()``; one event loop."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine_config: EngineConfig,
+        models: ModelFactory,
+        *,
+        executor_wrapper: ExecutorWrapper | None = None,
+    ) -> None:
+        self.config = config
+        self.engine_config = engine_config
+        self._models = models
+        self._executor_wrapper = executor_wrapper
+        self._service = InferenceService(
+            ServiceLimits(
+                max_receive_message_bytes=config.max_receive_message_bytes,
+                max_stream_message_bytes=config.max_stream_message_bytes,
+            )
+        )
+        self._health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._engine: Engine | None = None
+        self._port = 0
+        self._stopping: asyncio.Task[None] | None = None
+        self.timings: dict[str, float] = {}
+        """Seconds spent in each start-up phase (bind, models, engine, warmup)."""
+
+    @property
+    def port(self) -> int:
+        """The bound port, once started."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self._port}"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the server has not loaded its engine yet")
+        return self._engine
+
+    @property
+    def service(self) -> InferenceService:
+        return self._service
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def start(self) -> None:
+        """Bind and answer NOT_SERVING, load the models and the engine, then report SERVING.
+
+        A failure after binding stops the gRPC server before it propagates.
+        """
+        t0 = time.perf_counter()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                # Fail to bind a port another server holds instead of silently sharing it.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_InferenceServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._port = server.add_insecure_port(self.config.address)
+        if self._port == 0:
+            raise OSError(f"could not bind {self.config.address}")
+        self._server = server
+        await server.start()
+        self.timings["bind"] = time.perf_counter() - t0
+        try:
+            await self._load()
+        except BaseException:
+            await server.stop(0)
+            raise
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s", self.address)
+
+    async def _load(self) -> None:
+        t = time.perf_counter()
+        models = await asyncio.to_thread(self._models)
+        self.timings["models"] = time.perf_counter() - t
+        t = time.perf_counter()
+        engine = await asyncio.to_thread(
+            Engine, self.engine_config, models, executor_wrapper=self._executor_wrapper
+        )
+        await engine.start()
+        self.timings["engine"] = time.perf_counter() - t
+        self._engine = engine
+        t = time.perf_counter()
+        if self.config.warmup:
+            try:
+                for m in models:
+                    await engine.infer(_warmup_request(m))
+            except BaseException:
+                await engine.shutdown(grace=0)
+                raise
+        self.timings["warmup"] = time.perf_counter() - t
+        self._service.attach(engine)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, then stop; idempotent, and safe to call from several tasks."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(
+                self._stop(self.config.grace_s if grace is None else grace)
+            )
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        server = self._server
+        if server is None:
+            return
+        deadline = time.monotonic() + grace
+        self._service.drain()
+        await self._health.enter_graceful_shutdown()
+        live = self._service.num_active
+        if live:
+            log.info("draining %d live calls for up to %.1f s", live, grace)
+        if self._engine is not None:
+            # Ends whatever still runs after the grace period with UNAVAILABLE.
+            await self._engine.shutdown(grace=grace)
+        # Handlers flush what the engine produced; slow readers get the rest of the grace
+        # period, and at least a moment to receive their final status.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._service.wait_idle(), max(1.0, deadline - time.monotonic()))
+        await server.stop(0)
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def _warmup_request(model: Model) -> InferRequest:
+    sig = model.signature
+    inputs = (
+        np.zeros(2, dtype=np.int64)
+        if sig.vocab_size is not None
+        else np.zeros((2, sig.inputs[0].shape[-1]), dtype=np.float32)
+    )
+    return InferRequest(model=model.name, inputs=inputs, version=model.version, top_k=1)
+
+
+async def serve(
+    config: ServerConfig,
+    engine_config: EngineConfig,
+    models: ModelFactory,
+    *,
+    on_ready: Callable[[InferenceServer], None] | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT, then drain and stop. Returns the exit status (0)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = InferenceServer(config, engine_config, models)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
+    await stop.wait()
+    log.warning("signal received: draining (grace %.1f s)", config.grace_s)
+    await server.stop()
+    return 0

@@ -1,0 +1,247 @@
+"""The gRPC servicer: protobuf in, engine calls, protobuf out, typed errors to statuses.
+
+A handler never computes. It validates and submits (``Engine.submit`` raises at
+once for bad input or a full server), then awaits its request's stream and
+writes what the engine produced since the last write as one message. A slow
+reader therefore costs the engine nothing: its steps wait in the stream's
+buffer and leave in fewer, larger messages. When the call ends early (the
+client cancels or disconnects, or its deadline passes) grpc cancels the
+handler, and the ``finally`` turns that into an engine abort, so the request
+leaves its batch at the next step boundary and frees its slot.
+
+Every error leaves through ``_status``: one mapping from the engine's typed
+errors to gRPC codes, as the style guide asks (KServe's interceptor does the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import grpc
+
+from batchmaker import wire
+from batchmaker.errors import (
+    BatchMakerError,
+    Code,
+    DeadlineExceededError,
+    InvalidRequestError,
+    UnavailableError,
+)
+from batchmaker.v1 import inference_pb2 as pb
+from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from batchmaker.engine import Engine
+    from batchmaker.stream import RequestStream
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("batchmaker")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """Edge limits the servicer enforces or reports."""
+
+    max_receive_message_bytes: int
+    """What gRPC accepts (enforced by the channel options; reported in metadata)."""
+    max_stream_message_bytes: int
+    """Soft cap on one stream message: a backlog of steps is split to stay under it."""
+
+
+class InferenceService(pb_grpc.InferenceServicer):
+    """``batchmaker.v1.Inference`` over an engine that may not be there yet.
+
+    The server starts answering (health NOT_SERVING, this service UNAVAILABLE)
+    before the models are loaded; ``attach`` hands over the engine once they are.
+    ``drain`` makes new calls UNAVAILABLE while live ones finish.
+    """
+
+    def __init__(self, limits: ServiceLimits) -> None:
+        self._limits = limits
+        self._engine: Engine | None = None
+        self._draining = False
+        self._num_active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._ids = itertools.count()
+
+    # ---- lifecycle, driven by the server --------------------------------------
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def drain(self) -> None:
+        """Refuse new calls from now on; live ones carry on."""
+        self._draining = True
+
+    @property
+    def num_active(self) -> int:
+        """Inference calls in progress (admitted or not yet answered)."""
+        return self._num_active
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        self._num_active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._num_active -= 1
+            if not self._num_active:
+                self._idle.set()
+
+    def _serving_engine(self) -> Engine:
+        if self._draining:
+            raise UnavailableError("the server is shutting down; send the request elsewhere")
+        if self._engine is None:
+            raise UnavailableError("the server is starting; its models are not loaded yet")
+        return self._engine
+
+    # ---- inference ------------------------------------------------------------------
+
+    def _submit(
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[RequestStream, pb.InferResponse]:
+        engine = self._serving_engine()
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("the call's deadline passed before it was admitted")
+        req = wire.request_from_pb(request, timeout=remaining)
+        model = engine.model(req.model, req.version)
+        stream = engine.submit(req)
+        header = pb.InferResponse(
+            id=request.id or stream.request_id,
+            model_name=model.name,
+            model_version=str(model.version),
+        )
+        log.debug("request %s (%s) admitted for %s", header.id, stream.request_id, model.key)
+        return stream, header
+
+    async def InferStream(  # noqa: N802 (the RPC's name)
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        with self._active():
+            error: BatchMakerError | None = None
+            stream: RequestStream | None = None
+            try:
+                stream, header = self._submit(request, context)
+                budget = self._limits.max_stream_message_bytes
+                while True:
+                    chunk = await stream.next_chunk()
+                    # next_chunk takes everything buffered: if the request is done now,
+                    # this chunk is its last (or, on error, the next call raises).
+                    final = stream.finish_reason if stream.done and stream.error is None else None
+                    for msg in wire.responses_for(
+                        header, chunk, finish_reason=final, max_message_bytes=budget
+                    ):
+                        await context.write(msg)
+                    if final is not None:
+                        return
+            except BatchMakerError as exc:
+                error = exc
+            except Exception as exc:
+                error = _internal(exc)
+            finally:
+                if stream is not None:
+                    stream.cancel()  # no-op once done; otherwise the request leaves its batch
+            await _abort(context, error)
+
+    async def Infer(  # noqa: N802
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        with self._active():
+            error: BatchMakerError | None = None
+            stream: RequestStream | None = None
+            try:
+                stream, header = self._submit(request, context)
+                outputs = await stream.collect()
+                header.steps.extend(wire.step_to_pb(o) for o in outputs)
+                header.finish_reason = wire.FINISH_REASONS[stream.finish_reason or "completed"]
+                return header
+            except BatchMakerError as exc:
+                error = exc
+            except Exception as exc:
+                error = _internal(exc)
+            finally:
+                if stream is not None:
+                    stream.cancel()
+            await _abort(context, error)
+            raise AssertionError("unreachable: abort raises")
+
+    # ---- metadata -------------------------------------------------------------------
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            engine = self._serving_engine()
+            if not request.name:
+                raise InvalidRequestError("name: required")
+            model = engine.model(request.name, wire.parse_version("version", request.version))
+            versions = [m.version for m in engine.models if m.name == model.name]
+            max_batch = {c: engine.config.max_batch_for(model.qualify(c)) for c in model.cells}
+            return wire.model_metadata_to_pb(model, versions, max_batch)
+        except BatchMakerError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable: abort raises") from None
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        try:
+            engine = self._serving_engine()
+        except BatchMakerError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable: abort raises") from None
+        versions: dict[str, list[int]] = {}
+        for m in engine.models:
+            versions.setdefault(m.name, []).append(m.version)
+        cfg = engine.config
+        return pb.ServerMetadataResponse(
+            name="batchmaker",
+            version=server_version(),
+            batching_mode=cfg.mode,
+            devices=list(cfg.devices),
+            max_live_requests=cfg.max_num_live_requests,
+            max_receive_message_bytes=self._limits.max_receive_message_bytes,
+            models=[
+                pb.ModelVersions(name=n, versions=[str(v) for v in sorted(vs)])
+                for n, vs in sorted(versions.items())
+            ],
+        )
+
+
+def _internal(exc: Exception) -> BatchMakerError:
+    log.exception("unexpected error in an inference call")
+    return BatchMakerError(f"internal server error ({type(exc).__name__})", code=Code.INTERNAL)
+
+
+def _status(code: Code) -> grpc.StatusCode:
+    return grpc.StatusCode[code.value]
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BatchMakerError | None) -> None:
+    """End the call with ``error``'s status (this raises), or return when there is none."""
+    if error is None:
+        return
+    if error.code is Code.INTERNAL:
+        log.warning("call failed: %s", error.message)
+    await context.abort(_status(error.code), error.message)

@@ -1,0 +1,217 @@
+"""Protobuf <-> domain types: the one place that knows both.
+
+The servicer converts requests in and steps out here; the client converts the
+other way. Everything inside the server works on ``InferRequest`` and
+``StepOutput`` only. This module must not import torch (the client uses it).
+
+Checks that need only the message (a version that is not a number, vectors that
+do not fill whole rows, a negative length) are made here and name the proto
+field. Checks that need the model (vocabulary, dimensions, limits) are the
+model's, so in-process callers get the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from batchmaker.errors import InvalidRequestError
+from batchmaker.types import InferRequest, StepOutput
+from batchmaker.v1 import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from batchmaker.models import Model
+
+MAX_REQUEST_ID_LEN = 128
+DEFAULT_TOP_K = 1
+"""``top_k`` when a request leaves it unset: the best id per step, a few bytes."""
+
+FINISH_REASONS = {
+    "completed": pb.FINISH_REASON_COMPLETED,
+    "length": pb.FINISH_REASON_LENGTH,
+}
+
+
+# ---- requests -------------------------------------------------------------------
+
+
+def parse_version(field: str, version: str) -> int | None:
+    """``""`` is the latest; otherwise a positive decimal integer."""
+    if not version:
+        return None
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
+        raise InvalidRequestError(f"{field}: {version[:32]!r} is not a version number >= 1")
+    return int(version)
+
+
+def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequest:
+    """The engine request for ``msg``; ``timeout`` comes from the call's deadline."""
+    if not msg.model_name:
+        raise InvalidRequestError("model_name: required")
+    version = parse_version("model_version", msg.model_version)
+    if len(msg.id) > MAX_REQUEST_ID_LEN:
+        raise InvalidRequestError(
+            f"id: {len(msg.id)} characters, at most {MAX_REQUEST_ID_LEN} allowed"
+        )
+    which = msg.WhichOneof("input")
+    inputs: np.ndarray
+    if which == "tokens":
+        inputs = np.array(msg.tokens.ids, dtype=np.int64)
+    elif which == "vectors":
+        dim, values = msg.vectors.dim, msg.vectors.values
+        if dim < 1:
+            raise InvalidRequestError(f"vectors.dim: must be >= 1, got {dim}")
+        if len(values) % dim:
+            raise InvalidRequestError(
+                f"vectors.values: {len(values)} values do not fill rows of dim {dim}"
+            )
+        inputs = np.array(values, dtype=np.float32).reshape(-1, dim)
+    else:
+        raise InvalidRequestError("input: set exactly one of tokens or vectors")
+    if msg.max_output_length < 0:
+        raise InvalidRequestError(f"max_output_length: {msg.max_output_length} is negative")
+    top_k = msg.top_k if msg.HasField("top_k") else DEFAULT_TOP_K
+    if top_k < 0:
+        raise InvalidRequestError(f"top_k: {top_k} is negative")
+    return InferRequest(
+        model=msg.model_name,
+        inputs=inputs,
+        version=version,
+        priority=msg.priority,
+        timeout=timeout,
+        top_k=top_k,
+        return_vectors=msg.return_vectors,
+        max_output_length=msg.max_output_length or None,
+    )
+
+
+def request_to_pb(
+    model: str,
+    inputs: Sequence[int] | np.ndarray,
+    *,
+    version: int | str | None = None,
+    request_id: str = "",
+    priority: int = 0,
+    top_k: int | None = None,
+    return_vectors: bool = False,
+    max_output_length: int = 0,
+) -> pb.InferRequest:
+    """A request message: 1-D integer inputs become tokens, 2-D float inputs vectors."""
+    x = np.asarray(inputs)
+    msg = pb.InferRequest(
+        model_name=model,
+        model_version="" if version is None else str(version),
+        id=request_id,
+        priority=priority,
+        return_vectors=return_vectors,
+        max_output_length=max_output_length,
+    )
+    if top_k is not None:
+        msg.top_k = top_k
+    if x.ndim == 1 and (x.dtype.kind in "iu" or x.size == 0):
+        msg.tokens.ids.extend(x.astype(np.int64).tolist())
+    elif x.ndim == 2 and x.dtype.kind in "iuf":
+        msg.vectors.dim = x.shape[1]
+        msg.vectors.values.extend(x.astype(np.float32).ravel().tolist())
+    else:
+        raise InvalidRequestError(
+            "inputs: expected a 1-D sequence of token ids or a [T, D] array of vectors, "
+            f"got shape {list(x.shape)} of {x.dtype}"
+        )
+    return msg
+
+
+# ---- responses ------------------------------------------------------------------
+
+
+def step_to_pb(out: StepOutput) -> pb.Step:
+    step = pb.Step(index=out.step)
+    if out.top_ids is not None and out.top_scores is not None:
+        step.top_ids.extend(out.top_ids.tolist())
+        step.top_scores.extend(out.top_scores.tolist())
+    if out.vector is not None:
+        # Copies out of the engine's step buffer, which the stream must not hold on to.
+        step.vector.extend(out.vector.tolist())
+    return step
+
+
+def step_from_pb(step: pb.Step) -> StepOutput:
+    has_top = len(step.top_ids) > 0
+    return StepOutput(
+        step=step.index,
+        vector=np.array(step.vector, dtype=np.float32) if len(step.vector) else None,
+        top_ids=np.array(step.top_ids, dtype=np.int64) if has_top else None,
+        top_scores=np.array(step.top_scores, dtype=np.float32) if has_top else None,
+    )
+
+
+def step_nbytes(out: StepOutput) -> int:
+    """A step's size on the wire, roughly: enough to keep messages under a budget."""
+    n = 8
+    if out.top_ids is not None:
+        n += 14 * len(out.top_ids)
+    if out.vector is not None:
+        n += 4 * len(out.vector) + 4
+    return n
+
+
+def responses_for(
+    header: pb.InferResponse,
+    outputs: Sequence[StepOutput],
+    *,
+    finish_reason: str | None,
+    max_message_bytes: int,
+) -> Iterator[pb.InferResponse]:
+    """``outputs`` as stream messages of at most about ``max_message_bytes`` each.
+
+    ``header`` carries the id and model fields every message repeats. The finish
+    reason, if any, goes on the last message; with no outputs that message is empty.
+    """
+    per_step = step_nbytes(outputs[0]) if outputs else 1
+    per_message = max(1, max_message_bytes // per_step)
+    starts = range(0, len(outputs), per_message) if outputs else range(1)
+    for i in starts:
+        msg = pb.InferResponse()
+        msg.CopyFrom(header)
+        msg.steps.extend(step_to_pb(o) for o in outputs[i : i + per_message])
+        if finish_reason is not None and i + per_message >= len(outputs):
+            msg.finish_reason = FINISH_REASONS[finish_reason]
+        yield msg
+
+
+def finish_reason_from_pb(value: int) -> str | None:
+    for name, code in FINISH_REASONS.items():
+        if code == value:
+            return name
+    return None
+
+
+# ---- metadata -------------------------------------------------------------------
+
+
+def model_metadata_to_pb(
+    model: Model, versions: Sequence[int], max_batch: dict[str, int]
+) -> pb.ModelMetadataResponse:
+    """``max_batch``: the max batch of each of the model's local cell types."""
+    sig = model.signature
+    return pb.ModelMetadataResponse(
+        name=model.name,
+        version=str(model.version),
+        versions=[str(v) for v in sorted(versions)],
+        family=sig.family,
+        inputs=[
+            pb.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs
+        ],
+        outputs=[
+            pb.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs
+        ],
+        limits=pb.ModelLimits(
+            max_input_length=sig.max_input_length,
+            max_output_length=sig.max_output_length,
+            max_top_k=sig.max_top_k,
+            vocab_size=sig.vocab_size or 0,
+        ),
+        cell_types=[pb.CellTypeMetadata(name=c, max_batch=b) for c, b in sorted(max_batch.items())],
+    )

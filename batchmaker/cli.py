@@ -219,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_bench_flags(bench)
 
+    overhead = sub.add_parser(
+        "bench-overhead",
+        help="one trace through the gRPC server vs the in-process engine: the server's overhead",
+    )
+    add_engine_flags(overhead)
+    from batchmaker.bench_overhead import add_overhead_flags
+
+    add_overhead_flags(overhead)
+
     args = parser.parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
@@ -244,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             uvloop.run(run_demo(engine_config(args), num_requests=args.requests))
             return 0
+        if args.command == "bench-overhead":
+            from batchmaker.bench_overhead import run_overhead_cli
+
+            return run_overhead_cli(args)
         from batchmaker.bench import run_bench_cli
 
         return run_bench_cli(args)

@@ -1,0 +1,152 @@
+"""A real gRPC server on loopback for end-to-end tests, and what they share.
+
+``LiveServer`` runs ``InferenceServer`` on ``127.0.0.1:0`` with its own uvloop
+event loop in a background thread, the way ``batchmaker serve`` runs it, so
+tests talk to it through the real ``Client`` over a real channel. Its engine's
+executor is the engine tests' ``GatedExecutor``: open by default, or closed
+(``gated=True``) so a test decides when each step runs, e.g. to keep a stream
+in flight while it cancels, lets a deadline pass, or drains the server.
+
+Everything that touches the engine runs on the server's loop (``run``), as
+the servicer does; nothing here sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import uvloop
+from harness import GUARD_S, GatedExecutor, engine_config, small_model
+
+from batchmaker import EngineConfig, SequenceModel
+from batchmaker.client import Client
+from batchmaker.executor import Executor
+from batchmaker.server import InferenceServer, ServerConfig
+
+T = TypeVar("T")
+
+
+def e2e_models() -> list[SequenceModel]:
+    """Token LSTM (two versions), token GRU and a vector-input GRU: every input path."""
+    return [
+        small_model("lstm", num_layers=2, name="lstm", seed=1),
+        small_model("lstm", num_layers=2, name="lstm", seed=2, version=2),
+        small_model("gru", name="gru", seed=3),
+        small_model("gru", vectors=True, name="vec", seed=4),
+    ]
+
+
+class LiveServer:
+    """``with LiveServer(...) as live``: a started server; ``live.client()`` talks to it."""
+
+    def __init__(
+        self,
+        models: Sequence[SequenceModel] | Callable[[], Sequence[SequenceModel]] | None = None,
+        config: EngineConfig | None = None,
+        *,
+        gated: bool = False,
+        server_config: ServerConfig | None = None,
+    ) -> None:
+        self._factory = models if callable(models) else (lambda: list(models or e2e_models()))
+        self.engine_config = config or engine_config(max_batch=8)
+        self.server_config = server_config or ServerConfig(port=0, warmup=False)
+        self._gated = gated
+        self.gate: GatedExecutor | None = None
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="e2e-server-loop")
+        self.server = InferenceServer(
+            self.server_config, self.engine_config, self._factory, executor_wrapper=self._wrap
+        )
+        self._clients: list[Client] = []
+
+    def _wrap(self, inner: Executor) -> Executor:
+        self.gate = GatedExecutor(inner, self.loop)
+        if not self._gated:
+            self.gate.open()
+        return self.gate
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start the loop and the server; ``wait=False`` returns while it still loads."""
+        self._thread.start()
+        self._starting = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+        if wait:
+            self._starting.result(GUARD_S)
+
+    def wait_started(self) -> None:
+        self._starting.result(GUARD_S)
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self.gate is not None:
+            self.gate.open()
+        self.run(self.server.stop(grace))
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        if self._thread.is_alive():
+            try:
+                self.stop()
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(GUARD_S)
+        self.loop.close()
+
+    def __enter__(self) -> LiveServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- access -------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def client(self, **kwargs: Any) -> Client:
+        c = Client(self.address, **kwargs)
+        self._clients.append(c)
+        return c
+
+    def run(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` on the server's loop, from the test's thread."""
+
+        async def guarded() -> T:
+            return await asyncio.wait_for(aw, GUARD_S)
+
+        return asyncio.run_coroutine_threadsafe(guarded(), self.loop).result(GUARD_S + 5)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (engine state lives there)."""
+
+        async def once() -> T:
+            return fn()
+
+        return self.run(once())
+
+    def free_slots(self) -> dict[str, int]:
+        return self.call(lambda: self.server.engine.device_stats()[0].num_free_slots)
+
+    def num_live(self) -> int:
+        return self.call(lambda: self.server.engine.num_live)
+
+    def wait_until(self, cond: Callable[[], bool]) -> None:
+        """Wait, on the loop, until ``cond()`` holds there (checked after each loop turn)."""
+
+        async def poll() -> None:
+            while not cond():
+                await asyncio.sleep(0.005)
+
+        self.run(poll())
+
+    def wait_idle(self) -> None:
+        """Until no request is live in the engine and no call is in progress."""
+        self.wait_until(
+            lambda: self.server.engine.num_live == 0 and self.server.service.num_active == 0
+        )

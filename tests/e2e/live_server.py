@@ -39,6 +39,13 @@ def e2e_models() -> list[SequenceModel]:
     ]
 
 
+def e2e_config(**overrides: object) -> EngineConfig:
+    """Room for 64 live requests: the e2e tests run dozens of concurrent streams."""
+    fields: dict[str, object] = {"max_batch": 8, "max_num_live_requests": 64, "num_slots": 64}
+    fields.update(overrides)
+    return engine_config(**fields)
+
+
 class LiveServer:
     """``with LiveServer(...) as live``: a started server; ``live.client()`` talks to it."""
 
@@ -51,7 +58,7 @@ class LiveServer:
         server_config: ServerConfig | None = None,
     ) -> None:
         self._factory = models if callable(models) else (lambda: list(models or e2e_models()))
-        self.engine_config = config or engine_config(max_batch=8)
+        self.engine_config = config or e2e_config()
         self.server_config = server_config or ServerConfig(port=0, warmup=False)
         self._gated = gated
         self.gate: GatedExecutor | None = None

@@ -14,8 +14,9 @@ the servicer does; nothing here sleeps and hopes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import uvloop
@@ -128,6 +129,10 @@ class LiveServer:
             return await asyncio.wait_for(aw, GUARD_S)
 
         return asyncio.run_coroutine_threadsafe(guarded(), self.loop).result(GUARD_S + 5)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the server's loop without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the server's loop (engine state lives there)."""

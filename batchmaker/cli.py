@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from batchmaker.config import MODES, EngineConfig
 
 if TYPE_CHECKING:
-    from batchmaker.server import InferenceServer
+    from batchmaker.server import InferenceServer, ServerConfig
 
 ENV_PREFIX = "BATCHMAKER_"
 
@@ -197,7 +197,7 @@ def _add_metadata_parser(sub: Any) -> None:
     p.add_argument("--version", default=None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmaker", description=__doc__)
     parser.add_argument(
         "--log-level",
@@ -227,7 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from batchmaker.bench_overhead import add_overhead_flags
 
     add_overhead_flags(overhead)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
@@ -268,11 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---- serve ------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvloop
-
-    from batchmaker.builtin import builtin_models, check_model_names
-    from batchmaker.server import ServerConfig, serve
+def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
+    """The server's and the engine's config, and the model names, from ``serve``'s flags."""
+    from batchmaker.builtin import check_model_names
+    from batchmaker.server import ServerConfig
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     check_model_names(names)
@@ -283,7 +286,16 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         warmup=not args.no_warmup,
     )
-    engine_cfg = engine_config(args)
+    return config, engine_config(args), names
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from batchmaker.builtin import builtin_models
+    from batchmaker.server import serve
+
+    config, engine_cfg, names = serve_configs(args)
 
     def ready(server: InferenceServer) -> None:
         print(_banner(server, names), flush=True)

@@ -1,0 +1,121 @@
+"""The ``batchmaker`` command: ``infer`` and ``metadata`` against a live server, and how
+``serve`` builds its configuration from flags and ``BATCHMAKER_*`` variables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import LiveServer, e2e_models
+from reference import run_alone
+
+from batchmaker.cli import build_parser, main, serve_configs
+
+
+def test_infer_streams_each_step_and_its_top_k(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["infer", "--address", live.address, "-m", "gru", "-t", "3", "1", "4", "-k", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == "finished: completed"
+    want = run_alone(e2e_models()[2], [3, 1, 4]).argsort(axis=1)[:, ::-1][:, :2]
+    for i, line in enumerate(out[:-1]):
+        assert line.startswith(f"step {i:4d}: ")
+        ids = [int(tok) for tok in line.split(": ", 1)[1].split() if not tok.startswith("(")]
+        assert ids == want[i].tolist()
+
+
+def test_infer_json_unary_and_length_cap(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["infer", "--address", live.address, "-m", "lstm", "--version", "1"]
+    code = main([*args, "-t", "5", "6", "7", "--max-length", "2", "--json", "--unary"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert [line["step"] for line in lines[:-1]] == [0, 1]
+    assert lines[-1] == {"finish_reason": "length"}
+
+
+def test_infer_vectors_and_errors_exit_one(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["infer", "--address", live.address, "-m", "vec"]
+    assert main([*args, "--vectors", json.dumps([[0.5] * 6] * 3), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main([*args, "--vectors", json.dumps([[0.5] * 5])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_ARGUMENT: inputs:")
+    assert main(["infer", "--address", live.address, "-m", "nope", "-t", "1"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_metadata_prints_json(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metadata", "--address", live.address]) == 0
+    server = json.loads(capsys.readouterr().out)
+    assert {m["name"] for m in server["models"]} == {"lstm", "gru", "vec"}
+    assert main(["metadata", "--address", live.address, "-m", "vec"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"][0]["shape"] == ["-1", "6"]
+
+
+def test_serve_config_from_flags() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--port",
+            "6000",
+            "--models",
+            "lstm-lm",
+            "--max-batch",
+            "32",
+            "--max-batch-per-cell",
+            "lstm-lm/step=16",
+            "--max-live",
+            "9",
+            "--max-message-bytes",
+            "65536",
+            "--grace",
+            "5",
+        ]
+    )
+    server, engine, names = serve_configs(args)
+    assert (server.port, server.max_receive_message_bytes, server.grace_s) == (6000, 65536, 5.0)
+    assert names == ["lstm-lm"]
+    assert engine.max_batch == 32
+    assert engine.max_batch_for("lstm-lm@1/step") == 16
+    assert engine.max_batch_for("gru-lm@1/step") == 32
+    assert engine.max_num_live_requests == 9
+
+
+def test_serve_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "BATCHMAKER_HOST": "0.0.0.0",
+        "BATCHMAKER_PORT": "7000",
+        "BATCHMAKER_MODELS": "gru-lm,lstm-512",
+        "BATCHMAKER_DEVICES": "cpu",
+        "BATCHMAKER_MAX_BATCH": "96",
+        "BATCHMAKER_MAX_BATCH_PER_CELL": "gru-lm/step=8, lstm-512@1/step=24",
+        "BATCHMAKER_MAX_LIVE": "100",
+        "BATCHMAKER_MAX_MESSAGE_BYTES": "2048",
+        "BATCHMAKER_MODE": "padded",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    server, engine, names = serve_configs(build_parser().parse_args(["serve"]))
+    assert (server.host, server.port, server.max_receive_message_bytes) == ("0.0.0.0", 7000, 2048)
+    assert names == ["gru-lm", "lstm-512"]
+    assert engine.mode == "padded"
+    assert engine.devices == ("cpu",)
+    assert engine.max_batch_for("gru-lm@1/step") == 8
+    assert engine.max_batch_for("lstm-512@1/step") == 24
+    assert engine.max_num_live_requests == 100
+    # A flag wins over its variable.
+    server, _, _ = serve_configs(build_parser().parse_args(["serve", "--port", "7001"]))
+    assert server.port == 7001
+
+
+def test_serve_rejects_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--models", "no-such-model"])
+    assert "unknown 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--max-batch-per-cell", "nonsense"])
+    assert "expected CELL=N" in capsys.readouterr().err

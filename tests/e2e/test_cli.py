@@ -26,7 +26,9 @@ def test_infer_streams_each_step_and_its_top_k(
         assert ids == want[i].tolist()
 
 
-def test_infer_json_unary_and_length_cap(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_infer_json_unary_and_length_cap(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["infer", "--address", live.address, "-m", "lstm", "--version", "1"]
     code = main([*args, "-t", "5", "6", "7", "--max-length", "2", "--json", "--unary"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

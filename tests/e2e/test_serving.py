@@ -54,8 +54,7 @@ async def _in_process(
 ) -> list[list[StepOutput]]:
     async with Engine(e2e_config(), e2e_models()) as engine:
         streams = [
-            engine.submit(InferRequest(m.name, x, version=m.version, top_k=3))
-            for m, x in requests
+            engine.submit(InferRequest(m.name, x, version=m.version, top_k=3)) for m, x in requests
         ]
         return list(await asyncio.gather(*(collect(s) for s in streams)))
 
@@ -67,7 +66,10 @@ def test_concurrent_streams_equal_the_in_process_engine_and_plain_torch(live: Li
     local = asyncio.run(_in_process(requests))
     for (model, inputs), got, want in zip(requests, remote, local, strict=True):
         assert [s.step for s in got] == [s.step for s in want]
-        assert max_abs_diff(np.stack([s.vector for s in got]), np.stack([s.vector for s in want])) < TOL
+        assert (
+            max_abs_diff(np.stack([s.vector for s in got]), np.stack([s.vector for s in want]))
+            < TOL
+        )
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g.top_ids, w.top_ids)
         assert_matches_alone(model, inputs, got)
@@ -134,7 +136,7 @@ def test_request_id_is_echoed_or_assigned(client: Client) -> None:
     b = client.infer_stream("gru", list(range(30)), request_id="same")
     assert len(list(a)) == len(list(b)) == 30
     assigned = client.infer("gru", [1, 2])
-    assert assigned.id and assigned.id != "client-42"
+    assert assigned.id not in ("", "client-42")
 
 
 def test_a_slow_reader_gets_several_steps_per_message() -> None:
@@ -162,26 +164,26 @@ def test_a_slow_reader_gets_several_steps_per_message() -> None:
         assert stream.finish_reason == "completed"
 
 
-def test_large_backlogs_are_split_under_the_stream_message_budget() -> None:
-    """Full vectors of a long request exceed the per-message budget: they are split, and a
-    client with gRPC's default 4 MiB receive limit reads it all."""
+def test_stream_messages_stay_under_the_message_budget() -> None:
+    """Full vectors are large: however the steps group, no message exceeds the server's
+    per-message budget by more than one step, and every step arrives once, in order."""
     from batchmaker.server import ServerConfig
 
-    cfg = ServerConfig(port=0, warmup=False, max_stream_message_bytes=2048)
+    budget = 2048
+    cfg = ServerConfig(port=0, warmup=False, max_stream_message_bytes=budget)
     with LiveServer(gated=True, server_config=cfg) as live:
         gate = live.gate
         assert gate is not None
-        client = live.client(max_receive_message_bytes=4 * 1024 * 1024)
-        stream = client.infer_stream(
+        stream = live.client().infer_stream(
             "vec", np.zeros((60, 6), np.float32), return_vectors=True, timeout=GUARD_S
         )
         gate.allow(60)
         live.run(gate.wait_done(60))
-        live.wait_idle()
-        sizes = [len(m) for m in stream.messages()]
-        assert sum(sizes) == 60
-        # 11 floats + top-1 per step is about 70 bytes: at most ~29 steps per 2 KiB message.
-        assert len(sizes) >= 3 and max(sizes) <= 2048 // 60
+        live.wait_until(lambda: live.server.engine.num_live == 0)
+        raw = list(stream._call)  # the proto messages themselves
+        assert [s.index for m in raw for s in m.steps] == list(range(60))
+        one_step = raw[0].steps[0].ByteSize()
+        assert max(m.ByteSize() for m in raw) <= budget + one_step
 
 
 def test_model_and_server_metadata(client: Client) -> None:
@@ -189,16 +191,16 @@ def test_model_and_server_metadata(client: Client) -> None:
     assert (meta.name, meta.version, list(meta.versions)) == ("lstm", "2", ["1", "2"])
     assert meta.family == "lstm"
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("tokens", "INT64", [-1])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
-        ("scores", "FP32", [50])
-    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("scores", "FP32", [50])]
     assert meta.limits.max_input_length == 64
     assert meta.limits.max_output_length == 64
     assert meta.limits.vocab_size == 50
     assert [(c.name, c.max_batch) for c in meta.cell_types] == [("step", 8)]
     assert client.model_metadata("lstm", 1).version == "1"
     vec = client.model_metadata("vec")
-    assert [(t.name, t.datatype, list(t.shape)) for t in vec.inputs] == [("vectors", "FP32", [-1, 6])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in vec.inputs] == [
+        ("vectors", "FP32", [-1, 6])
+    ]
     assert vec.limits.vocab_size == 0
 
     server = client.server_metadata()

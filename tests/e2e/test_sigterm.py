@@ -80,7 +80,9 @@ def _wait_not_serving(address: str) -> None:
     pytest.fail("health never reported NOT_SERVING")
 
 
-@pytest.mark.parametrize("server_process", [("--models", "lstm-lm", "--grace", "30")], indirect=True)
+@pytest.mark.parametrize(
+    "server_process", [("--models", "lstm-lm", "--grace", "30")], indirect=True
+)
 def test_sigterm_drains_live_streams_refuses_new_ones_and_exits_zero(
     server_process: ServerProcess,
 ) -> None:
@@ -91,8 +93,7 @@ def test_sigterm_drains_live_streams_refuses_new_ones_and_exits_zero(
         client.wait_until_serving(GUARD_S)
         inputs = [list(range(i, i + 600)) for i in range(3)]
         streams = [
-            client.infer_stream("lstm-lm", x, return_vectors=True, timeout=GUARD_S)
-            for x in inputs
+            client.infer_stream("lstm-lm", x, return_vectors=True, timeout=GUARD_S) for x in inputs
         ]
         readers = [s.messages() for s in streams]
         firsts = [next(r) for r in readers]  # every stream is in flight

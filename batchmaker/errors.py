@@ -56,7 +56,10 @@ class ModelNotFoundError(BatchMakerError):
 
 
 class AdmissionRejectedError(BatchMakerError):
-    """Admitting the request would break the admission limit; it was not queued."""
+    """Admitting the request would break the admission limit; it was not queued.
+
+    A remote client raises it for every RESOURCE_EXHAUSTED, which gRPC also uses for a
+    message over the size limit; ``message`` says which."""
 
     code = Code.RESOURCE_EXHAUSTED
 

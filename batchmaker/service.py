@@ -195,13 +195,18 @@ class InferenceService(pb_grpc.InferenceServicer):
             engine = self._serving_engine()
             if not request.name:
                 raise InvalidRequestError("name: required")
-            model = engine.model(request.name, wire.parse_version("version", request.version))
+            model = engine.model(
+                request.name, wire.parse_version("version", request.version, request.name)
+            )
             versions = [m.version for m in engine.models if m.name == model.name]
             max_batch = {c: engine.config.max_batch_for(model.qualify(c)) for c in model.cells}
             return wire.model_metadata_to_pb(model, versions, max_batch)
         except BatchMakerError as exc:
-            await _abort(context, exc)
-            raise AssertionError("unreachable: abort raises") from None
+            error = exc
+        except Exception as exc:
+            error = _internal(exc)
+        await _abort(context, error)
+        raise AssertionError("unreachable: abort raises")
 
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext

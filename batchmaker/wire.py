@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from batchmaker.errors import InvalidRequestError
+from batchmaker.errors import InvalidRequestError, ModelNotFoundError
 from batchmaker.types import InferRequest, StepOutput
 from batchmaker.v1 import inference_pb2 as pb
 
@@ -37,20 +37,29 @@ FINISH_REASONS = {
 # ---- requests -------------------------------------------------------------------
 
 
-def parse_version(field: str, version: str) -> int | None:
-    """``""`` is the latest; otherwise a positive decimal integer."""
+MAX_VERSION_DIGITS = 18
+"""No served version has more digits. Longer numbers are NOT_FOUND without ``int()``,
+which refuses digit strings over 4300 characters."""
+
+
+def parse_version(field: str, version: str, model: str) -> int | None:
+    """``""`` is the latest; otherwise a positive decimal integer (of ``model``)."""
     if not version:
         return None
-    if not (version.isascii() and version.isdigit()) or int(version) < 1:
+    digits = version.lstrip("0")
+    if not (version.isascii() and version.isdigit() and digits):
         raise InvalidRequestError(f"{field}: {version[:32]!r} is not a version number >= 1")
-    return int(version)
+    if len(digits) > MAX_VERSION_DIGITS:
+        shown = digits if len(digits) <= 40 else f"{digits[:40]}... ({len(digits)} digits)"
+        raise ModelNotFoundError(f"{field}: model {model!r} has no version {shown}")
+    return int(digits)
 
 
 def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequest:
     """The engine request for ``msg``; ``timeout`` comes from the call's deadline."""
     if not msg.model_name:
         raise InvalidRequestError("model_name: required")
-    version = parse_version("model_version", msg.model_version)
+    version = parse_version("model_version", msg.model_version, msg.model_name)
     if len(msg.id) > MAX_REQUEST_ID_LEN:
         raise InvalidRequestError(
             f"id: {len(msg.id)} characters, at most {MAX_REQUEST_ID_LEN} allowed"

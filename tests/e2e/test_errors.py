@@ -328,12 +328,6 @@ def send_bytes(channel: grpc.Channel, rpc: str, payload: bytes) -> Any:
     return channel.unary_unary(path)(payload, timeout=CALL_TIMEOUT_S)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="server bug: wire.parse_version calls int() on a digit string of any length; "
-    "over 4300 digits Python raises ValueError, answered INTERNAL (UNKNOWN for metadata)",
-)
 @pytest.mark.parametrize("rpc", ["InferStream", "Infer", "ModelMetadata"])
 def test_a_version_of_thousands_of_digits_is_refused_cleanly(
     live: LiveServer, client: Client, channel: grpc.Channel, rpc: str

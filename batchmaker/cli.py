@@ -151,6 +151,18 @@ def _add_serve_parser(sub: Any) -> None:
         help="seconds live streams may finish in on SIGTERM/SIGINT [GRACE_S]",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up request per model")
+    p.add_argument(
+        "--tls-cert", default=_env("TLS_CERT", None), metavar="PEM", help="serve TLS [TLS_CERT]"
+    )
+    p.add_argument(
+        "--tls-key", default=_env("TLS_KEY", None), metavar="PEM", help="its key file [TLS_KEY]"
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA", None),
+        metavar="PEM",
+        help="require client certificates signed by this CA: mutual TLS [TLS_CLIENT_CA]",
+    )
     add_engine_flags(p, env=True)
 
 
@@ -285,6 +297,9 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         max_receive_message_bytes=args.max_message_bytes,
         grace_s=args.grace,
         warmup=not args.no_warmup,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
     )
     return config, engine_config(args), names
 
@@ -304,18 +319,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _banner(server: InferenceServer, names: Sequence[str]) -> str:
+    """The first line is for scripts and tests (the address is its last word)."""
     addr = server.address
     cfg = server.engine_config
     model = names[0]
+    tls = server.config.tls
+    grpcurl = "grpcurl -cacert CA.pem" if tls else "grpcurl -plaintext"
+    infer = f"batchmaker infer --address {addr}" + (" --ca-cert CA.pem" if tls else "")
     return "\n".join(
         [
             f"batchmaker: listening on {addr}",
             f"  models {', '.join(m.key for m in server.engine.models)}; mode {cfg.mode}; "
-            f"devices {', '.join(cfg.devices)}",
+            f"devices {', '.join(cfg.devices)}; " + ("TLS" if tls else "plaintext"),
             "  try:",
-            f"    batchmaker infer --address {addr} --model {model} --tokens 1 2 3 4 --top-k 3",
-            f"    grpcurl -plaintext {addr} grpc.health.v1.Health/Check",
-            f'    grpcurl -plaintext -d \'{{"model_name": "{model}", '
+            f"    {infer} --model {model} --tokens 1 2 3 4 --top-k 3",
+            f"    {grpcurl} {addr} grpc.health.v1.Health/Check",
+            f'    {grpcurl} -d \'{{"model_name": "{model}", '
             f'"tokens": {{"ids": [1, 2, 3]}}}}\' {addr} batchmaker.v1.Inference/InferStream',
             "  Ctrl-C or SIGTERM drains live streams and exits.",
         ]

@@ -63,8 +63,18 @@ class ServerConfig:
     """On SIGTERM or SIGINT: how long live streams may run before they are cancelled."""
     warmup: bool = True
     """Run one tiny request per model before reporting SERVING."""
+    tls_cert_file: str | None = None
+    """PEM certificate chain: with ``tls_key_file``, serve TLS instead of plaintext."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``. Read from the file, never from a flag's value."""
+    tls_client_ca_file: str | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
 
     def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_receive_message_bytes < 1024:
@@ -81,6 +91,25 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """TLS credentials from the configured files (read now, at start-up)."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            raise ValueError("TLS is not configured")
+        cert, key = _read(self.tls_cert_file), _read(self.tls_key_file)
+        ca = None if self.tls_client_ca_file is None else _read(self.tls_client_ca_file)
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class InferenceServer:
@@ -160,7 +189,12 @@ class InferenceServer:
             server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._port = server.add_insecure_port(self.config.address)
+        cfg = self.config
+        self._port = (
+            server.add_secure_port(cfg.address, cfg.server_credentials())
+            if cfg.tls
+            else server.add_insecure_port(cfg.address)
+        )
         if self._port == 0:
             raise OSError(f"could not bind {self.config.address}")
         self._server = server

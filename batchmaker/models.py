@@ -199,7 +199,9 @@ class SequenceModel(Model):
             )
         cap = request.max_output_length
         if cap is not None and not (
-            isinstance(cap, int) and 1 <= cap <= self.signature.max_output_length
+            isinstance(cap, int)
+            and not isinstance(cap, bool)
+            and 1 <= cap <= self.signature.max_output_length
         ):
             raise InvalidRequestError(
                 f"max_output_length: {cap!r} is outside [1, {self.signature.max_output_length}]"

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one trace through the gRPC server vs the in-process engine: the server's overhead",
     )
     add_engine_flags(overhead)
-    from batchmaker.bench_overhead import add_overhead_flags
+    from batchmaker.bench_grpc import add_overhead_flags
 
     add_overhead_flags(overhead)
     return parser
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             uvloop.run(run_demo(engine_config(args), num_requests=args.requests))
             return 0
         if args.command == "bench-overhead":
-            from batchmaker.bench_overhead import run_overhead_cli
+            from batchmaker.bench_grpc import run_overhead_cli
 
             return run_overhead_cli(args)
         from batchmaker.bench import run_bench_cli

@@ -1,0 +1,318 @@
+"""``batchmaker bench-overhead``: what the gRPC server costs over the in-process engine.
+
+One recorded trace is replayed open-loop (each request sent at its trace time,
+whatever came back before) down two paths, in one run:
+
+- **in-process**: ``Engine.submit`` and the stream's ``next_chunk`` in this process;
+- **gRPC**: the same engine config behind ``batchmaker serve`` in a *subprocess*
+  (client and server do not share a GIL, as in production), called with the
+  asyncio client's streaming ``InferStream``, top-1 per step.
+
+At two loads: *saturation* (the whole trace arrives at once, so the server is
+never short of work: throughput is completed requests over the makespan) and
+*half load* (half the in-process saturation throughput: latency p50/p99 and
+time to first output). Rounds alternate the paths, so drift in this machine's
+speed hits both; medians over rounds are reported, and the headline is the
+ratio of median throughputs, gRPC over in-process (target >= 0.8).
+
+Every request's top-1 ids over gRPC must equal the in-process ones (``valid``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchmaker.builtin import BUILTIN_MODELS
+from batchmaker.client import AsyncClient
+from batchmaker.config import EngineConfig
+from batchmaker.engine import Engine
+from batchmaker.errors import BatchMakerError
+from batchmaker.trace import Trace, make_trace
+from batchmaker.types import InferRequest, StepOutput
+
+PATHS = ("in-process", "grpc")
+SATURATION_RATE = 1e6
+"""Requests/s: every arrival within a millisecond, so the engine always has a backlog."""
+
+Send = Callable[[int], AsyncIterator[list[StepOutput]]]
+"""Starts request ``i`` of the trace; yields its steps in the chunks they arrive in."""
+
+
+def add_overhead_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lstm-512", choices=sorted(BUILTIN_MODELS))
+    p.add_argument("--requests", type=int, default=400, help="requests in the trace")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per load")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
+    p.add_argument("--out", type=Path, default=Path("bench-results/grpc-overhead.json"))
+
+
+@dataclass
+class RunResult:
+    """One replay of the trace down one path at one rate."""
+
+    path: str
+    rate: float
+    num_requests: int
+    num_completed: int = 0
+    num_failed: int = 0
+    wall_s: float = 0.0
+    throughput_rps: float = 0.0
+    p50: float = 0.0
+    p99: float = 0.0
+    ttft_p50: float = 0.0
+    top1: list[list[int]] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class OverheadReport:
+    config: dict[str, Any]
+    runs: list[RunResult] = field(default_factory=list)
+    medians: dict[str, dict[str, float]] = field(default_factory=dict)
+    throughput_ratio: float = 0.0
+    """Median gRPC saturation throughput over median in-process: the headline."""
+    valid: bool = True
+    server_exit_code: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for r in d["runs"]:
+            del r["top1"]
+        return d
+
+
+async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
+    """Open loop: request ``i`` starts at its trace time; latency counts from that time."""
+    loop = asyncio.get_running_loop()
+    n = len(trace)
+    arrivals = trace.arrivals(rate)
+    result = RunResult(path=path, rate=rate, num_requests=n, top1=[[] for _ in range(n)])
+    lat: list[float] = []
+    ttft: list[float] = []
+    t0 = loop.time() + 0.05
+    last_end = t0
+
+    async def one(i: int, target: float) -> None:
+        nonlocal last_end
+        first: float | None = None
+        ids = result.top1[i]
+        try:
+            async for chunk in send(i):
+                if first is None and chunk:
+                    first = loop.time()
+                ids.extend(int(s.top_ids[0]) for s in chunk if s.top_ids is not None)
+        except BatchMakerError:
+            result.num_failed += 1
+            return
+        end = loop.time()
+        last_end = max(last_end, end)
+        result.num_completed += 1
+        lat.append(end - target)
+        ttft.append((first or end) - target)
+
+    tasks = []
+    for i in range(n):
+        target = t0 + arrivals[i]
+        delay = target - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, target)))
+    await asyncio.gather(*tasks)
+    result.wall_s = max(last_end - t0, 1e-9)
+    result.throughput_rps = result.num_completed / result.wall_s
+    if lat:
+        result.p50, result.p99 = (float(np.percentile(lat, q)) for q in (50, 99))
+        result.ttft_p50 = float(np.percentile(ttft, 50))
+    return result
+
+
+class ServerProcess:
+    """``batchmaker serve`` in a subprocess, on a free port, with the bench's engine flags."""
+
+    def __init__(self, model: str, config: EngineConfig) -> None:
+        args = [
+            "serve",
+            "--host=127.0.0.1",
+            "--port=0",
+            f"--models={model}",
+            f"--mode={config.mode}",
+            f"--max-batch={config.max_batch}",
+            f"--max-live={config.max_num_live_requests}",
+            f"--num-slots={config.num_slots}",
+            *(f"--device={d}" for d in config.devices),
+            *([f"--threads={config.num_threads}"] if config.num_threads else []),
+        ]
+        code = "import sys; from batchmaker.cli import main; sys.exit(main(sys.argv[1:]))"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if "listening on" not in first:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise RuntimeError(f"the server did not start: {first!r}\n{err}")
+        self.address = first.rsplit(" ", 1)[-1].strip()
+
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator would; the exit code (0 when it drained cleanly)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+        return self.proc.returncode
+
+
+async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> OverheadReport:
+    model = BUILTIN_MODELS[args.model]()
+    trace = (
+        Trace.load(args.trace_in)
+        if args.trace_in
+        else make_trace(
+            args.requests,
+            vocab_size=model.cell.input_dim,
+            seed=args.seed,
+            arrival=args.arrival,
+            max_len=model.max_input_len,
+        )
+    )
+    report = OverheadReport(
+        config={
+            "model": args.model,
+            "engine": {k: v for k, v in asdict(config).items() if k != "max_batch_per_cell"},
+            "trace": {
+                "arrival": trace.arrival,
+                "seed": trace.seed,
+                "requests": len(trace),
+                "length_median": float(np.median(trace.lengths)),
+                "length_p99": float(np.percentile(trace.lengths, 99)),
+            },
+            "rounds": args.rounds,
+        }
+    )
+
+    def request(i: int) -> InferRequest:
+        return InferRequest(model.name, trace.tokens[i], top_k=1, return_vectors=False)
+
+    server = ServerProcess(args.model, config)
+    try:
+        async with Engine(config, [model]) as engine, AsyncClient(server.address) as client:
+
+            async def in_process(i: int) -> AsyncIterator[list[StepOutput]]:
+                stream = engine.submit(request(i))
+                while chunk := await stream.next_chunk():
+                    yield chunk
+
+            async def over_grpc(i: int) -> AsyncIterator[list[StepOutput]]:
+                stream = client.infer_stream(model.name, trace.tokens[i], top_k=1)
+                async for chunk in stream.messages():
+                    yield chunk
+
+            sends: dict[str, Send] = {"in-process": in_process, "grpc": over_grpc}
+            await _warm_up(sends)
+            half_rate = 0.0
+            for load in ("saturation", "half"):
+                for k in range(args.rounds):
+                    for path in PATHS if k % 2 == 0 else PATHS[::-1]:
+                        if load == "saturation":
+                            r = await replay(path, sends[path], trace, SATURATION_RATE)
+                        else:
+                            r = await replay(path, sends[path], trace, half_rate)
+                        _log(
+                            f"{load:10s} {path:10s} {r.rate if load == 'half' else 0:7.1f} req/s "
+                            f"offered: {r.throughput_rps:6.1f} req/s, p50 {r.p50 * 1e3:7.1f} ms,"
+                            f" p99 {r.p99 * 1e3:7.1f} ms, ttft {r.ttft_p50 * 1e3:6.1f} ms"
+                        )
+                        report.runs.append(r)
+                        report.valid &= r.num_failed == 0 and r.num_completed == len(trace)
+                if load == "saturation":
+                    half_rate = 0.5 * _median(report.runs, "saturation", "in-process")
+    finally:
+        report.server_exit_code = server.stop()
+    reference = report.runs[0].top1
+    report.valid &= all(r.top1 == reference for r in report.runs)
+    report.valid &= report.server_exit_code == 0
+    for load in ("saturation", "half"):
+        for path in PATHS:
+            runs = _select(report.runs, load, path)
+            report.medians[f"{load}/{path}"] = {
+                q: float(np.median([getattr(r, q) for r in runs]))
+                for q in ("throughput_rps", "p50", "p99", "ttft_p50")
+            }
+            report.medians[f"{load}/{path}"]["rate"] = runs[0].rate
+    m = report.medians
+    report.throughput_ratio = (
+        m["saturation/grpc"]["throughput_rps"] / m["saturation/in-process"]["throughput_rps"]
+    )
+    return report
+
+
+async def _warm_up(sends: dict[str, Send]) -> None:
+    """One request down each path, so neither pays for first-call set-up inside a round."""
+    for send in sends.values():
+        async for _ in send(0):
+            pass
+
+
+def _select(runs: list[RunResult], load: str, path: str) -> list[RunResult]:
+    saturated = load == "saturation"
+    return [r for r in runs if (r.rate == SATURATION_RATE) == saturated and r.path == path]
+
+
+def _median(runs: list[RunResult], load: str, path: str) -> float:
+    return float(np.median([r.throughput_rps for r in _select(runs, load, path)]))
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_table(report: OverheadReport) -> None:
+    m = report.medians
+    print(f"\n{'':22s} {'in-process':>12s} {'gRPC':>12s} {'gRPC / in-process':>18s}")
+    rows = [
+        ("saturation req/s", "saturation", "throughput_rps", 1.0),
+        ("half load p50 ms", "half", "p50", 1e3),
+        ("half load p99 ms", "half", "p99", 1e3),
+        ("half load TTFT p50 ms", "half", "ttft_p50", 1e3),
+    ]
+    for name, load, q, scale in rows:
+        a, b = m[f"{load}/in-process"][q], m[f"{load}/grpc"][q]
+        print(f"{name:22s} {a * scale:12.1f} {b * scale:12.1f} {b / a:18.2f}")
+    print(
+        f"\nthroughput ratio {report.throughput_ratio:.2f} (target >= 0.8), "
+        f"half load {m['half/in-process']['rate']:.1f} req/s, valid: {report.valid}, "
+        f"server exit code {report.server_exit_code}"
+    )
+
+
+def run_overhead_cli(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from batchmaker.cli import engine_config
+
+    report = uvloop.run(run_overhead(args, engine_config(args)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report.to_json(), indent=2))
+    print(json.dumps({"throughput_ratio": report.throughput_ratio, "valid": report.valid}))
+    print_table(report)
+    _log(f"wrote {args.out}")
+    return 0 if report.valid else 1

@@ -26,7 +26,6 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -37,31 +36,6 @@ from batchmaker.errors import AdmissionRejectedError, BatchMakerError, RequestCa
 from batchmaker.models import SequenceModel
 from batchmaker.trace import Trace, make_trace
 from batchmaker.types import InferRequest, StepOutput
-
-MODES = ("cellular", "padded", "none")
-
-
-def add_bench_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--requests", type=int, default=400, help="most requests per load point")
-    p.add_argument("--min-requests", type=int, default=150, help="fewest requests per load point")
-    p.add_argument(
-        "--point-seconds",
-        type=float,
-        default=12.0,
-        help="target arrival span of one load point (between --min- and --requests)",
-    )
-    p.add_argument("--bisections", type=int, default=3, help="bisection steps per mode")
-    p.add_argument("--saturation-seconds", type=float, default=3.0)
-    p.add_argument("--saturation-rounds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
-    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
-    p.add_argument("--trace-out", type=Path, help="record the trace used")
-    p.add_argument("--out", type=Path, default=Path("bench-results/engine.json"))
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
-    p.add_argument(
-        "--saturation-only", action="store_true", help="kernel, idle and saturation; no sweeps"
-    )
 
 
 @dataclass

@@ -28,12 +28,11 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batchmaker.builtin import BUILTIN_MODELS
+from batchmaker.builtin import builtin_models
 from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
 from batchmaker.engine import Engine
@@ -47,16 +46,6 @@ SATURATION_RATE = 1e6
 
 Send = Callable[[int], AsyncIterator[list[StepOutput]]]
 """Starts request ``i`` of the trace; yields its steps in the chunks they arrive in."""
-
-
-def add_overhead_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="lstm-512", choices=sorted(BUILTIN_MODELS))
-    p.add_argument("--requests", type=int, default=400, help="requests in the trace")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per load")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
-    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
-    p.add_argument("--out", type=Path, default=Path("bench-results/grpc-overhead.json"))
 
 
 @dataclass
@@ -182,7 +171,7 @@ class ServerProcess:
 
 
 async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> OverheadReport:
-    model = BUILTIN_MODELS[args.model]()
+    (model,) = builtin_models([args.model])
     trace = (
         Trace.load(args.trace_in)
         if args.trace_in

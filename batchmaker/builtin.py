@@ -2,28 +2,37 @@
 
 Reproducible random weights (fixed seeds) until trained demo models ship
 with the model-repository issue; they exercise every code path and match
-plain torch exactly, but their predictions mean nothing.
+plain torch exactly, but their predictions mean nothing. The names are known
+without importing torch (the CLI lists them); building a model imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from batchmaker.models import SequenceModel, recurrent_model
+if TYPE_CHECKING:
+    from batchmaker.models import SequenceModel
 
 
 def _lstm_lm() -> SequenceModel:
+    from batchmaker.models import recurrent_model
+
     return recurrent_model(
         "lstm-lm", "lstm", vocab_size=1000, hidden_size=256, num_layers=2, seed=1
     )
 
 
 def _gru_lm() -> SequenceModel:
+    from batchmaker.models import recurrent_model
+
     return recurrent_model("gru-lm", "gru", vocab_size=1000, hidden_size=256, num_layers=2, seed=2)
 
 
 def benchmark_model() -> SequenceModel:
     """The engine benchmark's model: a PTB-sized LSTM LM (2 x 512, 10k vocabulary)."""
+    from batchmaker.models import recurrent_model
+
     return recurrent_model(
         "lstm-512",
         "lstm",

@@ -13,12 +13,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchmaker.config import MODES, EngineConfig
 
 if TYPE_CHECKING:
-    from batchmaker.server import InferenceServer, ServerConfig
+    from batchmaker.config import ServerConfig
+    from batchmaker.server import InferenceServer
 
 ENV_PREFIX = "BATCHMAKER_"
 
@@ -97,6 +99,43 @@ def add_engine_flags(
     p.set_defaults(env=env)
 
 
+# Benchmark flags live here, not in the benchmark modules: those import torch, and
+# `batchmaker infer` should start without it.
+
+
+def add_bench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=400, help="most requests per load point")
+    p.add_argument("--min-requests", type=int, default=150, help="fewest requests per load point")
+    p.add_argument(
+        "--point-seconds",
+        type=float,
+        default=12.0,
+        help="target arrival span of one load point (between --min- and --requests)",
+    )
+    p.add_argument("--bisections", type=int, default=3, help="bisection steps per mode")
+    p.add_argument("--saturation-seconds", type=float, default=3.0)
+    p.add_argument("--saturation-rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
+    p.add_argument("--trace-out", type=Path, help="record the trace used")
+    p.add_argument("--out", type=Path, default=Path("bench-results/engine.json"))
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument(
+        "--saturation-only", action="store_true", help="kernel, idle and saturation; no sweeps"
+    )
+
+
+def add_overhead_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lstm-512", help="a built-in model")
+    p.add_argument("--requests", type=int, default=400, help="requests in the trace")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per load")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
+    p.add_argument("--out", type=Path, default=Path("bench-results/grpc-overhead.json"))
+
+
 def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig:
     env = getattr(args, "env", False)
     devices = args.devices or (_env_list("DEVICES") if env else None) or ["cpu"]
@@ -120,7 +159,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
 
 def _add_serve_parser(sub: Any) -> None:
     from batchmaker.builtin import BUILTIN_MODELS, DEFAULT_MODEL_NAMES
-    from batchmaker.server import ServerConfig
+    from batchmaker.config import ServerConfig
 
     d = ServerConfig()
     p = sub.add_parser(
@@ -227,8 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="cellular vs padded vs none on one recorded trace")
     add_engine_flags(bench, with_mode=False)  # it runs every mode in --modes
-    from batchmaker.bench import add_bench_flags
-
     add_bench_flags(bench)
 
     overhead = sub.add_parser(
@@ -236,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="one trace through the gRPC server vs the in-process engine: the server's overhead",
     )
     add_engine_flags(overhead)
-    from batchmaker.bench_grpc import add_overhead_flags
-
     add_overhead_flags(overhead)
     return parser
 
@@ -287,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
     """The server's and the engine's config, and the model names, from ``serve``'s flags."""
     from batchmaker.builtin import check_model_names
-    from batchmaker.server import ServerConfig
+    from batchmaker.config import ServerConfig
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     check_model_names(names)

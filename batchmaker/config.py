@@ -1,4 +1,4 @@
-"""Typed, validated engine configuration.
+"""Typed, validated configuration: the engine's and the gRPC server's.
 
 Built once at the entry point (flags, environment, file) and passed down;
 nothing below reads the environment. Errors name the field and the value.
@@ -85,3 +85,54 @@ class EngineConfig:
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the server listens and what it lets through. Built once at the entry point."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; ``0.0.0.0`` or ``[::]`` for every one (containers)."""
+    port: int = 50051
+    """0 picks a free port (tests); the bound port is reported on start."""
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+    """Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED."""
+    max_stream_message_bytes: int = 1024 * 1024
+    """Soft cap per stream message; a backlog of steps is split to stay under it, so a
+    client with gRPC's default 4 MiB receive limit can read any stream."""
+    grace_s: float = 30.0
+    """On SIGTERM or SIGINT: how long live streams may run before they are cancelled."""
+    warmup: bool = True
+    """Run one tiny request per model before reporting SERVING."""
+    tls_cert_file: str | None = None
+    """PEM certificate chain: with ``tls_key_file``, serve TLS instead of plaintext."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``. Read from the file, never from a flag's value."""
+    tls_client_ca_file: str | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_receive_message_bytes < 1024:
+            raise ValueError(
+                f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"
+            )
+        if self.max_stream_message_bytes < 1024:
+            raise ValueError(
+                f"max_stream_message_bytes must be >= 1024, got {self.max_stream_message_bytes}"
+            )
+        if not 0 <= self.grace_s <= 3600:
+            raise ValueError(f"grace_s must be in [0, 3600], got {self.grace_s}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None

@@ -25,7 +25,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -33,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from batchmaker.config import EngineConfig
+from batchmaker.config import EngineConfig, ServerConfig
 from batchmaker.engine import Engine, ExecutorWrapper
 from batchmaker.models import Model
 from batchmaker.service import SERVICE_NAME, InferenceService, ServiceLimits
@@ -46,65 +45,15 @@ ModelFactory = Callable[[], Sequence[Model]]
 """Builds the served models; called off the event loop while health says NOT_SERVING."""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Where the server listens and what it lets through. Built once at the entry point."""
-
-    host: str = "127.0.0.1"
-    """Interface to bind; ``0.0.0.0`` or ``[::]`` for every one (containers)."""
-    port: int = 50051
-    """0 picks a free port (tests); the bound port is reported on start."""
-    max_receive_message_bytes: int = 4 * 1024 * 1024
-    """Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED."""
-    max_stream_message_bytes: int = 1024 * 1024
-    """Soft cap per stream message; a backlog of steps is split to stay under it, so a
-    client with gRPC's default 4 MiB receive limit can read any stream."""
-    grace_s: float = 30.0
-    """On SIGTERM or SIGINT: how long live streams may run before they are cancelled."""
-    warmup: bool = True
-    """Run one tiny request per model before reporting SERVING."""
-    tls_cert_file: str | None = None
-    """PEM certificate chain: with ``tls_key_file``, serve TLS instead of plaintext."""
-    tls_key_file: str | None = None
-    """PEM private key of ``tls_cert_file``. Read from the file, never from a flag's value."""
-    tls_client_ca_file: str | None = None
-    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be given together")
-        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.max_receive_message_bytes < 1024:
-            raise ValueError(
-                f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"
-            )
-        if self.max_stream_message_bytes < 1024:
-            raise ValueError(
-                f"max_stream_message_bytes must be >= 1024, got {self.max_stream_message_bytes}"
-            )
-        if not 0 <= self.grace_s <= 3600:
-            raise ValueError(f"grace_s must be in [0, 3600], got {self.grace_s}")
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert_file is not None
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """TLS credentials from the configured files (read now, at start-up)."""
-        if self.tls_cert_file is None or self.tls_key_file is None:
-            raise ValueError("TLS is not configured")
-        cert, key = _read(self.tls_cert_file), _read(self.tls_key_file)
-        ca = None if self.tls_client_ca_file is None else _read(self.tls_client_ca_file)
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-        )
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """TLS credentials from the configured files, read now, at start-up."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        raise ValueError("TLS is not configured")
+    cert, key = _read(config.tls_cert_file), _read(config.tls_key_file)
+    ca = None if config.tls_client_ca_file is None else _read(config.tls_client_ca_file)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def _read(path: str) -> bytes:
@@ -191,7 +140,7 @@ class InferenceServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         cfg = self.config
         self._port = (
-            server.add_secure_port(cfg.address, cfg.server_credentials())
+            server.add_secure_port(cfg.address, server_credentials(cfg))
             if cfg.tls
             else server.add_insecure_port(cfg.address)
         )

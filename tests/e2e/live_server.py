@@ -24,8 +24,9 @@ from harness import GUARD_S, GatedExecutor, engine_config, small_model
 
 from batchmaker import EngineConfig, SequenceModel
 from batchmaker.client import Client
+from batchmaker.config import ServerConfig
 from batchmaker.executor import Executor
-from batchmaker.server import InferenceServer, ServerConfig
+from batchmaker.server import InferenceServer
 
 T = TypeVar("T")
 

@@ -121,3 +121,16 @@ def test_serve_rejects_bad_configuration(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["serve", "--max-batch-per-cell", "nonsense"])
     assert "expected CELL=N" in capsys.readouterr().err
+
+
+def test_the_client_and_the_cli_start_without_torch() -> None:
+    """A client process needs grpc, protobuf and numpy only; torch costs a second to import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, batchmaker.client, batchmaker.cli;"
+        "batchmaker.cli.build_parser();"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -29,6 +29,7 @@ from live_server import LiveServer, e2e_models
 from reference import assert_matches_alone
 
 from batchmaker.client import Client
+from batchmaker.config import ServerConfig
 from batchmaker.errors import (
     AdmissionRejectedError,
     BatchMakerError,
@@ -36,7 +37,6 @@ from batchmaker.errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
-from batchmaker.server import ServerConfig
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 

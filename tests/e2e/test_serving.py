@@ -167,7 +167,7 @@ def test_a_slow_reader_gets_several_steps_per_message() -> None:
 def test_stream_messages_stay_under_the_message_budget() -> None:
     """Full vectors are large: however the steps group, no message exceeds the server's
     per-message budget by more than one step, and every step arrives once, in order."""
-    from batchmaker.server import ServerConfig
+    from batchmaker.config import ServerConfig
 
     budget = 2048
     cfg = ServerConfig(port=0, warmup=False, max_stream_message_bytes=budget)

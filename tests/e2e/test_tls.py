@@ -17,7 +17,7 @@ from reference import assert_matches_alone
 
 from batchmaker import UnavailableError
 from batchmaker.client import TLSConfig
-from batchmaker.server import ServerConfig
+from batchmaker.config import ServerConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

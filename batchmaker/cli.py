@@ -157,13 +157,14 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
     return EngineConfig(**fields)  # type: ignore[arg-type]
 
 
-def _add_serve_parser(sub: Any) -> None:
+def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     from batchmaker.builtin import BUILTIN_MODELS, DEFAULT_MODEL_NAMES
     from batchmaker.config import ServerConfig
 
     d = ServerConfig()
     p = sub.add_parser(
         "serve",
+        parents=[common],
         help="run the gRPC server",
         description="Run the gRPC server. Each flag defaults to the BATCHMAKER_* variable "
         "in brackets; SIGTERM or SIGINT drains live streams for --grace seconds, then exits 0.",
@@ -218,9 +219,10 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
 
 
-def _add_infer_parser(sub: Any) -> None:
+def _add_infer_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "infer",
+        parents=[common],
         help="send one request and print its outputs as they stream in",
         description="Send one request; print each step as it arrives (exit 1 on an error status).",
     )
@@ -241,8 +243,10 @@ def _add_infer_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per step")
 
 
-def _add_metadata_parser(sub: Any) -> None:
-    p = sub.add_parser("metadata", help="print server metadata, or one model's, as JSON")
+def _add_metadata_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "metadata", parents=[common], help="print server metadata, or one model's, as JSON"
+    )
     _add_client_flags(p)
     p.add_argument("--model", "-m", default=None)
     p.add_argument("--version", default=None)
@@ -255,21 +259,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOG_LEVEL", "WARNING"),
         help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]",
     )
+    # Also accepted after the command (`batchmaker serve --log-level INFO`, which is what
+    # `python server.py --log-level INFO` becomes); SUPPRESS keeps the top-level default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve_parser(sub)
-    _add_infer_parser(sub)
-    _add_metadata_parser(sub)
+    _add_serve_parser(sub, common)
+    _add_infer_parser(sub, common)
+    _add_metadata_parser(sub, common)
 
-    demo = sub.add_parser("demo", help="stream a few requests through an in-process engine")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="stream a few requests through an in-process engine"
+    )
     add_engine_flags(demo)
     demo.add_argument("--requests", type=int, default=6, help="demo requests to stream")
 
-    bench = sub.add_parser("bench", help="cellular vs padded vs none on one recorded trace")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="cellular vs padded vs none on one recorded trace"
+    )
     add_engine_flags(bench, with_mode=False)  # it runs every mode in --modes
     add_bench_flags(bench)
 
     overhead = sub.add_parser(
         "bench-overhead",
+        parents=[common],
         help="one trace through the gRPC server vs the in-process engine: the server's overhead",
     )
     add_engine_flags(overhead)

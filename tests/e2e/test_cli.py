@@ -76,8 +76,11 @@ def test_serve_config_from_flags() -> None:
             "65536",
             "--grace",
             "5",
+            "--log-level",
+            "INFO",
         ]
     )
+    assert args.log_level == "INFO"
     server, engine, names = serve_configs(args)
     assert (server.port, server.max_receive_message_bytes, server.grace_s) == (6000, 65536, 5.0)
     assert names == ["lstm-lm"]
@@ -98,10 +101,13 @@ def test_serve_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "BATCHMAKER_MAX_LIVE": "100",
         "BATCHMAKER_MAX_MESSAGE_BYTES": "2048",
         "BATCHMAKER_MODE": "padded",
+        "BATCHMAKER_LOG_LEVEL": "DEBUG",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    server, engine, names = serve_configs(build_parser().parse_args(["serve"]))
+    args = build_parser().parse_args(["serve"])
+    assert args.log_level == "DEBUG"
+    server, engine, names = serve_configs(args)
     assert (server.host, server.port, server.max_receive_message_bytes) == ("0.0.0.0", 7000, 2048)
     assert names == ["gru-lm", "lstm-512"]
     assert engine.mode == "padded"

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +35,7 @@ from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
 from batchmaker.engine import Engine
 from batchmaker.errors import BatchMakerError
+from batchmaker.launcher import ServerProcess
 from batchmaker.trace import Trace, make_trace
 from batchmaker.types import InferRequest, StepOutput
 
@@ -127,49 +126,6 @@ async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
     return result
 
 
-class ServerProcess:
-    """``batchmaker serve`` in a subprocess, on a free port, with the bench's engine flags."""
-
-    def __init__(self, model: str, config: EngineConfig) -> None:
-        args = [
-            "serve",
-            "--host=127.0.0.1",
-            "--port=0",
-            f"--models={model}",
-            f"--mode={config.mode}",
-            f"--max-batch={config.max_batch}",
-            f"--max-live={config.max_num_live_requests}",
-            f"--num-slots={config.num_slots}",
-            *(f"--device={d}" for d in config.devices),
-            *([f"--threads={config.num_threads}"] if config.num_threads else []),
-        ]
-        code = "import sys; from batchmaker.cli import main; sys.exit(main(sys.argv[1:]))"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        if "listening on" not in first:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise RuntimeError(f"the server did not start: {first!r}\n{err}")
-        self.address = first.rsplit(" ", 1)[-1].strip()
-
-    def stop(self) -> int:
-        """SIGTERM, as an orchestrator would; the exit code (0 when it drained cleanly)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-        return self.proc.returncode
-
-
 async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> OverheadReport:
     (model,) = builtin_models([args.model])
     trace = (
@@ -201,7 +157,7 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
     def request(i: int) -> InferRequest:
         return InferRequest(model.name, trace.tokens[i], top_k=1, return_vectors=False)
 
-    server = ServerProcess(args.model, config)
+    server = ServerProcess(_serve_args(args.model, config))
     try:
         async with Engine(config, [model]) as engine, AsyncClient(server.address) as client:
 
@@ -252,6 +208,20 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
         m["saturation/grpc"]["throughput_rps"] / m["saturation/in-process"]["throughput_rps"]
     )
     return report
+
+
+def _serve_args(model: str, config: EngineConfig) -> list[str]:
+    """``batchmaker serve`` flags for the same engine as ``config``."""
+    return [
+        "--host=127.0.0.1",
+        f"--models={model}",
+        f"--mode={config.mode}",
+        f"--max-batch={config.max_batch}",
+        f"--max-live={config.max_num_live_requests}",
+        f"--num-slots={config.num_slots}",
+        *(f"--device={d}" for d in config.devices),
+        *([f"--threads={config.num_threads}"] if config.num_threads else []),
+    ]
 
 
 async def _warm_up(sends: dict[str, Send]) -> None:

@@ -83,8 +83,18 @@ def _translate(exc: grpc.RpcError) -> BatchMakerError:
     return error_for(Code.__members__.get(name, Code.UNKNOWN), details or name)
 
 
-def _options(max_receive_message_bytes: int, extra: Sequence[tuple[str, Any]]) -> list[Any]:
-    return [("grpc.max_receive_message_length", max_receive_message_bytes), *extra]
+def _open(
+    module: Any,
+    address: str,
+    tls: TLSConfig | None,
+    max_receive_message_bytes: int,
+    extra: Sequence[tuple[str, Any]],
+) -> Any:
+    """A channel from ``grpc`` or ``grpc.aio`` (same call shapes), with TLS if asked."""
+    opts = [("grpc.max_receive_message_length", max_receive_message_bytes), *extra]
+    if tls is None:
+        return module.insecure_channel(address, options=opts)
+    return module.secure_channel(address, tls.credentials(), options=opts)
 
 
 class _StreamState:
@@ -111,12 +121,9 @@ class _StreamState:
 # ---- blocking ----------------------------------------------------------------------
 
 
-class InferStream:
-    """A running streaming call: iterate for ``StepOutput``s; ``cancel()`` to leave early.
-
-    ``id``, ``model``, ``version`` are known after the first message;
-    ``finish_reason`` after the last.
-    """
+class _StreamView:
+    """What both stream types report: ``id``, ``model`` and ``version`` once the first
+    message arrived, ``finish_reason`` once the last did."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -127,12 +134,24 @@ class InferStream:
         return self._state.id
 
     @property
+    def model(self) -> str:
+        return self._state.model
+
+    @property
     def version(self) -> str:
         return self._state.version
 
     @property
     def finish_reason(self) -> str | None:
         return self._state.finish_reason
+
+    def cancel(self) -> None:
+        """Ends the call; the server's request leaves its batch at the next step."""
+        self._call.cancel()
+
+
+class InferStream(_StreamView):
+    """A running streaming call: iterate for ``StepOutput``s; ``cancel()`` to leave early."""
 
     def __iter__(self) -> Iterator[StepOutput]:
         try:
@@ -152,10 +171,6 @@ class InferStream:
     def collect(self) -> InferResult:
         return self._state.result(list(self))
 
-    def cancel(self) -> None:
-        """Ends the call; the server's request leaves its batch at the next step."""
-        self._call.cancel()
-
     def __enter__(self) -> InferStream:
         return self
 
@@ -174,12 +189,7 @@ class Client:
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = _options(max_receive_message_bytes, options)
-        self._channel = (
-            grpc.secure_channel(address, tls.credentials(), options=opts)
-            if tls is not None
-            else grpc.insecure_channel(address, options=opts)
-        )
+        self._channel: grpc.Channel = _open(grpc, address, tls, max_receive_message_bytes, options)
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -260,24 +270,8 @@ class Client:
 # ---- asyncio -----------------------------------------------------------------------
 
 
-class AsyncInferStream:
+class AsyncInferStream(_StreamView):
     """A running streaming call on asyncio: ``async for step in stream``."""
-
-    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
-        self._call = call
-        self._state = _StreamState()
-
-    @property
-    def id(self) -> str:
-        return self._state.id
-
-    @property
-    def version(self) -> str:
-        return self._state.version
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._state.finish_reason
 
     async def messages(self) -> AsyncIterator[list[StepOutput]]:
         """The steps grouped as the server sent them."""
@@ -295,9 +289,6 @@ class AsyncInferStream:
     async def collect(self) -> InferResult:
         return self._state.result([s async for s in self])
 
-    def cancel(self) -> None:
-        self._call.cancel()
-
 
 class AsyncClient:
     """The asyncio twin of ``Client``; create and use it inside one event loop."""
@@ -310,11 +301,8 @@ class AsyncClient:
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = _options(max_receive_message_bytes, options)
-        self._channel = (
-            grpc.aio.secure_channel(address, tls.credentials(), options=opts)
-            if tls is not None
-            else grpc.aio.insecure_channel(address, options=opts)
+        self._channel: grpc.aio.Channel = _open(
+            grpc.aio, address, tls, max_receive_message_bytes, options
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)

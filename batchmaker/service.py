@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -139,59 +139,46 @@ class InferenceService(pb_grpc.InferenceServicer):
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> None:
         with self._active():
-            error: BatchMakerError | None = None
-            stream: RequestStream | None = None
-            try:
+            async with _status_on_error(context):
                 stream, header = self._submit(request, context)
-                budget = self._limits.max_stream_message_bytes
-                while True:
-                    chunk = await stream.next_chunk()
-                    # next_chunk takes everything buffered: if the request is done now,
-                    # this chunk is its last (or, on error, the next call raises).
-                    final = stream.finish_reason if stream.done and stream.error is None else None
-                    for msg in wire.responses_for(
-                        header, chunk, finish_reason=final, max_message_bytes=budget
-                    ):
-                        await context.write(msg)
-                    if final is not None:
-                        return
-            except BatchMakerError as exc:
-                error = exc
-            except Exception as exc:
-                error = _internal(exc)
-            finally:
-                if stream is not None:
-                    stream.cancel()  # no-op once done; otherwise the request leaves its batch
-            await _abort(context, error)
+                try:
+                    budget = self._limits.max_stream_message_bytes
+                    while True:
+                        chunk = await stream.next_chunk()
+                        # next_chunk takes everything buffered: if the request is done now,
+                        # this chunk is its last (or, on error, the next call raises).
+                        done = stream.done and stream.error is None
+                        final = stream.finish_reason if done else None
+                        for msg in wire.responses_for(
+                            header, chunk, finish_reason=final, max_message_bytes=budget
+                        ):
+                            await context.write(msg)
+                        if final is not None:
+                            return
+                finally:
+                    stream.cancel()  # no-op once done; otherwise it leaves its batch
 
     async def Infer(  # noqa: N802
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> pb.InferResponse:
         with self._active():
-            error: BatchMakerError | None = None
-            stream: RequestStream | None = None
-            try:
+            async with _status_on_error(context):
                 stream, header = self._submit(request, context)
-                outputs = await stream.collect()
+                try:
+                    outputs = await stream.collect()
+                finally:
+                    stream.cancel()
                 header.steps.extend(wire.step_to_pb(o) for o in outputs)
                 header.finish_reason = wire.FINISH_REASONS[stream.finish_reason or "completed"]
                 return header
-            except BatchMakerError as exc:
-                error = exc
-            except Exception as exc:
-                error = _internal(exc)
-            finally:
-                if stream is not None:
-                    stream.cancel()
-            await _abort(context, error)
-            raise AssertionError("unreachable: abort raises")
+        raise AssertionError("unreachable: an error aborts the call")
 
     # ---- metadata -------------------------------------------------------------------
 
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        try:
+        async with _status_on_error(context):
             engine = self._serving_engine()
             if not request.name:
                 raise InvalidRequestError("name: required")
@@ -201,21 +188,13 @@ class InferenceService(pb_grpc.InferenceServicer):
             versions = [m.version for m in engine.models if m.name == model.name]
             max_batch = {c: engine.config.max_batch_for(model.qualify(c)) for c in model.cells}
             return wire.model_metadata_to_pb(model, versions, max_batch)
-        except BatchMakerError as exc:
-            error = exc
-        except Exception as exc:
-            error = _internal(exc)
-        await _abort(context, error)
-        raise AssertionError("unreachable: abort raises")
+        raise AssertionError("unreachable: an error aborts the call")
 
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        try:
+        async with _status_on_error(context):
             engine = self._serving_engine()
-        except BatchMakerError as exc:
-            await _abort(context, exc)
-            raise AssertionError("unreachable: abort raises") from None
         versions: dict[str, list[int]] = {}
         for m in engine.models:
             versions.setdefault(m.name, []).append(m.version)
@@ -234,19 +213,22 @@ class InferenceService(pb_grpc.InferenceServicer):
         )
 
 
-def _internal(exc: Exception) -> BatchMakerError:
-    log.exception("unexpected error in an inference call")
-    return BatchMakerError(f"internal server error ({type(exc).__name__})", code=Code.INTERNAL)
+@contextlib.asynccontextmanager
+async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Turn an error raised in the block into the call's status: the one mapping place.
 
-
-def _status(code: Code) -> grpc.StatusCode:
-    return grpc.StatusCode[code.value]
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: BatchMakerError | None) -> None:
-    """End the call with ``error``'s status (this raises), or return when there is none."""
-    if error is None:
+    Typed engine errors keep their code and message; anything else is INTERNAL, logged
+    with its traceback, and its text does not reach the client. ``abort`` raises, so
+    the call ends here; cancellation (a ``BaseException``) passes through untouched.
+    """
+    try:
+        yield
         return
+    except BatchMakerError as exc:
+        error = exc
+    except Exception:
+        log.exception("unexpected error in a call")
+        error = BatchMakerError("internal server error", code=Code.INTERNAL)
     if error.code is Code.INTERNAL:
         log.warning("call failed: %s", error.message)
-    await context.abort(_status(error.code), error.message)
+    await context.abort(grpc.StatusCode[error.code.value], error.message)

@@ -8,9 +8,6 @@ process exits 0.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,49 +19,17 @@ from harness import GUARD_S
 
 from batchmaker import UnavailableError
 from batchmaker.client import Client
+from batchmaker.launcher import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerProcess:
-    """``python server.py --port 0 ...``; the address comes from its first stdout line."""
-
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", "0", "--threads", "1", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        if "listening on" not in first:
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=GUARD_S)
-            pytest.fail(f"server did not start: {first!r}\n{err}")
-        self.address = first.rsplit(" ", 1)[-1].strip()
-
-    def wait(self) -> tuple[int, str]:
-        """The exit status and everything it logged."""
-        _, err = self.proc.communicate(timeout=GUARD_S)
-        return self.proc.returncode, err
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=GUARD_S)
-
-
 @pytest.fixture
 def server_process(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    proc = ServerProcess(*request.param)
-    try:
+    """``python server.py --port 0 --threads 1 <param>``: the real entry point."""
+    entry = [sys.executable, str(ROOT / "server.py")]
+    with ServerProcess(["--threads=1", *request.param], entry=entry) as proc:
         yield proc
-    finally:
-        proc.kill()
 
 
 def _wait_not_serving(address: str) -> None:
@@ -97,7 +62,7 @@ def test_sigterm_drains_live_streams_refuses_new_ones_and_exits_zero(
         ]
         readers = [s.messages() for s in streams]
         firsts = [next(r) for r in readers]  # every stream is in flight
-        server_process.proc.send_signal(signal.SIGTERM)
+        server_process.terminate()
         _wait_not_serving(server_process.address)
         with pytest.raises(UnavailableError, match="shutting down"):
             client.infer("lstm-lm", [1, 2, 3], timeout=GUARD_S)
@@ -125,7 +90,7 @@ def test_sigterm_past_the_grace_period_ends_streams_with_unavailable(
         stream = client.infer_stream("lstm-512", list(range(500)), timeout=GUARD_S)
         steps = iter(stream)
         assert next(steps).step == 0
-        server_process.proc.send_signal(signal.SIGTERM)
+        server_process.terminate()
         with pytest.raises(UnavailableError, match="shut down before the request finished"):
             for _ in steps:
                 pass

@@ -155,7 +155,11 @@ class InferenceServer:
             await server.stop(0)
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving on %s", self.address)
+        log.info(
+            "serving on %s; start-up %s",
+            self.address,
+            ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items()),
+        )
 
     async def _load(self) -> None:
         t = time.perf_counter()

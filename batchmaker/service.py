@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -78,7 +77,6 @@ class InferenceService(pb_grpc.InferenceServicer):
         self._num_active = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ids = itertools.count()
 
     # ---- lifecycle, driven by the server --------------------------------------
 

@@ -22,9 +22,11 @@ from batchmaker import (
     BatchMakerError,
     Code,
     DeadlineExceededError,
+    SequenceModel,
     UnavailableError,
 )
 from batchmaker.client import InferStream
+from scheduler import StepPlan
 
 GRU = e2e_models()[2]
 LSTM_V2 = e2e_models()[1]
@@ -132,8 +134,8 @@ def test_a_failing_cell_fails_only_its_batch_with_internal() -> None:
         before = live.free_slots()
         failed_once = threading.Event()
 
-        def fail_first_gru_step(plan: object) -> bool:
-            if "gru@1" in plan.cell_type and not failed_once.is_set():  # type: ignore[attr-defined]
+        def fail_first_gru_step(plan: StepPlan) -> bool:
+            if "gru@1" in plan.cell_type and not failed_once.is_set():
                 failed_once.set()
                 return True
             return False
@@ -160,7 +162,7 @@ def test_a_failing_cell_fails_only_its_batch_with_internal() -> None:
 def test_not_serving_and_unavailable_while_the_models_load() -> None:
     release = threading.Event()
 
-    def slow_models() -> list:  # type: ignore[type-arg]
+    def slow_models() -> list[SequenceModel]:
         assert release.wait(GUARD_S)
         return e2e_models()
 

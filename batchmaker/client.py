@@ -118,9 +118,6 @@ class _StreamState:
         return InferResult(self.id, self.model, self.version, steps, self.finish_reason)
 
 
-# ---- blocking ----------------------------------------------------------------------
-
-
 class _StreamView:
     """What both stream types report: ``id``, ``model`` and ``version`` once the first
     message arrived, ``finish_reason`` once the last did."""
@@ -150,15 +147,15 @@ class _StreamView:
         self._call.cancel()
 
 
+# ---- blocking ----------------------------------------------------------------------
+
+
 class InferStream(_StreamView):
     """A running streaming call: iterate for ``StepOutput``s; ``cancel()`` to leave early."""
 
     def __iter__(self) -> Iterator[StepOutput]:
-        try:
-            for msg in self._call:
-                yield from self._state.absorb(msg)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        for steps in self.messages():
+            yield from steps
 
     def messages(self) -> Iterator[list[StepOutput]]:
         """The steps grouped as the server sent them (several per message when behind)."""

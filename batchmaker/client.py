@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchmaker import wire
 from batchmaker.errors import BatchMakerError, Code, error_for
-from batchmaker.types import StepOutput
+from batchmaker.types import StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 
-Inputs = Sequence[int] | np.ndarray
+Inputs = Sequence[int] | np.ndarray | TreeInput
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024
 """Large enough for a unary response carrying full output vectors."""

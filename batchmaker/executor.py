@@ -64,6 +64,12 @@ class TorchExecutor:
         self.cells = dict(cells)
         self.pools = dict(pools)
         self._cell_pool = {name: self.pools[cell_pools[name]] for name in self.cells}
+        # Which new state of each cell is the token it emitted (decoders), if any.
+        self._token_index = {
+            name: [s.name for s in self._cell_pool[name].specs].index(cell.token_state)
+            for name, cell in self.cells.items()
+            if cell.token_state is not None
+        }
 
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         cell = self.cells[plan.cell_type]
@@ -79,7 +85,10 @@ class TorchExecutor:
             pool.scatter(writes, new_states)
             if on_launch is not None and self._cuda:
                 on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
-            top_ids = top_scores = None
+            top_ids = top_scores = tokens = None
+            k = self._token_index.get(plan.cell_type)
+            if k is not None:
+                tokens = self._to_host(new_states[k])
             if plan.top_k:
                 top_scores_t, top_ids_t = _top_k(outputs, plan.top_k)
                 top_ids, top_scores = self._to_host(top_ids_t), self._to_host(top_scores_t)
@@ -88,7 +97,7 @@ class TorchExecutor:
             if self._cuda:
                 # One synchronisation per step: every non-blocking copy above has landed.
                 torch.cuda.current_stream(self._device).synchronize()
-        return StepResult(outputs=host, top_ids=top_ids, top_scores=top_scores)
+        return StepResult(outputs=host, top_ids=top_ids, top_scores=top_scores, tokens=tokens)
 
     def reset_state(self) -> None:
         for pool in self.pools.values():

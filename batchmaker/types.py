@@ -12,13 +12,28 @@ import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
+class TreeInput:
+    """A tree for a TreeLSTM model: one token per node, and each node's children by index.
+
+    The root is the one node that is nobody's child. A node lists at most the model's
+    arity children, left to right; fewer means the rest are absent (leaves list none).
+    """
+
+    tokens: Sequence[int] | np.ndarray
+    children: Sequence[Sequence[int]]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
 class InferRequest:
     """One inference request."""
 
     model: str
     """Model name in the engine's registry."""
-    inputs: Sequence[int] | np.ndarray
-    """Token ids, or a ``[T, D]`` float array for models that take vectors."""
+    inputs: Sequence[int] | np.ndarray | TreeInput
+    """Token ids, a ``[T, D]`` float array for models that take vectors, or a tree."""
     version: int | None = None
     """Pinned model version; ``None`` takes the latest."""
     request_id: str = ""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from batchmaker.errors import InvalidRequestError, ModelNotFoundError
-from batchmaker.types import InferRequest, StepOutput
+from batchmaker.types import InferRequest, StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
 
 if TYPE_CHECKING:
@@ -65,8 +65,14 @@ def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequ
             f"id: {len(msg.id)} characters, at most {MAX_REQUEST_ID_LEN} allowed"
         )
     which = msg.WhichOneof("input")
-    inputs: np.ndarray
-    if which == "tokens":
+    inputs: np.ndarray | TreeInput
+    if which == "tree":
+        nodes = msg.tree.nodes
+        inputs = TreeInput(
+            tokens=np.array([n.token for n in nodes], dtype=np.int64),
+            children=[list(n.children) for n in nodes],
+        )
+    elif which == "tokens":
         inputs = np.array(msg.tokens.ids, dtype=np.int64)
     elif which == "vectors":
         dim, values = msg.vectors.dim, msg.vectors.values
@@ -78,7 +84,7 @@ def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequ
             )
         inputs = np.array(values, dtype=np.float32).reshape(-1, dim)
     else:
-        raise InvalidRequestError("input: set exactly one of tokens or vectors")
+        raise InvalidRequestError("input: set exactly one of tokens, vectors or tree")
     if msg.max_output_length < 0:
         raise InvalidRequestError(f"max_output_length: {msg.max_output_length} is negative")
     top_k = msg.top_k if msg.HasField("top_k") else DEFAULT_TOP_K
@@ -98,7 +104,7 @@ def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequ
 
 def request_to_pb(
     model: str,
-    inputs: Sequence[int] | np.ndarray,
+    inputs: Sequence[int] | np.ndarray | TreeInput,
     *,
     version: int | str | None = None,
     request_id: str = "",
@@ -107,8 +113,8 @@ def request_to_pb(
     return_vectors: bool = False,
     max_output_length: int = 0,
 ) -> pb.InferRequest:
-    """A request message: 1-D integer inputs become tokens, 2-D float inputs vectors."""
-    x = np.asarray(inputs)
+    """A request message: 1-D integer inputs become tokens, 2-D float inputs vectors,
+    and a ``TreeInput`` a tree."""
     msg = pb.InferRequest(
         model_name=model,
         model_version="" if version is None else str(version),
@@ -119,6 +125,16 @@ def request_to_pb(
     )
     if top_k is not None:
         msg.top_k = top_k
+    if isinstance(inputs, TreeInput):
+        if len(inputs.tokens) != len(inputs.children):
+            raise InvalidRequestError(
+                f"tree: {len(inputs.tokens)} tokens but {len(inputs.children)} child lists"
+            )
+        msg.tree.SetInParent()  # an empty tree is still a tree (and INVALID_ARGUMENT)
+        for token, children in zip(inputs.tokens, inputs.children, strict=True):
+            msg.tree.nodes.add(token=int(token), children=[int(c) for c in children])
+        return msg
+    x = np.asarray(inputs)
     if x.ndim == 1 and (x.dtype.kind in "iu" or x.size == 0):
         msg.tokens.ids.extend(x.astype(np.int64).tolist())
     elif x.ndim == 2 and x.dtype.kind in "iuf":
@@ -221,6 +237,9 @@ def model_metadata_to_pb(
             max_output_length=sig.max_output_length,
             max_top_k=sig.max_top_k,
             vocab_size=sig.vocab_size or 0,
+            max_tree_depth=sig.max_tree_depth,
         ),
+        input_vocabulary=sig.input_vocabulary,
+        output_vocabulary=sig.output_vocabulary,
         cell_types=[pb.CellTypeMetadata(name=c, max_batch=b) for c, b in sorted(max_batch.items())],
     )

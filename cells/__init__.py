@@ -7,5 +7,18 @@ no serving runtime. See DESIGN.md for the layering.
 from cells.base import Cell, InputKind, StateSpec
 from cells.pool import StatePool
 from cells.recurrent import RecurrentKind, RecurrentStackCell
+from cells.seq2seq import FEEDBACK, EncoderCell, GreedyDecoderCell
+from cells.tree import BinaryTreeLSTMCell
 
-__all__ = ["Cell", "InputKind", "RecurrentKind", "RecurrentStackCell", "StatePool", "StateSpec"]
+__all__ = [
+    "FEEDBACK",
+    "BinaryTreeLSTMCell",
+    "Cell",
+    "EncoderCell",
+    "GreedyDecoderCell",
+    "InputKind",
+    "RecurrentKind",
+    "RecurrentStackCell",
+    "StatePool",
+    "StateSpec",
+]

@@ -28,6 +28,8 @@ class StateSpec:
 
     name: str
     shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    """``torch.int64`` for a fed-back token; float32 for hidden and cell states."""
 
 
 class Cell(nn.Module, ABC):
@@ -41,6 +43,12 @@ class Cell(nn.Module, ABC):
     """Vector width for ``vectors`` input; the vocabulary size for ``tokens``."""
     output_dim: int = 0
     """Width of each row of ``outputs``."""
+    token_state: str | None = None
+    """The int64 state holding the token this cell emitted (greedy decoders), or ``None``.
+
+    The token stays on the device and feeds the next step of the same request; the
+    executor copies the step's new tokens to host once per step, for the scheduler
+    to decide whether the request's graph grows (EOS, length cap)."""
 
     @property
     @abstractmethod

@@ -1,6 +1,6 @@
 """Preallocated per-device state storage, indexed by slot row.
 
-One tensor ``[num_rows, *shape]`` per state. Row 0 stays zero (the initial
+One tensor ``[num_rows, *shape]`` per state, of the state's own dtype. Row 0 stays zero (the initial
 state) and row 1 is scratch for padding writes; both are reserved by the
 scheduler's ``SlotPool``, which owns row numbers. Gather and scatter are one
 ``index_select`` and one ``index_copy_`` per state, whatever the batch.
@@ -23,7 +23,6 @@ class StatePool:
         specs: Sequence[StateSpec],
         num_rows: int,
         device: torch.device | str,
-        dtype: torch.dtype = torch.float32,
     ) -> None:
         if num_rows < 3:
             raise ValueError(f"a pool needs the 2 reserved rows plus at least 1, got {num_rows}")
@@ -31,7 +30,7 @@ class StatePool:
         self.num_rows = num_rows
         self.device = torch.device(device)
         self.tensors = tuple(
-            torch.zeros((num_rows, *s.shape), dtype=dtype, device=self.device) for s in self.specs
+            torch.zeros((num_rows, *s.shape), dtype=s.dtype, device=self.device) for s in self.specs
         )
 
     @property

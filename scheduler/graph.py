@@ -121,3 +121,218 @@ class ChainGraph(RequestGraph):
     @property
     def num_steps_hint(self) -> int:
         return self._n
+
+
+FEEDBACK_INPUT = -1
+"""A decoder node's input meaning "the token this request's previous node emitted": the
+cell reads it from the request's state on the device, so the host never supplies it."""
+
+
+class Seq2SeqGraph(RequestGraph):
+    """An encoder chain over the source, then a greedy decoder that grows one node at a time.
+
+    Nodes ``0..n-1`` encode (nothing streams); node ``n + j`` is decoder step ``j``,
+    which streams one output. The decoder's first node reads the encoder's last
+    state and is forced to ``bos``; each later one reads the token its predecessor
+    emitted (``FEEDBACK_INPUT``). The graph ends after the node that emits ``eos``,
+    or after ``max_steps`` decoder nodes, whichever comes first (the latter is
+    finish reason "length"). Every node of a request reads and writes its one slot.
+    """
+
+    __slots__ = ("_bos", "_dec", "_enc", "_eos", "_inputs", "_max", "_n", "capped", "slot_pools")
+
+    def __init__(
+        self,
+        encoder: str,
+        decoder: str,
+        inputs: Sequence[int] | np.ndarray,
+        pool: str,
+        *,
+        bos: int,
+        eos: int,
+        max_steps: int,
+    ) -> None:
+        if len(inputs) == 0:
+            raise ValueError("an encoder needs at least one input")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self._enc, self._dec = encoder, decoder
+        self._inputs = inputs
+        self._n = len(inputs)
+        self._bos, self._eos, self._max = bos, eos, max_steps
+        self.capped = False
+        self.slot_pools = (pool,)
+
+    def initial_nodes(self) -> list[int]:
+        return [0]
+
+    def node(self, index: int) -> NodeSpec:
+        n = self._n
+        if index < n:
+            reads = (ZERO_STATE,) if index == 0 else (0,)
+            return NodeSpec(self._enc, int(self._inputs[index]), reads, 0, False)
+        return NodeSpec(self._dec, self._bos if index == n else FEEDBACK_INPUT, (0,), 0, True)
+
+    def complete(self, index: int, token: int | None) -> list[int]:
+        step = index - self._n  # decoder step, negative while encoding
+        if step < 0:
+            return [index + 1]
+        if token is None:
+            raise ValueError(f"decoder node {index} completed without the token it emitted")
+        if token == self._eos:
+            return []
+        if step + 1 >= self._max:
+            self.capped = True
+            return []
+        return [index + 1]
+
+    @property
+    def num_steps_hint(self) -> int:
+        return self._max
+
+
+class TreeGraph(RequestGraph):
+    """A tree bottom-up: a node is ready once all its children ran; the root streams one step.
+
+    ``children[i]`` lists node ``i``'s children (at most the cell's arity; a shorter
+    list reads the zero state for the rest). Leaves are ready at admission, so the
+    nodes of one tree at different depths, and of different trees, batch together.
+
+    Slots: each leaf gets its own, and an internal node overwrites its first child's
+    slot (a step gathers every state before it scatters any, and nothing else reads
+    that child). A tree holds as many slots as it has leaves, not nodes.
+
+    The structure must be valid (``check_tree``); the graph trusts it.
+    """
+
+    __slots__ = (
+        "_cell",
+        "_children",
+        "_handle",
+        "_inputs",
+        "_parent",
+        "_pending",
+        "_root",
+        "arity",
+        "capped",
+        "slot_pools",
+    )
+
+    def __init__(
+        self,
+        cell_type: str,
+        inputs: Sequence[int] | np.ndarray,
+        children: Sequence[Sequence[int]],
+        pool: str,
+        *,
+        arity: int,
+    ) -> None:
+        n = len(inputs)
+        if n == 0 or len(children) != n:
+            raise ValueError(f"a tree needs one child list per node: {n} nodes, {len(children)}")
+        self._cell = cell_type
+        self._inputs = inputs
+        self._children = [tuple(int(c) for c in ch) for ch in children]
+        self.arity = arity
+        self._parent = [-1] * n
+        for i, ch in enumerate(self._children):
+            for c in ch:
+                self._parent[c] = i
+        self._root = self._parent.index(-1)
+        self._pending = [len(ch) for ch in self._children]
+        # Post-order handle assignment: leaves take fresh handles, parents inherit.
+        self._handle = [-1] * n
+        num_handles = 0
+        for i in _post_order(self._children, self._root):
+            ch = self._children[i]
+            if ch:
+                self._handle[i] = self._handle[ch[0]]
+            else:
+                self._handle[i] = num_handles
+                num_handles += 1
+        self.capped = False
+        self.slot_pools = (pool,) * num_handles
+
+    def initial_nodes(self) -> list[int]:
+        return [i for i, p in enumerate(self._pending) if p == 0]
+
+    def node(self, index: int) -> NodeSpec:
+        ch = self._children[index]
+        reads = tuple(self._handle[c] for c in ch) + (ZERO_STATE,) * (self.arity - len(ch))
+        return NodeSpec(
+            self._cell, int(self._inputs[index]), reads, self._handle[index], index == self._root
+        )
+
+    def complete(self, index: int, token: int | None) -> list[int]:
+        parent = self._parent[index]
+        if parent < 0:
+            return []
+        self._pending[parent] -= 1
+        return [parent] if self._pending[parent] == 0 else []
+
+    @property
+    def num_steps_hint(self) -> int:
+        return 1
+
+
+def _post_order(children: Sequence[Sequence[int]], root: int) -> list[int]:
+    """Nodes reachable from ``root``, children before parents (iterative: trees may be deep)."""
+    out: list[int] = []
+    stack: list[tuple[int, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            out.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(children[node]))
+    return out
+
+
+def check_tree(
+    children: Sequence[Sequence[int]], *, arity: int, max_nodes: int, max_depth: int
+) -> str | None:
+    """Why ``children`` is not a valid tree under these limits, or ``None`` when it is.
+
+    Valid: 1..max_nodes nodes; each names at most ``arity`` children by index in
+    range, none itself; every node but one (the root) is exactly one node's child;
+    every node is reachable from the root (so there is no cycle); and no path from
+    the root is longer than ``max_depth`` nodes.
+    """
+    n = len(children)
+    if n == 0:
+        return "the tree has no nodes"
+    if n > max_nodes:
+        return f"{n} nodes, at most {max_nodes} allowed"
+    parent = [-1] * n
+    for i, ch in enumerate(children):
+        if len(ch) > arity:
+            return f"node {i} has {len(ch)} children, at most {arity} allowed"
+        for c in ch:
+            if not 0 <= c < n:
+                return f"node {i} names child {c}, which does not exist (nodes 0..{n - 1})"
+            if c == i:
+                return f"node {i} names itself as a child (a cycle)"
+            if parent[c] >= 0:
+                return f"node {c} is a child of both node {parent[c]} and node {i}"
+            parent[c] = i
+    roots = [i for i in range(n) if parent[i] < 0]
+    if not roots:
+        return "every node is some node's child: the tree has a cycle and no root"
+    if len(roots) > 1:
+        return f"{len(roots)} nodes are nobody's child ({roots[:5]}...): a tree has one root"
+    depth = [0] * n
+    depth[roots[0]] = 1
+    seen = 1
+    stack = [roots[0]]
+    while stack:
+        i = stack.pop()
+        if depth[i] > max_depth:
+            return f"the tree is deeper than {max_depth} levels"
+        for c in children[i]:
+            depth[c] = depth[i] + 1
+            seen += 1
+            stack.append(c)
+    if seen != n:
+        return f"{n - seen} nodes are not reachable from the root: they form a cycle"
+    return None

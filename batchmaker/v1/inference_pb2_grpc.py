@@ -26,9 +26,9 @@ if _version_not_supported:
 
 
 class InferenceStub:
-    """/ Serves recurrent models (LSTM, GRU; seq2seq and TreeLSTM later) with cellular
-    / batching: each request joins the running batch at its first step and leaves at
-    / its last, and its outputs stream back as each step is computed.
+    """/ Serves recurrent models (LSTM, GRU, seq2seq, TreeLSTM) with cellular batching:
+    / each request joins the running batch at its first step and leaves at its last,
+    / and its outputs stream back as each step is computed.
     /
     / Errors use the standard gRPC status codes:
     /   INVALID_ARGUMENT    a field is malformed; the message names the field and why.
@@ -68,9 +68,9 @@ class InferenceStub:
 
 
 class InferenceServicer:
-    """/ Serves recurrent models (LSTM, GRU; seq2seq and TreeLSTM later) with cellular
-    / batching: each request joins the running batch at its first step and leaves at
-    / its last, and its outputs stream back as each step is computed.
+    """/ Serves recurrent models (LSTM, GRU, seq2seq, TreeLSTM) with cellular batching:
+    / each request joins the running batch at its first step and leaves at its last,
+    / and its outputs stream back as each step is computed.
     /
     / Errors use the standard gRPC status codes:
     /   INVALID_ARGUMENT    a field is malformed; the message names the field and why.
@@ -144,9 +144,9 @@ def add_InferenceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Inference:
-    """/ Serves recurrent models (LSTM, GRU; seq2seq and TreeLSTM later) with cellular
-    / batching: each request joins the running batch at its first step and leaves at
-    / its last, and its outputs stream back as each step is computed.
+    """/ Serves recurrent models (LSTM, GRU, seq2seq, TreeLSTM) with cellular batching:
+    / each request joins the running batch at its first step and leaves at its last,
+    / and its outputs stream back as each step is computed.
     /
     / Errors use the standard gRPC status codes:
     /   INVALID_ARGUMENT    a field is malformed; the message names the field and why.
@@ -255,6 +255,195 @@ class Inference:
             '/batchmaker.v1.Inference/ServerMetadata',
             batchmaker_dot_v1_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
             batchmaker_dot_v1_dot_inference__pb2.ServerMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ModelRepositoryStub:
+    """/ Manages which models and versions the server serves, from its model
+    / repository (a directory: <repository>/<model>/<version>/). Loading and
+    / unloading never drop the in-flight streams of other models or versions.
+    /
+    / Errors: NOT_FOUND for a model or version the repository does not hold;
+    / FAILED_PRECONDITION for a model folder that cannot be loaded (the message
+    / says what is wrong with it: a missing file, a shape mismatch, an unknown
+    / family, corrupt weights); UNAVAILABLE when the server has no repository.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RepositoryIndex = channel.unary_unary(
+                '/batchmaker.v1.ModelRepository/RepositoryIndex',
+                request_serializer=batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/batchmaker.v1.ModelRepository/LoadModel',
+                request_serializer=batchmaker_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/batchmaker.v1.ModelRepository/UnloadModel',
+                request_serializer=batchmaker_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.FromString,
+                _registered_method=True)
+
+
+class ModelRepositoryServicer:
+    """/ Manages which models and versions the server serves, from its model
+    / repository (a directory: <repository>/<model>/<version>/). Loading and
+    / unloading never drop the in-flight streams of other models or versions.
+    /
+    / Errors: NOT_FOUND for a model or version the repository does not hold;
+    / FAILED_PRECONDITION for a model folder that cannot be loaded (the message
+    / says what is wrong with it: a missing file, a shape mismatch, an unknown
+    / family, corrupt weights); UNAVAILABLE when the server has no repository.
+    """
+
+    def RepositoryIndex(self, request, context):
+        """/ Lists every model version in the repository and the served ones, with their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """/ Loads versions of a model: those named, or those its version policy selects.
+        / Versions already served are left as they are; served versions the policy no
+        / longer selects are unloaded. Returns once the new versions serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """/ Stops serving versions of a model (all of them when none is named). New
+        / requests for them get NOT_FOUND at once; requests in flight finish first,
+        / for up to the server's grace period, then end with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelRepositoryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=batchmaker_dot_v1_dot_inference__pb2.LoadModelRequest.FromString,
+                    response_serializer=batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=batchmaker_dot_v1_dot_inference__pb2.UnloadModelRequest.FromString,
+                    response_serializer=batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'batchmaker.v1.ModelRepository', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('batchmaker.v1.ModelRepository', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelRepository:
+    """/ Manages which models and versions the server serves, from its model
+    / repository (a directory: <repository>/<model>/<version>/). Loading and
+    / unloading never drop the in-flight streams of other models or versions.
+    /
+    / Errors: NOT_FOUND for a model or version the repository does not hold;
+    / FAILED_PRECONDITION for a model folder that cannot be loaded (the message
+    / says what is wrong with it: a missing file, a shape mismatch, an unknown
+    / family, corrupt weights); UNAVAILABLE when the server has no repository.
+    """
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchmaker.v1.ModelRepository/RepositoryIndex',
+            batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            batchmaker_dot_v1_dot_inference__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchmaker.v1.ModelRepository/LoadModel',
+            batchmaker_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
+            batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchmaker.v1.ModelRepository/UnloadModel',
+            batchmaker_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
+            batchmaker_dot_v1_dot_inference__pb2.ModelStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

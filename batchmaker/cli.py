@@ -120,7 +120,9 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
     p.add_argument("--trace-out", type=Path, help="record the trace used")
     p.add_argument("--out", type=Path, default=Path("bench-results/engine.json"))
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument(
+        "--modes", default="cellular,padded,none", help=f"comma-separated, of {', '.join(MODES)}"
+    )
     p.add_argument(
         "--saturation-only", action="store_true", help="kernel, idle and saturation; no sweeps"
     )

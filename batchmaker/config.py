@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-Mode = Literal["cellular", "padded", "none"]
+Mode = Literal["cellular", "padded", "level", "none"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -23,7 +23,9 @@ class EngineConfig:
 
     mode: Mode = "cellular"
     """``cellular``: per-cell batching. ``padded``: request-level batching padded to the
-    longest (the TF-Serving/Triton/Ray Serve baseline). ``none``: one request at a time."""
+    longest (the TF-Serving/Triton/Ray Serve baseline). ``level``: the same request-level
+    batches, but each step runs every ready node of the batch, unpadded (TensorFlow Fold's
+    depth-by-depth batching of trees). ``none``: one request at a time."""
     devices: tuple[str, ...] = ("cpu",)
     """Torch devices, one executor thread each; a request stays on one device for life."""
     max_batch: int = 64
@@ -37,9 +39,9 @@ class EngineConfig:
     num_slots: int = 1024
     """State slots per pool per device (preallocated). Also bounds admission."""
     padded_max_batch: int = 64
-    """``padded``: requests per batch."""
+    """``padded`` and ``level``: requests per batch."""
     padded_timeout_s: float = 0.005
-    """``padded``: longest time the oldest queued request waits for a batch to fill."""
+    """``padded`` and ``level``: longest time the oldest queued request waits for a batch."""
     finishing_first: bool = True
     """``cellular``: run cell types that finish requests (decoders) before ones that start them."""
     num_threads: int | None = None
@@ -67,19 +69,21 @@ class EngineConfig:
             raise ValueError(f"padded_timeout_s must be in [0, 60], got {self.padded_timeout_s}")
         if self.num_threads is not None:
             _positive("num_threads", self.num_threads)
-        if self.mode == "padded" and self.padded_max_batch > self.max_batch:
+        if self.mode in ("padded", "level") and self.padded_max_batch > self.max_batch:
             raise ValueError(
                 f"padded_max_batch ({self.padded_max_batch}) must not exceed "
                 f"max_batch ({self.max_batch})"
             )
 
-    def max_batch_for(self, cell_type: str) -> int:
-        """The max batch of a qualified cell type (``model@version/cell``)."""
+    def max_batch_for(self, cell_type: str, model_default: int | None = None) -> int:
+        """The max batch of a qualified cell type (``model@version/cell``): an override
+        here, else the model's own (``model_default``, from its config), else ``max_batch``."""
         per_cell = self.max_batch_per_cell
         if cell_type in per_cell:
             return per_cell[cell_type]
         model_version, _, cell = cell_type.partition("/")
-        return per_cell.get(f"{model_version.partition('@')[0]}/{cell}", self.max_batch)
+        fallback = self.max_batch if model_default is None else model_default
+        return per_cell.get(f"{model_version.partition('@')[0]}/{cell}", fallback)
 
 
 def _positive(name: str, value: int) -> None:

@@ -142,7 +142,7 @@ class Engine:
         return [
             CellTypeSpec(
                 name=m.qualify(c),
-                max_batch=self.config.max_batch_for(m.qualify(c)),
+                max_batch=self.max_batch_for(m, c),
                 pool=m.qualify(m.cell_pool(c)),
                 arity=cell.arity,
                 rank=m.cell_rank(c),
@@ -163,7 +163,7 @@ class Engine:
                 max_num_live_requests=cfg.max_num_live_requests,
                 policy=PolicyConfig(finishing_first=cfg.finishing_first),
             )
-        padded = cfg.mode == "padded"
+        padded = cfg.mode in ("padded", "level")
         return PaddedScheduler(
             specs,
             self._pool_capacities,
@@ -172,6 +172,7 @@ class Engine:
             max_batch_requests=cfg.padded_max_batch if padded else 1,
             batch_timeout=cfg.padded_timeout_s if padded else 0.0,
             stream=not padded,
+            all_ready=cfg.mode == "level",
         )
 
     def _build_executor(self, device: str) -> TorchExecutor:
@@ -251,6 +252,10 @@ class Engine:
     @property
     def models(self) -> list[Model]:
         return list(self._all_models)
+
+    def max_batch_for(self, model: Model, cell: str) -> int:
+        """The max batch of one of ``model``'s (local) cell types, as this engine runs it."""
+        return self.config.max_batch_for(model.qualify(cell), model.max_batch.get(cell))
 
     def submit(self, request: InferRequest) -> RequestStream:
         """Admit ``request`` and return its stream, or raise a ``BatchMakerError`` at once."""

@@ -78,6 +78,12 @@ class UnavailableError(BatchMakerError):
     code = Code.UNAVAILABLE
 
 
+class ModelLoadError(BatchMakerError):
+    """A model folder cannot be loaded: the message names the folder and what is wrong."""
+
+    code = Code.FAILED_PRECONDITION
+
+
 class ExecutionFailedError(BatchMakerError):
     """The cell execution of this request's batch raised; other batches were unaffected."""
 
@@ -93,6 +99,7 @@ _BY_CODE: dict[Code, type[BatchMakerError]] = {
         DeadlineExceededError,
         RequestCancelledError,
         UnavailableError,
+        ModelLoadError,
     )
 }
 

@@ -81,6 +81,9 @@ class Model(ABC):
             raise ValueError(f"model {name!r}: version must be >= 1, got {version}")
         self.name = name
         self.version = version
+        self.max_batch: dict[str, int] = {}
+        """Max batch per local cell type, from the model's own config; the engine's
+        per-cell overrides win over it, and it wins over the engine's default."""
 
     @property
     def key(self) -> str:
@@ -145,6 +148,12 @@ class Model(ABC):
             )
 
 
+def _check_vocabulary(model: str, field: str, words: Sequence[str], size: int) -> None:
+    """A vocabulary is optional, but when given it names every id exactly once."""
+    if words and len(words) != size:
+        raise ValueError(f"model {model!r}: {field} has {len(words)} entries, not {size}")
+
+
 def _array(inputs: object, field: str) -> np.ndarray:
     try:
         return np.asarray(inputs)
@@ -190,12 +199,18 @@ class SequenceModel(Model):
         *,
         version: int = 1,
         max_input_len: int = 1024,
+        vocabulary: Sequence[str] = (),
+        output_vocabulary: Sequence[str] = (),
     ) -> None:
         super().__init__(name, version)
         if max_input_len < 1:
             raise ValueError(f"model {name!r}: max_input_len must be >= 1, got {max_input_len}")
+        _check_vocabulary(name, "vocabulary", vocabulary, cell.input_dim)
+        _check_vocabulary(name, "output_vocabulary", output_vocabulary, cell.output_dim)
         self.cell = cell.eval().requires_grad_(False)
         self.max_input_len = max_input_len
+        self.vocabulary = tuple(vocabulary)
+        self.output_vocabulary = tuple(output_vocabulary)
 
     @property
     def cells(self) -> Mapping[str, Cell]:
@@ -225,6 +240,8 @@ class SequenceModel(Model):
             max_output_length=self.max_input_len,
             max_top_k=c.output_dim,
             vocab_size=c.input_dim if tokens else None,
+            input_vocabulary=self.vocabulary,
+            output_vocabulary=self.output_vocabulary,
         )
 
     def validate(self, request: InferRequest) -> None:
@@ -359,12 +376,8 @@ class Seq2SeqModel(Model):
                 f"model {name!r}: max_input_len and max_decode_len must be >= 1, "
                 f"got {max_input_len}, {max_decode_len}"
             )
-        for field, words, size in (
-            ("source_vocabulary", source_vocabulary, encoder.input_dim),
-            ("target_vocabulary", target_vocabulary, vocab),
-        ):
-            if words and len(words) != size:
-                raise ValueError(f"model {name!r}: {field} has {len(words)} entries, not {size}")
+        _check_vocabulary(name, "source_vocabulary", source_vocabulary, encoder.input_dim)
+        _check_vocabulary(name, "target_vocabulary", target_vocabulary, vocab)
         assert FEEDBACK == FEEDBACK_INPUT, "cells and scheduler disagree on the feedback input"
         self.encoder = encoder.eval().requires_grad_(False)
         self.decoder = decoder.eval().requires_grad_(False)
@@ -466,12 +479,8 @@ class TreeModel(Model):
                 f"model {name!r}: max_nodes and max_depth must be >= 1, "
                 f"got {max_nodes}, {max_depth}"
             )
-        for field, words, size in (
-            ("vocabulary", vocabulary, cell.input_dim),
-            ("classes", classes, cell.output_dim),
-        ):
-            if words and len(words) != size:
-                raise ValueError(f"model {name!r}: {field} has {len(words)} entries, not {size}")
+        _check_vocabulary(name, "vocabulary", vocabulary, cell.input_dim)
+        _check_vocabulary(name, "classes", classes, cell.output_dim)
         self.cell = cell.eval().requires_grad_(False)
         self.max_nodes = max_nodes
         self.max_depth = max_depth

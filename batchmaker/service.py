@@ -184,7 +184,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                 request.name, wire.parse_version("version", request.version, request.name)
             )
             versions = [m.version for m in engine.models if m.name == model.name]
-            max_batch = {c: engine.config.max_batch_for(model.qualify(c)) for c in model.cells}
+            max_batch = {c: engine.max_batch_for(model, c) for c in model.cells}
             return wire.model_metadata_to_pb(model, versions, max_batch)
         raise AssertionError("unreachable: an error aborts the call")
 

@@ -8,6 +8,12 @@ batch is done. New arrivals wait for the next batch.
 
 ``max_batch_requests=1, batch_timeout=0, stream=True`` is the ``none`` mode:
 one request at a time, no padding, outputs streamed as they are produced.
+
+``all_ready=True`` is the ``level`` mode, the usual way to batch trees (TensorFlow
+Fold's dynamic batching, DyNet's autobatching): the same request-level batches,
+but each step runs *every* ready node of the chosen cell type across the batch's
+members (a tree's whole frontier, level by level), up to the cell type's max
+batch, and nothing is padded. Outputs still return when the whole batch is done.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class PaddedScheduler(Scheduler):
         max_batch_requests: int,
         batch_timeout: float,
         stream: bool = False,
+        all_ready: bool = False,
     ) -> None:
         super().__init__(
             cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
@@ -52,6 +59,7 @@ class PaddedScheduler(Scheduler):
         self.max_batch_requests = max_batch_requests
         self.batch_timeout = batch_timeout
         self.stream = stream
+        self.all_ready = all_ready
         self._waiting: deque[SchedRequest] = deque()
         self._ready: dict[SchedRequest, list[tuple[int, NodeSpec]]] = {}
         self._batch: list[SchedRequest] = []
@@ -135,10 +143,13 @@ class PaddedScheduler(Scheduler):
         for request in self._batch:
             for _, spec in self._ready.get(request, ()):
                 counts[spec.cell_type] = counts.get(spec.cell_type, 0) + 1
-                break
+                if not self.all_ready:
+                    break
         if not counts:
             return None
         name = max(counts, key=lambda c: (counts[c], self.cell_types[c].rank))
+        if self.all_ready:
+            return self._build_plan(self.cell_types[name], self._take_all_ready(name))
         rows: list[Row] = []
         for request in self._batch:
             ready = self._ready.get(request)
@@ -151,3 +162,21 @@ class PaddedScheduler(Scheduler):
                         break
             rows.append(row)
         return self._build_plan(self.cell_types[name], rows)
+
+    def _take_all_ready(self, name: str) -> list[Row]:
+        """Every ready node of cell type ``name`` in the batch, oldest member first, up to
+        the cell type's max batch; the rest stay ready for the next step."""
+        room = self.cell_types[name].max_batch
+        rows: list[Row] = []
+        for request in self._batch:
+            ready = self._ready.get(request)
+            if not ready:
+                continue
+            keep = []
+            for node, spec in ready:
+                if spec.cell_type == name and len(rows) < room:
+                    rows.append((request, node, spec))
+                else:
+                    keep.append((node, spec))
+            ready[:] = keep
+        return rows

@@ -19,7 +19,7 @@ import copy
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +40,7 @@ from batchmaker.models import Model
 from batchmaker.stream import RequestStream
 from batchmaker.types import InferRequest, StepOutput
 from batchmaker.worker import DeviceWorker, WorkerStats
-from cells import StatePool
+from cells import Cell, StatePool
 from scheduler import (
     NUM_RESERVED_SLOTS,
     CellTypeSpec,
@@ -91,55 +91,63 @@ class Engine:
         executor_wrapper: ExecutorWrapper | None = None,
     ) -> None:
         self.config = config
+        models = list(models)
         self._models: dict[str, dict[int, Model]] = {}
-        for m in models:
-            versions = self._models.setdefault(m.name, {})
-            if m.version in versions:
-                raise ValueError(f"model {m.key} registered twice")
-            versions[m.version] = m
-        if not self._models:
-            raise ValueError("an engine needs at least one model")
+        self._check_new(models)
         for d in config.devices:
             if d.startswith("cuda") and not torch.cuda.is_available():
                 raise ValueError(f"devices: {d!r} requested but CUDA is not available")
         if any(d == "cpu" for d in config.devices):
             torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
-        self._all_models = [m for vs in self._models.values() for m in vs.values()]
-        known = {
-            key
-            for m in self._all_models
-            for c in m.cells
-            for key in (m.qualify(c), f"{m.name}/{c}")
-        }
+        known = {key for m in models for c in m.cells for key in (m.qualify(c), f"{m.name}/{c}")}
         unknown = sorted(set(config.max_batch_per_cell) - known)
         if unknown:
             raise ValueError(
                 f"max_batch_per_cell: no cell type {unknown[0]!r}; served: {sorted(known)}"
             )
-        self._pool_capacities = {
-            m.qualify(p): config.num_slots for m in self._all_models for p in m.pools
-        }
+        specs, capacities = self._scheduler_parts(models)
+        self._executors: list[TorchExecutor] = []
         self._workers: list[DeviceWorker] = []
         self._placements: list[_Placement] = []
         for i, device in enumerate(config.devices):
-            executor: Executor = self._build_executor(device)
-            if executor_wrapper is not None:
-                executor = executor_wrapper(executor)
+            inner = TorchExecutor(device, *self._executor_parts(device, models))
+            executor: Executor = inner if executor_wrapper is None else executor_wrapper(inner)
+            self._executors.append(inner)
             self._workers.append(
-                DeviceWorker(self._build_scheduler(), executor, self._deliver_threadsafe)
+                DeviceWorker(
+                    self._build_scheduler(specs, capacities), executor, self._deliver_threadsafe
+                )
             )
-            self._placements.append(_Placement(i, self._pool_capacities))
+            self._placements.append(_Placement(i, capacities))
+        for m in models:
+            self._models.setdefault(m.name, {})[m.version] = m
         self._streams: dict[str, tuple[RequestStream, _Placement, SchedRequest]] = {}
+        self._live_per_model: dict[str, int] = {}
+        """Live requests per model key: what an unload waits for."""
+        self._unloading: set[str] = set()
+        self._loading: set[str] = set()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._stopped = False
         self._idle = asyncio.Event()
+        self._ended = asyncio.Event()
+        """Set whenever a request ends; an unload waiting for its model's requests clears it."""
 
     # ---- construction -------------------------------------------------------
 
-    def _cell_type_specs(self) -> list[CellTypeSpec]:
-        return [
+    def _check_new(self, models: Sequence[Model]) -> None:
+        keys: set[str] = set()
+        for m in models:
+            if m.key in keys or m.version in self._models.get(m.name, {}):
+                raise ValueError(f"model {m.key} registered twice")
+            keys.add(m.key)
+
+    def _scheduler_parts(
+        self, models: Sequence[Model]
+    ) -> tuple[list[CellTypeSpec], dict[str, int]]:
+        """The cell types and pool capacities ``models`` add to every device's scheduler."""
+        specs = [
             CellTypeSpec(
                 name=m.qualify(c),
                 max_batch=self.max_batch_for(m, c),
@@ -147,18 +155,19 @@ class Engine:
                 arity=cell.arity,
                 rank=m.cell_rank(c),
             )
-            for m in self._all_models
+            for m in models
             for c, cell in m.cells.items()
         ]
+        capacities = {m.qualify(p): self.config.num_slots for m in models for p in m.pools}
+        return specs, capacities
 
-    def _build_scheduler(self) -> Scheduler:
+    def _build_scheduler(self, specs: list[CellTypeSpec], capacities: dict[str, int]) -> Scheduler:
         cfg = self.config
-        specs = self._cell_type_specs()
         clock = MonotonicClock()
         if cfg.mode == "cellular":
             return CellularScheduler(
                 specs,
-                self._pool_capacities,
+                capacities,
                 clock,
                 max_num_live_requests=cfg.max_num_live_requests,
                 policy=PolicyConfig(finishing_first=cfg.finishing_first),
@@ -166,7 +175,7 @@ class Engine:
         padded = cfg.mode in ("padded", "level")
         return PaddedScheduler(
             specs,
-            self._pool_capacities,
+            capacities,
             clock,
             max_num_live_requests=cfg.max_num_live_requests,
             max_batch_requests=cfg.padded_max_batch if padded else 1,
@@ -175,11 +184,15 @@ class Engine:
             all_ready=cfg.mode == "level",
         )
 
-    def _build_executor(self, device: str) -> TorchExecutor:
-        cells = {}
-        pools = {}
-        cell_pools = {}
-        for m in self._all_models:
+    def _executor_parts(
+        self, device: str, models: Sequence[Model]
+    ) -> tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]]:
+        """``models``' cells copied to ``device``, their preallocated pools, and which pool
+        each cell uses. Slow for big models: callers on the event loop run it in a thread."""
+        cells: dict[str, Cell] = {}
+        pools: dict[str, StatePool] = {}
+        cell_pools: dict[str, str] = {}
+        for m in models:
             for c, cell in m.cells.items():
                 cells[m.qualify(c)] = copy.deepcopy(cell).to(device)
                 cell_pools[m.qualify(c)] = m.qualify(m.cell_pool(c))
@@ -187,7 +200,122 @@ class Engine:
                 pools[m.qualify(p)] = StatePool(
                     specs, NUM_RESERVED_SLOTS + self.config.num_slots, device
                 )
-        return TorchExecutor(device, cells, pools, cell_pools)
+        return cells, pools, cell_pools
+
+    # ---- models, while serving -----------------------------------------------------
+
+    async def add_models(self, models: Sequence[Model]) -> None:
+        """Serve more models (new names or new versions) without pausing the ones served.
+
+        Each device thread takes the new cells and pools between two steps; the models
+        answer requests once every device has them.
+        """
+        models = list(models)
+        if self._stopped:
+            raise UnavailableError("the engine was shut down")
+        self._check_new(models)
+        busy = sorted(m.key for m in models if m.key in self._unloading | self._loading)
+        if busy:
+            raise UnavailableError(f"model {busy[0]} is being loaded or unloaded; try again")
+        keys = {m.key for m in models}
+        self._loading |= keys
+        try:
+            specs, capacities = self._scheduler_parts(models)
+            parts = await asyncio.to_thread(
+                lambda: [self._executor_parts(d, models) for d in self.config.devices]
+            )
+            # Shielded: once the devices start taking the model, a cancelled caller must
+            # not leave the loop's books out of step with them.
+            await asyncio.shield(self._install(models, specs, capacities, parts))
+        finally:
+            self._loading -= keys
+        log.info("now serving %s", ", ".join(m.key for m in models))
+
+    async def _install(
+        self,
+        models: list[Model],
+        specs: list[CellTypeSpec],
+        capacities: dict[str, int],
+        parts: list[tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]]],
+    ) -> None:
+        done = []
+        for worker, executor, part in zip(self._workers, self._executors, parts, strict=True):
+
+            def add(
+                worker: DeviceWorker = worker,
+                executor: TorchExecutor = executor,
+                part: tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]] = part,
+            ) -> None:
+                worker.scheduler.add_cell_types(specs, capacities)
+                executor.add_cells(*part)
+
+            done.append(asyncio.wrap_future(worker.call(add)))
+        await asyncio.gather(*done)
+        for place in self._placements:
+            place.free_slots.update(capacities)
+        for m in models:
+            self._models.setdefault(m.name, {})[m.version] = m
+
+    async def remove_models(self, keys: Sequence[str], grace: float | None = None) -> None:
+        """Stop serving models (``name@version`` keys); other models are not disturbed.
+
+        New requests for them get NOT_FOUND at once. Their live requests may finish for
+        up to ``grace`` seconds (``None``: as long as they take); the rest then end with
+        UNAVAILABLE. Their cells and state pools are freed on every device.
+        """
+        by_key = {m.key: m for m in self.models}
+        missing = [k for k in keys if k not in by_key]
+        if missing:
+            raise ModelNotFoundError(f"model {missing[0]} is not served")
+        models = [by_key[k] for k in dict.fromkeys(keys)]
+        for m in models:
+            versions = self._models[m.name]
+            del versions[m.version]
+            if not versions:
+                del self._models[m.name]
+            self._unloading.add(m.key)
+        # Shielded: the models are already out of the registry, so the unload must run to
+        # its end even if its caller goes away.
+        await asyncio.shield(self._uninstall(models, grace))
+        log.info("stopped serving %s", ", ".join(m.key for m in models))
+
+    async def _uninstall(self, models: list[Model], grace: float | None) -> None:
+        try:
+            await self._wait_models_idle([m.key for m in models], grace)
+            await self._free(models)
+        finally:
+            self._unloading.difference_update(m.key for m in models)
+
+    async def _free(self, models: list[Model]) -> None:
+        specs, capacities = self._scheduler_parts(models)
+        names = [s.name for s in specs]
+        done = []
+        for worker, executor in zip(self._workers, self._executors, strict=True):
+
+            def remove(worker: DeviceWorker = worker, executor: TorchExecutor = executor) -> None:
+                worker.scheduler.remove_cell_types(names, capacities)
+                executor.remove_cells(names, capacities)
+
+            done.append(asyncio.wrap_future(worker.call(remove)))
+        await asyncio.gather(*done)
+        for place in self._placements:
+            for pool in capacities:
+                del place.free_slots[pool]
+
+    async def _wait_models_idle(self, keys: list[str], grace: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
+        aborted = False
+        while any(self._live_per_model.get(k) for k in keys):
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0 and not aborted:
+                aborted = True
+                for stream, place, _ in list(self._streams.values()):
+                    if stream.model_key in keys:
+                        self._workers[place.index].abort(stream.request_id, FinishReason.UNLOADED)
+            self._ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), None if aborted else remaining)
 
     # ---- lifecycle ------------------------------------------------------------
 
@@ -251,7 +379,8 @@ class Engine:
 
     @property
     def models(self) -> list[Model]:
-        return list(self._all_models)
+        """Every model version served now (not those being unloaded)."""
+        return [m for versions in self._models.values() for m in versions.values()]
 
     def max_batch_for(self, model: Model, cell: str) -> int:
         """The max batch of one of ``model``'s (local) cell types, as this engine runs it."""
@@ -285,6 +414,7 @@ class Engine:
             tag=stream,
         )
         self._streams[request_id] = (stream, place, sreq)
+        self._live_per_model[model.key] = self._live_per_model.get(model.key, 0) + 1
         self._workers[place.index].submit(sreq)
         return stream
 
@@ -350,6 +480,8 @@ class Engine:
                 continue
             stream, place, sreq = entry
             place.num_live -= 1
+            self._live_per_model[stream.model_key] -= 1
+            self._ended.set()
             for pool in sreq.graph.slot_pools:
                 place.free_slots[pool] += 1
             stream._finish(_finish_error(request, error), capped=sreq.graph.capped)
@@ -388,5 +520,7 @@ def _finish_error(request: SchedRequest, error: BaseException | None) -> BatchMa
         return DeadlineExceededError("the request's deadline passed before it finished")
     if reason is FinishReason.SHUTDOWN:
         return UnavailableError("the server shut down before the request finished")
+    if reason is FinishReason.UNLOADED:
+        return UnavailableError("the model was unloaded before the request finished")
     detail = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
     return ExecutionFailedError(f"cell execution failed for this request's batch ({detail})")

@@ -10,7 +10,7 @@ inject faults.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,15 +61,39 @@ class TorchExecutor:
         self.device = device
         self._device = torch.device(device)
         self._cuda = self._device.type == "cuda"
-        self.cells = dict(cells)
-        self.pools = dict(pools)
-        self._cell_pool = {name: self.pools[cell_pools[name]] for name in self.cells}
-        # Which new state of each cell is the token it emitted (decoders), if any.
-        self._token_index = {
-            name: [s.name for s in self._cell_pool[name].specs].index(cell.token_state)
-            for name, cell in self.cells.items()
-            if cell.token_state is not None
-        }
+        self.cells: dict[str, Cell] = {}
+        self.pools: dict[str, StatePool] = {}
+        self._cell_pool: dict[str, StatePool] = {}
+        self._token_index: dict[str, int] = {}
+        """Which new state of each cell is the token it emitted (decoders), if any."""
+        self.add_cells(cells, pools, cell_pools)
+
+    def add_cells(
+        self,
+        cells: Mapping[str, Cell],
+        pools: Mapping[str, StatePool],
+        cell_pools: Mapping[str, str],
+    ) -> None:
+        """Serve more cells (a model being loaded). Only between steps, on the device thread."""
+        clash = (set(cells) & set(self.cells)) | (set(pools) & set(self.pools))
+        if clash:
+            raise ValueError(f"already served: {sorted(clash)}")
+        self.pools.update(pools)
+        for name, cell in cells.items():
+            pool = self.pools[cell_pools[name]]
+            self.cells[name] = cell
+            self._cell_pool[name] = pool
+            if cell.token_state is not None:
+                self._token_index[name] = [s.name for s in pool.specs].index(cell.token_state)
+
+    def remove_cells(self, cells: Iterable[str], pools: Iterable[str]) -> None:
+        """Drop cells and pools (a model being unloaded); their memory is freed."""
+        for name in cells:
+            del self.cells[name]
+            del self._cell_pool[name]
+            self._token_index.pop(name, None)
+        for name in pools:
+            del self.pools[name]
 
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         cell = self.cells[plan.cell_type]

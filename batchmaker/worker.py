@@ -8,6 +8,8 @@ variable (no polling); outcomes go out through one callback per step.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -27,9 +29,13 @@ class _Command:
     """A request for the worker thread, applied at the next step boundary, in order."""
 
     add: SchedRequest | None
-    """Admit this request; ``None`` for an abort."""
+    """Admit this request; ``None`` for an abort or a call."""
     abort_id: str = ""
     reason: FinishReason = FinishReason.CANCELLED
+    call: Callable[[], None] | None = None
+    """Run this on the worker thread between steps (a model being loaded or unloaded)."""
+    done: concurrent.futures.Future[None] | None = None
+    """Resolved once ``call`` ran, with its exception if it raised."""
 
 
 @dataclass(slots=True)
@@ -83,6 +89,19 @@ class DeviceWorker:
     def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._post(_Command(None, request_id, reason))
 
+    def call(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """Run ``fn`` on the worker thread at the next step boundary, or here and now when
+        the thread is not running. The scheduler and executor are the thread's alone, so
+        changing what they serve must go through here."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._cv:
+            if self._thread.is_alive() and not self._stopping:
+                self._inbox.append(_Command(None, call=fn, done=done))
+                self._cv.notify()
+                return done
+        _run_call(fn, done)
+        return done
+
     def stop(self) -> None:
         """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""
         with self._cv:
@@ -125,6 +144,9 @@ class DeviceWorker:
     def _apply(self, inbox: list[_Command]) -> None:
         sched = self.scheduler
         for cmd in inbox:
+            if cmd.call is not None and cmd.done is not None:
+                _run_call(cmd.call, cmd.done)
+                continue
             if cmd.add is None:
                 sched.abort(cmd.abort_id, cmd.reason)
                 continue
@@ -222,6 +244,20 @@ class DeviceWorker:
             outcome = sched.update_from_output(plan, result)
             if outcome:
                 self._pending = outcome
+
+
+def _run_call(fn: Callable[[], None], done: concurrent.futures.Future[None]) -> None:
+    """Run ``fn`` even if its caller stopped waiting (the change must not half-happen)."""
+    error: BaseException | None = None
+    try:
+        fn()
+    except Exception as exc:
+        error = exc
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # the waiter cancelled
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 class _Handoff:

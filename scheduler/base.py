@@ -51,19 +51,66 @@ class Scheduler(ABC):
         if max_num_live_requests < 1:
             raise ValueError(f"max_num_live_requests must be >= 1, got {max_num_live_requests}")
         self.cell_types: dict[str, CellTypeSpec] = {}
-        for spec in cell_types:
-            if spec.name in self.cell_types:
-                raise ValueError(f"cell type {spec.name!r} declared twice")
-            if spec.pool not in pool_capacities:
-                raise ValueError(f"cell type {spec.name!r} uses unknown pool {spec.pool!r}")
-            self.cell_types[spec.name] = spec
-        self.pools = {name: SlotPool(name, cap) for name, cap in pool_capacities.items()}
+        self.pools: dict[str, SlotPool] = {}
+        self.add_cell_types(cell_types, pool_capacities)
         self.clock = clock
         self.max_num_live_requests = max_num_live_requests
         self._live: dict[str, SchedRequest] = {}
         self._seq = 0
         self._deadlines: list[tuple[float, int, SchedRequest]] = []
         self._outcome = StepOutcome.make_empty()
+
+    # ---- what is served (models come and go at step boundaries) ----------------
+
+    def add_cell_types(
+        self, cell_types: Iterable[CellTypeSpec], pool_capacities: Mapping[str, int]
+    ) -> None:
+        """Serve more cell types and pools (a model being loaded); changes nothing on error."""
+        specs = list(cell_types)
+        for pool in pool_capacities:
+            if pool in self.pools:
+                raise ValueError(f"pool {pool!r} already exists")
+        seen = set(self.cell_types)
+        for spec in specs:
+            if spec.name in seen:
+                raise ValueError(f"cell type {spec.name!r} declared twice")
+            seen.add(spec.name)
+            if spec.pool not in pool_capacities and spec.pool not in self.pools:
+                raise ValueError(f"cell type {spec.name!r} uses unknown pool {spec.pool!r}")
+            self._check_cell_type(spec)
+        new_pools = {name: SlotPool(name, cap) for name, cap in pool_capacities.items()}
+        self.pools.update(new_pools)
+        for spec in specs:
+            self.cell_types[spec.name] = spec
+        self._on_cell_types_changed()
+
+    def remove_cell_types(self, names: Iterable[str], pools: Iterable[str]) -> None:
+        """Stop serving cell types and pools (a model being unloaded).
+
+        Every request that used them must have ended: a pool with a slot in use is an
+        error, and nothing is removed.
+        """
+        names, pools = list(names), list(pools)
+        for name in names:
+            if name not in self.cell_types:
+                raise ValueError(f"no cell type {name!r}")
+        for pool in pools:
+            p = self.pools.get(pool)
+            if p is None:
+                raise ValueError(f"no pool {pool!r}")
+            if p.num_free != p.capacity:
+                raise ValueError(f"pool {pool!r} still has {p.capacity - p.num_free} slots in use")
+        for name in names:
+            del self.cell_types[name]
+        for pool in pools:
+            del self.pools[pool]
+        self._on_cell_types_changed()
+
+    def _check_cell_type(self, spec: CellTypeSpec) -> None:  # noqa: B027 - optional hook
+        """Refuse a cell type this policy cannot run (before anything changes)."""
+
+    def _on_cell_types_changed(self) -> None:  # noqa: B027 - an optional hook
+        """Hook: ``cell_types`` changed; policies with per-type structures rebuild them."""
 
     # ---- admission ----------------------------------------------------------
 

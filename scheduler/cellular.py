@@ -30,15 +30,20 @@ class CellularScheduler(Scheduler):
         max_num_live_requests: int,
         policy: PolicyConfig | None = None,
     ) -> None:
+        self.queues: dict[str, ReadyQueue] = {}
+        self._candidates: list[tuple[CellTypeSpec, ReadyQueue]] = []
         super().__init__(
             cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
         )
         self.policy = policy or PolicyConfig()
-        self.queues = {name: ReadyQueue(name) for name in self.cell_types}
-        self._candidates = [(spec, self.queues[name]) for name, spec in self.cell_types.items()]
         # Fairness counts steps, not clock time: a simulator's clock (or a coarse one)
         # may not move between steps, and equal times would let one type starve another.
         self._num_steps = 0
+
+    def _on_cell_types_changed(self) -> None:
+        # A removed type's queue is empty: its requests ended before it was removed.
+        self.queues = {name: self.queues.get(name) or ReadyQueue(name) for name in self.cell_types}
+        self._candidates = [(spec, self.queues[name]) for name, spec in self.cell_types.items()]
 
     def num_ready(self, cell_type: str) -> int:
         return len(self.queues[cell_type])

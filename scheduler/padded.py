@@ -43,20 +43,14 @@ class PaddedScheduler(Scheduler):
         stream: bool = False,
         all_ready: bool = False,
     ) -> None:
-        super().__init__(
-            cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
-        )
         if max_batch_requests < 1:
             raise ValueError(f"max_batch_requests must be >= 1, got {max_batch_requests}")
         if batch_timeout < 0:
             raise ValueError(f"batch_timeout must be >= 0, got {batch_timeout}")
-        for spec in self.cell_types.values():
-            if spec.max_batch < max_batch_requests:
-                raise ValueError(
-                    f"cell type {spec.name!r}: max_batch {spec.max_batch} is below "
-                    f"max_batch_requests {max_batch_requests}"
-                )
         self.max_batch_requests = max_batch_requests
+        super().__init__(
+            cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
+        )
         self.batch_timeout = batch_timeout
         self.stream = stream
         self.all_ready = all_ready
@@ -65,6 +59,13 @@ class PaddedScheduler(Scheduler):
         self._batch: list[SchedRequest] = []
         self._completed: list[SchedRequest] = []
         self._buffered: list[Emission] = []
+
+    def _check_cell_type(self, spec: CellTypeSpec) -> None:
+        if spec.max_batch < self.max_batch_requests:
+            raise ValueError(
+                f"cell type {spec.name!r}: max_batch {spec.max_batch} is below "
+                f"max_batch_requests {self.max_batch_requests}"
+            )
 
     @property
     def num_waiting(self) -> int:

@@ -28,6 +28,8 @@ class FinishReason(enum.Enum):
     FAILED = "failed"
     """Its batch raised inside the executor; only that batch's requests get this."""
     SHUTDOWN = "shutdown"
+    UNLOADED = "unloaded"
+    """Its model was unloaded while it ran, after the unload's grace period."""
 
 
 @dataclass(frozen=True, slots=True)

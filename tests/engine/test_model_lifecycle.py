@@ -1,0 +1,120 @@
+"""Models come and go while the engine serves: loading or unloading one never disturbs the
+streams of the others, an unloaded model's live requests finish (or, past the grace period,
+end with UNAVAILABLE), and its cells and pools are freed on the device."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from harness import collect, drain, engine_config, free_slots, next_output, serving, small_model
+from reference import assert_matches_alone
+
+from batchmaker import Code, InferRequest, ModelNotFoundError, UnavailableError
+
+OLD = small_model("lstm", name="old", seed=1)
+NEW = small_model("gru", num_layers=2, name="new", seed=2)
+NEW_V2 = small_model("gru", num_layers=2, name="new", seed=3, version=2)
+MODES = ["cellular", "padded", "level", "none"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    long_x = rng.integers(0, 50, 40).tolist()
+    new_x = rng.integers(0, 50, 9).tolist()
+    config = engine_config(mode, padded_max_batch=2, padded_timeout_s=0.001)
+
+    async def main() -> None:
+        async with serving(config, [OLD], gated=True) as (engine, gate):
+            long_run = engine.submit(InferRequest("old", long_x))
+            await gate.step()
+            await gate.step()
+            # Loading happens between two steps, while "old" is mid-stream.
+            load = asyncio.create_task(engine.add_models([NEW]))
+            while not load.done():
+                await gate.step()
+            await load
+            assert not long_run.done
+            assert {m.key for m in engine.models} == {"old@1", "new@1"}
+            assert free_slots(engine)["new@1/state"] == config.num_slots
+            gate.open()
+            assert_matches_alone(
+                NEW, new_x, await collect(engine.submit(InferRequest("new", new_x)))
+            )
+
+            # Unloading "new" while one of its requests and "old"'s stream are live:
+            # the new request waits for nothing, the live one finishes first.
+            live_new = engine.submit(InferRequest("new", new_x))
+            unload = asyncio.create_task(engine.remove_models(["new@1"], grace=None))
+            await asyncio.sleep(0)
+            with pytest.raises(ModelNotFoundError):
+                engine.submit(InferRequest("new", new_x))
+            assert_matches_alone(NEW, new_x, await collect(live_new))
+            await asyncio.wait_for(unload, 30)
+            assert "new@1/state" not in free_slots(engine)
+            assert [m.key for m in engine.models] == ["old@1"]
+            executor = engine._executors[0]
+            assert "new@1/step" not in executor.cells
+            assert "new@1/state" not in executor.pools
+            assert_matches_alone(OLD, long_x, await collect(long_run))
+            assert engine.num_live == 0
+            assert free_slots(engine) == {"old@1/state": config.num_slots}
+
+    asyncio.run(main())
+
+
+def test_unload_past_its_grace_ends_live_requests_with_unavailable_only_for_that_model() -> None:
+    rng = np.random.default_rng(1)
+    x_old, x_new = rng.integers(0, 50, 12).tolist(), rng.integers(0, 50, 30).tolist()
+
+    async def main() -> None:
+        async with serving(engine_config(), [OLD, NEW], gated=True) as (engine, gate):
+            victim = engine.submit(InferRequest("new", x_new))
+            bystander = engine.submit(InferRequest("old", x_old))
+            await gate.step()
+            await gate.step()
+            unload = asyncio.create_task(engine.remove_models(["new@1"], grace=0))
+            gate.open()
+            await asyncio.wait_for(unload, 30)
+            outputs, error = await drain(victim)
+            assert isinstance(error, UnavailableError)
+            assert error.code is Code.UNAVAILABLE
+            assert "unloaded" in error.message
+            assert len(outputs) < len(x_new)
+            assert_matches_alone(OLD, x_old, await collect(bystander))
+            assert free_slots(engine) == {"old@1/state": engine.config.num_slots}
+
+    asyncio.run(main())
+
+
+def test_versions_load_and_unload_independently_and_reload_works() -> None:
+    x = [3, 1, 4, 1, 5]
+
+    async def main() -> None:
+        async with serving(engine_config(), [NEW]) as (engine, _):
+            await engine.add_models([NEW_V2])
+            assert engine.model("new").version == 2  # the latest
+            assert_matches_alone(NEW_V2, x, await collect(engine.submit(InferRequest("new", x))))
+            pinned = engine.submit(InferRequest("new", x, version=1))
+            assert_matches_alone(NEW, x, await collect(pinned))
+            with pytest.raises(ValueError, match="registered twice"):
+                await engine.add_models([NEW_V2])
+            await engine.remove_models(["new@2"])
+            assert engine.model("new").version == 1
+            with pytest.raises(ModelNotFoundError):
+                engine.model("new", 2)
+            with pytest.raises(ModelNotFoundError):
+                await engine.remove_models(["new@2"])
+            await engine.add_models([NEW_V2])  # fresh pools, fresh cells
+            stream = engine.submit(InferRequest("new", x, version=2))
+            first = await next_output(stream)
+            assert first.step == 0
+            assert_matches_alone(NEW_V2, x, [first, *await collect(stream)])
+            await engine.remove_models(["new@1", "new@2"])
+            assert engine.models == []
+            with pytest.raises(ModelNotFoundError):
+                engine.submit(InferRequest("new", x))
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ without importing torch (the CLI lists them); building a model imports it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ BUILTIN_MODELS: dict[str, Callable[[], SequenceModel]] = {
 """Name -> factory. Building is deterministic: the same name gives the same weights."""
 
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("lstm-lm", "gru-lm")
+"""What the in-process ``batchmaker demo`` streams through."""
+
+DEMO_REPOSITORY = Path(__file__).parent / "demos" / "repository"
+"""The trained demo models shipped in the package: the server's default model repository."""
 
 
 def default_models() -> list[SequenceModel]:

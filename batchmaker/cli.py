@@ -20,6 +20,7 @@ from batchmaker.config import MODES, EngineConfig
 
 if TYPE_CHECKING:
     from batchmaker.config import ServerConfig
+    from batchmaker.manager import ModelManager
     from batchmaker.server import InferenceServer
 
 ENV_PREFIX = "BATCHMAKER_"
@@ -104,6 +105,12 @@ def add_engine_flags(
 
 
 def add_bench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        choices=("chain", "seq2seq", "tree"),
+        default="chain",
+        help="model family: chain (LSTM LM), seq2seq (LSTM encoder-decoder) or tree (TreeLSTM)",
+    )
     p.add_argument("--requests", type=int, default=400, help="most requests per load point")
     p.add_argument("--min-requests", type=int, default=150, help="fewest requests per load point")
     p.add_argument(
@@ -119,12 +126,29 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
     p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
     p.add_argument("--trace-out", type=Path, help="record the trace used")
-    p.add_argument("--out", type=Path, default=Path("bench-results/engine.json"))
     p.add_argument(
-        "--modes", default="cellular,padded,none", help=f"comma-separated, of {', '.join(MODES)}"
+        "--out",
+        type=Path,
+        help="the JSON report; default bench-results/engine.json for chains, "
+        "bench-results/FAMILY.json otherwise",
+    )
+    p.add_argument(
+        "--modes",
+        help=f"comma-separated, of {', '.join(MODES)}; default cellular,padded,none "
+        "(trees: cellular,padded,level,none)",
     )
     p.add_argument(
         "--saturation-only", action="store_true", help="kernel, idle and saturation; no sweeps"
+    )
+    p.add_argument(
+        "--slo-ms",
+        type=float,
+        help="a fixed latency SLO for the sweeps instead of twice the idle p99",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models and short requests: a smoke test whose figures mean nothing",
     )
 
 
@@ -160,7 +184,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
 
 
 def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from batchmaker.builtin import BUILTIN_MODELS, DEFAULT_MODEL_NAMES
+    from batchmaker.builtin import BUILTIN_MODELS, DEMO_REPOSITORY
     from batchmaker.config import ServerConfig
 
     d = ServerConfig()
@@ -176,9 +200,18 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--port", type=int, default=_env("PORT", d.port), help="0 picks a free port [PORT]"
     )
     p.add_argument(
+        "--model-repository",
+        default=_env("MODEL_REPOSITORY", str(DEMO_REPOSITORY)),
+        metavar="DIR",
+        help="directory of <model>/<version>/ folders; default: the trained demo models "
+        "shipped with the server; 'none' for built-in models only [MODEL_REPOSITORY]",
+    )
+    p.add_argument(
         "--models",
-        default=_env("MODELS", ",".join(DEFAULT_MODEL_NAMES)),
-        help=f"comma-separated built-in models to serve: {', '.join(BUILTIN_MODELS)} [MODELS]",
+        default=_env("MODELS", ""),
+        help="comma-separated models to load at start (each at its version policy); default: "
+        f"every model in the repository. Also built in, with random weights: "
+        f"{', '.join(BUILTIN_MODELS)} [MODELS]",
     )
     p.add_argument(
         "--max-message-bytes",
@@ -236,6 +269,21 @@ def _add_infer_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     inp.add_argument(
         "--vectors", metavar="JSON", help="a JSON list of equal-length float lists, one per step"
     )
+    inp.add_argument(
+        "--text",
+        metavar="TEXT",
+        help="whitespace-separated tokens of the model's vocabulary (see its metadata)",
+    )
+    inp.add_argument(
+        "--tree",
+        metavar="SEXPR",
+        help='a tree for a TreeLSTM model as an s-expression of its vocabulary: "(+ 3 (* 4 2))"',
+    )
+    inp.add_argument(
+        "--tree-json",
+        metavar="JSON",
+        help="a tree as a JSON list of [token id, [child indices]] per node",
+    )
     p.add_argument("--top-k", "-k", type=int, default=None, help="best ids per step (default 1)")
     p.add_argument("--return-vectors", action="store_true", help="print full output vectors")
     p.add_argument("--max-length", type=int, default=0, help="cap on output steps")
@@ -243,6 +291,60 @@ def _add_infer_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--id", default="", help="request id, echoed back")
     p.add_argument("--unary", action="store_true", help="one response at the end, no stream")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
+
+
+def _add_models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "models",
+        parents=[common],
+        help="list, load or unload models on a running server (its model repository)",
+        description="list: every model version in the server's repository and its state. "
+        "load NAME: serve its version policy's versions (or --version V ...). "
+        "unload NAME: stop serving it (or --version V ...) once in-flight requests finish.",
+    )
+    _add_client_flags(p)
+    p.add_argument("action", choices=("list", "load", "unload"))
+    p.add_argument("name", nargs="?", help="the model (load, unload)")
+    p.add_argument("--version", dest="versions", action="append", default=[], help="repeatable")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="turn a trained torch state_dict into a model repository version",
+        description="Read a state_dict saved with torch.save (loaded with weights_only=True: "
+        "no code runs) or a .safetensors file, infer the architecture from its tensor shapes, "
+        "and write <repository>/<name>/<version>/ (config.json + model.safetensors).",
+    )
+    p.add_argument("weights", type=Path, help="the state_dict file (.pt/.pth or .safetensors)")
+    p.add_argument("--repository", type=Path, required=True, help="the model repository")
+    p.add_argument("--name", required=True, help="the model's name")
+    p.add_argument("--version", type=int, default=None, help="default: the next free version")
+    p.add_argument(
+        "--family",
+        choices=("lstm", "gru", "seq2seq"),
+        required=True,
+        help="lstm/gru: nn.LSTM/nn.GRU alone (vector input) or with embedding/proj; "
+        "seq2seq: encoder.* and decoder.* modules (the decoder's cell kind is detected)",
+    )
+    p.add_argument("--rnn-prefix", default=None, help="key prefix of the nn.LSTM/nn.GRU")
+    p.add_argument("--embedding-prefix", default=None, help="key prefix of the nn.Embedding")
+    p.add_argument("--proj-prefix", default=None, help="key prefix of the output nn.Linear")
+    p.add_argument("--bos", type=int, default=None, help="seq2seq: the decoder's start token")
+    p.add_argument("--eos", type=int, default=None, help="seq2seq: the decoder's end token")
+    p.add_argument("--max-input-length", type=int, default=None)
+    p.add_argument("--max-output-length", type=int, default=None, help="seq2seq decode cap")
+    p.add_argument(
+        "--vocabulary", type=Path, default=None, help="a file with one input token per line"
+    )
+    p.add_argument(
+        "--output-vocabulary",
+        type=Path,
+        default=None,
+        help="a file with one output token per line",
+    )
 
 
 def _add_metadata_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -269,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub, common)
     _add_infer_parser(sub, common)
     _add_metadata_parser(sub, common)
+    _add_models_parser(sub, common)
+    _add_import_parser(sub, common)
 
     demo = sub.add_parser(
         "demo", parents=[common], help="stream a few requests through an in-process engine"
@@ -304,11 +408,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command in ("infer", "metadata"):
+        if args.command in ("infer", "metadata", "models", "import"):
             from batchmaker.errors import BatchMakerError
 
+            command = {
+                "infer": _infer,
+                "metadata": _metadata,
+                "models": _models,
+                "import": _import,
+            }[args.command]
             try:
-                return _infer(args) if args.command == "infer" else _metadata(args)
+                return command(args)
             except BatchMakerError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
@@ -335,12 +445,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
-    """The server's and the engine's config, and the model names, from ``serve``'s flags."""
-    from batchmaker.builtin import check_model_names
+    """The server's and the engine's config, and the models to load at start (empty: every
+    model in the repository), from ``serve``'s flags."""
     from batchmaker.config import ServerConfig
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    check_model_names(names)
+    repository = None if args.model_repository.lower() == "none" else args.model_repository
+    manager = model_manager(repository, grace_s=args.grace)
+    manager.check_names(names)
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -350,45 +462,80 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
+        model_repository=repository,
     )
     return config, engine_config(args), names
+
+
+def model_manager(repository: str | None, *, grace_s: float) -> ModelManager:
+    """What the server can serve: the repository (if any) and the built-in models."""
+    from batchmaker.builtin import BUILTIN_MODELS
+    from batchmaker.manager import ModelManager
+    from batchmaker.repository import ModelRepository
+
+    repo = None if repository is None else ModelRepository(repository)
+    return ModelManager(repo, BUILTIN_MODELS, unload_grace_s=grace_s)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from batchmaker.builtin import builtin_models
     from batchmaker.server import serve
 
     config, engine_cfg, names = serve_configs(args)
+    manager = model_manager(config.model_repository, grace_s=config.grace_s)
 
     def ready(server: InferenceServer) -> None:
-        print(_banner(server, names), flush=True)
+        print(_banner(server), flush=True)
 
-    return uvloop.run(serve(config, engine_cfg, lambda: builtin_models(names), on_ready=ready))
+    return uvloop.run(
+        serve(
+            config,
+            engine_cfg,
+            lambda: manager.initial_models(names),
+            manager=manager,
+            on_ready=ready,
+        )
+    )
 
 
-def _banner(server: InferenceServer, names: Sequence[str]) -> str:
+def _banner(server: InferenceServer) -> str:
     """The first line is for scripts and tests (the address is its last word)."""
     addr = server.address
     cfg = server.engine_config
-    model = names[0]
     tls = server.config.tls
     grpcurl = "grpcurl -cacert CA.pem" if tls else "grpcurl -plaintext"
     infer = f"batchmaker infer --address {addr}" + (" --ca-cert CA.pem" if tls else "")
-    return "\n".join(
-        [
-            f"batchmaker: listening on {addr}",
-            f"  models {', '.join(m.key for m in server.engine.models)}; mode {cfg.mode}; "
-            f"devices {', '.join(cfg.devices)}; " + ("TLS" if tls else "plaintext"),
-            "  try:",
-            f"    {infer} --model {model} --tokens 1 2 3 4 --top-k 3",
-            f"    {grpcurl} {addr} grpc.health.v1.Health/Check",
-            f'    {grpcurl} -d \'{{"model_name": "{model}", '
-            f'"tokens": {{"ids": [1, 2, 3]}}}}\' {addr} batchmaker.v1.Inference/InferStream',
-            "  Ctrl-C or SIGTERM drains live streams and exits.",
-        ]
-    )
+    models = server.engine.models
+    lines = [
+        f"batchmaker: listening on {addr}",
+        f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
+        f"devices {', '.join(cfg.devices)}; " + ("TLS" if tls else "plaintext"),
+        "  try:",
+    ]
+    for m in {m.name: m for m in models}.values():
+        lines.append(f"    {infer} --model {m.name} {_example_input(m)}")
+    lines += [
+        f"    batchmaker models list --address {addr}",
+        f"    {grpcurl} {addr} grpc.health.v1.Health/Check",
+        "  Ctrl-C or SIGTERM drains live streams and exits.",
+    ]
+    return "\n".join(lines)
+
+
+def _example_input(model: Any) -> str:
+    """A valid input for ``model`` as ``batchmaker infer`` flags, in words where it has them."""
+    sig = model.signature
+    words = [w for w in sig.input_vocabulary if not w.startswith("<")]
+    if sig.family == "treelstm":
+        if {"+", "*"} <= set(words) and {"2", "3", "4"} <= set(words):
+            return '--tree "(+ 3 (* 4 2))"'
+        return "--tree-json '[[0, [1, 2]], [0, []], [0, []]]'"
+    if words:
+        return f'--text "{" ".join(words[:3])}"'
+    if sig.vocab_size is not None:
+        return "--tokens 1 2 3 4 --top-k 3"
+    return f"--vectors '[{[0.0] * sig.inputs[0].shape[-1]}]'"
 
 
 # ---- client commands ----------------------------------------------------------------
@@ -410,45 +557,98 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from batchmaker.errors import InvalidRequestError
-
-    if args.tokens is not None:
-        inputs: Any = args.tokens
-    else:
-        try:
-            inputs = np.asarray(json.loads(args.vectors), dtype=np.float32)
-        except (ValueError, TypeError) as exc:
-            msg = f"--vectors: not a JSON list of float lists ({exc})"
-            raise InvalidRequestError(msg) from None
-    options: dict[str, Any] = {
-        "version": args.version,
-        "request_id": args.id,
-        "priority": args.priority,
-        "top_k": args.top_k,
-        "return_vectors": args.return_vectors,
-        "max_output_length": args.max_length,
-    }
     with _client(args) as client:
+        vocab: Sequence[str] = ()
+        if args.text is not None or args.tree is not None:
+            meta = client.model_metadata(args.model, args.version, timeout=args.timeout)
+            if not meta.input_vocabulary:
+                raise _bad_input(f"model {args.model!r} has no vocabulary: use --tokens")
+            vocab = list(meta.output_vocabulary)
+            inputs = _parse_input(args, list(meta.input_vocabulary))
+        else:
+            inputs = _parse_input(args, [])
+        options: dict[str, Any] = {
+            "version": args.version,
+            "request_id": args.id,
+            "priority": args.priority,
+            "top_k": args.top_k,
+            "return_vectors": args.return_vectors,
+            "max_output_length": args.max_length,
+        }
+        emitted: list[int] = []
+
+        def show(step: Any) -> None:
+            if step.top_ids is not None and len(step.top_ids):
+                emitted.append(int(step.top_ids[0]))
+            print(_format_step(step, args.json, vocab), flush=True)
+
         if args.unary:
             result = client.infer(args.model, inputs, timeout=args.timeout, **options)
             for step in result.steps:
-                print(_format_step(step, args.json), flush=True)
+                show(step)
             reason = result.finish_reason
         else:
             stream = client.infer_stream(args.model, inputs, timeout=args.timeout, **options)
             for step in stream:
-                print(_format_step(step, args.json), flush=True)
+                show(step)
             reason = stream.finish_reason
+    text = _detokenize(emitted, vocab) if vocab and emitted else None
     if args.json:
-        print(json.dumps({"finish_reason": reason}))
+        print(json.dumps({"finish_reason": reason, **({"text": text} if text else {})}))
     else:
+        if text is not None:
+            print(f"output: {text}")
         print(f"finished: {reason}")
     return 0
 
 
-def _format_step(step: Any, as_json: bool) -> str:
+def _bad_input(message: str) -> Exception:
+    from batchmaker.errors import InvalidRequestError
+
+    return InvalidRequestError(message)
+
+
+def _parse_input(args: argparse.Namespace, vocabulary: list[str]) -> Any:
+    """The request's inputs from whichever input flag was given."""
+    import numpy as np
+
+    from batchmaker.types import TreeInput
+
+    try:
+        if args.tokens is not None:
+            return args.tokens
+        if args.vectors is not None:
+            return np.asarray(json.loads(args.vectors), dtype=np.float32)
+        if args.tree_json is not None:
+            nodes = json.loads(args.tree_json)
+            return TreeInput(
+                tokens=[int(n[0]) for n in nodes], children=[[int(c) for c in n[1]] for n in nodes]
+            )
+        from batchmaker.demos.tasks import encode, parse_sexpr
+
+        if args.tree is not None:
+            tokens, children = parse_sexpr(args.tree, vocabulary)
+            return TreeInput(tokens=tokens, children=children)
+        return encode(args.text, vocabulary)
+    except (ValueError, TypeError, IndexError) as exc:
+        flag = next(
+            f"--{name.replace('_', '-')}"
+            for name in ("tokens", "vectors", "tree_json", "tree", "text")
+            if getattr(args, name) is not None
+        )
+        raise _bad_input(f"{flag}: {exc}") from None
+
+
+def _detokenize(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
+    """Emitted ids as text, special tokens (``<...>``) left out: characters run together,
+    words are spaced."""
+    words = [vocabulary[i] for i in ids if 0 <= i < len(vocabulary)]
+    shown = [w for w in words if not (w.startswith("<") and w.endswith(">"))]
+    plain = [w for w in vocabulary if not w.startswith("<")]
+    return ("" if all(len(w) == 1 for w in plain) else " ").join(shown)
+
+
+def _format_step(step: Any, as_json: bool, vocabulary: Sequence[str] = ()) -> str:
     import numpy as np
 
     top = (
@@ -456,13 +656,21 @@ def _format_step(step: Any, as_json: bool) -> str:
         if step.top_ids is None
         else [(int(i), float(s)) for i, s in zip(step.top_ids, step.top_scores, strict=True)]
     )
+
+    def name(i: int) -> str:
+        return f"{vocabulary[i]!r} " if 0 <= i < len(vocabulary) else ""
+
     if as_json:
         obj: dict[str, Any] = {"step": step.step, "top_ids": [i for i, _ in top]}
+        if vocabulary:
+            obj["top_tokens"] = [
+                vocabulary[i] if 0 <= i < len(vocabulary) else None for i, _ in top
+            ]
         obj["top_scores"] = [round(s, 6) for _, s in top]
         if step.vector is not None:
             obj["vector"] = [round(float(v), 6) for v in step.vector]
         return json.dumps(obj)
-    line = f"step {step.step:4d}: " + "  ".join(f"{i} ({s:.3f})" for i, s in top)
+    line = f"step {step.step:4d}: " + "  ".join(f"{name(i)}{i} ({s:.3f})" for i, s in top)
     if step.vector is not None:
         line += (
             f"  vector[{len(step.vector)}] = "
@@ -482,4 +690,58 @@ def _metadata(args: argparse.Namespace) -> int:
             else client.server_metadata(timeout=args.timeout)
         )
     print(json_format.MessageToJson(msg, indent=2))
+    return 0
+
+
+# ---- the model repository --------------------------------------------------------------
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.name:
+        raise _bad_input(f"models {args.action}: name the model")
+    with _client(args) as client:
+        if args.action == "list":
+            states = client.repository_index(timeout=args.timeout)
+        elif args.action == "load":
+            states = client.load_model(args.name, args.versions, timeout=args.timeout)
+        else:
+            states = client.unload_model(args.name, args.versions, timeout=args.timeout)
+    rows = [
+        {"name": s.name, "version": s.version, "state": s.state, "reason": s.reason} for s in states
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'MODEL':24s} {'VERSION':>7s}  STATE")
+    for r in rows:
+        reason = f"  ({r['reason']})" if r["reason"] else ""
+        print(f"{r['name']:24s} {r['version']:>7s}  {r['state']}{reason}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from batchmaker.importer import ImportOptions, import_state_dict
+
+    def lines(path: Path | None) -> list[str]:
+        return [] if path is None else path.read_text().splitlines()
+
+    folder = import_state_dict(
+        args.weights,
+        args.repository,
+        ImportOptions(
+            name=args.name,
+            family=args.family,
+            version=args.version,
+            rnn_prefix=args.rnn_prefix,
+            embedding_prefix=args.embedding_prefix,
+            proj_prefix=args.proj_prefix,
+            bos=args.bos,
+            eos=args.eos,
+            max_input_length=args.max_input_length,
+            max_output_length=args.max_output_length,
+            vocabulary=lines(args.vocabulary),
+            output_vocabulary=lines(args.output_vocabulary),
+        ),
+    )
+    print(f"wrote {folder}")
     return 0

@@ -188,6 +188,7 @@ class Client:
     ) -> None:
         self._channel: grpc.Channel = _open(grpc, address, tls, max_receive_message_bytes, options)
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def infer_stream(
@@ -227,6 +228,27 @@ class Client:
         req = pb.ServerMetadataRequest()
         resp: pb.ServerMetadataResponse = self._unary(self._stub.ServerMetadata, req, timeout)
         return resp
+
+    def repository_index(self, *, timeout: float | None = None) -> list[pb.ModelVersionState]:
+        """Every model version in the server's repository or served, with its state."""
+        resp = self._unary(self._repo.RepositoryIndex, pb.RepositoryIndexRequest(), timeout)
+        return list(resp.models)
+
+    def load_model(
+        self, name: str, versions: Sequence[int | str] = (), *, timeout: float | None = None
+    ) -> list[pb.ModelVersionState]:
+        """Serve ``versions`` of ``name`` (its version policy's when empty); returns once
+        they serve. The model's versions and their states after the change."""
+        req = pb.LoadModelRequest(name=name, versions=[str(v) for v in versions])
+        return list(self._unary(self._repo.LoadModel, req, timeout).models)
+
+    def unload_model(
+        self, name: str, versions: Sequence[int | str] = (), *, timeout: float | None = None
+    ) -> list[pb.ModelVersionState]:
+        """Stop serving ``versions`` of ``name`` (every served one when empty), once their
+        in-flight requests finish."""
+        req = pb.UnloadModelRequest(name=name, versions=[str(v) for v in versions])
+        return list(self._unary(self._repo.UnloadModel, req, timeout).models)
 
     def is_serving(self, *, timeout: float | None = 5.0) -> bool:
         """grpc health says SERVING (False while the server starts or drains)."""
@@ -302,6 +324,7 @@ class AsyncClient:
             grpc.aio, address, tls, max_receive_message_bytes, options
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def infer_stream(
@@ -343,6 +366,24 @@ class AsyncClient:
             self._stub.ServerMetadata(req, timeout=timeout)
         )
         return resp
+
+    async def repository_index(self, *, timeout: float | None = None) -> list[pb.ModelVersionState]:
+        resp = await self._unary(
+            self._repo.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout)
+        )
+        return list(resp.models)
+
+    async def load_model(
+        self, name: str, versions: Sequence[int | str] = (), *, timeout: float | None = None
+    ) -> list[pb.ModelVersionState]:
+        req = pb.LoadModelRequest(name=name, versions=[str(v) for v in versions])
+        return list((await self._unary(self._repo.LoadModel(req, timeout=timeout))).models)
+
+    async def unload_model(
+        self, name: str, versions: Sequence[int | str] = (), *, timeout: float | None = None
+    ) -> list[pb.ModelVersionState]:
+        req = pb.UnloadModelRequest(name=name, versions=[str(v) for v in versions])
+        return list((await self._unary(self._repo.UnloadModel(req, timeout=timeout))).models)
 
     async def is_serving(self, *, timeout: float | None = 5.0) -> bool:
         resp = await self._unary(

@@ -114,6 +114,9 @@ class ServerConfig:
     """PEM private key of ``tls_cert_file``. Read from the file, never from a flag's value."""
     tls_client_ca_file: str | None = None
     """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    model_repository: str | None = None
+    """Directory of ``<model>/<version>/`` folders to serve from and to load and unload
+    at run time; ``None``: built-in models only."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

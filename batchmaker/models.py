@@ -128,6 +128,17 @@ class Model(ABC):
     def reference(self, request: InferRequest) -> np.ndarray:
         """The request's outputs from plain torch, run alone: the ground truth of every mode."""
 
+    def warmup_request(self) -> InferRequest:
+        """A tiny valid request: run once before reporting SERVING, so the first client
+        request does not pay for lazy initialisation (allocator, kernels, caches)."""
+        sig = self.signature
+        inputs = (
+            np.zeros(2, dtype=np.int64)
+            if sig.vocab_size is not None
+            else np.zeros((2, sig.inputs[0].shape[-1]), dtype=np.float32)
+        )
+        return InferRequest(model=self.name, inputs=inputs, version=self.version, top_k=1)
+
     def _validate_options(self, request: InferRequest) -> None:
         """The checks every family shares: top_k, the output-length cap, the timeout."""
         sig = self.signature
@@ -549,6 +560,10 @@ class TreeModel(Model):
         if problem is not None:
             raise InvalidRequestError(f"tree: {problem}")
         self._validate_options(request)
+
+    def warmup_request(self) -> InferRequest:
+        tree = TreeInput(tokens=[0, 0, 0], children=[[1, 2], [], []])
+        return InferRequest(model=self.name, inputs=tree, version=self.version, top_k=1)
 
     def build_graph(self, request: InferRequest) -> RequestGraph:
         tree = request.inputs

@@ -27,16 +27,21 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from batchmaker.config import EngineConfig, ServerConfig
 from batchmaker.engine import Engine, ExecutorWrapper
+from batchmaker.manager import ModelManager
 from batchmaker.models import Model
-from batchmaker.service import SERVICE_NAME, InferenceService, ServiceLimits
-from batchmaker.types import InferRequest
+from batchmaker.service import (
+    REPOSITORY_SERVICE_NAME,
+    SERVICE_NAME,
+    InferenceService,
+    RepositoryService,
+    ServiceLimits,
+)
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -70,11 +75,14 @@ class InferenceServer:
         engine_config: EngineConfig,
         models: ModelFactory,
         *,
+        manager: ModelManager | None = None,
         executor_wrapper: ExecutorWrapper | None = None,
     ) -> None:
         self.config = config
         self.engine_config = engine_config
         self._models = models
+        self.manager = manager or ModelManager(unload_grace_s=config.grace_s)
+        """Backs the ModelRepository admin service: load and unload while serving."""
         self._executor_wrapper = executor_wrapper
         self._service = InferenceService(
             ServiceLimits(
@@ -128,10 +136,14 @@ class InferenceServer:
             ]
         )
         pb_grpc.add_InferenceServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_ModelRepositoryServicer_to_server(  # type: ignore[no-untyped-call]
+            RepositoryService(self.manager), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                REPOSITORY_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -176,12 +188,13 @@ class InferenceServer:
         if self.config.warmup:
             try:
                 for m in models:
-                    await engine.infer(_warmup_request(m))
+                    await engine.infer(m.warmup_request())
             except BaseException:
                 await engine.shutdown(grace=0)
                 raise
         self.timings["warmup"] = time.perf_counter() - t
         self._service.attach(engine)
+        self.manager.attach(engine)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop; idempotent, and safe to call from several tasks."""
@@ -216,21 +229,12 @@ class InferenceServer:
             await self._server.wait_for_termination()
 
 
-def _warmup_request(model: Model) -> InferRequest:
-    sig = model.signature
-    inputs = (
-        np.zeros(2, dtype=np.int64)
-        if sig.vocab_size is not None
-        else np.zeros((2, sig.inputs[0].shape[-1]), dtype=np.float32)
-    )
-    return InferRequest(model=model.name, inputs=inputs, version=model.version, top_k=1)
-
-
 async def serve(
     config: ServerConfig,
     engine_config: EngineConfig,
     models: ModelFactory,
     *,
+    manager: ModelManager | None = None,
     on_ready: Callable[[InferenceServer], None] | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain and stop. Returns the exit status (0)."""
@@ -238,7 +242,7 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = InferenceServer(config, engine_config, models)
+    server = InferenceServer(config, engine_config, models, manager=manager)
     await server.start()
     if on_ready is not None:
         on_ready(server)

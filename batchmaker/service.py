@@ -38,11 +38,13 @@ from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from batchmaker.engine import Engine
+    from batchmaker.manager import ModelManager, VersionState
     from batchmaker.stream import RequestStream
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+REPOSITORY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ModelRepository"].full_name
 
 
 def server_version() -> str:
@@ -209,6 +211,66 @@ class InferenceService(pb_grpc.InferenceServicer):
                 for n, vs in sorted(versions.items())
             ],
         )
+
+
+class RepositoryService(pb_grpc.ModelRepositoryServicer):
+    """``batchmaker.v1.ModelRepository``: list, load and unload models while serving."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        async with _status_on_error(context):
+            return pb.RepositoryIndexResponse(models=_states_pb(self._manager.index()))
+        raise AssertionError("unreachable: an error aborts the call")
+
+    async def LoadModel(  # noqa: N802
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatesResponse:
+        async with _status_on_error(context):
+            name, versions = _name_and_versions(request)
+            log.info("admin: load %s %s", name, versions or "(version policy)")
+            states = await self._manager.load(name, versions)
+            return pb.ModelStatesResponse(models=_states_pb(states))
+        raise AssertionError("unreachable: an error aborts the call")
+
+    async def UnloadModel(  # noqa: N802
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatesResponse:
+        async with _status_on_error(context):
+            name, versions = _name_and_versions(request)
+            log.info("admin: unload %s %s", name, versions or "(every served version)")
+            states = await self._manager.unload(name, versions)
+            return pb.ModelStatesResponse(models=_states_pb(states))
+        raise AssertionError("unreachable: an error aborts the call")
+
+
+def _name_and_versions(
+    request: pb.LoadModelRequest | pb.UnloadModelRequest,
+) -> tuple[str, list[int]]:
+    if not request.name:
+        raise InvalidRequestError("name: required")
+    versions = []
+    for v in request.versions:
+        parsed = wire.parse_version("versions", v, request.name)
+        if parsed is None:
+            raise InvalidRequestError("versions: an entry is empty")
+        versions.append(parsed)
+    return request.name, versions
+
+
+def _states_pb(states: list[VersionState]) -> list[pb.ModelVersionState]:
+    return [
+        pb.ModelVersionState(
+            name=s.name,
+            version=str(s.version) if s.version else "",
+            state=s.state,
+            reason=s.reason,
+        )
+        for s in states
+    ]
 
 
 @contextlib.asynccontextmanager

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 import uvloop
 from harness import GUARD_S, GatedExecutor, engine_config, small_model
 
-from batchmaker import EngineConfig, SequenceModel
+from batchmaker import EngineConfig, Model, SequenceModel
 from batchmaker.client import Client
 from batchmaker.config import ServerConfig
 from batchmaker.executor import Executor
+from batchmaker.manager import ModelManager
 from batchmaker.server import InferenceServer
 
 T = TypeVar("T")
@@ -53,11 +54,12 @@ class LiveServer:
 
     def __init__(
         self,
-        models: Sequence[SequenceModel] | Callable[[], Sequence[SequenceModel]] | None = None,
+        models: Sequence[Model] | Callable[[], Sequence[Model]] | None = None,
         config: EngineConfig | None = None,
         *,
         gated: bool = False,
         server_config: ServerConfig | None = None,
+        manager: ModelManager | None = None,
     ) -> None:
         self._factory = models if callable(models) else (lambda: list(models or e2e_models()))
         self.engine_config = config or e2e_config()
@@ -67,7 +69,11 @@ class LiveServer:
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="e2e-server-loop")
         self.server = InferenceServer(
-            self.server_config, self.engine_config, self._factory, executor_wrapper=self._wrap
+            self.server_config,
+            self.engine_config,
+            self._factory,
+            manager=manager,
+            executor_wrapper=self._wrap,
         )
         self._clients: list[Client] = []
 

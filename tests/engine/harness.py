@@ -177,6 +177,12 @@ class GatedExecutor:
             self._open = True
             self._cv.notify_all()
 
+    def close(self) -> None:
+        """Gate every step again from now on (after ``open``); the step running goes on."""
+        with self._cv:
+            self._open = False
+            self._permits = 0
+
     async def wait_done(self, n: int) -> None:
         """Wait until ``n`` steps have run (or raised)."""
         await self._wait_until(lambda: len(self.steps) >= n)

@@ -89,6 +89,14 @@ def add_engine_flags(
         default=default("NUM_SLOTS", d.num_slots),
         help="state slots per pool per device [NUM_SLOTS]",
     )
+    p.add_argument(
+        "--no-finishing-first",
+        dest="finishing_first",
+        action="store_false",
+        default=_env("FINISHING_FIRST", "1") not in ("0", "false", "no") if env else True,
+        help="cellular: pick cell types by fairness alone, not decoder (finishing) steps "
+        "first [FINISHING_FIRST=0]",
+    )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
     p.add_argument(
@@ -178,6 +186,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "padded_max_batch": args.padded_max_batch,
         "padded_timeout_s": args.padded_timeout_ms / 1e3,
         "num_threads": args.threads,
+        "finishing_first": args.finishing_first,
     }
     fields.update(overrides)
     return EngineConfig(**fields)  # type: ignore[arg-type]

@@ -13,9 +13,13 @@ from harness import Arrival, engine_config, make_inputs, serve_staggered, servin
 from reference import assert_matches_alone
 
 from batchmaker import Engine, EngineConfig, InferRequest
+from batchmaker.models import seq2seq_model, tree_model
+from batchmaker.types import TreeInput
 
 LM = small_model("lstm", num_layers=2, name="lm")
 VEC = small_model("gru", vectors=True, name="vec")
+S2S = seq2seq_model("s2s", num_layers=2, seed=5, max_decode_len=16)
+TREE = tree_model("tree", seed=6)
 
 
 def staggered_workload(seed: int) -> tuple[list[InferRequest], list[Arrival]]:
@@ -69,3 +73,44 @@ def test_a_cuda_device_without_cuda_is_refused_at_construction() -> None:
 def test_bad_device_lists_are_config_errors(devices: tuple[str, ...], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         EngineConfig(devices=devices)
+
+
+def check_families(device: str, mode: str, tol: float) -> None:
+    """Seq2seq (tokens fed back through the device's int64 state) and trees (gathers of
+    ``[B, 2]`` child slots) on ``device`` equal plain torch on the CPU, request by request."""
+    rng = np.random.default_rng(7)
+    requests = [InferRequest("s2s", rng.integers(0, 40, n).tolist(), top_k=1) for n in (1, 9, 4)]
+    for n in (1, 2, 7, 15):
+        children: list[list[int]] = [[] for _ in range(n)]
+        for child in range(1, n):
+            parent = int(rng.integers(0, child))
+            while len(children[parent]) == 2:
+                parent = (parent + 1) % child
+            children[parent].append(child)
+        tokens = rng.integers(0, 16, n).tolist()
+        requests.append(InferRequest("tree", TreeInput(tokens, children), top_k=1))
+
+    async def main() -> None:
+        config = engine_config(mode, devices=(device,))
+        async with serving(config, [S2S, TREE]) as (engine, _):
+            streams = [engine.submit(r) for r in requests]
+            outputs = [await s.collect() for s in streams]
+        for request, got in zip(requests, outputs, strict=True):
+            want = (S2S if request.model == "s2s" else TREE).reference(request)
+            assert len(got) == len(want)
+            assert [int(o.top_ids[0]) for o in got] == want.argmax(axis=1).tolist()
+            assert np.abs(np.array([o.top_scores[0] for o in got]) - want.max(axis=1)).max() < tol
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["cellular", "level"])
+def test_cpu_device_serves_seq2seq_and_trees(mode: str) -> None:
+    check_families("cpu", mode, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["cellular", "padded", "level", "none"])
+def test_cuda_device_serves_seq2seq_and_trees_as_plain_torch(mode: str) -> None:
+    check_families("cuda", mode, 1e-4)

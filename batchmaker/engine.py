@@ -397,6 +397,13 @@ class Engine:
             raise InvalidRequestError(f"request_id: {request_id!r} is already live")
         graph = model.build_graph(request)
         wanted = graph.slots_per_pool()
+        too_many = max(wanted.values(), default=0)
+        if too_many > self.config.num_slots:
+            # Never admissible, so not RESOURCE_EXHAUSTED (which invites a retry).
+            raise InvalidRequestError(
+                f"inputs: the request needs {too_many} state slots at once (one per tree "
+                f"leaf), more than the {self.config.num_slots} per model this server has"
+            )
         place = self._place(wanted)
         place.num_live += 1
         for pool, n in wanted.items():

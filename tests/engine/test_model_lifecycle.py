@@ -11,7 +11,13 @@ import pytest
 from harness import collect, drain, engine_config, free_slots, next_output, serving, small_model
 from reference import assert_matches_alone
 
-from batchmaker import Code, InferRequest, ModelNotFoundError, UnavailableError
+from batchmaker import (
+    Code,
+    InferRequest,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnavailableError,
+)
 
 OLD = small_model("lstm", name="old", seed=1)
 NEW = small_model("gru", num_layers=2, name="new", seed=2)
@@ -116,5 +122,29 @@ def test_versions_load_and_unload_independently_and_reload_works() -> None:
             assert engine.models == []
             with pytest.raises(ModelNotFoundError):
                 engine.submit(InferRequest("new", x))
+
+    asyncio.run(main())
+
+
+def test_a_tree_wider_than_the_state_pool_is_invalid_not_a_retry() -> None:
+    from batchmaker.models import tree_model
+    from batchmaker.types import TreeInput
+
+    tree = tree_model("tree")
+    leaves = 9  # the harness gives every pool 16 slots
+    children = [[1, 2], *[[2 * i + 3, 2 * i + 4] for i in range(leaves - 2)]]
+    n = 2 * leaves - 1
+    children += [[] for _ in range(n - len(children))]
+    wide = TreeInput(tokens=[0] * n, children=children)
+
+    async def main() -> None:
+        async with serving(engine_config(num_slots=8), [tree]) as (engine, _):
+            with pytest.raises(InvalidRequestError, match="needs 9 state slots"):
+                engine.submit(InferRequest("tree", wide))
+            assert engine.num_live == 0
+            ok = TreeInput(tokens=[0, 1, 2], children=[[1, 2], [], []])
+            got = await collect(engine.submit(InferRequest("tree", ok, return_vectors=True)))
+            want = tree.reference(InferRequest("tree", ok))
+            assert np.abs(got[0].vector - want[0]).max() < 1e-5
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ the user names the prefixes. A checkpoint is read with ``torch.load(weights_only
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return dict(load_file(str(path)))
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+    except (
+        SafetensorError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,  # weights_only refused a pickled object: nothing ran
+    ) as exc:
         raise ModelLoadError(f"{path}: cannot read a state_dict ({exc})") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # a training checkpoint wrapping the weights
@@ -88,6 +96,9 @@ def find_stack(
     proj_prefix: str | None = None,
 ) -> _Stack:
     """Read one recurrent stack off ``tensors``; ``ModelLoadError`` says what is unclear."""
+    auto = rnn_prefix is None
+    if rnn_prefix and not rnn_prefix.endswith("."):
+        rnn_prefix += "."
     if rnn_prefix is None:
         found = sorted(k[: -len("weight_ih_l0")] for k in tensors if k.endswith("weight_ih_l0"))
         if len(found) != 1:
@@ -104,6 +115,7 @@ def find_stack(
     hidden, input_size = int(w_hh.shape[1]), int(w_ih.shape[1])
     gates = int(w_ih.shape[0]) // hidden
     kinds = {4: "lstm", 3: "gru"}
+    kind_name = kinds.get(gates, "RNN")
     if gates not in kinds or int(w_ih.shape[0]) != gates * hidden:
         raise ModelLoadError(
             f"{where}: {rnn_prefix}weight_ih_l0 has {w_ih.shape[0]} rows for hidden size "
@@ -145,6 +157,15 @@ def find_stack(
         "output projection",
         "--proj-prefix",
     )
+    if auto:
+        taken = {id(t) for mod in (embedding, proj) if mod is not None for t in mod.values()}
+        unused = sorted(k for k, t in rest.items() if id(t) not in taken)
+        if unused:
+            raise ModelLoadError(
+                f"{where}: tensor {unused[0]!r} fits no part of an embedding -> {kind_name} -> "
+                "projection stack (a projection needs a bias; name the parts with "
+                "--rnn-prefix/--embedding-prefix/--proj-prefix to import them alone)"
+            )
     vocab = None
     if embedding is not None:
         out["embedding.weight"] = embedding["weight"]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from batchmaker.errors import ModelLoadError, ModelNotFoundError
@@ -240,6 +240,8 @@ def build_model(name: str, version: int, raw: Mapping[str, Any], where: str = "c
             )
     except ValueError as exc:  # the model's own consistency checks (bos in range, ...)
         raise cfg.error(str(exc)) from None
+    except (RuntimeError, TypeError, OverflowError, MemoryError) as exc:  # sizes torch refuses
+        raise cfg.error(f"cannot build this architecture ({type(exc).__name__}: {exc})") from None
     cfg.finish()
     max_batch = raw.get("max_batch", {})
     if not isinstance(max_batch, Mapping):
@@ -268,23 +270,35 @@ def model_state_dict(model: Model) -> dict[str, torch.Tensor]:
     }
 
 
+def check_shapes(
+    want: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], where: str
+) -> None:
+    """``ModelLoadError`` for the first missing, extra or misshapen tensor."""
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise ModelLoadError(f"{where}: missing tensor {missing[0]!r} ({len(missing)} missing)")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise ModelLoadError(f"{where}: unexpected tensor {extra[0]!r} for this config")
+    for key, shape in want.items():
+        if tuple(got[key]) != tuple(shape):
+            raise ModelLoadError(
+                f"{where}: tensor {key!r} has shape {list(got[key])}, the config implies "
+                f"{list(shape)}"
+            )
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(t.shape) for k, t in tensors.items()}
+
+
 def load_weights(model: Model, tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Copy ``tensors`` into ``model``, or ``ModelLoadError`` for any missing, extra or
     misshapen tensor (all checked before anything is copied)."""
     want = model_state_dict(model)
-    missing = sorted(set(want) - set(tensors))
-    if missing:
-        raise ModelLoadError(f"{where}: missing tensor {missing[0]!r} ({len(missing)} missing)")
-    extra = sorted(set(tensors) - set(want))
-    if extra:
-        raise ModelLoadError(f"{where}: unexpected tensor {extra[0]!r} for this config")
-    for key, t in want.items():
+    check_shapes(_shapes(want), _shapes(tensors), where)
+    for key in want:
         got = tensors[key]
-        if tuple(got.shape) != tuple(t.shape):
-            raise ModelLoadError(
-                f"{where}: tensor {key!r} has shape {list(got.shape)}, the config implies "
-                f"{list(t.shape)}"
-            )
         if not got.is_floating_point():
             raise ModelLoadError(f"{where}: tensor {key!r} is {got.dtype}, not floating point")
         if not torch.isfinite(got).all():
@@ -317,12 +331,19 @@ def load_model(folder: str | Path, name: str, version: int) -> Model:
         raw = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{where}/{CONFIG_FILE}: not valid JSON ({exc})") from None
-    model = build_model(name, version, raw, f"{where}/{CONFIG_FILE}")
+    # The architecture is first built on the meta device (shapes, no memory) and checked
+    # against the file's header, so a config that is wrong, or huge, costs nothing.
+    with torch.device("meta"):
+        skeleton = build_model(name, version, raw, f"{where}/{CONFIG_FILE}")
     try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            header = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        check_shapes(_shapes(model_state_dict(skeleton)), header, f"{where}/{WEIGHTS_FILE}")
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         msg = f"{where}/{WEIGHTS_FILE}: not a readable safetensors file ({exc})"
         raise ModelLoadError(msg) from None
+    model = build_model(name, version, raw, f"{where}/{CONFIG_FILE}")
     load_weights(model, tensors, f"{where}/{WEIGHTS_FILE}")
     return model
 
@@ -389,7 +410,8 @@ class ModelRepository:
             found = {
                 int(v.name): v
                 for v in model_dir.iterdir()
-                if v.is_dir() and v.name.isdigit() and len(v.name) <= 18 and int(v.name) > 0
+                # Canonical numbers only: "01" would alias "1".
+                if v.is_dir() and v.name.isdigit() and len(v.name) <= 18 and v.name[0] != "0"
             }
             out[model_dir.name] = dict(sorted(found.items()))
         return out

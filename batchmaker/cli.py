@@ -533,7 +533,10 @@ def _banner(server: InferenceServer) -> str:
 
 
 def _example_input(model: Any) -> str:
-    """A valid input for ``model`` as ``batchmaker infer`` flags, in words where it has them."""
+    """A valid input for ``model`` as ``batchmaker infer`` flags: its config's example, or
+    one made up from its vocabulary or sizes."""
+    if model.example:
+        return str(model.example)
     sig = model.signature
     words = [w for w in sig.input_vocabulary if not w.startswith("<")]
     if sig.family == "treelstm":
@@ -568,11 +571,12 @@ def _client(args: argparse.Namespace) -> Any:
 def _infer(args: argparse.Namespace) -> int:
     with _client(args) as client:
         vocab: Sequence[str] = ()
+        family = ""
         if args.text is not None or args.tree is not None:
             meta = client.model_metadata(args.model, args.version, timeout=args.timeout)
             if not meta.input_vocabulary:
                 raise _bad_input(f"model {args.model!r} has no vocabulary: use --tokens")
-            vocab = list(meta.output_vocabulary)
+            vocab, family = list(meta.output_vocabulary), meta.family
             inputs = _parse_input(args, list(meta.input_vocabulary))
         else:
             inputs = _parse_input(args, [])
@@ -601,14 +605,24 @@ def _infer(args: argparse.Namespace) -> int:
             for step in stream:
                 show(step)
             reason = stream.finish_reason
-    text = _detokenize(emitted, vocab) if vocab and emitted else None
+    summary = _summary(family, emitted, vocab) if vocab and emitted else None
     if args.json:
-        print(json.dumps({"finish_reason": reason, **({"text": text} if text else {})}))
+        print(json.dumps({"finish_reason": reason, **(dict([summary]) if summary else {})}))
     else:
-        if text is not None:
-            print(f"output: {text}")
+        if summary is not None:
+            print(f"{summary[0]}: {summary[1]}")
         print(f"finished: {reason}")
     return 0
+
+
+def _summary(family: str, emitted: Sequence[int], vocabulary: Sequence[str]) -> tuple[str, str]:
+    """What the best ids mean, in words: a seq2seq model's output text, a tree's class, or
+    the word a language model predicts after the last input token."""
+    if family == "seq2seq":
+        return "output", _detokenize(emitted, vocabulary)
+    if family == "treelstm":
+        return "class", _detokenize(emitted[-1:], vocabulary)
+    return "next", _detokenize(emitted[-1:], vocabulary)
 
 
 def _bad_input(message: str) -> Exception:

@@ -84,6 +84,9 @@ class Model(ABC):
         self.max_batch: dict[str, int] = {}
         """Max batch per local cell type, from the model's own config; the engine's
         per-cell overrides win over it, and it wins over the engine's default."""
+        self.example = ""
+        """An example input as ``batchmaker infer`` takes it (``--text ...``/``--tree ...``),
+        from the model's config; the server's banner shows it."""
 
     @property
     def key(self) -> str:

@@ -114,6 +114,8 @@ def model_config(model: Model) -> dict[str, Any]:
         raise TypeError(f"cannot describe a {type(model).__name__} as a repository config")
     if model.max_batch:
         cfg["max_batch"] = dict(model.max_batch)
+    if model.example:
+        cfg["example"] = model.example
     return cfg
 
 
@@ -155,7 +157,7 @@ class _Config:
         return str(value)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.raw) - self.used - {"family", "max_batch"})
+        unknown = sorted(set(self.raw) - self.used - {"family", "max_batch", "example"})
         if unknown:
             raise self.error(f"unknown field {unknown[0]!r}")
 
@@ -255,6 +257,10 @@ def build_model(name: str, version: int, raw: Mapping[str, Any], where: str = "c
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise cfg.error(f"max_batch[{cell_name!r}] must be an integer >= 1, got {n!r}")
     model.max_batch = dict(max_batch)
+    example = raw.get("example", "")
+    if not isinstance(example, str):
+        raise cfg.error("'example' must be a string (flags for batchmaker infer)")
+    model.example = example
     return model
 
 

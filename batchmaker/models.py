@@ -162,6 +162,27 @@ class Model(ABC):
             )
 
 
+def _child_lists(children: object) -> list[list[int]]:
+    """A tree's child lists as ints, refusing anything that is not exactly that: ``int()``
+    would quietly turn ``1.5``, ``True`` or ``"1"`` into node 1, a different tree."""
+    bad = InvalidRequestError("tree.children: expected one list of integer node indices per node")
+    if isinstance(children, str | bytes) or not isinstance(children, Sequence | np.ndarray):
+        raise bad
+    out = []
+    for node, ch in enumerate(children):
+        if isinstance(ch, str | bytes) or not isinstance(ch, Sequence | np.ndarray):
+            raise bad
+        row = []
+        for c in ch:
+            if isinstance(c, bool | np.bool_) or not isinstance(c, int | np.integer):
+                raise InvalidRequestError(
+                    f"tree.children: node {node} names child {c!r}, not an integer node index"
+                )
+            row.append(int(c))
+        out.append(row)
+    return out
+
+
 def _check_vocabulary(model: str, field: str, words: Sequence[str], size: int) -> None:
     """A vocabulary is optional, but when given it names every id exactly once."""
     if words and len(words) != size:
@@ -535,28 +556,27 @@ class TreeModel(Model):
         tree = request.inputs
         if not isinstance(tree, TreeInput):
             raise InvalidRequestError(f"tree: model {self.name!r} takes a tree, not a sequence")
-        if len(tree.children) != len(tree.tokens):
+        tokens = _array(tree.tokens, "tree.tokens")
+        if tokens.ndim != 1:
             raise InvalidRequestError(
-                f"tree: {len(tree.tokens)} tokens but {len(tree.children)} child lists"
+                f"tree.tokens: expected one token id per node, got shape {list(tokens.shape)}"
             )
-        if len(tree.tokens) == 0:
+        children = _child_lists(tree.children)
+        if len(children) != len(tokens):
+            raise InvalidRequestError(f"tree: {len(tokens)} tokens but {len(children)} child lists")
+        if len(tokens) == 0:
             raise InvalidRequestError("tree: the tree has no nodes")
-        if len(tree.tokens) > self.max_nodes:  # before looking at every node
+        if len(tokens) > self.max_nodes:  # before looking at every node
             raise InvalidRequestError(
-                f"tree: {len(tree.tokens)} nodes, model {self.name!r} allows at most "
-                f"{self.max_nodes}"
+                f"tree: {len(tokens)} nodes, model {self.name!r} allows at most {self.max_nodes}"
             )
         check_token_ids(
-            tree.tokens,
+            tokens,
             model=self.name,
             vocab_size=self.cell.input_dim,
             max_len=self.max_nodes,
             field="tree.tokens",
         )
-        try:
-            children = [[int(c) for c in ch] for ch in tree.children]
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"tree.children: not lists of node indices ({exc})") from None
         problem = check_tree(
             children, arity=self.cell.arity, max_nodes=self.max_nodes, max_depth=self.max_depth
         )

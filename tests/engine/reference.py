@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from batchmaker import SequenceModel, StepOutput
+from batchmaker.models import Seq2SeqModel, TreeModel
+from batchmaker.types import TreeInput
 from cells import RecurrentStackCell
 
 TOL = 1e-5
@@ -81,3 +83,125 @@ def assert_top_k(out: StepOutput, k: int, want_row: np.ndarray) -> None:
     rest = np.delete(want_row, ids)
     if rest.size:
         assert rest.max() <= scores[-1] + 2 * TOL, "a better id was left out of the top-k"
+
+
+# ---- seq2seq and TreeLSTM ------------------------------------------------------------
+#
+# The same rule as ``run_alone``: plain torch over the model's own modules (``nn.LSTM``/
+# ``nn.GRU``, ``nn.Embedding``, ``nn.Linear``) or, for the TreeLSTM, its raw parameters,
+# one request alone. No ``cells`` forward, no packed weights, no ``Model.reference``.
+
+
+def run_seq2seq_alone(
+    model: Seq2SeqModel, tokens: Sequence[int] | np.ndarray, max_len: int
+) -> np.ndarray:
+    """``[T, target_vocab]`` decoder scores of greedy decoding run alone.
+
+    The encoder's ``nn.LSTM``/``nn.GRU`` reads the whole source at once; its final
+    state starts the decoder's, which is stepped one token at a time from ``bos``, each
+    step fed the argmax of the previous one, and stops after the step whose argmax is
+    ``eos`` or after ``max_len`` steps.
+    """
+    enc, dec = model.encoder, model.decoder
+    assert enc.embedding is not None
+    assert dec.embedding is not None
+    assert dec.proj is not None
+    rows: list[np.ndarray] = []
+    with torch.no_grad():
+        src = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        _, state = enc.rnn(enc.embedding(src).unsqueeze(1))  # [T, 1, E]: the whole source
+        token = model.bos
+        for _ in range(max_len):
+            x = dec.embedding(torch.tensor([[token]]))  # [1, 1, E]
+            y, state = dec.rnn(x, state)
+            scores = dec.proj(y[0, 0])
+            rows.append(scores.numpy())
+            token = int(scores.argmax())
+            if token == model.eos:
+                break
+    return np.stack(rows)
+
+
+def seq2seq_cap(model: Seq2SeqModel, max_output_length: int | None) -> int:
+    """Decoder steps a request may take: its own cap, else the model's."""
+    return max_output_length or model.max_decode_len
+
+
+def assert_seq2seq_matches_alone(
+    model: Seq2SeqModel,
+    tokens: Sequence[int] | np.ndarray,
+    outputs: Sequence[StepOutput],
+    *,
+    max_output_length: int | None = None,
+) -> np.ndarray:
+    """``outputs`` are the whole stream: one step per decoded token, each equal to
+    ``run_seq2seq_alone`` within ``TOL``, and the top-1 ids are the reference's tokens.
+
+    Returns the reference scores.
+    """
+    want = run_seq2seq_alone(model, tokens, seq2seq_cap(model, max_output_length))
+    assert [o.step for o in outputs] == list(range(len(want))), (
+        f"{len(outputs)} steps, reference decodes {len(want)}"
+    )
+    if outputs and outputs[0].vector is not None:
+        got = np.stack([o.vector for o in outputs])
+        assert max_abs_diff(got, want) < TOL
+    for out, row in zip(outputs, want, strict=True):
+        if out.top_ids is not None:
+            assert int(out.top_ids[0]) == int(row.argmax())
+            assert_top_k(out, len(out.top_ids), row)
+    return want
+
+
+def run_tree_alone(model: TreeModel, tree: TreeInput) -> np.ndarray:
+    """``[1, num_classes]``: the N-ary TreeLSTM equations, node by node from the root down.
+
+    Written from the cell's parameters (``embedding.weight``, ``W``, ``U``, ``classifier``)
+    with no call into the cell: for a node with token ``x`` and children ``(h_l, c_l)``,
+    ``(h_r, c_r)`` (zeros where absent),
+    ``i, f_l, f_r, o, u = W e(x) + b + U [h_l; h_r]``,
+    ``c = s(i) t(u) + s(f_l) c_l + s(f_r) c_r`` and ``h = s(o) t(c)``.
+    """
+    cell = model.cell
+    hidden = cell.hidden_size
+    emb = cell.embedding.weight
+    w, b, u = cell.W.weight, cell.W.bias, cell.U.weight
+    zero = torch.zeros(hidden, dtype=emb.dtype)
+    children = [[int(c) for c in ch] for ch in tree.children]
+
+    def node(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kids = [node(c) for c in children[i]]
+        kids += [(zero, zero)] * (cell.arity - len(kids))
+        (h_l, c_l), (h_r, c_r) = kids
+        x = emb[int(tree.tokens[i])]
+        z = w @ x + b + u @ torch.cat([h_l, h_r])
+        i_g, f_l, f_r, o_g, u_g = (z[k * hidden : (k + 1) * hidden] for k in range(5))
+        c = (
+            torch.sigmoid(i_g) * torch.tanh(u_g)
+            + torch.sigmoid(f_l) * c_l
+            + torch.sigmoid(f_r) * c_r
+        )
+        return torch.sigmoid(o_g) * torch.tanh(c), c
+
+    named = {c for ch in children for c in ch}
+    (root,) = [i for i in range(len(children)) if i not in named]
+    with torch.no_grad():
+        h, _ = node(root)
+        scores = cell.classifier.weight @ h + cell.classifier.bias
+    return scores.unsqueeze(0).numpy()
+
+
+def assert_tree_matches_alone(
+    model: TreeModel, tree: TreeInput, outputs: Sequence[StepOutput]
+) -> np.ndarray:
+    """``outputs`` are the tree's whole stream: one step, the root's scores, equal to
+    ``run_tree_alone`` within ``TOL`` (and its top-k to the reference's). Returns the row."""
+    (want,) = run_tree_alone(model, tree)
+    assert [o.step for o in outputs] == [0]
+    (out,) = outputs
+    if out.vector is not None:
+        assert max_abs_diff(out.vector, want) < TOL
+    if out.top_ids is not None:
+        assert int(out.top_ids[0]) == int(want.argmax())
+        assert_top_k(out, len(out.top_ids), want)
+    return want

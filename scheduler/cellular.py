@@ -54,10 +54,10 @@ class CellularScheduler(Scheduler):
 
     def _on_admit(self, request: SchedRequest, initial: list[tuple[int, NodeSpec]]) -> None:
         for node, spec in initial:
-            self.queues[spec.cell_type].push(request, node, spec)
+            self.queues[spec.cell_type].push(request, node, spec, self._num_steps)
 
     def _push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
-        self.queues[spec.cell_type].push(request, node, spec)
+        self.queues[spec.cell_type].push(request, node, spec, self._num_steps)
 
     def _on_finish(self, request: SchedRequest) -> None:
         if request.num_outstanding:
@@ -65,7 +65,7 @@ class CellularScheduler(Scheduler):
                 queue.remove_request(request)
 
     def _schedule(self, now: float) -> StepPlan | None:
-        choice = pick_cell_type(self.policy, self._candidates)
+        choice = pick_cell_type(self.policy, self._candidates, self._num_steps + 1)
         if choice is None:
             return None
         spec, queue = choice

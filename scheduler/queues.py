@@ -22,11 +22,14 @@ _Entry = tuple[int, int, int, int, SchedRequest, NodeSpec]
 class ReadyQueue:
     """Nodes of one cell type whose dependencies are done."""
 
-    __slots__ = ("_heap", "cell_type", "last_served")
+    __slots__ = ("_heap", "cell_type", "last_served", "ready_since")
 
     def __init__(self, cell_type: str) -> None:
         self.cell_type = cell_type
         self._heap: list[_Entry] = []
+        self.ready_since = 0
+        """Scheduler step number at which the queue last went from empty to not empty: with
+        ``last_served``, how long its nodes have waited (the policy's starvation bound)."""
         self.last_served = float("-inf")
         """Scheduler step number at which this cell type last ran: the policy's fairness
         tie-break (a step count, not clock time, so equal timestamps cannot starve a type)."""
@@ -34,7 +37,10 @@ class ReadyQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
+    def push(self, request: SchedRequest, node: int, spec: NodeSpec, step: int = 0) -> None:
+        """Queue a ready node; ``step`` is the scheduler's step count (for ``ready_since``)."""
+        if not self._heap:
+            self.ready_since = step
         heapq.heappush(
             self._heap,
             (0 if request.started else 1, -request.priority, request.seq, node, request, spec),

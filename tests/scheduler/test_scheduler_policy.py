@@ -132,11 +132,26 @@ def test_no_starvation_of_a_light_model_next_to_a_busy_one(step_seconds):
     assert types.count("A") == 8 * 20 // 2
 
 
-def test_finishing_first_prefers_the_higher_rank():
+def test_finishing_first_prefers_the_higher_rank_while_its_batch_is_as_full():
     sched = two_models(rank_b=1, finishing_first=True)
     add_work(sched, len_a=3, len_b=3)
-    # B (rank 1) runs until it has nothing ready; only then A.
-    assert run_types(sched) == "B" * 6 + "A" * 6
+    # 3 requests of 3 nodes each, max batch 2. B (rank 1) runs while its batch is as
+    # full as A's: two requests' three nodes. Then B's third request alone (one row)
+    # waits while A can run two, and each type's lone request runs when its fill ties.
+    types = run_types(sched)
+    assert types == "BBB" + "AAA" + "BBB" + "AAA"
+
+
+def test_a_thin_higher_rank_batch_waits_for_a_fuller_lower_rank_one():
+    """The failure mode of a strict rank order: one long decode (B) would run at batch 1
+    while every new request (A) waits behind it."""
+    sched = two_models(rank_b=1, finishing_first=True)
+    add_work(sched, num_a=4, len_a=2, num_b=1, len_b=3)
+    types = run_types(sched)
+    # A has 4 ready (fill 1.0) against B's 1 (0.5) until A's backlog thins out.
+    assert types.startswith("AA")
+    assert types.count("A") == 4
+    assert types.count("B") == 3
 
 
 def test_finishing_first_lets_new_rank_work_jump_ahead():
@@ -146,9 +161,28 @@ def test_finishing_first_lets_new_rank_work_jump_ahead():
     assert plan is not None
     assert plan.cell_type == "A"
     sched.update_from_output(plan, FakeResult(plan))
-    for r in create_requests(1, lengths=2, cell_type="B", pool="pool_b", prefix="b"):
+    for r in create_requests(2, lengths=2, cell_type="B", pool="pool_b", prefix="b"):
         sched.add_request(r)
+    # B's batch is as full as A's (two rows each), so the higher rank goes first.
     assert run_types(sched) == "BBAAA"
+
+
+@pytest.mark.parametrize("max_wait", [1, 3, 5])
+def test_no_cell_type_waits_more_than_max_wait_steps(max_wait):
+    sched = make_cellular(
+        cell_types=[CellTypeSpec("A", 2, "pool_a"), CellTypeSpec("B", 2, "pool_b", rank=1)],
+        pool_capacities={"pool_a": 8, "pool_b": 8},
+        policy=PolicyConfig(finishing_first=True, max_wait_steps=max_wait),
+    )
+    # B always has a full batch; A has one thin request, which by fill alone would wait
+    # for all of B's 40 steps.
+    add_work(sched, num_a=1, len_a=3, num_b=4, len_b=20)
+    types = run_types(sched)
+    a_steps = [i for i, t in enumerate(types) if t == "A"]
+    assert len(a_steps) == 3
+    gaps = [a_steps[0] + 1] + [j - i for i, j in itertools.pairwise(a_steps)]
+    assert max(gaps) == max_wait + 1
+    assert types.count("B") == 40
 
 
 def test_rank_is_ignored_without_finishing_first():
@@ -158,13 +192,18 @@ def test_rank_is_ignored_without_finishing_first():
     assert types in ("AB" * 6, "BA" * 6)
 
 
-def test_higher_rank_declared_first_still_wins():
+def test_higher_rank_declared_first_still_wins_ties():
     sched = make_cellular(
         cell_types=[CellTypeSpec("B", 2, "pool_b", rank=2), CellTypeSpec("A", 2, "pool_a")],
         pool_capacities={"pool_a": 8, "pool_b": 8},
     )
     add_work(sched, len_a=2, len_b=2)
-    assert run_types(sched) == "BBBB" + "AAAA"
+    assert run_types(sched) == "BBAABBAA"
+
+
+def test_policy_config_is_validated():
+    with pytest.raises(ValueError, match="max_wait_steps"):
+        PolicyConfig(max_wait_steps=0)
 
 
 def test_two_models_keep_their_own_pools_and_batches():

@@ -51,6 +51,7 @@ from batchmaker import (
 from batchmaker.config import MODES
 from batchmaker.models import Seq2SeqModel, seq2seq_model
 from batchmaker.types import TreeInput
+from scheduler import PolicyConfig
 
 SOURCE_VOCAB, TARGET_VOCAB = 30, 12
 MAX_INPUT_LEN, MAX_DECODE_LEN = 32, 24
@@ -233,12 +234,14 @@ def test_requests_really_share_encoder_and_decoder_steps() -> None:
             for s in streams:
                 assert_seq2seq_matches_alone(m, src, await collect(s))
             sizes = [(s.cell_type.rsplit("/", 1)[1], len(s.request_ids)) for s in gate.steps]
-            # The first request's decoder step goes before the new requests' encoders.
+            assert len(src) < PolicyConfig().max_wait_steps
             assert sizes == [
                 ("encoder", 1),
-                ("decoder", 1),
                 *[("encoder", n)] * len(src),
-                *[("decoder", n)] * MAX_DECODE_LEN,
+                # The first request's lone decoder step (1 row of 8) waited for a batch as
+                # full as the encoders', and joined the new requests' first decoder step.
+                ("decoder", n + 1),
+                *[("decoder", n)] * (MAX_DECODE_LEN - 1),
             ]
             check_idle(engine)
 

@@ -9,8 +9,9 @@ without importing torch (the CLI lists them); building a model imports it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from batchmaker import demos
 
 if TYPE_CHECKING:
     from batchmaker.models import SequenceModel
@@ -55,7 +56,7 @@ BUILTIN_MODELS: dict[str, Callable[[], SequenceModel]] = {
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("lstm-lm", "gru-lm")
 """What the in-process ``batchmaker demo`` streams through."""
 
-DEMO_REPOSITORY = Path(__file__).parent / "demos" / "repository"
+DEMO_REPOSITORY = demos.DEMO_REPOSITORY
 """The trained demo models shipped in the package: the server's default model repository."""
 
 

@@ -79,19 +79,15 @@ class ModelManager:
         """The models to start with: each named one's policy versions, or every repository
         model's when none is named. Folders that fail are logged and skipped."""
         self.check_names(names)
+        wanted = list(dict.fromkeys(names or self._repository_names()))
+        on_disk = [n for n in wanted if self._in_repository(n)]
         models: list[Model] = []
-        for name in dict.fromkeys(names or self._repository_names()):
-            try:
-                versions = self._selected(name)
-            except ModelLoadError as exc:
-                self._failed[(name, 0)] = exc.message
-                log.error("model %s not loaded: %s", name, exc.message)
-                continue
-            for version in versions:
-                try:
-                    models.append(self._read(name, version))
-                except ModelLoadError as exc:
-                    log.error("model %s@%d not loaded: %s", name, version, exc.message)
+        if self.repository is not None and on_disk:
+            models, failed = self.repository.load_all(on_disk)
+            for key, why in failed.items():
+                name, _, version = key.partition("@")
+                self._failed[(name, int(version) if version else 0)] = why
+        models += [self.builtins[n]() for n in wanted if n not in on_disk]
         return models
 
     def attach(self, engine: Engine) -> None:

@@ -102,13 +102,15 @@ class Model(ABC):
         """Local cell type name -> cell module (the CPU master copy)."""
 
     @property
-    @abstractmethod
     def pools(self) -> Mapping[str, tuple[StateSpec, ...]]:
-        """Local pool name -> the state it holds."""
+        """Local pool name -> the state it holds. By default one pool, ``state``, that every
+        cell type of the model reads and writes (an encoder and its decoder share it, so
+        the decoder starts from the encoder's last state in place)."""
+        return {"state": next(iter(self.cells.values())).state_specs}
 
-    @abstractmethod
     def cell_pool(self, cell: str) -> str:
         """Local pool name a local cell type reads and writes."""
+        return "state"
 
     def cell_rank(self, cell: str) -> int:
         """Scheduling rank of a local cell type (higher finishes requests sooner)."""
@@ -250,13 +252,6 @@ class SequenceModel(Model):
     @property
     def cells(self) -> Mapping[str, Cell]:
         return {"step": self.cell}
-
-    @property
-    def pools(self) -> Mapping[str, tuple[StateSpec, ...]]:
-        return {"state": self.cell.state_specs}
-
-    def cell_pool(self, cell: str) -> str:
-        return "state"
 
     @property
     def signature(self) -> ModelSignature:
@@ -426,13 +421,6 @@ class Seq2SeqModel(Model):
     def cells(self) -> Mapping[str, Cell]:
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    @property
-    def pools(self) -> Mapping[str, tuple[StateSpec, ...]]:
-        return {"state": self.encoder.state_specs}
-
-    def cell_pool(self, cell: str) -> str:
-        return "state"
-
     def cell_rank(self, cell: str) -> int:
         return 1 if cell == "decoder" else 0
 
@@ -525,13 +513,6 @@ class TreeModel(Model):
     @property
     def cells(self) -> Mapping[str, Cell]:
         return {"node": self.cell}
-
-    @property
-    def pools(self) -> Mapping[str, tuple[StateSpec, ...]]:
-        return {"state": self.cell.state_specs}
-
-    def cell_pool(self, cell: str) -> str:
-        return "state"
 
     @property
     def signature(self) -> ModelSignature:

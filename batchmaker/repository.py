@@ -451,14 +451,15 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {name!r} has no version {version} in the repository")
         return load_model(folder, name, version)
 
-    def load_all(self) -> tuple[list[Model], dict[str, str]]:
-        """Every model's policy versions, and what could not be loaded (``name@v`` -> why).
+    def load_all(self, names: Sequence[str] | None = None) -> tuple[list[Model], dict[str, str]]:
+        """The policy versions of ``names`` (every model's by default), and what could not
+        be loaded (``name@version``, or ``name`` for a bad policy, -> why).
 
         A bad folder is logged and skipped: it must not keep the rest from serving.
         """
         models: list[Model] = []
         failed: dict[str, str] = {}
-        for name in self.versions():
+        for name in self.versions() if names is None else names:
             try:
                 selected = self.selected_versions(name)
             except ModelLoadError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -229,21 +229,24 @@ class RepositoryService(pb_grpc.ModelRepositoryServicer):
     async def LoadModel(  # noqa: N802
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatesResponse:
-        async with _status_on_error(context):
-            name, versions = _name_and_versions(request)
-            log.info("admin: load %s %s", name, versions or "(version policy)")
-            states = await self._manager.load(name, versions)
-            return pb.ModelStatesResponse(models=_states_pb(states))
-        raise AssertionError("unreachable: an error aborts the call")
+        return await self._change("load", self._manager.load, request, context)
 
     async def UnloadModel(  # noqa: N802
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatesResponse:
+        return await self._change("unload", self._manager.unload, request, context)
+
+    async def _change(
+        self,
+        what: str,
+        action: Callable[[str, Sequence[int]], Awaitable[list[VersionState]]],
+        request: pb.LoadModelRequest | pb.UnloadModelRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ModelStatesResponse:
         async with _status_on_error(context):
             name, versions = _name_and_versions(request)
-            log.info("admin: unload %s %s", name, versions or "(every served version)")
-            states = await self._manager.unload(name, versions)
-            return pb.ModelStatesResponse(models=_states_pb(states))
+            log.info("admin: %s %s %s", what, name, versions or "(default versions)")
+            return pb.ModelStatesResponse(models=_states_pb(await action(name, versions)))
         raise AssertionError("unreachable: an error aborts the call")
 
 

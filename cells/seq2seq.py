@@ -28,12 +28,16 @@ FEEDBACK = -1
 TOKEN_STATE = StateSpec("token", (), torch.int64)
 
 
-class EncoderCell(RecurrentStackCell):
-    """One source token through the stack; no projection, no output used."""
+class _TokenStateStack(RecurrentStackCell):
+    """A recurrent stack whose state also carries the request's last emitted token."""
 
     @property
     def state_specs(self) -> tuple[StateSpec, ...]:
         return (*super().state_specs, TOKEN_STATE)
+
+
+class EncoderCell(_TokenStateStack):
+    """One source token through the stack; no projection, no output used."""
 
     def forward(
         self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]
@@ -42,14 +46,10 @@ class EncoderCell(RecurrentStackCell):
         return out, (*new, states[-1])
 
 
-class GreedyDecoderCell(RecurrentStackCell):
+class GreedyDecoderCell(_TokenStateStack):
     """One target step: embed the fed-back (or forced) token, step the stack, score, argmax."""
 
     token_state = "token"
-
-    @property
-    def state_specs(self) -> tuple[StateSpec, ...]:
-        return (*super().state_specs, TOKEN_STATE)
 
     def forward(
         self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]

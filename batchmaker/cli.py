@@ -128,6 +128,12 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
         help="target arrival span of one load point (between --min- and --requests)",
     )
     p.add_argument("--bisections", type=int, default=3, help="bisection steps per mode")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="re-run a load point that misses the SLO up to this many times (noisy machines)",
+    )
     p.add_argument("--saturation-seconds", type=float, default=3.0)
     p.add_argument("--saturation-rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,23 @@
-"""Recorded arrival traces: when requests arrive and how long they are.
+"""Recorded arrival traces: when requests arrive and what each one asks for.
 
 A trace is drawn once at unit mean rate and replayed at any offered load by
 scaling its arrival times, so every mode and every load point sees the same
 requests in the same order. Lengths follow a log-normal shaped like sentence
 lengths (median about 20 tokens, p99 about 100); arrivals are Poisson or a
 two-state MMPP (bursty on/off periods, as in the BATCH paper's traces).
+
+Three kinds, one per benchmarked model family:
+
+- *chain*: token sequences (a language model's inputs);
+- *seq2seq*: source sequences plus a target length per request. A random-weight
+  greedy decoder has no idea when to stop, so the length it decodes is recorded
+  here, drawn around its source's length as a translation's would be, and sent
+  as the request's output cap: the decode lengths are then realistic and the
+  same in every mode and every replay;
+- *tree*: random binary trees whose leaf counts follow the sentence lengths, as
+  binarised parse trees of sentences do (SST's, for a TreeLSTM classifier).
+
+Only numpy: the trace is data, recorded to JSON and replayed with ``--trace-in``.
 """
 
 from __future__ import annotations
@@ -22,22 +35,39 @@ Arrival = Literal["poisson", "mmpp"]
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
 
+PHRASE_TOKEN = 0
+"""The token of a tree's internal nodes: a phrase has no word of its own (leaves take
+ids from 1), as in Tai et al.'s constituency TreeLSTM, where only leaves read a word."""
+
+
 @dataclass(frozen=True)
 class Trace:
-    """Arrival offsets at unit mean rate, and each request's tokens."""
+    """Arrival offsets at unit mean rate, and each request's tokens (and target or tree)."""
 
     offsets: np.ndarray
     """``[N]`` float64 arrival times at 1 request/s, ascending; divide by the rate to replay."""
     tokens: list[np.ndarray]
-    """Each request's int64 token ids."""
+    """Each request's int64 token ids: the sequence, or one per tree node."""
     arrival: str
     seed: int
+    output_lengths: np.ndarray | None = None
+    """seq2seq: ``[N]`` int64 target lengths, each sent as its request's output cap."""
+    children: list[np.ndarray] | None = None
+    """Trees: each request's ``[nodes, 2]`` int64 child indices, -1 where absent."""
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     @property
+    def kind(self) -> str:
+        """``"chain"``, ``"seq2seq"`` or ``"tree"``: which model family the trace is for."""
+        if self.children is not None:
+            return "tree"
+        return "chain" if self.output_lengths is None else "seq2seq"
+
+    @property
     def lengths(self) -> np.ndarray:
+        """Tokens per request: sequence lengths, or nodes per tree."""
         return np.array([len(t) for t in self.tokens])
 
     def arrivals(self, rate: float, limit: int | None = None) -> np.ndarray:
@@ -45,25 +75,33 @@ class Trace:
         return self.offsets[:limit] / rate
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(
-            json.dumps(
-                {
-                    "arrival": self.arrival,
-                    "seed": self.seed,
-                    "offsets": self.offsets.tolist(),
-                    "tokens": [t.tolist() for t in self.tokens],
-                }
-            )
-        )
+        # A chain trace keeps the original four keys, so older traces and tools still fit.
+        d: dict[str, object] = {
+            "arrival": self.arrival,
+            "seed": self.seed,
+            "offsets": self.offsets.tolist(),
+            "tokens": [t.tolist() for t in self.tokens],
+        }
+        if self.output_lengths is not None:
+            d["output_lengths"] = self.output_lengths.tolist()
+        if self.children is not None:
+            d["children"] = [c.tolist() for c in self.children]
+        Path(path).write_text(json.dumps(d))
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         d = json.loads(Path(path).read_text())
+        targets = d.get("output_lengths")
+        children = d.get("children")
         return cls(
             offsets=np.asarray(d["offsets"], dtype=np.float64),
             tokens=[np.asarray(t, dtype=np.int64) for t in d["tokens"]],
             arrival=d["arrival"],
             seed=int(d["seed"]),
+            output_lengths=None if targets is None else np.asarray(targets, dtype=np.int64),
+            children=None
+            if children is None
+            else [np.asarray(c, dtype=np.int64).reshape(-1, 2) for c in children],
         )
 
 
@@ -116,9 +154,110 @@ def make_trace(
     median_len: float = 20,
     p99_len: float = 100,
     max_len: int = 512,
+    max_output_len: int | None = None,
 ) -> Trace:
+    """A chain trace, or with ``max_output_len`` a seq2seq one (see ``target_lengths``).
+
+    The targets are drawn after everything else, so a seq2seq trace's sources and
+    arrivals are the chain trace's of the same seed.
+    """
     rng = np.random.default_rng(seed)
     lengths = sentence_lengths(rng, n, median=median_len, p99=p99_len, max_len=max_len)
     offsets = unit_rate_offsets(rng, n, arrival)
     tokens = [rng.integers(0, vocab_size, int(k), dtype=np.int64) for k in lengths]
-    return Trace(offsets=offsets, tokens=tokens, arrival=arrival, seed=seed)
+    targets = None if max_output_len is None else target_lengths(rng, lengths, max_output_len)
+    return Trace(offsets=offsets, tokens=tokens, arrival=arrival, seed=seed, output_lengths=targets)
+
+
+def target_lengths(
+    rng: np.random.Generator, source_lengths: np.ndarray, max_len: int, *, sigma: float = 0.25
+) -> np.ndarray:
+    """Target lengths around the source lengths: ``source * lognormal(0, sigma)``, in [1, max_len].
+
+    A translation is about as long as its source, give or take a quarter; so the
+    targets keep the sentence-length shape (median about 20, p99 about 100).
+    """
+    ratio = rng.lognormal(mean=0.0, sigma=sigma, size=len(source_lengths))
+    return np.clip(np.rint(source_lengths * ratio), 1, max_len).astype(np.int64)
+
+
+def make_tree_trace(
+    n: int,
+    *,
+    vocab_size: int,
+    seed: int = 0,
+    arrival: Arrival = "poisson",
+    median_leaves: float = 20,
+    p99_leaves: float = 100,
+    max_leaves: int = 128,
+) -> Trace:
+    """Random binary trees over sentence-length leaf counts, with random leaf tokens.
+
+    A tree of ``k`` leaves has ``2k - 1`` nodes (every internal node has two children,
+    as in a binarised parse); leaves read word ids in ``[1, vocab_size)`` and internal
+    nodes ``PHRASE_TOKEN``.
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2 (one id is the phrase token), got {vocab_size}")
+    rng = np.random.default_rng(seed)
+    leaves = sentence_lengths(rng, n, median=median_leaves, p99=p99_leaves, max_len=max_leaves)
+    offsets = unit_rate_offsets(rng, n, arrival)
+    tokens, children = [], []
+    for k in leaves:
+        tok, ch = random_binary_tree(rng, int(k), vocab_size)
+        tokens.append(tok)
+        children.append(ch)
+    return Trace(offsets=offsets, tokens=tokens, arrival=arrival, seed=seed, children=children)
+
+
+def random_binary_tree(
+    rng: np.random.Generator, num_leaves: int, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tree, nodes in pre-order (the root is node 0): ``(tokens [n], children [n, 2])``.
+
+    Each span of leaves splits at a uniformly random point, the shape of a random
+    binary search tree: depth grows like the log of the leaf count with a long tail
+    (median about 8 levels at 20 leaves), like binarised parse trees of sentences,
+    and unlike the balanced trees that would flatter level-by-level batching.
+    """
+    if num_leaves < 1:
+        raise ValueError(f"a tree needs at least one leaf, got {num_leaves}")
+    n = 2 * num_leaves - 1
+    children = np.full((n, 2), -1, dtype=np.int64)
+    is_leaf = np.zeros(n, dtype=bool)
+    stack = [(0, num_leaves, -1, 0)]  # leaf span [lo, hi), parent, which child of it
+    nxt = 0
+    while stack:  # iterative: a tree may be deeper than Python's recursion limit
+        lo, hi, parent, side = stack.pop()
+        i, nxt = nxt, nxt + 1
+        if parent >= 0:
+            children[parent, side] = i
+        if hi - lo == 1:
+            is_leaf[i] = True
+            continue
+        cut = int(rng.integers(lo + 1, hi))
+        stack.append((cut, hi, i, 1))
+        stack.append((lo, cut, i, 0))  # popped first: the left subtree comes next in pre-order
+    tokens = np.full(n, PHRASE_TOKEN, dtype=np.int64)
+    tokens[is_leaf] = rng.integers(1, vocab_size, num_leaves, dtype=np.int64)
+    return tokens, children
+
+
+def tree_depth(children: np.ndarray) -> int:
+    """Nodes on the longest root-to-leaf path of a ``[nodes, 2]`` child table (-1: absent)."""
+    n = len(children)
+    is_child = np.zeros(n, dtype=bool)
+    real = children[children >= 0]
+    is_child[real] = True
+    root = int(np.flatnonzero(~is_child)[0])
+    depth, stack = 0, [(root, 1)]
+    while stack:
+        i, d = stack.pop()
+        depth = max(depth, d)
+        stack.extend((int(c), d + 1) for c in children[i] if c >= 0)
+    return depth
+
+
+def tree_leaves(children: np.ndarray) -> int:
+    """Nodes without children."""
+    return int((children < 0).all(axis=1).sum())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from batchmaker.errors import InvalidRequestError
-from batchmaker.types import InferRequest, TreeInput
+from batchmaker.types import MAX_TREE_NODES, InferRequest, TreeInput
 from cells import (
     FEEDBACK,
     BinaryTreeLSTMCell,
@@ -497,10 +497,10 @@ class TreeModel(Model):
         classes: Sequence[str] = (),
     ) -> None:
         super().__init__(name, version)
-        if max_nodes < 1 or max_depth < 1:
+        if not 1 <= max_nodes <= MAX_TREE_NODES or max_depth < 1:
             raise ValueError(
-                f"model {name!r}: max_nodes and max_depth must be >= 1, "
-                f"got {max_nodes}, {max_depth}"
+                f"model {name!r}: max_nodes must be in [1, {MAX_TREE_NODES}] and max_depth "
+                f">= 1, got {max_nodes}, {max_depth}"
             )
         _check_vocabulary(name, "vocabulary", vocabulary, cell.input_dim)
         _check_vocabulary(name, "classes", classes, cell.output_dim)
@@ -542,15 +542,15 @@ class TreeModel(Model):
             raise InvalidRequestError(
                 f"tree.tokens: expected one token id per node, got shape {list(tokens.shape)}"
             )
+        if len(tokens) > self.max_nodes:  # before any per-node Python work
+            raise InvalidRequestError(
+                f"tree: {len(tokens)} nodes, model {self.name!r} allows at most {self.max_nodes}"
+            )
         children = _child_lists(tree.children)
         if len(children) != len(tokens):
             raise InvalidRequestError(f"tree: {len(tokens)} tokens but {len(children)} child lists")
         if len(tokens) == 0:
             raise InvalidRequestError("tree: the tree has no nodes")
-        if len(tokens) > self.max_nodes:  # before looking at every node
-            raise InvalidRequestError(
-                f"tree: {len(tokens)} nodes, model {self.name!r} allows at most {self.max_nodes}"
-            )
         check_token_ids(
             tokens,
             model=self.name,

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_TREE_NODES = 65536
+"""No tree model takes more nodes (its own ``max_nodes`` is at most this)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TreeInput:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from batchmaker.errors import InvalidRequestError, ModelNotFoundError
-from batchmaker.types import InferRequest, StepOutput, TreeInput
+from batchmaker.types import MAX_TREE_NODES, InferRequest, StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
 
 if TYPE_CHECKING:
@@ -68,6 +68,11 @@ def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequ
     inputs: np.ndarray | TreeInput
     if which == "tree":
         nodes = msg.tree.nodes
+        # Before converting up to a message's worth (a million) of nodes on the event loop.
+        if len(nodes) > MAX_TREE_NODES:
+            raise InvalidRequestError(
+                f"tree: {len(nodes)} nodes, no model takes more than {MAX_TREE_NODES}"
+            )
         inputs = TreeInput(
             tokens=np.array([n.token for n in nodes], dtype=np.int64),
             children=[list(n.children) for n in nodes],

@@ -386,3 +386,16 @@ def test_the_limits_in_the_metadata_are_the_ones_enforced(client: Client) -> Non
     depth = limits.max_tree_depth + 1
     refuse(client, "tree", TreeInput([1] * depth, chain(depth)), "stream")
     refuse(client, "tree", TreeInput([limits.vocab_size], [[]]), "stream")
+
+
+def test_a_tree_over_the_wire_limit_is_refused_before_conversion() -> None:
+    from batchmaker import wire
+    from batchmaker.types import MAX_TREE_NODES
+    from batchmaker.v1 import inference_pb2 as pb
+
+    msg = pb.InferRequest(model_name="tree")
+    msg.tree.nodes.extend(pb.TreeNode(token=0) for _ in range(MAX_TREE_NODES + 1))
+    with pytest.raises(InvalidRequestError, match=f"no model takes more than {MAX_TREE_NODES}"):
+        wire.request_from_pb(msg, timeout=None)
+    del msg.tree.nodes[MAX_TREE_NODES:]
+    assert len(wire.request_from_pb(msg, timeout=None).inputs) == MAX_TREE_NODES

@@ -97,6 +97,13 @@ def add_engine_flags(
         help="cellular: pick cell types by fairness alone, not decoder (finishing) steps "
         "first [FINISHING_FIRST=0]",
     )
+    p.add_argument(
+        "--max-wait-steps",
+        type=int,
+        default=default("MAX_WAIT_STEPS", d.max_wait_steps),
+        help="cellular: a cell type with ready nodes runs after at most this many steps of "
+        "others [MAX_WAIT_STEPS]",
+    )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
     p.add_argument(
@@ -193,6 +200,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "padded_timeout_s": args.padded_timeout_ms / 1e3,
         "num_threads": args.threads,
         "finishing_first": args.finishing_first,
+        "max_wait_steps": args.max_wait_steps,
     }
     fields.update(overrides)
     return EngineConfig(**fields)  # type: ignore[arg-type]

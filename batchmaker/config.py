@@ -43,7 +43,11 @@ class EngineConfig:
     padded_timeout_s: float = 0.005
     """``padded`` and ``level``: longest time the oldest queued request waits for a batch."""
     finishing_first: bool = True
-    """``cellular``: run cell types that finish requests (decoders) before ones that start them."""
+    """``cellular``: run cell types that finish requests (decoders) before ones that start
+    them (encoders), while their batch is at least as full."""
+    max_wait_steps: int = 16
+    """``cellular``: a cell type with ready nodes runs after at most this many steps of
+    other types, whatever the policy prefers (the starvation bound)."""
     num_threads: int | None = None
     """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
     is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads
@@ -65,6 +69,7 @@ class EngineConfig:
         _positive("max_num_live_requests", self.max_num_live_requests)
         _positive("num_slots", self.num_slots)
         _positive("padded_max_batch", self.padded_max_batch)
+        _positive("max_wait_steps", self.max_wait_steps)
         if not 0 <= self.padded_timeout_s <= 60:
             raise ValueError(f"padded_timeout_s must be in [0, 60], got {self.padded_timeout_s}")
         if self.num_threads is not None:

@@ -170,7 +170,9 @@ class Engine:
                 capacities,
                 clock,
                 max_num_live_requests=cfg.max_num_live_requests,
-                policy=PolicyConfig(finishing_first=cfg.finishing_first),
+                policy=PolicyConfig(
+                    finishing_first=cfg.finishing_first, max_wait_steps=cfg.max_wait_steps
+                ),
             )
         padded = cfg.mode in ("padded", "level")
         return PaddedScheduler(

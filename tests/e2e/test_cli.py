@@ -140,3 +140,17 @@ def test_the_client_and_the_cli_start_without_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_cell_type_policy_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert (engine.finishing_first, engine.max_wait_steps) == (True, 16)
+    flags = ["serve", "--no-finishing-first", "--max-wait-steps", "3"]
+    _, engine, _ = serve_configs(build_parser().parse_args(flags))
+    assert (engine.finishing_first, engine.max_wait_steps) == (False, 3)
+    monkeypatch.setenv("BATCHMAKER_FINISHING_FIRST", "0")
+    monkeypatch.setenv("BATCHMAKER_MAX_WAIT_STEPS", "5")
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert (engine.finishing_first, engine.max_wait_steps) == (False, 5)
+    with pytest.raises(ValueError, match="max_wait_steps"):
+        serve_configs(build_parser().parse_args(["serve", "--max-wait-steps", "0"]))

@@ -24,6 +24,7 @@ from reference import (
     assert_tree_matches_alone,
     run_seq2seq_alone,
 )
+from tree_shapes import chain
 
 from batchmaker import EngineConfig, SequenceModel
 from batchmaker.client import Client
@@ -90,10 +91,6 @@ def live() -> Iterator[LiveServer]:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
-
-
-def chain(n: int) -> list[list[int]]:
-    return [[i + 1] for i in range(n - 1)] + [[]]
 
 
 def random_tree(rng: np.random.Generator, n: int) -> TreeInput:

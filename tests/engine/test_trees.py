@@ -38,6 +38,7 @@ from reference import (
     max_abs_diff,
     run_tree_alone,
 )
+from tree_shapes import chain, full_binary, heights
 
 from batchmaker import (
     Engine,
@@ -94,26 +95,6 @@ def lm_model() -> SequenceModel:
 
 
 # ---- trees --------------------------------------------------------------------------------------
-
-
-def chain(n: int) -> list[list[int]]:
-    return [[i + 1] for i in range(n - 1)] + [[]]
-
-
-def full_binary(levels: int) -> list[list[int]]:
-    n = 2**levels - 1
-    return [[c for c in (2 * i + 1, 2 * i + 2) if c < n] for i in range(n)]
-
-
-def heights(children: list[list[int]]) -> list[int]:
-    memo: dict[int, int] = {}
-
-    def h(i: int) -> int:
-        if i not in memo:
-            memo[i] = 1 + max((h(c) for c in children[i]), default=0)
-        return memo[i]
-
-    return [h(i) for i in range(len(children))]
 
 
 def tree_of(children: list[list[int]], seed: int = 0) -> TreeInput:

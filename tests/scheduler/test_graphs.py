@@ -20,6 +20,7 @@ import pytest
 from factories import FakeResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tree_shapes import chain, full_binary, heights
 
 from scheduler import (
     FEEDBACK_INPUT,
@@ -51,29 +52,6 @@ ZERO = "zero"
 
 
 # ---- tree shapes --------------------------------------------------------------------------
-
-
-def chain(n: int) -> list[list[int]]:
-    """Node ``i`` has the one child ``i + 1``: depth ``n``, every inner node unary."""
-    return [[i + 1] for i in range(n - 1)] + [[]]
-
-
-def full_binary(levels: int) -> list[list[int]]:
-    """Heap order: node ``i`` has children ``2i+1`` and ``2i+2``."""
-    n = 2**levels - 1
-    return [[c for c in (2 * i + 1, 2 * i + 2) if c < n] for i in range(n)]
-
-
-def heights(children: Sequence[Sequence[int]]) -> list[int]:
-    """Leaves are 1; a parent is one more than its tallest child."""
-    memo: dict[int, int] = {}
-
-    def h(i: int) -> int:
-        if i not in memo:
-            memo[i] = 1 + max((h(c) for c in children[i]), default=0)
-        return memo[i]
-
-    return [h(i) for i in range(len(children))]
 
 
 def root_of(children: Sequence[Sequence[int]]) -> int:

@@ -38,7 +38,7 @@ from reference import (
     max_abs_diff,
     run_tree_alone,
 )
-from tree_shapes import chain, full_binary, heights
+from tree_shapes import binary_trees, chain, full_binary, heights
 
 from batchmaker import (
     Engine,
@@ -105,25 +105,10 @@ def tree_of(children: list[list[int]], seed: int = 0) -> TreeInput:
 @st.composite
 def trees(draw: st.DrawFn, max_nodes: int = 60) -> TreeInput:
     """Bushy, unary-heavy or chain-like binary trees, randomly numbered and ordered."""
-    n = draw(st.integers(1, max_nodes))
-    style = draw(st.sampled_from(["random", "chain", "mostly-chain"]))
-    kids: list[list[int]] = [[] for _ in range(n)]
-    for k in range(1, n):
-        if style == "chain" or (style == "mostly-chain" and draw(st.integers(0, 3)) > 0):
-            parent = k - 1
-            if len(kids[parent]) == ARITY:
-                parent = next(p for p in range(k) if len(kids[p]) < ARITY)
-        else:
-            parent = draw(st.sampled_from([p for p in range(k) if len(kids[p]) < ARITY]))
-        kids[parent].append(k)
-    label = draw(st.permutations(range(n)))
-    children: list[list[int]] = [[] for _ in range(n)]
-    for k, ch in enumerate(kids):
-        mapped = [label[c] for c in ch]
-        if draw(st.booleans()):
-            mapped.reverse()
-        children[label[k]] = mapped
-    tokens = draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))
+    children = draw(binary_trees(max_nodes))
+    tokens = draw(
+        st.lists(st.integers(0, VOCAB - 1), min_size=len(children), max_size=len(children))
+    )
     return TreeInput(tokens, children)
 
 

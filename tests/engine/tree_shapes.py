@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hypothesis import strategies as st
+
 
 def chain(n: int) -> list[list[int]]:
     """Node ``i`` has the one child ``i + 1``: depth ``n``, every inner node unary."""
@@ -27,3 +29,28 @@ def heights(children: Sequence[Sequence[int]]) -> list[int]:
         return memo[i]
 
     return [h(i) for i in range(len(children))]
+
+
+@st.composite
+def binary_trees(draw: st.DrawFn, max_nodes: int = 60) -> list[list[int]]:
+    """Valid binary trees: bushy, unary-heavy or deep chains, nodes labelled at random (so
+    the root is anywhere) and each node's children in a random order."""
+    n = draw(st.integers(1, max_nodes))
+    style = draw(st.sampled_from(["random", "chain", "mostly-chain"]))
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for k in range(1, n):
+        if style == "chain" or (style == "mostly-chain" and draw(st.integers(0, 3)) > 0):
+            parent = k - 1
+            if len(kids[parent]) == 2:
+                parent = next(p for p in range(k) if len(kids[p]) < 2)
+        else:
+            parent = draw(st.sampled_from([p for p in range(k) if len(kids[p]) < 2]))
+        kids[parent].append(k)
+    label = draw(st.permutations(range(n)))
+    children: list[list[int]] = [[] for _ in range(n)]
+    for k, ch in enumerate(kids):
+        mapped = [label[c] for c in ch]
+        if draw(st.booleans()):
+            mapped.reverse()
+        children[label[k]] = mapped
+    return children

@@ -20,7 +20,7 @@ import pytest
 from factories import FakeResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_shapes import chain, full_binary, heights
+from tree_shapes import binary_trees, chain, full_binary, heights
 
 from scheduler import (
     FEEDBACK_INPUT,
@@ -60,29 +60,8 @@ def root_of(children: Sequence[Sequence[int]]) -> int:
     return root
 
 
-@st.composite
-def trees(draw: st.DrawFn, max_nodes: int = 60) -> list[list[int]]:
-    """Valid binary trees: bushy, unary-heavy or deep chains, nodes labelled at random (so
-    the root is anywhere) and each node's children in a random order."""
-    n = draw(st.integers(1, max_nodes))
-    style = draw(st.sampled_from(["random", "chain", "mostly-chain"]))
-    kids: list[list[int]] = [[] for _ in range(n)]
-    for k in range(1, n):
-        if style == "chain" or (style == "mostly-chain" and draw(st.integers(0, 3)) > 0):
-            parent = k - 1
-            if len(kids[parent]) == ARITY:
-                parent = next(p for p in range(k) if len(kids[p]) < ARITY)
-        else:
-            parent = draw(st.sampled_from([p for p in range(k) if len(kids[p]) < ARITY]))
-        kids[parent].append(k)
-    label = draw(st.permutations(range(n)))
-    children: list[list[int]] = [[] for _ in range(n)]
-    for k, ch in enumerate(kids):
-        mapped = [label[c] for c in ch]
-        if draw(st.booleans()):
-            mapped.reverse()
-        children[label[k]] = mapped
-    return children
+def trees(max_nodes: int = 60) -> st.SearchStrategy[list[list[int]]]:
+    return binary_trees(max_nodes)
 
 
 # ---- Seq2SeqGraph ----------------------------------------------------------------------------

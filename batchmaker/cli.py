@@ -250,6 +250,14 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up request per model")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT", None),
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a free port); "
+        "default: no metrics endpoint [METRICS_PORT]",
+    )
+    p.add_argument(
         "--tls-cert", default=_env("TLS_CERT", None), metavar="PEM", help="serve TLS [TLS_CERT]"
     )
     p.add_argument(
@@ -486,6 +494,7 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
         model_repository=repository,
+        metrics_port=args.metrics_port,
     )
     return config, engine_config(args), names
 
@@ -523,7 +532,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _banner(server: InferenceServer) -> str:
-    """The first line is for scripts and tests (the address is its last word)."""
+    """The first line is for scripts and tests (the address is its last word), and so is
+    the metrics line after it (the URL is its last word)."""
     addr = server.address
     cfg = server.engine_config
     tls = server.config.tls
@@ -532,6 +542,7 @@ def _banner(server: InferenceServer) -> str:
     models = server.engine.models
     lines = [
         f"batchmaker: listening on {addr}",
+        *([f"batchmaker: metrics on {server.metrics_url}"] if server.metrics_url else []),
         f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
         f"devices {', '.join(cfg.devices)}; " + ("TLS" if tls else "plaintext"),
         "  try:",

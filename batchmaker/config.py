@@ -122,6 +122,10 @@ class ServerConfig:
     model_repository: str | None = None
     """Directory of ``<model>/<version>/`` folders to serve from and to load and unload
     at run time; ``None``: built-in models only."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0 picks a free
+    port); ``None``: no metrics endpoint. Its own port, so a scraper needs no gRPC and
+    a network policy can expose one without the other."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -130,6 +134,8 @@ class ServerConfig:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.max_receive_message_bytes < 1024:
             raise ValueError(
                 f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"

@@ -493,6 +493,8 @@ class Engine:
             self._ended.set()
             for pool in sreq.graph.slot_pools:
                 place.free_slots[pool] += 1
+            if sreq.started:
+                stream.queue_time = sreq.started_at - sreq.arrival
             stream._finish(_finish_error(request, error), capped=sreq.graph.capped)
         if not self._streams:
             self._idle.set()

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from batchmaker.config import EngineConfig, ServerConfig
 from batchmaker.engine import Engine, ExecutorWrapper
 from batchmaker.manager import ModelManager
+from batchmaker.metrics import ServerMetrics
 from batchmaker.models import Model
 from batchmaker.service import (
     REPOSITORY_SERVICE_NAME,
@@ -84,16 +85,20 @@ class InferenceServer:
         self.manager = manager or ModelManager(unload_grace_s=config.grace_s)
         """Backs the ModelRepository admin service: load and unload while serving."""
         self._executor_wrapper = executor_wrapper
+        self.metrics = ServerMetrics(lambda: self._engine)
+        """Always kept (a few counters); served over HTTP only with ``metrics_port``."""
         self._service = InferenceService(
             ServiceLimits(
                 max_receive_message_bytes=config.max_receive_message_bytes,
                 max_stream_message_bytes=config.max_stream_message_bytes,
-            )
+            ),
+            self.metrics,
         )
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._engine: Engine | None = None
         self._port = 0
+        self._metrics_port: int | None = None
         self._stopping: asyncio.Task[None] | None = None
         self.timings: dict[str, float] = {}
         """Seconds spent in each start-up phase (bind, models, engine, warmup)."""
@@ -106,6 +111,13 @@ class InferenceServer:
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self._port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` once started with a metrics port; else ``None``."""
+        if self._metrics_port is None:
+            return None
+        return f"http://{self.config.host}:{self._metrics_port}/metrics"
 
     @property
     def engine(self) -> Engine:
@@ -158,6 +170,9 @@ class InferenceServer:
         )
         if self._port == 0:
             raise OSError(f"could not bind {self.config.address}")
+        if cfg.metrics_port is not None:
+            # Before the models load: a scrape during a slow start sees the server, idle.
+            self._metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
         self._server = server
         await server.start()
         self.timings["bind"] = time.perf_counter() - t0
@@ -165,6 +180,7 @@ class InferenceServer:
             await self._load()
         except BaseException:
             await server.stop(0)
+            self.metrics.close()
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -222,6 +238,7 @@ class InferenceServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._service.wait_idle(), max(1.0, deadline - time.monotonic()))
         await server.stop(0)
+        self.metrics.close()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

@@ -39,6 +39,7 @@ from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from batchmaker.engine import Engine
     from batchmaker.manager import ModelManager, VersionState
+    from batchmaker.metrics import RequestObservation, ServerMetrics
     from batchmaker.stream import RequestStream
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ class InferenceService(pb_grpc.InferenceServicer):
     ``drain`` makes new calls UNAVAILABLE while live ones finish.
     """
 
-    def __init__(self, limits: ServiceLimits) -> None:
+    def __init__(self, limits: ServiceLimits, metrics: ServerMetrics | None = None) -> None:
         self._limits = limits
+        self._metrics = metrics
         self._engine: Engine | None = None
         self._draining = False
         self._num_active = 0
@@ -98,11 +100,24 @@ class InferenceService(pb_grpc.InferenceServicer):
         await self._idle.wait()
 
     @contextlib.contextmanager
-    def _active(self) -> Iterator[None]:
+    def _active(self, context: grpc.aio.ServicerContext) -> Iterator[RequestObservation | None]:
+        """One inference call in progress: counted for draining, and observed for metrics."""
         self._num_active += 1
         self._idle.clear()
         try:
-            yield
+            if self._metrics is None:
+                yield None
+                return
+            with self._metrics.observe() as obs:
+                try:
+                    yield obs
+                except asyncio.CancelledError:
+                    # grpc cancels the handler when the client goes away or the deadline
+                    # passes; count it as what the client saw.
+                    remaining = context.time_remaining()
+                    expired = remaining is not None and remaining <= 0
+                    obs.status = obs.status or ("DEADLINE_EXCEEDED" if expired else "CANCELLED")
+                    raise
         finally:
             self._num_active -= 1
             if not self._num_active:
@@ -118,9 +133,14 @@ class InferenceService(pb_grpc.InferenceServicer):
     # ---- inference ------------------------------------------------------------------
 
     def _submit(
-        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InferRequest,
+        context: grpc.aio.ServicerContext,
+        obs: RequestObservation | None,
     ) -> tuple[RequestStream, pb.InferResponse]:
         engine = self._serving_engine()
+        if obs is not None and any(m.name == request.model_name for m in engine.models):
+            obs.model = request.model_name
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError("the call's deadline passed before it was admitted")
@@ -133,14 +153,25 @@ class InferenceService(pb_grpc.InferenceServicer):
             model_version=str(model.version),
         )
         log.debug("request %s (%s) admitted for %s", header.id, stream.request_id, model.key)
+        if obs is not None:
+            obs.version = header.model_version
         return stream, header
+
+    @staticmethod
+    def _observe_end(obs: RequestObservation | None, stream: RequestStream) -> None:
+        """Copy what the engine timed (its clock is the same monotonic one) into ``obs``."""
+        if obs is None:
+            return
+        if stream.first_output_at is not None:
+            obs.first_output = stream.first_output_at
+        obs.queue_time = stream.queue_time
 
     async def InferStream(  # noqa: N802 (the RPC's name)
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        with self._active():
-            async with _status_on_error(context):
-                stream, header = self._submit(request, context)
+        with self._active(context) as obs:
+            async with _status_on_error(context, obs):
+                stream, header = self._submit(request, context, obs)
                 try:
                     budget = self._limits.max_stream_message_bytes
                     while True:
@@ -157,17 +188,19 @@ class InferenceService(pb_grpc.InferenceServicer):
                             return
                 finally:
                     stream.cancel()  # no-op once done; otherwise it leaves its batch
+                    self._observe_end(obs, stream)
 
     async def Infer(  # noqa: N802
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> pb.InferResponse:
-        with self._active():
-            async with _status_on_error(context):
-                stream, header = self._submit(request, context)
+        with self._active(context) as obs:
+            async with _status_on_error(context, obs):
+                stream, header = self._submit(request, context, obs)
                 try:
                     outputs = await stream.collect()
                 finally:
                     stream.cancel()
+                    self._observe_end(obs, stream)
                 header.steps.extend(wire.step_to_pb(o) for o in outputs)
                 header.finish_reason = wire.FINISH_REASONS[stream.finish_reason or "completed"]
                 return header
@@ -277,7 +310,9 @@ def _states_pb(states: list[VersionState]) -> list[pb.ModelVersionState]:
 
 
 @contextlib.asynccontextmanager
-async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def _status_on_error(
+    context: grpc.aio.ServicerContext, obs: RequestObservation | None = None
+) -> AsyncIterator[None]:
     """Turn an error raised in the block into the call's status: the one mapping place.
 
     Typed engine errors keep their code and message; anything else is INTERNAL, logged
@@ -294,4 +329,6 @@ async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[N
         error = BatchMakerError("internal server error", code=Code.INTERNAL)
     if error.code is Code.INTERNAL:
         log.warning("call failed: %s", error.message)
+    if obs is not None:
+        obs.status = error.code.value
     await context.abort(grpc.StatusCode[error.code.value], error.message)

@@ -37,6 +37,8 @@ class RequestStream:
         self.submitted_at = time.monotonic()
         self.first_output_at: float | None = None
         self.finished_at: float | None = None
+        self.queue_time: float | None = None
+        """Seconds from admission to its first cell execution; set when it ends, if it ran."""
 
     # ---- fed by the engine, on the event loop --------------------------------
 

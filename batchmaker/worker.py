@@ -8,6 +8,7 @@ variable (no polling); outcomes go out through one callback per step.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import contextlib
 import logging
@@ -38,12 +39,34 @@ class _Command:
     """Resolved once ``call`` ran, with its exception if it raised."""
 
 
+BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+"""Upper bounds of the batch-size histogram's buckets (rows per cell execution)."""
+_NUM_BUCKETS = len(BATCH_SIZE_BUCKETS) + 1
+
+
 @dataclass(slots=True)
 class CellTypeStats:
     num_steps: int = 0
     num_rows: int = 0
     """Rows doing requested work (cell-steps)."""
     num_padding_rows: int = 0
+    batch_size_counts: list[int] = field(default_factory=lambda: [0] * _NUM_BUCKETS)
+    """Steps per batch-size bucket (``BATCH_SIZE_BUCKETS``, then one past the last), counting
+    real rows only: padding is in ``num_padding_rows``. Kept here, as plain ints, so the
+    step loop never calls into a metrics library."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What one device's scheduler holds at a step boundary (a consistent view)."""
+
+    num_live: int
+    num_queued: int
+    """Admitted, no node run yet."""
+    queue_depths: dict[str, int]
+    """Ready nodes not yet run, per cell type."""
+    free_slots: dict[str, int]
+    slot_capacity: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -101,6 +124,34 @@ class DeviceWorker:
                 return done
         _run_call(fn, done)
         return done
+
+    def snapshot(self, timeout: float = 1.0) -> QueueSnapshot | None:
+        """The scheduler's queues and slots, read on the worker thread between two steps
+        (``None`` when it does not answer within ``timeout``, e.g. inside a long step).
+
+        For metrics scrapes and tests, from any thread but the worker's own: the ready
+        queues are the thread's alone, so nothing is read while a step changes them, and
+        the step loop pays nothing until someone asks.
+        """
+        out: list[QueueSnapshot] = []
+
+        def read() -> None:
+            sched = self.scheduler
+            out.append(
+                QueueSnapshot(
+                    num_live=sched.num_live,
+                    num_queued=sched.num_queued,
+                    queue_depths=sched.queue_depths(),
+                    free_slots={name: p.num_free for name, p in sched.pools.items()},
+                    slot_capacity={name: p.capacity for name, p in sched.pools.items()},
+                )
+            )
+
+        try:
+            self.call(read).result(timeout)
+        except concurrent.futures.TimeoutError:
+            return None
+        return out[0]
 
     def stop(self) -> None:
         """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""
@@ -241,6 +292,7 @@ class DeviceWorker:
             cts.num_steps += 1
             cts.num_rows += real
             cts.num_padding_rows += plan.batch_size - real
+            cts.batch_size_counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, real)] += 1
             outcome = sched.update_from_output(plan, result)
             if outcome:
                 self._pending = outcome

@@ -56,6 +56,7 @@ class Scheduler(ABC):
         self.clock = clock
         self.max_num_live_requests = max_num_live_requests
         self._live: dict[str, SchedRequest] = {}
+        self._num_queued = 0
         self._seq = 0
         self._deadlines: list[tuple[float, int, SchedRequest]] = []
         self._outcome = StepOutcome.make_empty()
@@ -118,8 +119,18 @@ class Scheduler(ABC):
     def num_live(self) -> int:
         return len(self._live)
 
+    @property
+    def num_queued(self) -> int:
+        """Live requests none of whose nodes has run yet (vLLM's "waiting")."""
+        return self._num_queued
+
     def num_free_slots(self, pool: str) -> int:
         return self.pools[pool].num_free
+
+    @abstractmethod
+    def queue_depths(self) -> dict[str, int]:
+        """Ready nodes not yet run, per cell type: the backlog each cell type's next steps
+        draw from (a metric; not called per step)."""
 
     def add_request(self, request: SchedRequest) -> None:
         """Admit ``request`` or raise ``AdmissionError`` having changed nothing."""
@@ -152,6 +163,7 @@ class Scheduler(ABC):
         request.seq = self._seq
         self._seq += 1
         self._live[request.request_id] = request
+        self._num_queued += 1
         if request.deadline is not None:
             heapq.heappush(self._deadlines, (request.deadline, request.seq, request))
         request.num_outstanding = len(initial)
@@ -181,6 +193,8 @@ class Scheduler(ABC):
     def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
         request.finish_reason = reason
         del self._live[request.request_id]
+        if not request.started:
+            self._num_queued -= 1
         self._on_finish(request)
         for pool, slot in zip(request.graph.slot_pools, request.slots, strict=True):
             self.pools[pool].free([slot])
@@ -245,6 +259,7 @@ class Scheduler(ABC):
         writes: list[int] = []
         top_k = 0
         wants_outputs = False
+        now = -1.0
         pad_input: Any = 0
         for request, _, spec in rows:
             if request is None or spec is None:
@@ -261,7 +276,12 @@ class Scheduler(ABC):
                 reads.extend([ZERO_SLOT] * arity)
                 writes.append(SCRATCH_SLOT)
                 continue
-            request.started = True
+            if not request.started:
+                if now < 0:
+                    now = self.clock.now()
+                request.started = True
+                request.started_at = now
+                self._num_queued -= 1
             emits.append(spec.emits)
             inputs.append(spec.input)
             slots = request.slots

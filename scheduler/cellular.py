@@ -48,6 +48,9 @@ class CellularScheduler(Scheduler):
     def num_ready(self, cell_type: str) -> int:
         return len(self.queues[cell_type])
 
+    def queue_depths(self) -> dict[str, int]:
+        return {name: len(queue) for name, queue in self.queues.items()}
+
     @property
     def has_ready_work(self) -> bool:
         return any(self.queues.values())

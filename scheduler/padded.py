@@ -72,6 +72,13 @@ class PaddedScheduler(Scheduler):
         """Requests queued for a later batch."""
         return len(self._waiting)
 
+    def queue_depths(self) -> dict[str, int]:
+        depths = dict.fromkeys(self.cell_types, 0)
+        for ready in self._ready.values():
+            for _, spec in ready:
+                depths[spec.cell_type] += 1
+        return depths
+
     @property
     def batch_requests(self) -> list[SchedRequest]:
         """The batch now running (finished members included until it ends)."""

@@ -23,6 +23,7 @@ class SchedRequest:
         "seq",
         "slots",
         "started",
+        "started_at",
         "tag",
         "top_k",
         "wants_outputs",
@@ -61,6 +62,9 @@ class SchedRequest:
         """Pool row of each request-local slot handle."""
         self.started = False
         """True once any of its nodes ran: it is in flight."""
+        self.started_at = -1.0
+        """Clock time its first node was scheduled; ``started_at - arrival`` is its queue
+        time (what vLLM and Triton report as queue duration)."""
         self.num_emitted = 0
         self.num_outstanding = 0
         """Nodes ready or running; the request is complete when this reaches 0."""

@@ -12,8 +12,8 @@ Two kinds of source, two paths, so serving pays as little as possible:
   one histogram update per request, never per step;
 - *per device* (cell executions, batch sizes, busy time, live and waiting requests,
   ready-queue depth, free slots): read at scrape time, on the HTTP server's thread,
-  from counters the device worker keeps as plain ints and from a snapshot its
-  thread takes between two steps. The step loop never calls into this module.
+  from counts the device worker and its scheduler keep as plain ints anyway. The
+  step loop never calls into this module and never waits for a scrape.
 
 Each server has its own registry, so several servers (tests) can live in one process.
 """
@@ -74,9 +74,6 @@ milliseconds, not an LLM's seconds."""
 UNKNOWN_MODEL = ""
 """The ``model`` label of a request for a model the server does not serve: the name a
 client sent must not become a label, or any client could grow the series without bound."""
-
-SNAPSHOT_TIMEOUT_S = 1.0
-"""How long a scrape waits for a device thread to reach a step boundary."""
 
 
 _BUCKET_LABELS = (*map(str, BATCH_SIZE_BUCKETS), "+Inf")
@@ -299,9 +296,7 @@ class EngineCollector(Collector):
                     cumulative += count
                     buckets.append((bound, float(cumulative)))
                 batch_size.add_metric(labels, buckets, sum_value=cts.num_rows)
-            snap = worker.snapshot(SNAPSHOT_TIMEOUT_S)
-            if snap is None:  # inside a long step: leave the gauges out rather than guess
-                continue
+            snap = worker.snapshot()
             running.add_metric([d], snap.num_live - snap.num_queued)
             waiting.add_metric([d], snap.num_queued)
             for name, n in snap.queue_depths.items():

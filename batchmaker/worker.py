@@ -58,7 +58,7 @@ class CellTypeStats:
 
 @dataclass(frozen=True, slots=True)
 class QueueSnapshot:
-    """What one device's scheduler holds at a step boundary (a consistent view)."""
+    """What one device's scheduler holds (see ``DeviceWorker.snapshot``)."""
 
     num_live: int
     num_queued: int
@@ -125,33 +125,23 @@ class DeviceWorker:
         _run_call(fn, done)
         return done
 
-    def snapshot(self, timeout: float = 1.0) -> QueueSnapshot | None:
-        """The scheduler's queues and slots, read on the worker thread between two steps
-        (``None`` when it does not answer within ``timeout``, e.g. inside a long step).
+    def snapshot(self) -> QueueSnapshot:
+        """The scheduler's requests, queues and slots, read from any thread without a lock.
 
-        For metrics scrapes and tests, from any thread but the worker's own: the ready
-        queues are the thread's alone, so nothing is read while a step changes them, and
-        the step loop pays nothing until someone asks.
+        For metrics scrapes, benchmarks and tests. Like ``stats``, it is racy but
+        consistent enough: each number is read whole (ints and C-level copies under the
+        GIL) though the step loop may be mid-step, so the step loop pays nothing and a
+        scrape never waits for a long step.
         """
-        out: list[QueueSnapshot] = []
-
-        def read() -> None:
-            sched = self.scheduler
-            out.append(
-                QueueSnapshot(
-                    num_live=sched.num_live,
-                    num_queued=sched.num_queued,
-                    queue_depths=sched.queue_depths(),
-                    free_slots={name: p.num_free for name, p in sched.pools.items()},
-                    slot_capacity={name: p.capacity for name, p in sched.pools.items()},
-                )
-            )
-
-        try:
-            self.call(read).result(timeout)
-        except concurrent.futures.TimeoutError:
-            return None
-        return out[0]
+        sched = self.scheduler
+        pools = list(sched.pools.items())
+        return QueueSnapshot(
+            num_live=sched.num_live,
+            num_queued=sched.num_queued,
+            queue_depths=sched.queue_depths(),
+            free_slots={name: p.num_free for name, p in pools},
+            slot_capacity={name: p.capacity for name, p in pools},
+        )
 
     def stop(self) -> None:
         """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""

@@ -130,7 +130,9 @@ class Scheduler(ABC):
     @abstractmethod
     def queue_depths(self) -> dict[str, int]:
         """Ready nodes not yet run, per cell type: the backlog each cell type's next steps
-        draw from (a metric; not called per step)."""
+        draw from. O(cell types), and it reads only counts, so a metrics thread may call
+        it while the owning thread steps (under the GIL it sees a slightly stale view,
+        never a broken one)."""
 
     def add_request(self, request: SchedRequest) -> None:
         """Admit ``request`` or raise ``AdmissionError`` having changed nothing."""

@@ -48,6 +48,8 @@ class PaddedScheduler(Scheduler):
         if batch_timeout < 0:
             raise ValueError(f"batch_timeout must be >= 0, got {batch_timeout}")
         self.max_batch_requests = max_batch_requests
+        self._num_ready: dict[str, int] = {}
+        """Ready nodes per cell type, kept as counts so reading them is O(cell types)."""
         super().__init__(
             cell_types, pool_capacities, clock, max_num_live_requests=max_num_live_requests
         )
@@ -72,12 +74,11 @@ class PaddedScheduler(Scheduler):
         """Requests queued for a later batch."""
         return len(self._waiting)
 
+    def _on_cell_types_changed(self) -> None:
+        self._num_ready = {name: self._num_ready.get(name, 0) for name in self.cell_types}
+
     def queue_depths(self) -> dict[str, int]:
-        depths = dict.fromkeys(self.cell_types, 0)
-        for ready in self._ready.values():
-            for _, spec in ready:
-                depths[spec.cell_type] += 1
-        return depths
+        return dict(self._num_ready)
 
     @property
     def batch_requests(self) -> list[SchedRequest]:
@@ -90,13 +91,17 @@ class PaddedScheduler(Scheduler):
 
     def _on_admit(self, request: SchedRequest, initial: list[tuple[int, NodeSpec]]) -> None:
         self._ready[request] = list(initial)
+        for _, spec in initial:
+            self._num_ready[spec.cell_type] += 1
         self._waiting.append(request)
 
     def _push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
         self._ready[request].append((node, spec))
+        self._num_ready[spec.cell_type] += 1
 
     def _on_finish(self, request: SchedRequest) -> None:
-        self._ready.pop(request, None)
+        for _, spec in self._ready.pop(request, ()):
+            self._num_ready[spec.cell_type] -= 1
         if request in self._waiting:
             self._waiting.remove(request)
 
@@ -169,6 +174,7 @@ class PaddedScheduler(Scheduler):
                         row = (request, node, spec)
                         break
             rows.append(row)
+        self._num_ready[name] -= sum(1 for r in rows if r[0] is not None)
         return self._build_plan(self.cell_types[name], rows)
 
     def _take_all_ready(self, name: str) -> list[Row]:
@@ -187,4 +193,5 @@ class PaddedScheduler(Scheduler):
                 else:
                     keep.append((node, spec))
             ready[:] = keep
+        self._num_ready[name] -= len(rows)
         return rows

@@ -13,7 +13,7 @@ hand-written scenarios and hypothesis properties.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +142,7 @@ def drive(
             if sched.abort(rid):
                 log.aborted.add(rid)
         log.record(sched.take_outcome(), clock.now())
+        check_counts(sched, log.requests.values())
         log.schedule_times.append(clock.now())
         plan = sched.schedule()
         if plan is None:
@@ -173,11 +174,28 @@ def drive(
         log.steps.append(step)
         step.outcome = sched.update_from_output(plan, FakeResult(plan))
         log.record(step.outcome, clock.now())
+        check_counts(sched, log.requests.values())
         clock.advance(step_seconds)
     raise AssertionError(f"no end after {max_iterations} iterations")
 
 
 # ---- invariants ------------------------------------------------------------------
+
+
+def check_counts(sched: Scheduler, requests: Iterable[SchedRequest]) -> None:
+    """Between steps, the counts metrics read agree with the requests themselves: every
+    outstanding node of a live request is ready (none is running), so the ready-queue
+    depths add up to the live requests' outstanding nodes; and the queued requests are
+    exactly the live ones none of whose nodes has run."""
+    live = [r for r in requests if not r.finished]
+    assert sched.num_queued == sum(not r.started for r in live)
+    depths = sched.queue_depths()
+    assert set(depths) == set(sched.cell_types)
+    assert all(n >= 0 for n in depths.values()), depths
+    assert sum(depths.values()) == sum(r.num_outstanding for r in live)
+    for r in live:
+        assert r.started == (r.started_at >= 0)
+        assert not r.started or r.started_at >= r.arrival
 
 
 def check_emissions(log: RunLog) -> None:

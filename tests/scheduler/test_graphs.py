@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from driver import check_counts
 from factories import FakeResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -630,6 +631,7 @@ def run(
             if sched.abort(rid):
                 log.aborted.add(rid)
         log.absorb(sched.take_outcome())
+        check_counts(sched, log.requests.values())
         plan = sched.schedule()
         if plan is None:
             log.absorb(sched.take_outcome())
@@ -640,6 +642,7 @@ def run(
             continue
         log.plans.append(plan)
         log.absorb(sched.update_from_output(plan, device.execute(plan)))
+        check_counts(sched, log.requests.values())
         clock.advance(1.0)
     raise AssertionError("no end")
 

@@ -272,7 +272,7 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add_engine_flags(p, env=True)
 
 
-def _add_client_flags(p: argparse.ArgumentParser) -> None:
+def _add_client_flags(p: argparse.ArgumentParser, *, timeout: float | None = None) -> None:
     from batchmaker.client import DEFAULT_ADDRESS
 
     p.add_argument(
@@ -282,7 +282,7 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-cert", metavar="PEM", help="CA bundle that signed the server's cert")
     p.add_argument("--client-cert", metavar="PEM", help="client certificate, for mutual TLS")
     p.add_argument("--client-key", metavar="PEM", help="client private key, for mutual TLS")
-    p.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
+    p.add_argument("--timeout", type=float, default=timeout, help="call deadline in seconds")
 
 
 def _add_infer_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -387,6 +387,18 @@ def _add_metadata_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default=None)
 
 
+def _add_health_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if the server's grpc health says SERVING (container HEALTHCHECKs)",
+        description="Ask grpc.health.v1.Health/Check; print the status; exit 0 when it is "
+        "SERVING and 1 otherwise (starting, draining, unreachable).",
+    )
+    _add_client_flags(p, timeout=5.0)
+    p.add_argument("--service", default="", help="a service's full name; default: the whole server")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmaker", description=__doc__)
     parser.add_argument(
@@ -402,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub, common)
     _add_infer_parser(sub, common)
     _add_metadata_parser(sub, common)
+    _add_health_parser(sub, common)
     _add_models_parser(sub, common)
     _add_import_parser(sub, common)
 
@@ -439,12 +452,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command in ("infer", "metadata", "models", "import"):
+        if args.command in ("infer", "metadata", "health", "models", "import"):
             from batchmaker.errors import BatchMakerError
 
             command = {
                 "infer": _infer,
                 "metadata": _metadata,
+                "health": _health,
                 "models": _models,
                 "import": _import,
             }[args.command]
@@ -739,6 +753,19 @@ def _metadata(args: argparse.Namespace) -> int:
         )
     print(json_format.MessageToJson(msg, indent=2))
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from batchmaker.errors import BatchMakerError
+
+    with _client(args) as client:
+        try:
+            serving = client.is_serving(service=args.service, timeout=args.timeout)
+        except BatchMakerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print("SERVING" if serving else "NOT_SERVING")
+    return 0 if serving else 1
 
 
 # ---- the model repository --------------------------------------------------------------

@@ -250,9 +250,11 @@ class Client:
         req = pb.UnloadModelRequest(name=name, versions=[str(v) for v in versions])
         return list(self._unary(self._repo.UnloadModel, req, timeout).models)
 
-    def is_serving(self, *, timeout: float | None = 5.0) -> bool:
-        """grpc health says SERVING (False while the server starts or drains)."""
-        resp = self._unary(self._health.Check, health_pb2.HealthCheckRequest(), timeout)
+    def is_serving(self, *, service: str = "", timeout: float | None = 5.0) -> bool:
+        """grpc health says SERVING (False while the server starts or drains); ``service``
+        is a service's full name (``batchmaker.v1.Inference``) or empty for the server."""
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = self._unary(self._health.Check, req, timeout)
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:

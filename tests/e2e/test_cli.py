@@ -58,6 +58,20 @@ def test_metadata_prints_json(live: LiveServer, capsys: pytest.CaptureFixture[st
     assert json.loads(capsys.readouterr().out)["inputs"][0]["shape"] == ["-1", "6"]
 
 
+def test_health_exits_zero_only_when_serving(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a container HEALTHCHECK runs: 0 and SERVING, else 1 with the reason."""
+    assert main(["health", "--address", live.address]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    args = ["health", "--address", live.address, "--service", "batchmaker.v1.Inference"]
+    assert main(args) == 0
+    assert main(["health", "--address", live.address, "--service", "no.such.Service"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["health", "--address", "127.0.0.1:1", "--timeout", "2"]) == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE")
+
+
 def test_serve_config_from_flags() -> None:
     args = build_parser().parse_args(
         [

@@ -264,6 +264,45 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--tls-key", default=_env("TLS_KEY", None), metavar="PEM", help="its key file [TLS_KEY]"
     )
     p.add_argument(
+        "--auth-tokens-file",
+        default=_env("AUTH_TOKENS_FILE", None),
+        metavar="FILE",
+        help="require a bearer token: inference tokens, one per line; tokens may also come "
+        "in BATCHMAKER_AUTH_TOKENS (comma-separated), never on the command line "
+        "[AUTH_TOKENS_FILE]",
+    )
+    p.add_argument(
+        "--admin-tokens-file",
+        default=_env("ADMIN_TOKENS_FILE", None),
+        metavar="FILE",
+        help="tokens that may also load and unload models, one per line; or "
+        "BATCHMAKER_ADMIN_TOKENS [ADMIN_TOKENS_FILE]",
+    )
+    p.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=_env("MAX_CONCURRENT_STREAMS", None),
+        metavar="N",
+        help="most inference calls in progress; more get RESOURCE_EXHAUSTED "
+        "[MAX_CONCURRENT_STREAMS]",
+    )
+    p.add_argument(
+        "--max-request-length",
+        type=int,
+        default=_env("MAX_REQUEST_LENGTH", None),
+        metavar="N",
+        help="most input steps (tokens, vectors, tree nodes) per request, whatever a model "
+        "takes; longer ones get INVALID_ARGUMENT [MAX_REQUEST_LENGTH]",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=_env("IDLE_TIMEOUT_S", None),
+        metavar="SECONDS",
+        help="exit 0 after this long with no inference call (scale-to-zero backends) "
+        "[IDLE_TIMEOUT_S]",
+    )
+    p.add_argument(
         "--tls-client-ca",
         default=_env("TLS_CLIENT_CA", None),
         metavar="PEM",
@@ -283,6 +322,13 @@ def _add_client_flags(p: argparse.ArgumentParser, *, timeout: float | None = Non
     p.add_argument("--client-cert", metavar="PEM", help="client certificate, for mutual TLS")
     p.add_argument("--client-key", metavar="PEM", help="client private key, for mutual TLS")
     p.add_argument("--timeout", type=float, default=timeout, help="call deadline in seconds")
+    p.add_argument(
+        "--token-file",
+        default=_env("TOKEN_FILE", None),
+        metavar="FILE",
+        help="file holding the bearer token to send; or the token itself in BATCHMAKER_TOKEN "
+        "[TOKEN_FILE]",
+    )
 
 
 def _add_infer_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -437,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_flags(overhead)
     add_overhead_flags(overhead)
+    # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
+    # `--auth-tokens-file` that takes the secret for a path.
+    parser.allow_abbrev = False
+    for p in sub.choices.values():
+        p.allow_abbrev = False
     return parser
 
 
@@ -492,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
     """The server's and the engine's config, and the models to load at start (empty: every
     model in the repository), from ``serve``'s flags."""
+    from batchmaker.auth import AuthConfig
     from batchmaker.config import ServerConfig
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -509,6 +561,12 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         tls_client_ca_file=args.tls_client_ca,
         model_repository=repository,
         metrics_port=args.metrics_port,
+        auth=AuthConfig.from_sources(
+            tokens_file=args.auth_tokens_file, admin_tokens_file=args.admin_tokens_file
+        ),
+        max_concurrent_streams=args.max_concurrent_streams,
+        max_request_length=args.max_request_length,
+        idle_timeout_s=args.idle_timeout,
     )
     return config, engine_config(args), names
 
@@ -552,19 +610,23 @@ def _banner(server: InferenceServer) -> str:
     cfg = server.engine_config
     tls = server.config.tls
     grpcurl = "grpcurl -cacert CA.pem" if tls else "grpcurl -plaintext"
+    auth = server.config.auth is not None and server.config.auth.enabled
     infer = f"batchmaker infer --address {addr}" + (" --ca-cert CA.pem" if tls else "")
+    token = " --token-file TOKEN_FILE" if auth else ""
     models = server.engine.models
     lines = [
         f"batchmaker: listening on {addr}",
         *([f"batchmaker: metrics on {server.metrics_url}"] if server.metrics_url else []),
         f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
-        f"devices {', '.join(cfg.devices)}; " + ("TLS" if tls else "plaintext"),
+        f"devices {', '.join(cfg.devices)}; "
+        + ("TLS" if tls else "plaintext")
+        + ("; bearer-token auth" if auth else ""),
         "  try:",
     ]
     for m in {m.name: m for m in models}.values():
-        lines.append(f"    {infer} --model {m.name} {_example_input(m)}")
+        lines.append(f"    {infer}{token} --model {m.name} {_example_input(m)}")
     lines += [
-        f"    batchmaker models list --address {addr}",
+        f"    batchmaker models list --address {addr}{token}",
         f"    {grpcurl} {addr} grpc.health.v1.Health/Check",
         "  Ctrl-C or SIGTERM drains live streams and exits.",
     ]
@@ -593,6 +655,7 @@ def _example_input(model: Any) -> str:
 
 
 def _client(args: argparse.Namespace) -> Any:
+    from batchmaker.auth import read_tokens
     from batchmaker.client import Client, TLSConfig
 
     def read(path: str | None) -> bytes | None:
@@ -604,7 +667,13 @@ def _client(args: argparse.Namespace) -> Any:
     tls = None
     if args.tls or args.ca_cert or args.client_cert:
         tls = TLSConfig(read(args.ca_cert), read(args.client_key), read(args.client_cert))
-    return Client(args.address, tls=tls)
+    token = os.environ.get(ENV_PREFIX + "TOKEN") or None
+    if args.token_file:
+        tokens = read_tokens(args.token_file)
+        if len(tokens) != 1:
+            raise _bad_input(f"--token-file: expected one token, found {len(tokens)}")
+        token = tokens[0]
+    return Client(args.address, tls=tls, token=token)
 
 
 def _infer(args: argparse.Namespace) -> int:

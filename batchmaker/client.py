@@ -21,6 +21,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchmaker import wire
+from batchmaker.auth import client_interceptors
 from batchmaker.errors import BatchMakerError, Code, error_for
 from batchmaker.types import StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
@@ -89,12 +90,22 @@ def _open(
     tls: TLSConfig | None,
     max_receive_message_bytes: int,
     extra: Sequence[tuple[str, Any]],
+    token: str | None,
 ) -> Any:
-    """A channel from ``grpc`` or ``grpc.aio`` (same call shapes), with TLS if asked."""
+    """A channel from ``grpc`` or ``grpc.aio`` (same call shapes), with TLS if asked, that
+    sends ``token`` as ``authorization: Bearer`` on every call when given."""
     opts = [("grpc.max_receive_message_length", max_receive_message_bytes), *extra]
+    aio = module is grpc.aio
+    kwargs: dict[str, Any] = {"options": opts}
+    if aio and token:
+        kwargs["interceptors"] = client_interceptors(token, aio=True)
     if tls is None:
-        return module.insecure_channel(address, options=opts)
-    return module.secure_channel(address, tls.credentials(), options=opts)
+        channel = module.insecure_channel(address, **kwargs)
+    else:
+        channel = module.secure_channel(address, tls.credentials(), **kwargs)
+    if token and not aio:
+        channel = grpc.intercept_channel(channel, *client_interceptors(token, aio=False))
+    return channel
 
 
 class _StreamState:
@@ -185,8 +196,13 @@ class Client:
         tls: TLSConfig | None = None,
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
-        self._channel: grpc.Channel = _open(grpc, address, tls, max_receive_message_bytes, options)
+        """``token``: the bearer token a server with authentication wants (read it from a
+        file or the environment, never from a command line)."""
+        self._channel: grpc.Channel = _open(
+            grpc, address, tls, max_receive_message_bytes, options, token
+        )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -321,9 +337,10 @@ class AsyncClient:
         tls: TLSConfig | None = None,
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
         self._channel: grpc.aio.Channel = _open(
-            grpc.aio, address, tls, max_receive_message_bytes, options
+            grpc.aio, address, tls, max_receive_message_bytes, options, token
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]

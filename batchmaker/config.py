@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from batchmaker.auth import AuthConfig
 
 Mode = Literal["cellular", "padded", "level", "none"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -122,6 +125,18 @@ class ServerConfig:
     model_repository: str | None = None
     """Directory of ``<model>/<version>/`` folders to serve from and to load and unload
     at run time; ``None``: built-in models only."""
+    auth: AuthConfig | None = None
+    """Bearer tokens callers must present (``batchmaker/auth.py``); ``None`` or empty:
+    no authentication. Built from token files and environment variables, never flags."""
+    max_concurrent_streams: int | None = None
+    """Most inference calls in progress at once, server-wide; more get RESOURCE_EXHAUSTED
+    at once. ``None``: bounded only by the engine's admission limit."""
+    max_request_length: int | None = None
+    """Most input steps (tokens, vectors or tree nodes) in one request, whatever a model
+    accepts; longer requests get INVALID_ARGUMENT. ``None``: each model's own limit."""
+    idle_timeout_s: float | None = None
+    """Exit cleanly (status 0) after this many seconds with no inference call in
+    progress or arriving: for backends that bill a live process and scale to zero."""
     metrics_port: int | None = None
     """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0 picks a free
     port); ``None``: no metrics endpoint. Its own port, so a scraper needs no gRPC and
@@ -134,6 +149,12 @@ class ServerConfig:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_concurrent_streams", "max_request_length"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(name, value)
+        if self.idle_timeout_s is not None and not 0 < self.idle_timeout_s <= 7 * 24 * 3600:
+            raise ValueError(f"idle_timeout_s must be in (0, 604800], got {self.idle_timeout_s}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.max_receive_message_bytes < 1024:

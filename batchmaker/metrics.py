@@ -166,6 +166,10 @@ class ServerMetrics:
         finally:
             self.record(obs)
 
+    def refused(self, status: str) -> None:
+        """A call refused before any handler ran (authentication): no model is known."""
+        self.failure.labels(UNKNOWN_MODEL, "", status).inc()
+
     def record(self, obs: RequestObservation) -> None:
         labels = (obs.model, obs.version)
         if obs.status is not None:

@@ -25,12 +25,14 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from batchmaker.auth import BearerTokenInterceptor
 from batchmaker.config import EngineConfig, ServerConfig
 from batchmaker.engine import Engine, ExecutorWrapper
 from batchmaker.manager import ModelManager
@@ -91,6 +93,8 @@ class InferenceServer:
             ServiceLimits(
                 max_receive_message_bytes=config.max_receive_message_bytes,
                 max_stream_message_bytes=config.max_stream_message_bytes,
+                max_concurrent_streams=config.max_concurrent_streams,
+                max_request_length=config.max_request_length,
             ),
             self.metrics,
         )
@@ -139,13 +143,19 @@ class InferenceServer:
         A failure after binding stops the gRPC server before it propagates.
         """
         t0 = time.perf_counter()
+        auth = self.config.auth
         server = grpc.aio.server(
+            interceptors=(
+                [BearerTokenInterceptor(auth, on_refusal=self.metrics.refused)]
+                if auth is not None and auth.enabled
+                else None
+            ),
             options=[
                 ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
                 ("grpc.max_send_message_length", -1),
                 # Fail to bind a port another server holds instead of silently sharing it.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_InferenceServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
         pb_grpc.add_ModelRepositoryServicer_to_server(  # type: ignore[no-untyped-call]
@@ -241,6 +251,19 @@ class InferenceServer:
         self.metrics.close()
         log.info("stopped")
 
+    async def idle_timeout(self, timeout: float) -> None:
+        """Return once no inference call has been in progress for ``timeout`` seconds.
+
+        Checked on a timer rather than on each call's end, so the hot path pays nothing;
+        it wakes at most once per ``timeout``, plus once when the idle period is due.
+        """
+        svc = self._service
+        while True:
+            idle_for = time.monotonic() - svc.last_active
+            if svc.num_active == 0 and idle_for >= timeout:
+                return
+            await asyncio.sleep(timeout - idle_for if svc.num_active == 0 else timeout)
+
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
@@ -263,7 +286,15 @@ async def serve(
     await server.start()
     if on_ready is not None:
         on_ready(server)
-    await stop.wait()
-    log.warning("signal received: draining (grace %.1f s)", config.grace_s)
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    if config.idle_timeout_s is not None:
+        waits.append(asyncio.ensure_future(server.idle_timeout(config.idle_timeout_s)))
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if waits[0] in done:
+        log.warning("signal received: draining (grace %.1f s)", config.grace_s)
+    else:
+        log.warning("idle for %.0f s: shutting down (idle timeout)", config.idle_timeout_s)
     await server.stop()
     return 0

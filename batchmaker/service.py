@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,6 +28,7 @@ import grpc
 
 from batchmaker import wire
 from batchmaker.errors import (
+    AdmissionRejectedError,
     BatchMakerError,
     Code,
     DeadlineExceededError,
@@ -63,6 +65,10 @@ class ServiceLimits:
     """What gRPC accepts (enforced by the channel options; reported in metadata)."""
     max_stream_message_bytes: int
     """Soft cap on one stream message: a backlog of steps is split to stay under it."""
+    max_concurrent_streams: int | None = None
+    """Most inference calls in progress; more get RESOURCE_EXHAUSTED at once."""
+    max_request_length: int | None = None
+    """Most input steps per request, whatever the model accepts (INVALID_ARGUMENT beyond)."""
 
 
 class InferenceService(pb_grpc.InferenceServicer):
@@ -81,11 +87,14 @@ class InferenceService(pb_grpc.InferenceServicer):
         self._num_active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.last_active = time.monotonic()
+        """When an inference call last started or ended (or serving began): the idle timeout."""
 
     # ---- lifecycle, driven by the server --------------------------------------
 
     def attach(self, engine: Engine) -> None:
         self._engine = engine
+        self.last_active = time.monotonic()
 
     def drain(self) -> None:
         """Refuse new calls from now on; live ones carry on."""
@@ -104,6 +113,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         """One inference call in progress: counted for draining, and observed for metrics."""
         self._num_active += 1
         self._idle.clear()
+        self.last_active = time.monotonic()
         try:
             if self._metrics is None:
                 yield None
@@ -120,6 +130,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                     raise
         finally:
             self._num_active -= 1
+            self.last_active = time.monotonic()
             if not self._num_active:
                 self._idle.set()
 
@@ -141,6 +152,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         engine = self._serving_engine()
         if obs is not None and any(m.name == request.model_name for m in engine.models):
             obs.model = request.model_name
+        self._check_limits(request)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError("the call's deadline passed before it was admitted")
@@ -156,6 +168,21 @@ class InferenceService(pb_grpc.InferenceServicer):
         if obs is not None:
             obs.version = header.model_version
         return stream, header
+
+    def _check_limits(self, request: pb.InferRequest) -> None:
+        """The operator's limits, checked before the request is even converted."""
+        limits = self._limits
+        if limits.max_concurrent_streams and self._num_active > limits.max_concurrent_streams:
+            raise AdmissionRejectedError(
+                f"{limits.max_concurrent_streams} calls are in progress, the server's limit: "
+                "retry later or elsewhere"
+            )
+        if limits.max_request_length:
+            n = wire.input_length(request)
+            if n > limits.max_request_length:
+                raise InvalidRequestError(
+                    f"inputs: {n} steps, over this server's limit of {limits.max_request_length}"
+                )
 
     @staticmethod
     def _observe_end(obs: RequestObservation | None, stream: RequestStream) -> None:

@@ -55,6 +55,18 @@ def parse_version(field: str, version: str, model: str) -> int | None:
     return int(digits)
 
 
+def input_length(msg: pb.InferRequest) -> int:
+    """Input steps of ``msg`` without converting it: tokens, vector rows or tree nodes."""
+    which = msg.WhichOneof("input")
+    if which == "tokens":
+        return len(msg.tokens.ids)
+    if which == "vectors":
+        return len(msg.vectors.values) // max(1, msg.vectors.dim)
+    if which == "tree":
+        return len(msg.tree.nodes)
+    return 0
+
+
 def request_from_pb(msg: pb.InferRequest, *, timeout: float | None) -> InferRequest:
     """The engine request for ``msg``; ``timeout`` comes from the call's deadline."""
     if not msg.model_name:

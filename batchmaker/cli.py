@@ -258,12 +258,6 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "default: no metrics endpoint [METRICS_PORT]",
     )
     p.add_argument(
-        "--tls-cert", default=_env("TLS_CERT", None), metavar="PEM", help="serve TLS [TLS_CERT]"
-    )
-    p.add_argument(
-        "--tls-key", default=_env("TLS_KEY", None), metavar="PEM", help="its key file [TLS_KEY]"
-    )
-    p.add_argument(
         "--auth-tokens-file",
         default=_env("AUTH_TOKENS_FILE", None),
         metavar="FILE",
@@ -301,6 +295,12 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="exit 0 after this long with no inference call (scale-to-zero backends) "
         "[IDLE_TIMEOUT_S]",
+    )
+    p.add_argument(
+        "--tls-cert", default=_env("TLS_CERT", None), metavar="PEM", help="serve TLS [TLS_CERT]"
+    )
+    p.add_argument(
+        "--tls-key", default=_env("TLS_KEY", None), metavar="PEM", help="its key file [TLS_KEY]"
     )
     p.add_argument(
         "--tls-client-ca",
@@ -452,10 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOG_LEVEL", "WARNING"),
         help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]",
     )
+    parser.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="text for people, json (one object per line) for log pipelines [LOG_FORMAT]",
+    )
     # Also accepted after the command (`batchmaker serve --log-level INFO`, which is what
     # `python server.py --log-level INFO` becomes); SUPPRESS keeps the top-level default.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=("text", "json"), help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub, common)
     _add_infer_parser(sub, common)
@@ -497,9 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
         parser.error(f"--log-level: unknown level {args.log_level!r}")
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from batchmaker import logs
+
+    logs.configure(level, args.log_format)
     try:
         if args.command == "serve":
             return _serve(args)

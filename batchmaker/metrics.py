@@ -20,9 +20,7 @@ Each server has its own registry, so several servers (tests) can live in one pro
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,12 +89,14 @@ class RequestObservation:
     """One inference call, as the service sees it; recorded once, when the call ends."""
 
     start: float
+    request_id: str = ""
     model: str = UNKNOWN_MODEL
     version: str = ""
     status: str | None = None
     """The gRPC status code's name when the call failed, set where the error is mapped."""
     first_output: float | None = None
     queue_time: float | None = None
+    num_steps: int = 0
 
 
 class ServerMetrics:
@@ -148,35 +148,18 @@ class ServerMetrics:
 
     # ---- per request, on the event loop -----------------------------------------------
 
-    @contextlib.contextmanager
-    def observe(self) -> Iterator[RequestObservation]:
-        """Time one call; on exit, count it and observe its latencies.
-
-        A call cancelled under the handler (the client went away, or its deadline
-        passed) is counted with the status the client sees, CANCELLED or
-        DEADLINE_EXCEEDED, unless the handler already set one.
-        """
-        obs = RequestObservation(start=time.monotonic())
-        try:
-            yield obs
-        except BaseException as exc:
-            if obs.status is None:
-                obs.status = _status_of(exc)
-            raise
-        finally:
-            self.record(obs)
-
     def refused(self, status: str) -> None:
         """A call refused before any handler ran (authentication): no model is known."""
         self.failure.labels(UNKNOWN_MODEL, "", status).inc()
 
-    def record(self, obs: RequestObservation) -> None:
+    def record(self, obs: RequestObservation, end: float) -> None:
+        """Count one finished call and observe its latencies (``end``: monotonic time)."""
         labels = (obs.model, obs.version)
         if obs.status is not None:
             self.failure.labels(*labels, obs.status).inc()
         else:
             self.success.labels(*labels).inc()
-            self.latency.labels(*labels).observe(time.monotonic() - obs.start)
+            self.latency.labels(*labels).observe(end - obs.start)
         if obs.first_output is not None:
             self.first_output.labels(*labels).observe(obs.first_output - obs.start)
         if obs.queue_time is not None:
@@ -200,14 +183,6 @@ class ServerMetrics:
     def exposition(self) -> str:
         """What a scrape returns now (tests, and ``curl``-less debugging)."""
         return prometheus_client.generate_latest(self.registry).decode()
-
-
-def _status_of(exc: BaseException) -> str:
-    import asyncio
-
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"
-    return "INTERNAL"
 
 
 class EngineCollector(Collector):

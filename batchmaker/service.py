@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from batchmaker import wire
+from batchmaker import logs, wire
 from batchmaker.errors import (
     AdmissionRejectedError,
     BatchMakerError,
@@ -35,13 +35,14 @@ from batchmaker.errors import (
     InvalidRequestError,
     UnavailableError,
 )
+from batchmaker.metrics import RequestObservation
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from batchmaker.engine import Engine
     from batchmaker.manager import ModelManager, VersionState
-    from batchmaker.metrics import RequestObservation, ServerMetrics
+    from batchmaker.metrics import ServerMetrics
     from batchmaker.stream import RequestStream
 
 log = logging.getLogger(__name__)
@@ -109,30 +110,38 @@ class InferenceService(pb_grpc.InferenceServicer):
         await self._idle.wait()
 
     @contextlib.contextmanager
-    def _active(self, context: grpc.aio.ServicerContext) -> Iterator[RequestObservation | None]:
-        """One inference call in progress: counted for draining, and observed for metrics."""
+    def _active(
+        self, method: str, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> Iterator[RequestObservation]:
+        """One inference call in progress: counted for draining and the idle timeout,
+        observed for metrics, logged once in the access log, and its request id put on
+        every record logged while it runs."""
         self._num_active += 1
         self._idle.clear()
         self.last_active = time.monotonic()
+        obs = RequestObservation(start=time.monotonic(), request_id=request.id)
+        ctx = logs.request_id.set(request.id or None)
         try:
-            if self._metrics is None:
-                yield None
-                return
-            with self._metrics.observe() as obs:
-                try:
-                    yield obs
-                except asyncio.CancelledError:
-                    # grpc cancels the handler when the client goes away or the deadline
-                    # passes; count it as what the client saw.
-                    remaining = context.time_remaining()
-                    expired = remaining is not None and remaining <= 0
-                    obs.status = obs.status or ("DEADLINE_EXCEEDED" if expired else "CANCELLED")
-                    raise
+            yield obs
+        except asyncio.CancelledError:
+            # grpc cancels the handler when the client goes away or the deadline passes;
+            # count it as what the client saw.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            obs.status = obs.status or ("DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            raise
+        except BaseException:
+            obs.status = obs.status or "INTERNAL"  # set already when the error was mapped
+            raise
         finally:
             self._num_active -= 1
-            self.last_active = time.monotonic()
+            self.last_active = end = time.monotonic()
             if not self._num_active:
                 self._idle.set()
+            if self._metrics is not None:
+                self._metrics.record(obs, end)
+            _access_log(method, obs, end)
+            logs.request_id.reset(ctx)
 
     def _serving_engine(self) -> Engine:
         if self._draining:
@@ -147,10 +156,10 @@ class InferenceService(pb_grpc.InferenceServicer):
         self,
         request: pb.InferRequest,
         context: grpc.aio.ServicerContext,
-        obs: RequestObservation | None,
+        obs: RequestObservation,
     ) -> tuple[RequestStream, pb.InferResponse]:
         engine = self._serving_engine()
-        if obs is not None and any(m.name == request.model_name for m in engine.models):
+        if any(m.name == request.model_name for m in engine.models):
             obs.model = request.model_name
         self._check_limits(request)
         remaining = context.time_remaining()
@@ -164,9 +173,11 @@ class InferenceService(pb_grpc.InferenceServicer):
             model_name=model.name,
             model_version=str(model.version),
         )
-        log.debug("request %s (%s) admitted for %s", header.id, stream.request_id, model.key)
-        if obs is not None:
-            obs.version = header.model_version
+        obs.version = header.model_version
+        if not request.id:
+            obs.request_id = header.id
+            logs.request_id.set(header.id)
+        log.debug("admitted for %s as %s", model.key, stream.request_id)
         return stream, header
 
     def _check_limits(self, request: pb.InferRequest) -> None:
@@ -185,10 +196,8 @@ class InferenceService(pb_grpc.InferenceServicer):
                 )
 
     @staticmethod
-    def _observe_end(obs: RequestObservation | None, stream: RequestStream) -> None:
+    def _observe_end(obs: RequestObservation, stream: RequestStream) -> None:
         """Copy what the engine timed (its clock is the same monotonic one) into ``obs``."""
-        if obs is None:
-            return
         if stream.first_output_at is not None:
             obs.first_output = stream.first_output_at
         obs.queue_time = stream.queue_time
@@ -196,7 +205,7 @@ class InferenceService(pb_grpc.InferenceServicer):
     async def InferStream(  # noqa: N802 (the RPC's name)
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        with self._active(context) as obs:
+        with self._active("InferStream", request, context) as obs:
             async with _status_on_error(context, obs):
                 stream, header = self._submit(request, context, obs)
                 try:
@@ -211,6 +220,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                             header, chunk, finish_reason=final, max_message_bytes=budget
                         ):
                             await context.write(msg)
+                        obs.num_steps += len(chunk)
                         if final is not None:
                             return
                 finally:
@@ -220,11 +230,12 @@ class InferenceService(pb_grpc.InferenceServicer):
     async def Infer(  # noqa: N802
         self, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> pb.InferResponse:
-        with self._active(context) as obs:
+        with self._active("Infer", request, context) as obs:
             async with _status_on_error(context, obs):
                 stream, header = self._submit(request, context, obs)
                 try:
                     outputs = await stream.collect()
+                    obs.num_steps = len(outputs)
                 finally:
                     stream.cancel()
                     self._observe_end(obs, stream)
@@ -334,6 +345,33 @@ def _states_pb(states: list[VersionState]) -> list[pb.ModelVersionState]:
         )
         for s in states
     ]
+
+
+def _access_log(method: str, obs: RequestObservation, end: float) -> None:
+    """One line per finished inference call: who, what, how it ended, how long it took."""
+    if not logs.ACCESS.isEnabledFor(logging.INFO):
+        return
+
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else round(seconds * 1e3, 3)
+
+    status = obs.status or "OK"
+    logs.ACCESS.info(
+        "%s %s",
+        method,
+        status,
+        extra={
+            "method": method,
+            "request_id": obs.request_id or None,
+            "model": obs.model or None,
+            "version": obs.version or None,
+            "status": status,
+            "duration_ms": ms(end - obs.start),
+            "ttfo_ms": ms(None if obs.first_output is None else obs.first_output - obs.start),
+            "queue_ms": ms(obs.queue_time),
+            "steps": obs.num_steps,
+        },
+    )
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -492,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_flags(overhead)
     add_overhead_flags(overhead)
+    coldstart = sub.add_parser(
+        "bench-coldstart",
+        parents=[common],
+        help="time from process start to the first response, by start-up phase",
+    )
+    from batchmaker.bench_coldstart import add_coldstart_flags
+
+    add_coldstart_flags(coldstart)
     # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
     # `--auth-tokens-file` that takes the secret for a path.
     parser.allow_abbrev = False
@@ -534,6 +543,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             uvloop.run(run_demo(engine_config(args), num_requests=args.requests))
             return 0
+        if args.command == "bench-coldstart":
+            from batchmaker.bench_coldstart import run_coldstart_cli
+
+            return run_coldstart_cli(args)
         if args.command == "bench-overhead":
             from batchmaker.bench_grpc import run_overhead_cli
 
@@ -591,9 +604,13 @@ def model_manager(repository: str | None, *, grace_s: float) -> ModelManager:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    t = time.perf_counter()
     import uvloop
 
     from batchmaker.server import serve
+
+    # torch, grpc and the rest: most of a cold start (docs/benchmarks.md, "Cold start").
+    imports = time.perf_counter() - t
 
     config, engine_cfg, names = serve_configs(args)
     manager = model_manager(config.model_repository, grace_s=config.grace_s)
@@ -608,6 +625,7 @@ def _serve(args: argparse.Namespace) -> int:
             lambda: manager.initial_models(names),
             manager=manager,
             on_ready=ready,
+            startup={"imports": imports},
         )
     )
 

@@ -65,6 +65,10 @@ class ServerProcess:
         for t in self._drains:
             t.start()
 
+    def log_lines(self) -> list[str]:
+        """What the server has logged so far (its last ``LOG_LINES_KEPT`` lines)."""
+        return list(self._log)
+
     def terminate(self) -> None:
         """SIGTERM: the server drains and exits."""
         if self.proc.poll() is None:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from batchmaker.errors import ModelLoadError, ModelNotFoundError
 from batchmaker.models import Model, Seq2SeqModel, SequenceModel, TreeModel
@@ -325,6 +326,29 @@ def save_model(model: Model, root: str | Path) -> Path:
     return folder
 
 
+class _SkipInit(TorchFunctionMode):
+    """Parameter initialisers do nothing: on the meta device there is nothing to fill.
+
+    Not a nicety: ``normal_`` on a meta tensor runs a Python reference implementation
+    whose first call imports ``torch._dynamo``, which cost 1.9 s of every cold start
+    (docs/benchmarks.md, "Cold start").
+    """
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _INITIALISERS:
+            # torch.nn.init passes the tensor by keyword; Tensor methods by position.
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+_INITIALISERS = frozenset(
+    {"normal_", "uniform_", "zero_", "fill_", "orthogonal_", "kaiming_uniform_", "trunc_normal_"}
+)
+
+
 def load_model(folder: str | Path, name: str, version: int) -> Model:
     """Read one version folder; ``ModelLoadError`` says what is wrong with it."""
     folder = Path(folder)
@@ -339,7 +363,7 @@ def load_model(folder: str | Path, name: str, version: int) -> Model:
         raise ModelLoadError(f"{where}/{CONFIG_FILE}: not valid JSON ({exc})") from None
     # The architecture is first built on the meta device (shapes, no memory) and checked
     # against the file's header, so a config that is wrong, or huge, costs nothing.
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         skeleton = build_model(name, version, raw, f"{where}/{CONFIG_FILE}")
     try:
         with safe_open(str(weights_path), framework="pt") as f:

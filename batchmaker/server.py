@@ -80,6 +80,7 @@ class InferenceServer:
         *,
         manager: ModelManager | None = None,
         executor_wrapper: ExecutorWrapper | None = None,
+        startup: dict[str, float] | None = None,
     ) -> None:
         self.config = config
         self.engine_config = engine_config
@@ -104,8 +105,9 @@ class InferenceServer:
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping: asyncio.Task[None] | None = None
-        self.timings: dict[str, float] = {}
-        """Seconds spent in each start-up phase (bind, models, engine, warmup)."""
+        self.timings: dict[str, float] = dict(startup or {})
+        """Seconds spent in each start-up phase: what the caller measured before (the
+        entry point's ``imports``), then ``bind``, ``models``, ``engine``, ``warmup``."""
 
     @property
     def port(self) -> int:
@@ -197,6 +199,11 @@ class InferenceServer:
             "serving on %s; start-up %s",
             self.address,
             ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items()),
+            extra={
+                "event": "ready",
+                "ready_unix": time.time(),
+                "startup_s": {k: round(v, 4) for k, v in self.timings.items()},
+            },
         )
 
     async def _load(self) -> None:
@@ -276,13 +283,14 @@ async def serve(
     *,
     manager: ModelManager | None = None,
     on_ready: Callable[[InferenceServer], None] | None = None,
+    startup: dict[str, float] | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain and stop. Returns the exit status (0)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = InferenceServer(config, engine_config, models, manager=manager)
+    server = InferenceServer(config, engine_config, models, manager=manager, startup=startup)
     await server.start()
     if on_ready is not None:
         on_ready(server)

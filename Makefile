@@ -11,7 +11,7 @@ TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv proto proto-check serve demo test test-all test-gpu bench lint format check clean
+.PHONY: venv proto proto-check serve demo test test-all test-gpu bench loadtest soak lint format check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,20 @@ test-gpu: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/batchmaker bench $(BENCH_ARGS)
+
+# Locust, headless and bounded, against a server it starts on 127.0.0.1 (30 s of
+# steady load by default); exits non-zero over the thresholds (loadtest/README.md).
+# Flags after these win: make loadtest LOADTEST_ARGS="--scenario bursty --max-p99-ms 500"
+LOADTEST_ARGS ?=
+loadtest: $(STAMP)
+	$(BIN)/python loadtest/run.py --rate 20 --max-fail-ratio 0.01 --max-p99-ms 5000 $(LOADTEST_ARGS)
+
+# The 10-minute soak: steady load at about 70% of capacity (50 req/s of lstm-512 on a
+# 2-core machine; measure yours, loadtest/README.md) and its failures, p99 drift and
+# server RSS (docs/benchmarks.md). Another rate: make soak SOAK_ARGS="--rate 20"
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python loadtest/run.py --soak --scenario lengths --rate 50 --run-time 10m $(SOAK_ARGS)
 
 lint: $(STAMP) proto-check
 	$(BIN)/ruff check .

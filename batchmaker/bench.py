@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -49,7 +49,6 @@ import numpy as np
 from batchmaker.builtin import benchmark_model
 from batchmaker.config import MODES, EngineConfig
 from batchmaker.engine import Engine
-from batchmaker.errors import AdmissionRejectedError, BatchMakerError, RequestCancelledError
 from batchmaker.models import (
     Model,
     Seq2SeqModel,
@@ -59,6 +58,8 @@ from batchmaker.models import (
     seq2seq_model,
     tree_model,
 )
+from batchmaker.openloop import Replay, replay
+from batchmaker.sweep import find_sustainable, num_requests
 from batchmaker.trace import (
     Arrival,
     Trace,
@@ -74,9 +75,9 @@ FAMILIES: tuple[str, ...] = ("chain", "seq2seq", "tree")
 HALF_LOAD_P50_MAX = 0.3
 """Target: at half the baseline's sustainable rate, cellular p50 <= this x the baseline's."""
 
-_LENGTHS = (20.0, 100.0)
+LENGTHS = (20.0, 100.0)
 """Median and p99 of request lengths (tokens, target tokens, leaves): sentence-shaped."""
-_TINY_LENGTHS = (6.0, 20.0)
+TINY_LENGTHS = (6.0, 20.0)
 """``--tiny``: short requests, for smoke tests."""
 
 _LOADS: dict[str, tuple[str, str]] = {
@@ -127,6 +128,33 @@ class RunResult:
             and self.num_completed == self.num_requests
             and self.p99 <= slo
         )
+
+    def check(self, ref: Fingerprint, got: Fingerprint, *, feeds_back: bool) -> None:
+        """Counts one request's outputs against the idle reference (``compare``)."""
+        verdict = compare(ref, got, feeds_back=feeds_back)
+        if verdict == "differ":
+            self.valid = False
+        elif verdict == "tie":
+            self.num_ties += 1
+
+    @classmethod
+    def from_replay(cls, mode: str, rep: Replay) -> RunResult:
+        """Counts and latency percentiles of one replay; outputs and batches are the caller's."""
+        r = cls(
+            mode=mode,
+            rate=rep.rate,
+            num_requests=rep.num_requests,
+            num_completed=rep.num_completed,
+            num_rejected=rep.num_rejected,
+            num_failed=rep.num_failed,
+            num_late=rep.num_late,
+            overloaded=rep.overloaded,
+            throughput_rps=rep.throughput_rps,
+            wall_s=rep.wall_s,
+        )
+        r.p50, r.p90, r.p99 = rep.percentiles((50, 90, 99))
+        r.ttft_p50, r.ttft_p99 = rep.percentiles((50, 99), first_output=True)
+        return r
 
 
 @dataclass
@@ -244,7 +272,7 @@ class ChainWorkload(Workload):
             super().__init__(model, "LSTM LM, 1 layer x 32 hidden, 64 vocabulary (tiny)")
         else:
             super().__init__(benchmark_model(), "LSTM LM, 2 layers x 512 hidden, 10k vocabulary")
-        self._median, self._p99 = _TINY_LENGTHS if tiny else _LENGTHS
+        self._median, self._p99 = TINY_LENGTHS if tiny else LENGTHS
 
     def make_trace(self, n: int, *, seed: int, arrival: Arrival) -> Trace:
         assert isinstance(self.model, SequenceModel)
@@ -311,7 +339,7 @@ class Seq2SeqWorkload(Workload):
             f"vocabulary, greedy, EOS {eos}, max decode {cap}" + (" (tiny)" if tiny else ""),
         )
         self.eos = eos
-        self._median, self._p99 = _TINY_LENGTHS if tiny else _LENGTHS
+        self._median, self._p99 = TINY_LENGTHS if tiny else LENGTHS
 
     def make_trace(self, n: int, *, seed: int, arrival: Arrival) -> Trace:
         assert isinstance(self.model, Seq2SeqModel)
@@ -390,7 +418,7 @@ class TreeWorkload(Workload):
             f"binary TreeLSTM, {hidden} hidden and embedding, {vocab} vocabulary, 5 classes"
             + (" (tiny)" if tiny else ""),
         )
-        self._median, self._p99 = _TINY_LENGTHS if tiny else _LENGTHS
+        self._median, self._p99 = TINY_LENGTHS if tiny else LENGTHS
 
     def make_trace(self, n: int, *, seed: int, arrival: Arrival) -> Trace:
         assert isinstance(self.model, TreeModel)
@@ -461,7 +489,7 @@ class _Snapshot:
 Verdict = Literal["same", "tie", "differ"]
 
 
-def _compare(ref: Fingerprint, got: Fingerprint, *, feeds_back: bool) -> Verdict:
+def compare(ref: Fingerprint, got: Fingerprint, *, feeds_back: bool) -> Verdict:
     """Whether ``got`` computed what ``ref`` did.
 
     Equal best scores with different ids can only be a tie within float noise, so
@@ -483,6 +511,35 @@ def _compare(ref: Fingerprint, got: Fingerprint, *, feeds_back: bool) -> Verdict
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=1e-4, rtol=1e-4))
+
+
+def check_reference(
+    model: Model,
+    requests: dict[int, InferRequest],
+    reference: dict[int, Fingerprint],
+    *,
+    feeds_back: bool,
+) -> None:
+    """Raises unless the idle run's outputs (``reference``) for ``requests`` are what the
+    model's plain torch computes: the reference is checked before anything is checked
+    against it."""
+    for i, request in requests.items():
+        ref = model.reference(request)
+        expect = Fingerprint(ids=ref.argmax(axis=1)[:, None], scores=ref.max(axis=1)[:, None])
+        if compare(expect, reference[i], feeds_back=feeds_back) == "differ":
+            raise RuntimeError(f"idle run disagrees with plain torch on request {i}")
+
+
+def idle_stats(latencies: list[float]) -> dict[str, float]:
+    """Latency of requests run one at a time: p50, p99, mean, and the rate one server
+    running them back to back would reach (``capacity_rps``), where sweeps start from."""
+    a = np.array(latencies)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "capacity_rps": float(1.0 / a.mean()),
+    }
 
 
 class Bench:
@@ -541,11 +598,7 @@ class Bench:
         )
 
     def _check(self, result: RunResult, i: int, got: Fingerprint) -> None:
-        verdict = _compare(self.reference[i], got, feeds_back=self.workload.feeds_back)
-        if verdict == "differ":
-            result.valid = False
-        elif verdict == "tie":
-            result.num_ties += 1
+        result.check(self.reference[i], got, feeds_back=self.workload.feeds_back)
 
     async def run(self) -> BenchReport:
         report = BenchReport(
@@ -692,22 +745,17 @@ class Bench:
             t0 = loop.time()
             outs = await engine.submit(self._request(i, "idle")).collect()
             lat.append(loop.time() - t0)
-            self.reference[i] = _fingerprint(outs)
-        for i in range(min(8, len(self.trace))):  # and the reference itself against plain torch
-            ref = self.model.reference(self._request(i, "ref"))
-            expect = Fingerprint(ids=ref.argmax(axis=1)[:, None], scores=ref.max(axis=1)[:, None])
-            if _compare(expect, self.reference[i], feeds_back=self.workload.feeds_back) == "differ":
-                raise RuntimeError(f"idle run disagrees with plain torch on request {i}")
+            self.reference[i] = fingerprint(outs)
+        check_reference(
+            self.model,
+            {i: self._request(i, "ref") for i in range(min(8, len(self.trace)))},
+            self.reference,
+            feeds_back=self.workload.feeds_back,
+        )
         trace_stats = report.config["trace"]
         assert isinstance(trace_stats, dict)
         trace_stats.update(self.workload.output_stats([self.reference[i] for i in range(len(lat))]))
-        a = np.array(lat)
-        return {
-            "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)),
-            "mean": float(a.mean()),
-            "capacity_rps": float(1.0 / a.mean()),
-        }
+        return idle_stats(lat)
 
     async def _saturation(
         self, mode: str, max_batch: int, *, vectors: bool
@@ -742,7 +790,7 @@ class Bench:
                 parts = []
                 while chunk := await stream.next_chunk():
                     if check:
-                        parts.append(_fingerprint(chunk))
+                        parts.append(fingerprint(chunk))
                 result.num_requests += 1
                 result.num_completed += 1
                 if check:
@@ -780,132 +828,46 @@ class Bench:
 
     def _num_requests(self, rate: float) -> int:
         a = self.args
-        return int(min(a.requests, len(self.trace), max(a.min_requests, rate * a.point_seconds)))
+        return num_requests(
+            rate,
+            most=min(a.requests, len(self.trace)),
+            fewest=a.min_requests,
+            seconds=a.point_seconds,
+        )
 
     async def _sustainable(self, mode: str, start: float) -> tuple[float, list[RunResult]]:
+        """The mode's sustainable rate, and every load point run to find it (retries too)."""
         runs: list[RunResult] = []
-        rate = start
-        lo, hi = 0.0, math.inf
-        for _ in range(12):  # bracket by doubling or halving
-            r = await self._point(mode, rate, runs)
-            if r.meets(self.slo):
-                lo = rate
-                if hi < math.inf:
-                    break
-                rate *= 2
-            else:
-                hi = rate
-                # Below 1/16 of the start a load point takes minutes and the mode is far
-                # from useful: report 0 rather than halve on (a machine slowed down since
-                # the idle run can otherwise miss its own idle SLO at any rate).
-                if lo > 0 or rate < start / 8:
-                    break
-                rate /= 2
-        for _ in range(self.args.bisections if lo > 0 and hi < math.inf else 0):
-            rate = math.sqrt(lo * hi)
-            r = await self._point(mode, rate, runs)
-            if r.meets(self.slo):
-                lo = rate
-            else:
-                hi = rate
-        return lo, runs
 
-    async def _point(self, mode: str, rate: float, runs: list[RunResult]) -> RunResult:
-        """One load point of a sweep: a miss is re-run up to ``--retries`` times, since on
-        a shared machine a burst of someone else's work can fail a point on its own.
-        Every attempt is appended to ``runs``; the last one decides."""
-        for _ in range(1 + self.args.retries):
+        async def point(rate: float) -> bool:
             r = await self._replay(mode, rate)
             runs.append(r)
-            if r.meets(self.slo):
-                break
-        return r
+            return r.meets(self.slo)
+
+        a = self.args
+        rate = await find_sustainable(point, start, bisections=a.bisections, retries=a.retries)
+        return rate, runs
 
     async def _replay(self, mode: str, rate: float) -> RunResult:
-        """Open loop: request ``i`` is submitted at its trace time, whatever came back before."""
+        """One open-loop load point on ``mode``'s engine, checked against the idle reference."""
         engine = self.engines[mode]
-        loop = asyncio.get_running_loop()
         n = self._num_requests(rate)
-        arrivals = self.trace.arrivals(rate, n)
-        result = RunResult(mode=mode, rate=rate, num_requests=n)
-        lat: list[float] = []
-        ttft: list[float] = []
-        in_flight: dict[int, float] = {}
-        streams = {}
-        late_budget = max(1, int(0.01 * n))
-        stop = asyncio.Event()
-        snap = _Snapshot(engine)
-        t0 = loop.time() + 0.02
-        last_end = t0
+        tag = f"{mode}-{rate:.3f}"
 
-        async def one(i: int, target: float) -> None:
-            nonlocal last_end
-            try:
-                stream = engine.submit(self._request(i, f"{mode}-{rate:.3f}"))
-            except AdmissionRejectedError:
-                result.num_rejected += 1
-                return
-            streams[i] = stream
-            in_flight[i] = target
-            outs = []
-            first = None
+        async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
+            stream = engine.submit(self._request(i, tag))
             try:
                 while chunk := await stream.next_chunk():
-                    if first is None:
-                        first = loop.time()
-                    outs.extend(chunk)
-            except RequestCancelledError:
-                return
-            except BatchMakerError:
-                result.num_failed += 1
-                return
+                    yield chunk
             finally:
-                in_flight.pop(i, None)
-                streams.pop(i, None)
-            end = loop.time()
-            last_end = max(last_end, end)
-            result.num_completed += 1
-            lat.append(end - target)
-            ttft.append((first or end) - target)
-            if end - target > self.slo:
-                result.num_late += 1
-            self._check(result, i, _fingerprint(outs))
+                stream.cancel()  # a no-op once it ended; frees a request the replay stopped
 
-        async def watchdog() -> None:
-            while not stop.is_set():
-                now = loop.time()
-                pending_late = sum(1 for t in in_flight.values() if now - t > self.slo)
-                if result.num_late + pending_late > late_budget or result.num_rejected:
-                    result.overloaded = True
-                    stop.set()
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.05)
-
-        dog = asyncio.create_task(watchdog())
-        tasks = []
-        for i in range(n):
-            target = t0 + arrivals[i]
-            delay = target - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                break
-            tasks.append(asyncio.create_task(one(i, target)))
-        if result.overloaded:
-            for s in list(streams.values()):
-                s.cancel()
-        await asyncio.gather(*tasks)
-        stop.set()
-        await dog
-        result.wall_s = max(last_end - t0, 1e-9)
-        if lat:
-            a = np.array(lat)
-            result.p50, result.p90, result.p99 = (float(np.percentile(a, q)) for q in (50, 90, 99))
-            b = np.array(ttft)
-            result.ttft_p50, result.ttft_p99 = (float(np.percentile(b, q)) for q in (50, 99))
-        result.throughput_rps = result.num_completed / result.wall_s
+        snap = _Snapshot(engine)
+        rep = await replay(send, self.trace.arrivals(rate, n), rate=rate, slo=self.slo, lead_s=0.02)
+        result = RunResult.from_replay(mode, rep)
+        for i, outs in enumerate(rep.outputs):
+            if outs is not None:
+                self._check(result, i, fingerprint(outs))
         self._fill_steps(result, snap.delta(engine))
         verdict = (
             "ok" if result.meets(self.slo) else ("overloaded" if result.overloaded else "miss")
@@ -920,7 +882,7 @@ class Bench:
         return result
 
 
-def _fingerprint(outs: list[StepOutput]) -> Fingerprint:
+def fingerprint(outs: list[StepOutput]) -> Fingerprint:
     """Top-1 per step, from the engine's top-k or, for vector requests, from the vectors."""
     if outs and outs[0].top_ids is None:
         v = np.stack([_present(o.vector) for o in outs])

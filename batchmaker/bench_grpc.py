@@ -21,30 +21,27 @@ Every request's top-1 ids over gRPC must equal the in-process ones (``valid``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from batchmaker import openloop
 from batchmaker.builtin import builtin_models
 from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
 from batchmaker.engine import Engine
-from batchmaker.errors import BatchMakerError
 from batchmaker.launcher import ServerProcess
+from batchmaker.openloop import Send
 from batchmaker.trace import Trace, make_trace
 from batchmaker.types import InferRequest, StepOutput
 
 PATHS = ("in-process", "grpc")
 SATURATION_RATE = 1e6
 """Requests/s: every arrival within a millisecond, so the engine always has a backlog."""
-
-Send = Callable[[int], AsyncIterator[list[StepOutput]]]
-"""Starts request ``i`` of the trace; yields its steps in the chunks they arrive in."""
 
 
 @dataclass
@@ -82,48 +79,26 @@ class OverheadReport:
 
 
 async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
-    """Open loop: request ``i`` starts at its trace time; latency counts from that time."""
-    loop = asyncio.get_running_loop()
-    n = len(trace)
-    arrivals = trace.arrivals(rate)
-    result = RunResult(path=path, rate=rate, num_requests=n, top1=[[] for _ in range(n)])
-    lat: list[float] = []
-    ttft: list[float] = []
-    t0 = loop.time() + 0.05
-    last_end = t0
-
-    async def one(i: int, target: float) -> None:
-        nonlocal last_end
-        first: float | None = None
-        ids = result.top1[i]
-        try:
-            async for chunk in send(i):
-                if first is None and chunk:
-                    first = loop.time()
-                ids.extend(int(s.top_ids[0]) for s in chunk if s.top_ids is not None)
-        except BatchMakerError:
-            result.num_failed += 1
-            return
-        end = loop.time()
-        last_end = max(last_end, end)
-        result.num_completed += 1
-        lat.append(end - target)
-        ttft.append((first or end) - target)
-
-    tasks = []
-    for i in range(n):
-        target = t0 + arrivals[i]
-        delay = target - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, target)))
-    await asyncio.gather(*tasks)
-    result.wall_s = max(last_end - t0, 1e-9)
-    result.throughput_rps = result.num_completed / result.wall_s
-    if lat:
-        result.p50, result.p99 = (float(np.percentile(lat, q)) for q in (50, 99))
-        result.ttft_p50 = float(np.percentile(ttft, 50))
+    """The whole trace down one path at ``rate``, open loop (``openloop.replay``, no SLO:
+    every request is sent and awaited)."""
+    rep = await openloop.replay(send, trace.arrivals(rate), rate=rate)
+    result = RunResult(
+        path=path,
+        rate=rate,
+        num_requests=rep.num_requests,
+        num_completed=rep.num_completed,
+        num_failed=rep.num_failed,
+        wall_s=rep.wall_s,
+        throughput_rps=rep.throughput_rps,
+        top1=[[] if outs is None else _top1(outs) for outs in rep.outputs],
+    )
+    result.p50, result.p99 = rep.percentiles((50, 99), empty=0.0)
+    (result.ttft_p50,) = rep.percentiles((50,), first_output=True, empty=0.0)
     return result
+
+
+def _top1(steps: list[StepOutput]) -> list[int]:
+    return [int(s.top_ids[0]) for s in steps if s.top_ids is not None]
 
 
 async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> OverheadReport:
@@ -157,22 +132,18 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
     def request(i: int) -> InferRequest:
         return InferRequest(model.name, trace.tokens[i], top_k=1, return_vectors=False)
 
-    server = ServerProcess(_serve_args(args.model, config))
+    server = ServerProcess(serve_args(args.model, config))
     try:
         async with Engine(config, [model]) as engine, AsyncClient(server.address) as client:
 
-            async def in_process(i: int) -> AsyncIterator[list[StepOutput]]:
+            async def in_process(i: int) -> AsyncGenerator[list[StepOutput], None]:
                 stream = engine.submit(request(i))
                 while chunk := await stream.next_chunk():
                     yield chunk
 
-            async def over_grpc(i: int) -> AsyncIterator[list[StepOutput]]:
-                stream = client.infer_stream(model.name, trace.tokens[i], top_k=1)
-                async for chunk in stream.messages():
-                    yield chunk
-
+            over_grpc = grpc_sender(client, model.name, trace.tokens)
             sends: dict[str, Send] = {"in-process": in_process, "grpc": over_grpc}
-            await _warm_up(sends)
+            await openloop.warm_up(sends)
             half_rate = 0.0
             for load in ("saturation", "half"):
                 for k in range(args.rounds):
@@ -210,25 +181,38 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
     return report
 
 
-def _serve_args(model: str, config: EngineConfig) -> list[str]:
-    """``batchmaker serve`` flags for the same engine as ``config``."""
+def grpc_sender(client: AsyncClient, model: str, tokens: Sequence[np.ndarray]) -> Send:
+    """Request ``i``: ``tokens[i]`` streamed through ``client``, top-1 per step."""
+
+    async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
+        stream = client.infer_stream(model, tokens[i], top_k=1)
+        try:
+            async for chunk in stream.messages():
+                yield chunk
+        finally:
+            stream.cancel()  # a no-op once it ended; ends a call a replay stopped
+
+    return send
+
+
+def serve_args(model: str, config: EngineConfig) -> list[str]:
+    """``batchmaker serve`` flags for the same engine as ``config``: every field is passed,
+    so the child runs exactly this config whatever ``BATCHMAKER_*`` variables it inherits."""
     return [
         "--host=127.0.0.1",
         f"--models={model}",
         f"--mode={config.mode}",
         f"--max-batch={config.max_batch}",
+        *(f"--max-batch-per-cell={c}={n}" for c, n in config.max_batch_per_cell.items()),
         f"--max-live={config.max_num_live_requests}",
         f"--num-slots={config.num_slots}",
+        f"--padded-max-batch={config.padded_max_batch}",
+        f"--padded-timeout-ms={config.padded_timeout_s * 1e3}",
+        f"--max-wait-steps={config.max_wait_steps}",
+        *([] if config.finishing_first else ["--no-finishing-first"]),
         *(f"--device={d}" for d in config.devices),
         *([f"--threads={config.num_threads}"] if config.num_threads else []),
     ]
-
-
-async def _warm_up(sends: dict[str, Send]) -> None:
-    """One request down each path, so neither pays for first-call set-up inside a round."""
-    for send in sends.values():
-        async for _ in send(0):
-            pass
 
 
 def _select(runs: list[RunResult], load: str, path: str) -> list[RunResult]:

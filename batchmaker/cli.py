@@ -172,6 +172,33 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="tiny models and short requests: a smoke test whose figures mean nothing",
     )
+    e2e = p.add_argument_group(
+        "end to end (--e2e)",
+        "every mode in a `batchmaker serve` subprocess of its own, called over gRPC: "
+        "sustainable load under the SLO per mode, latency and throughput against load, "
+        "batch size and queue depth over time (from each server's /metrics); writes "
+        "JSON, CSV and PNG plots",
+    )
+    e2e.add_argument(
+        "--e2e", action="store_true", help="benchmark the whole server over gRPC (chains only)"
+    )
+    e2e.add_argument(
+        "--model", help="a built-in model; default lstm-512 (lstm-lm with --tiny)", default=None
+    )
+    e2e.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("bench-results/e2e"),
+        help="where PREFIX.json, PREFIX.csv and PREFIX-timeseries.csv go",
+    )
+    e2e.add_argument("--plot-dir", type=Path, help="where the PNG plots go; default --out-dir")
+    e2e.add_argument("--prefix", default="e2e", help="file name prefix of every output")
+    e2e.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="re-plot a recorded report (and rewrite its CSV) instead of running",
+    )
 
 
 def add_overhead_flags(p: argparse.ArgumentParser) -> None:
@@ -551,6 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from batchmaker.bench_grpc import run_overhead_cli
 
             return run_overhead_cli(args)
+        if args.e2e:
+            from batchmaker.bench_e2e import run_e2e_cli
+
+            return run_e2e_cli(args)
         from batchmaker.bench import run_bench_cli
 
         return run_bench_cli(args)

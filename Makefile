@@ -11,7 +11,7 @@ TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv proto proto-check serve demo test test-all test-gpu bench loadtest soak lint format check clean
+.PHONY: venv proto proto-check serve demo test test-all test-gpu bench bench-e2e loadtest soak lint format check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test-gpu: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/batchmaker bench $(BENCH_ARGS)
+
+# The whole server over gRPC, one subprocess per mode, with plots (docs/benchmarks.md).
+bench-e2e: $(STAMP)
+	$(BIN)/batchmaker bench --e2e $(BENCH_ARGS)
 
 # Locust, headless and bounded, against a server it starts on 127.0.0.1 (30 s of
 # steady load by default); exits non-zero over the thresholds (loadtest/README.md).

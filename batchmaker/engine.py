@@ -379,6 +379,10 @@ class Engine:
             )
         return m
 
+    def serves(self, name: str) -> bool:
+        """Whether some version of ``name`` is served now (O(1): per request)."""
+        return bool(self._models.get(name))
+
     @property
     def models(self) -> list[Model]:
         """Every model version served now (not those being unloaded)."""

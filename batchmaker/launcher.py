@@ -53,7 +53,6 @@ class ServerProcess:
         second = self.proc.stdout.readline()  # the banner has more lines; this one is there
         if "metrics on" in second:
             self.metrics_url = second.rsplit(" ", 1)[-1].strip()
-        self.pid = self.proc.pid
         # Drain both pipes for the server's whole life: a long load test logs more than a
         # pipe holds, and a server blocked on a full stderr pipe stalls every request.
         self._log: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)

@@ -180,10 +180,6 @@ class ServerMetrics:
             self._http.server_close()
             self._http = None
 
-    def exposition(self) -> str:
-        """What a scrape returns now (tests, and ``curl``-less debugging)."""
-        return prometheus_client.generate_latest(self.registry).decode()
-
 
 class EngineCollector(Collector):
     """The engine's per-device state, read when Prometheus scrapes (on its thread)."""

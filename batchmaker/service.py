@@ -159,7 +159,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         obs: RequestObservation,
     ) -> tuple[RequestStream, pb.InferResponse]:
         engine = self._serving_engine()
-        if any(m.name == request.model_name for m in engine.models):
+        if engine.serves(request.model_name):
             obs.model = request.model_name
         self._check_limits(request)
         remaining = context.time_remaining()

@@ -2,7 +2,7 @@
 
 import sys
 
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["serve", *sys.argv[1:]]))

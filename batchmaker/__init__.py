@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchmaker.config import EngineConfig, Mode
-    from batchmaker.engine import Engine
     from batchmaker.errors import (
         AdmissionRejectedError,
         BatchMakerError,
@@ -26,14 +25,16 @@ if TYPE_CHECKING:
         RequestCancelledError,
         UnavailableError,
     )
-    from batchmaker.models import Model, SequenceModel, recurrent_model
-    from batchmaker.stream import RequestStream
+    from batchmaker.models.base import Model
+    from batchmaker.models.sequence import SequenceModel, recurrent_model
+    from batchmaker.runtime.engine import Engine
+    from batchmaker.runtime.stream import RequestStream
     from batchmaker.types import InferRequest, StepOutput
 
 _WHERE = {
     "EngineConfig": "config",
     "Mode": "config",
-    "Engine": "engine",
+    "Engine": "runtime.engine",
     "AdmissionRejectedError": "errors",
     "BatchMakerError": "errors",
     "Code": "errors",
@@ -43,10 +44,10 @@ _WHERE = {
     "ModelNotFoundError": "errors",
     "RequestCancelledError": "errors",
     "UnavailableError": "errors",
-    "Model": "models",
-    "SequenceModel": "models",
-    "recurrent_model": "models",
-    "RequestStream": "stream",
+    "Model": "models.base",
+    "SequenceModel": "models.sequence",
+    "recurrent_model": "models.sequence",
+    "RequestStream": "runtime.stream",
     "InferRequest": "types",
     "StepOutput": "types",
 }

@@ -2,6 +2,6 @@
 
 import sys
 
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 
 raise SystemExit(main(sys.argv[1:]))

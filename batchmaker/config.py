@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
-    from batchmaker.auth import AuthConfig
+    from batchmaker.server.auth import AuthConfig
 
 Mode = Literal["cellular", "padded", "level", "none"]
 MODES: tuple[str, ...] = get_args(Mode)

@@ -66,3 +66,36 @@ class StepOutput:
     """``[k]`` int64, best first, if ``top_k`` was asked for."""
     top_scores: np.ndarray | None = None
     """``[k]`` float32 scores matching ``top_ids``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSignature:
+    """A named input or output; datatypes and shapes as in the KServe v2 protocol."""
+
+    name: str
+    datatype: str
+    """``"INT64"``, ``"FP32"``."""
+    shape: tuple[int, ...]
+    """-1 for a dimension of variable size."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """What a client needs to know to call a model; served as its metadata."""
+
+    family: str
+    """Architecture family, e.g. ``"lstm"``."""
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
+    """Per step."""
+    max_input_length: int
+    max_output_length: int
+    max_top_k: int
+    vocab_size: int | None
+    """For token inputs: ids lie in ``[0, vocab_size)``."""
+    input_vocabulary: tuple[str, ...] = ()
+    """The text of each input token id, when the model has one (the demo models do)."""
+    output_vocabulary: tuple[str, ...] = ()
+    """The text of each output id (target tokens, classes), when the model has one."""
+    max_tree_depth: int = 0
+    """TreeLSTM models: the deepest tree accepted (root to leaf, in nodes); 0 otherwise."""

@@ -12,7 +12,7 @@ of catch-ups.
 
 ``r(t)`` is constant (steady) or an on/off modulation (bursty): alternating
 periods of exponential length with a high and a low rate, the two-state MMPP
-of the BATCH paper's bursty traces and of ``batchmaker.trace``. Pure Python:
+of the BATCH paper's bursty traces and of ``batchmaker.bench.trace``. Pure Python:
 the test suite checks these without Locust.
 """
 

@@ -308,7 +308,7 @@ def wait_serving(address: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
 
 
 def start_server(args: argparse.Namespace) -> Any:
-    from batchmaker.launcher import ServerProcess
+    from batchmaker.bench.launcher import ServerProcess
 
     flags = ["--host", "127.0.0.1"]
     models = served_models(args)

@@ -10,7 +10,7 @@ Two length modes:
 - *fixed*: ``seq_len`` tokens per sequence, or leaves per tree, clipped to the
   model's limits; a seq2seq request decodes until EOS or the model's cap;
 - *benchmark*: the engine benchmark's long-tailed sentence lengths (median 20,
-  p99 100), drawn by ``batchmaker.trace`` itself, with a seq2seq request's output
+  p99 100), drawn by ``batchmaker.bench.trace`` itself, with a seq2seq request's output
   cap drawn around its source length and a tree's leaves from the same lengths,
   exactly as ``batchmaker bench`` records them.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchmaker.trace import random_binary_tree, sentence_lengths, target_lengths, tree_depth
+from batchmaker.bench.trace import random_binary_tree, sentence_lengths, target_lengths, tree_depth
 from batchmaker.v1 import inference_pb2 as pb
 
 MAX_TREE_TRIES = 8

@@ -13,7 +13,7 @@ splits, the s-expression tree syntax; torch-free, so a client may use it), the
 training script (``train``, ``python -m batchmaker.demos.train``) and the trained
 repository (``repository/``, the usual ``<model>/<version>/`` layout plus
 ``ACCURACY.json``). It must not be imported by the engine: serving these models
-goes through ``batchmaker.repository`` like any other model folder.
+goes through ``batchmaker.repository.store`` like any other model folder.
 """
 
 from __future__ import annotations

@@ -31,8 +31,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from batchmaker.demos import DEMO_MODEL_NAMES, DEMO_REPOSITORY, tasks
-from batchmaker.models import Model, Seq2SeqModel, SequenceModel, TreeModel
-from batchmaker.repository import save_model
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.sequence import SequenceModel
+from batchmaker.models.tree import TreeModel
+from batchmaker.repository.store import save_model
 from cells import BinaryTreeLSTMCell, EncoderCell, GreedyDecoderCell, RecurrentStackCell
 
 ACCURACY_FILE = "ACCURACY.json"

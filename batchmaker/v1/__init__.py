@@ -2,5 +2,5 @@
 
 They live here, at the proto package's own path, so that the generated
 ``from batchmaker.v1 import ...`` lines resolve inside this distribution.
-Only ``batchmaker.wire`` (conversion), the servicer and the client import them.
+Only ``batchmaker.wire.v1`` (conversion), the servicer and the client import them.
 """

@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from batchmaker.bench import RunResult
-from batchmaker.bench_e2e import POINT_COLUMNS, TIMESERIES_COLUMNS, point_rows, write_outputs
+from batchmaker.bench.e2e import POINT_COLUMNS, TIMESERIES_COLUMNS, point_rows, write_outputs
+from batchmaker.bench.engine import RunResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

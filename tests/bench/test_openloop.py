@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator
 
 import numpy as np
 
+from batchmaker.bench.openloop import Replay, replay, warm_up
 from batchmaker.errors import AdmissionRejectedError, ExecutionFailedError
-from batchmaker.openloop import Replay, replay, warm_up
 from batchmaker.types import StepOutput
 
 

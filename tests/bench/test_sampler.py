@@ -1,5 +1,5 @@
 """Reading a server's metrics as the end-to-end benchmark does: the Prometheus text of
-the families it needs (as ``batchmaker.metrics`` exposes them), summed over devices,
+the families it needs (as ``batchmaker.server.metrics`` exposes them), summed over devices,
 and turned into batch sizes and time series; then over real HTTP."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from batchmaker.sampler import (
+from batchmaker.bench.sampler import (
     MetricsSample,
     MetricsSampler,
     mean_batch,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchmaker.sweep import MAX_BRACKET_STEPS, find_sustainable, num_requests
+from batchmaker.bench.sweep import MAX_BRACKET_STEPS, find_sustainable, num_requests
 
 
 def search(

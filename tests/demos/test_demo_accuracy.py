@@ -20,8 +20,11 @@ import pytest
 
 from batchmaker import Engine, EngineConfig, InferRequest
 from batchmaker.demos import DEMO_MODEL_NAMES, DEMO_REPOSITORY, tasks
-from batchmaker.models import Model, Seq2SeqModel, SequenceModel, TreeModel
-from batchmaker.repository import ModelRepository
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.sequence import SequenceModel
+from batchmaker.models.tree import TreeModel
+from batchmaker.repository.store import ModelRepository
 from batchmaker.types import TreeInput
 
 SEED = 20_240_601

@@ -219,9 +219,9 @@ def test_build_context_holds_the_package_and_the_demo_models() -> None:
 @pytest.mark.parametrize(
     ("path", "excluded"),
     [
-        ("batchmaker/cli.py", False),
+        ("batchmaker/cli/main.py", False),
         ("batchmaker/demos/repository/counting-lm/1/model.safetensors", False),
-        ("batchmaker/__pycache__/cli.cpython-311.pyc", True),
+        ("batchmaker/cli/__pycache__/main.cpython-311.pyc", True),
         ("deploy/requirements.lock", False),
         ("deploy/docker/Dockerfile.cpu", True),
         (".venv/bin/python", True),

@@ -24,9 +24,9 @@ from build_context import REPO_ROOT
 from images import DOCKERFILES, parse_dockerfile
 from prometheus_client.parser import text_string_to_metric_families
 
+from batchmaker.bench.launcher import ServerProcess
 from batchmaker.client import Client
 from batchmaker.errors import ModelNotFoundError
-from batchmaker.launcher import ServerProcess
 
 DEPLOY = REPO_ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana/dashboards/batchmaker.json"

@@ -25,9 +25,9 @@ from harness import GUARD_S, GatedExecutor, engine_config, small_model
 from batchmaker import EngineConfig, Model, SequenceModel
 from batchmaker.client import Client
 from batchmaker.config import ServerConfig
-from batchmaker.executor import Executor
-from batchmaker.manager import ModelManager
-from batchmaker.server import InferenceServer
+from batchmaker.repository.manager import ModelManager
+from batchmaker.runtime.executor import Executor
+from batchmaker.server.lifecycle import InferenceServer
 
 T = TypeVar("T")
 

@@ -18,12 +18,12 @@ import pytest
 from harness import small_model
 from live_server import LiveServer, e2e_config
 
-from batchmaker.auth import AuthConfig, bearer_token, read_tokens
-from batchmaker.cli import build_parser, main, serve_configs
+from batchmaker.bench.launcher import ServerProcess
+from batchmaker.cli.main import build_parser, main, serve_configs
 from batchmaker.client import AsyncClient, Client
 from batchmaker.config import ServerConfig
 from batchmaker.errors import AdmissionRejectedError, BatchMakerError, Code, InvalidRequestError
-from batchmaker.launcher import ServerProcess
+from batchmaker.server.auth import AuthConfig, bearer_token, read_tokens
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 
 TINY = [
     "bench",

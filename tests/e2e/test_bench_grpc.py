@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 
 
 def test_overhead_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from live_server import LiveServer, e2e_models
 from reference import run_alone
 
-from batchmaker.cli import build_parser, main, serve_configs
+from batchmaker.cli.main import build_parser, main, serve_configs
 
 
 def test_infer_streams_each_step_and_its_top_k(
@@ -149,8 +149,8 @@ def test_the_client_and_the_cli_start_without_torch() -> None:
     import sys
 
     code = (
-        "import sys, batchmaker.client, batchmaker.cli;"
-        "batchmaker.cli.build_parser();"
+        "import sys, batchmaker.client, batchmaker.cli.main;"
+        "batchmaker.cli.main.build_parser();"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from live_server import LiveServer, e2e_config
 
-from batchmaker.builtin import DEMO_REPOSITORY
-from batchmaker.cli import _banner, main
-from batchmaker.manager import ModelManager
-from batchmaker.repository import ModelRepository
+from batchmaker.cli.main import _banner, main
+from batchmaker.models.builtin import DEMO_REPOSITORY
+from batchmaker.repository.manager import ModelManager
+from batchmaker.repository.store import ModelRepository
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ from tree_shapes import chain
 from batchmaker import EngineConfig, SequenceModel
 from batchmaker.client import Client
 from batchmaker.errors import BatchMakerError, InvalidRequestError
-from batchmaker.models import Model, Seq2SeqModel, TreeModel, seq2seq_model, tree_model
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
+from batchmaker.models.tree import TreeModel, tree_model
 from batchmaker.types import TreeInput
 
 CALL_TIMEOUT_S = 20.0
@@ -386,9 +388,9 @@ def test_the_limits_in_the_metadata_are_the_ones_enforced(client: Client) -> Non
 
 
 def test_a_tree_over_the_wire_limit_is_refused_before_conversion() -> None:
-    from batchmaker import wire
     from batchmaker.types import MAX_TREE_NODES
     from batchmaker.v1 import inference_pb2 as pb
+    from batchmaker.wire import v1 as wire
 
     msg = pb.InferRequest(model_name="tree")
     msg.tree.nodes.extend(pb.TreeNode(token=0) for _ in range(MAX_TREE_NODES + 1))

@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 from live_server import LiveServer, e2e_models
 from reference import assert_matches_alone
 
-from batchmaker import SequenceModel, wire
+from batchmaker import SequenceModel
 from batchmaker.client import Client
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+from batchmaker.wire import v1 as wire
 
 MODELS: dict[str, dict[int, SequenceModel]] = {}
 for _m in e2e_models():

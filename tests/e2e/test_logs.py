@@ -13,10 +13,10 @@ import logging
 
 import pytest
 
-from batchmaker import logs
+from batchmaker.bench.launcher import ServerProcess
 from batchmaker.client import Client
 from batchmaker.errors import InvalidRequestError, ModelNotFoundError
-from batchmaker.launcher import ServerProcess
+from batchmaker.server import logs
 
 CALL_TIMEOUT_S = 10.0
 PAYLOAD = [937, 281, 746, 593]

@@ -18,6 +18,7 @@ from harness import small_model
 from live_server import LiveServer, e2e_config
 from prometheus_client.parser import text_string_to_metric_families
 
+from batchmaker.bench.launcher import ServerProcess
 from batchmaker.config import ServerConfig
 from batchmaker.errors import (
     AdmissionRejectedError,
@@ -25,8 +26,7 @@ from batchmaker.errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
-from batchmaker.launcher import ServerProcess
-from batchmaker.worker import BATCH_SIZE_BUCKETS
+from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS
 
 CALL_TIMEOUT_S = 10.0
 

@@ -19,11 +19,11 @@ from live_server import LiveServer, e2e_config
 from reference import assert_matches_alone
 
 from batchmaker import BatchMakerError, Code, InferRequest, ModelNotFoundError, UnavailableError
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 from batchmaker.client import Client
-from batchmaker.manager import ModelManager
-from batchmaker.models import seq2seq_model
-from batchmaker.repository import ModelRepository, save_model
+from batchmaker.models.seq2seq import seq2seq_model
+from batchmaker.repository.manager import ModelManager
+from batchmaker.repository.store import ModelRepository, save_model
 
 LM_V1 = small_model("lstm", name="lm", seed=1)
 LM_V2 = small_model("lstm", name="lm", seed=2, version=2)

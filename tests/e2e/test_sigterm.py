@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import GUARD_S
 
 from batchmaker import UnavailableError
+from batchmaker.bench.launcher import ServerProcess
 from batchmaker.client import Client
-from batchmaker.launcher import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -97,7 +97,7 @@ def test_tls_files_must_come_in_pairs() -> None:
 
 
 def test_infer_cli_over_tls(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from batchmaker.cli import main
+    from batchmaker.cli.main import main
 
     with _tls_server(pki, mutual=False) as live:
         args = ["infer", "--address", live.address, "--ca-cert", str(pki / "ca.pem")]

@@ -1,4 +1,4 @@
-"""``batchmaker.wire``: the conversions both ends share, on their own.
+"""``batchmaker.wire.v1``: the conversions both ends share, on their own.
 
 Stream messages are split under a byte budget however many steps a slow
 reader let pile up; this is checked here, deterministically, where the e2e
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchmaker import InvalidRequestError, StepOutput, wire
+from batchmaker import InvalidRequestError, StepOutput
 from batchmaker.v1 import inference_pb2 as pb
+from batchmaker.wire import v1 as wire
 
 
 def _steps(n: int, width: int) -> list[StepOutput]:

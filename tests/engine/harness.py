@@ -29,7 +29,7 @@ from batchmaker import (
     StepOutput,
 )
 from batchmaker import recurrent_model as build_model
-from batchmaker.executor import Executor, StepResult
+from batchmaker.runtime.executor import Executor, StepResult
 from scheduler import StepPlan
 
 T = TypeVar("T")

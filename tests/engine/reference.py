@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from batchmaker import SequenceModel, StepOutput
-from batchmaker.models import Seq2SeqModel, TreeModel
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.tree import TreeModel
 from batchmaker.types import TreeInput
 from cells import RecurrentStackCell
 

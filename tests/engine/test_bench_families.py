@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from batchmaker.cli import main
-from batchmaker.trace import Trace, make_trace
+from batchmaker.bench.trace import Trace, make_trace
+from batchmaker.cli.main import main
 
 MODES = {
     "chain": {"cellular", "padded", "none"},

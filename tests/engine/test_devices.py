@@ -13,7 +13,8 @@ from harness import Arrival, engine_config, make_inputs, serve_staggered, servin
 from reference import assert_matches_alone
 
 from batchmaker import Engine, EngineConfig, InferRequest
-from batchmaker.models import seq2seq_model, tree_model
+from batchmaker.models.seq2seq import seq2seq_model
+from batchmaker.models.tree import tree_model
 from batchmaker.types import TreeInput
 
 LM = small_model("lstm", num_layers=2, name="lm")

@@ -19,11 +19,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from batchmaker.cli import main
+from batchmaker.cli.main import main
 from batchmaker.errors import Code, ModelLoadError
-from batchmaker.importer import ImportOptions, import_state_dict
-from batchmaker.models import Model, Seq2SeqModel, SequenceModel
-from batchmaker.repository import CONFIG_FILE, WEIGHTS_FILE, ModelRepository
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.sequence import SequenceModel
+from batchmaker.repository.importer import ImportOptions, import_state_dict
+from batchmaker.repository.store import CONFIG_FILE, WEIGHTS_FILE, ModelRepository
 from batchmaker.types import InferRequest
 
 TOL = 1e-6

@@ -127,7 +127,7 @@ def test_versions_load_and_unload_independently_and_reload_works() -> None:
 
 
 def test_a_tree_wider_than_the_state_pool_is_invalid_not_a_retry() -> None:
-    from batchmaker.models import tree_model
+    from batchmaker.models.tree import tree_model
     from batchmaker.types import TreeInput
 
     tree = tree_model("tree")

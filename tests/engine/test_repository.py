@@ -17,15 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from batchmaker.errors import Code, ModelLoadError, ModelNotFoundError
-from batchmaker.manager import AVAILABLE, UNAVAILABLE, ModelManager, VersionState
-from batchmaker.models import (
-    Model,
-    Seq2SeqModel,
-    SequenceModel,
-    TreeModel,
-    recurrent_model,
-)
-from batchmaker.repository import (
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.sequence import SequenceModel, recurrent_model
+from batchmaker.models.tree import TreeModel
+from batchmaker.repository.manager import AVAILABLE, UNAVAILABLE, ModelManager, VersionState
+from batchmaker.repository.store import (
     CONFIG_FILE,
     POLICY_FILE,
     WEIGHTS_FILE,

@@ -49,7 +49,7 @@ from batchmaker import (
     StepOutput,
 )
 from batchmaker.config import MODES
-from batchmaker.models import Seq2SeqModel, seq2seq_model
+from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
 from batchmaker.types import TreeInput
 from scheduler import PolicyConfig
 

@@ -25,7 +25,7 @@ from harness import (
 from reference import TOL, assert_matches_alone, max_abs_diff, run_alone
 
 from batchmaker import Code, Engine, InferRequest, UnavailableError
-from batchmaker.executor import Executor
+from batchmaker.runtime.executor import Executor
 
 LM = small_model("lstm", num_layers=2, name="lm")
 POOL = LM.qualify("state")

@@ -50,7 +50,8 @@ from batchmaker import (
     StepOutput,
 )
 from batchmaker.config import MODES
-from batchmaker.models import Seq2SeqModel, TreeModel, seq2seq_model, tree_model
+from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
+from batchmaker.models.tree import TreeModel, tree_model
 from batchmaker.types import TreeInput
 
 VOCAB, CLASSES = 16, 10

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batchmaker.launcher import ServerProcess
+from batchmaker.bench.launcher import ServerProcess
 from loadtest.report import FULL, TTFT, read_requests_csv, read_stats_csv
 from loadtest.scrape import scrape
 

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from batchmaker.trace import tree_depth
+from batchmaker.bench.trace import tree_depth
 from batchmaker.v1 import inference_pb2 as pb
 from loadtest.workload import ModelSpec, RequestFactory, balanced_tree, parse_mix
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchmaker.bench.launcher import ServerProcess
 from batchmaker.client import Client
-from batchmaker.launcher import ServerProcess
 
 TARGET_S = 2.0
 PHASES: tuple[str, ...] = (

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from batchmaker.bench import (
+from batchmaker.bench.engine import (
     LENGTHS,
     TINY_LENGTHS,
     Fingerprint,
@@ -54,15 +54,15 @@ from batchmaker.bench import (
     fingerprint,
     idle_stats,
 )
-from batchmaker.bench_grpc import grpc_sender, serve_args
-from batchmaker.builtin import builtin_models
+from batchmaker.bench.launcher import ServerProcess
+from batchmaker.bench.openloop import Replay, Send, replay, warm_up
+from batchmaker.bench.overhead import grpc_sender, serve_args
+from batchmaker.bench.sampler import MetricsSample, MetricsSampler, mean_batch, series, totals
+from batchmaker.bench.sweep import find_sustainable, num_requests
+from batchmaker.bench.trace import Trace, make_trace
 from batchmaker.client import AsyncClient
 from batchmaker.config import MODES, EngineConfig
-from batchmaker.launcher import ServerProcess
-from batchmaker.openloop import Replay, Send, replay, warm_up
-from batchmaker.sampler import MetricsSample, MetricsSampler, mean_batch, series, totals
-from batchmaker.sweep import find_sustainable, num_requests
-from batchmaker.trace import Trace, make_trace
+from batchmaker.models.builtin import builtin_models
 from batchmaker.types import InferRequest, StepOutput
 
 DEFAULT_MODES = ("cellular", "padded", "none")
@@ -513,7 +513,7 @@ def write_outputs(
 ) -> list[Path]:
     """``PREFIX.json``, ``PREFIX.csv`` and ``PREFIX-timeseries.csv`` in ``out_dir``; the
     plots in ``plot_dir``. Returns every path written."""
-    from batchmaker.plots import plot_e2e
+    from batchmaker.bench.plots import plot_e2e
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -555,7 +555,7 @@ def run_e2e_cli(args: argparse.Namespace) -> int:
     else:
         import uvloop
 
-        from batchmaker.cli import engine_config
+        from batchmaker.cli.main import engine_config
 
         config = engine_config(
             args,

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from batchmaker import demos
 
 if TYPE_CHECKING:
-    from batchmaker.models import SequenceModel
+    from batchmaker.models.sequence import SequenceModel
 
 
 def _lstm_lm() -> SequenceModel:
-    from batchmaker.models import recurrent_model
+    from batchmaker.models.sequence import recurrent_model
 
     return recurrent_model(
         "lstm-lm", "lstm", vocab_size=1000, hidden_size=256, num_layers=2, seed=1
@@ -26,14 +26,14 @@ def _lstm_lm() -> SequenceModel:
 
 
 def _gru_lm() -> SequenceModel:
-    from batchmaker.models import recurrent_model
+    from batchmaker.models.sequence import recurrent_model
 
     return recurrent_model("gru-lm", "gru", vocab_size=1000, hidden_size=256, num_layers=2, seed=2)
 
 
 def benchmark_model() -> SequenceModel:
     """The engine benchmark's model: a PTB-sized LSTM LM (2 x 512, 10k vocabulary)."""
-    from batchmaker.models import recurrent_model
+    from batchmaker.models.sequence import recurrent_model
 
     return recurrent_model(
         "lstm-512",

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from batchmaker.errors import ModelLoadError
-from batchmaker.repository import build_model, load_model, load_weights, save_model
+from batchmaker.repository.store import build_model, load_model, load_weights, save_model
 
 Tensors = Mapping[str, torch.Tensor]
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from batchmaker.errors import ModelLoadError, ModelNotFoundError, UnavailableError
-from batchmaker.models import Model
-from batchmaker.repository import ModelRepository
+from batchmaker.models.base import Model
+from batchmaker.repository.store import ModelRepository
 
 if TYPE_CHECKING:
-    from batchmaker.engine import Engine
+    from batchmaker.runtime.engine import Engine
 
 log = logging.getLogger(__name__)
 

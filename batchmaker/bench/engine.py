@@ -46,21 +46,9 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from batchmaker.builtin import benchmark_model
-from batchmaker.config import MODES, EngineConfig
-from batchmaker.engine import Engine
-from batchmaker.models import (
-    Model,
-    Seq2SeqModel,
-    SequenceModel,
-    TreeModel,
-    recurrent_model,
-    seq2seq_model,
-    tree_model,
-)
-from batchmaker.openloop import Replay, replay
-from batchmaker.sweep import find_sustainable, num_requests
-from batchmaker.trace import (
+from batchmaker.bench.openloop import Replay, replay
+from batchmaker.bench.sweep import find_sustainable, num_requests
+from batchmaker.bench.trace import (
     Arrival,
     Trace,
     make_trace,
@@ -68,6 +56,13 @@ from batchmaker.trace import (
     tree_depth,
     tree_leaves,
 )
+from batchmaker.config import MODES, EngineConfig
+from batchmaker.models.base import Model
+from batchmaker.models.builtin import benchmark_model
+from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
+from batchmaker.models.sequence import SequenceModel, recurrent_model
+from batchmaker.models.tree import TreeModel, tree_model
+from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest, StepOutput, TreeInput
 
 FAMILIES: tuple[str, ...] = ("chain", "seq2seq", "tree")
@@ -966,7 +961,7 @@ def print_table(report: BenchReport) -> None:
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
-    from batchmaker.cli import engine_config
+    from batchmaker.cli.main import engine_config
 
     base = engine_config(
         args,

@@ -22,7 +22,7 @@ from batchmaker.types import MAX_TREE_NODES, InferRequest, StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
 
 if TYPE_CHECKING:
-    from batchmaker.models import Model
+    from batchmaker.models.base import Model
 
 MAX_REQUEST_ID_LEN = 128
 DEFAULT_TOP_K = 1

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from batchmaker import openloop
-from batchmaker.builtin import builtin_models
+from batchmaker.bench import openloop
+from batchmaker.bench.launcher import ServerProcess
+from batchmaker.bench.openloop import Send
+from batchmaker.bench.trace import Trace, make_trace
 from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
-from batchmaker.engine import Engine
-from batchmaker.launcher import ServerProcess
-from batchmaker.openloop import Send
-from batchmaker.trace import Trace, make_trace
+from batchmaker.models.builtin import builtin_models
+from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest, StepOutput
 
 PATHS = ("in-process", "grpc")
@@ -250,7 +250,7 @@ def print_table(report: OverheadReport) -> None:
 def run_overhead_cli(args: argparse.Namespace) -> int:
     import uvloop
 
-    from batchmaker.cli import engine_config
+    from batchmaker.cli.main import engine_config
 
     report = uvloop.run(run_overhead(args, engine_config(args)))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,11 +35,11 @@ from batchmaker.errors import (
     RequestCancelledError,
     UnavailableError,
 )
-from batchmaker.executor import Executor, TorchExecutor
-from batchmaker.models import Model
-from batchmaker.stream import RequestStream
+from batchmaker.models.base import Model
+from batchmaker.runtime.executor import Executor, TorchExecutor
+from batchmaker.runtime.stream import RequestStream
+from batchmaker.runtime.worker import DeviceWorker, WorkerStats
 from batchmaker.types import InferRequest, StepOutput
-from batchmaker.worker import DeviceWorker, WorkerStats
 from cells import Cell, StatePool
 from scheduler import (
     NUM_RESERVED_SLOTS,

@@ -32,13 +32,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from batchmaker.auth import BearerTokenInterceptor
 from batchmaker.config import EngineConfig, ServerConfig
-from batchmaker.engine import Engine, ExecutorWrapper
-from batchmaker.manager import ModelManager
-from batchmaker.metrics import ServerMetrics
-from batchmaker.models import Model
-from batchmaker.service import (
+from batchmaker.models.base import Model
+from batchmaker.repository.manager import ModelManager
+from batchmaker.runtime.engine import Engine, ExecutorWrapper
+from batchmaker.server.auth import BearerTokenInterceptor
+from batchmaker.server.metrics import ServerMetrics
+from batchmaker.server.servicers import (
     REPOSITORY_SERVICE_NAME,
     SERVICE_NAME,
     InferenceService,

@@ -36,7 +36,10 @@ from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 
 from batchmaker.errors import ModelLoadError, ModelNotFoundError
-from batchmaker.models import Model, Seq2SeqModel, SequenceModel, TreeModel
+from batchmaker.models.base import Model
+from batchmaker.models.seq2seq import Seq2SeqModel
+from batchmaker.models.sequence import SequenceModel
+from batchmaker.models.tree import TreeModel
 from cells import BinaryTreeLSTMCell, EncoderCell, GreedyDecoderCell, RecurrentStackCell
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from batchmaker.config import MODES, EngineConfig
 
 if TYPE_CHECKING:
     from batchmaker.config import ServerConfig
-    from batchmaker.manager import ModelManager
-    from batchmaker.server import InferenceServer
+    from batchmaker.repository.manager import ModelManager
+    from batchmaker.server.lifecycle import InferenceServer
 
 ENV_PREFIX = "BATCHMAKER_"
 
@@ -235,8 +235,8 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
 
 
 def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from batchmaker.builtin import BUILTIN_MODELS, DEMO_REPOSITORY
     from batchmaker.config import ServerConfig
+    from batchmaker.models.builtin import BUILTIN_MODELS, DEMO_REPOSITORY
 
     d = ServerConfig()
     p = sub.add_parser(
@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="time from process start to the first response, by start-up phase",
     )
-    from batchmaker.bench_coldstart import add_coldstart_flags
+    from batchmaker.bench.coldstart import add_coldstart_flags
 
     add_coldstart_flags(coldstart)
     # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
@@ -542,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
         parser.error(f"--log-level: unknown level {args.log_level!r}")
-    from batchmaker import logs
+    from batchmaker.server import logs
 
     logs.configure(level, args.log_format)
     try:
@@ -566,23 +566,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             import uvloop
 
-            from batchmaker.demo import run_demo
+            from batchmaker.cli.demo import run_demo
 
             uvloop.run(run_demo(engine_config(args), num_requests=args.requests))
             return 0
         if args.command == "bench-coldstart":
-            from batchmaker.bench_coldstart import run_coldstart_cli
+            from batchmaker.bench.coldstart import run_coldstart_cli
 
             return run_coldstart_cli(args)
         if args.command == "bench-overhead":
-            from batchmaker.bench_grpc import run_overhead_cli
+            from batchmaker.bench.overhead import run_overhead_cli
 
             return run_overhead_cli(args)
         if args.e2e:
-            from batchmaker.bench_e2e import run_e2e_cli
+            from batchmaker.bench.e2e import run_e2e_cli
 
             return run_e2e_cli(args)
-        from batchmaker.bench import run_bench_cli
+        from batchmaker.bench.engine import run_bench_cli
 
         return run_bench_cli(args)
     except ValueError as exc:
@@ -596,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
     """The server's and the engine's config, and the models to load at start (empty: every
     model in the repository), from ``serve``'s flags."""
-    from batchmaker.auth import AuthConfig
     from batchmaker.config import ServerConfig
+    from batchmaker.server.auth import AuthConfig
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     repository = None if args.model_repository.lower() == "none" else args.model_repository
@@ -626,9 +626,9 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
 
 def model_manager(repository: str | None, *, grace_s: float) -> ModelManager:
     """What the server can serve: the repository (if any) and the built-in models."""
-    from batchmaker.builtin import BUILTIN_MODELS
-    from batchmaker.manager import ModelManager
-    from batchmaker.repository import ModelRepository
+    from batchmaker.models.builtin import BUILTIN_MODELS
+    from batchmaker.repository.manager import ModelManager
+    from batchmaker.repository.store import ModelRepository
 
     repo = None if repository is None else ModelRepository(repository)
     return ModelManager(repo, BUILTIN_MODELS, unload_grace_s=grace_s)
@@ -638,7 +638,7 @@ def _serve(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     import uvloop
 
-    from batchmaker.server import serve
+    from batchmaker.server.lifecycle import serve
 
     # torch, grpc and the rest: most of a cold start (docs/benchmarks.md, "Cold start").
     imports = time.perf_counter() - t
@@ -713,8 +713,8 @@ def _example_input(model: Any) -> str:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from batchmaker.auth import read_tokens
     from batchmaker.client import Client, TLSConfig
+    from batchmaker.server.auth import read_tokens
 
     def read(path: str | None) -> bytes | None:
         if path is None:
@@ -922,7 +922,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from batchmaker.importer import ImportOptions, import_state_dict
+    from batchmaker.repository.importer import ImportOptions, import_state_dict
 
     def lines(path: Path | None) -> list[str]:
         return [] if path is None else path.read_text().splitlines()

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from batchmaker.builtin import default_models
 from batchmaker.config import EngineConfig
-from batchmaker.engine import Engine
+from batchmaker.models.builtin import default_models
+from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest
 
 

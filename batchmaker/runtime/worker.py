@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchmaker.executor import Executor
+from batchmaker.runtime.executor import Executor
 from scheduler import FinishReason, SchedRequest, Scheduler, StepOutcome
 
 log = logging.getLogger(__name__)

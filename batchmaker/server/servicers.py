@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from batchmaker import logs, wire
 from batchmaker.errors import (
     AdmissionRejectedError,
     BatchMakerError,
@@ -35,15 +34,17 @@ from batchmaker.errors import (
     InvalidRequestError,
     UnavailableError,
 )
-from batchmaker.metrics import RequestObservation
+from batchmaker.server import logs
+from batchmaker.server.metrics import RequestObservation
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+from batchmaker.wire import v1 as wire
 
 if TYPE_CHECKING:
-    from batchmaker.engine import Engine
-    from batchmaker.manager import ModelManager, VersionState
-    from batchmaker.metrics import ServerMetrics
-    from batchmaker.stream import RequestStream
+    from batchmaker.repository.manager import ModelManager, VersionState
+    from batchmaker.runtime.engine import Engine
+    from batchmaker.runtime.stream import RequestStream
+    from batchmaker.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

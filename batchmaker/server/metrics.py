@@ -34,12 +34,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from batchmaker.worker import BATCH_SIZE_BUCKETS
+from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from batchmaker.engine import Engine
+    from batchmaker.runtime.engine import Engine
 
 # ``*_created`` series double every counter and histogram for a timestamp no dashboard
 # uses (vLLM turns them off too). Process-wide: prometheus_client has no per-registry switch.

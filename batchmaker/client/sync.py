@@ -20,12 +20,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from batchmaker import wire
-from batchmaker.auth import client_interceptors
 from batchmaker.errors import BatchMakerError, Code, error_for
+from batchmaker.server.auth import client_interceptors
 from batchmaker.types import StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+from batchmaker.wire import v1 as wire
 
 Inputs = Sequence[int] | np.ndarray | TreeInput
 DEFAULT_ADDRESS = "127.0.0.1:50051"

@@ -6,16 +6,17 @@ nothing below reads the environment. Errors name the field and the value.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from batchmaker.server.auth import AuthConfig
+from scheduler import MODES, Mode, PolicyConfig, SchedulerConfig
 
-Mode = Literal["cellular", "padded", "level", "none"]
-MODES: tuple[str, ...] = get_args(Mode)
+__all__ = ["MODES", "AuthConfig", "EngineConfig", "Mode", "ServerConfig", "read_tokens"]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -83,6 +84,18 @@ class EngineConfig:
                 f"max_batch ({self.max_batch})"
             )
 
+    def scheduler_config(self) -> SchedulerConfig:
+        """What the scheduler of every device needs of this config."""
+        return SchedulerConfig(
+            mode=self.mode,
+            max_num_live_requests=self.max_num_live_requests,
+            policy=PolicyConfig(
+                finishing_first=self.finishing_first, max_wait_steps=self.max_wait_steps
+            ),
+            max_batch_requests=self.padded_max_batch,
+            batch_timeout_s=self.padded_timeout_s,
+        )
+
     def max_batch_for(self, cell_type: str, model_default: int | None = None) -> int:
         """The max batch of a qualified cell type (``model@version/cell``): an override
         here, else the model's own (``model_default``, from its config), else ``max_batch``."""
@@ -126,7 +139,7 @@ class ServerConfig:
     """Directory of ``<model>/<version>/`` folders to serve from and to load and unload
     at run time; ``None``: built-in models only."""
     auth: AuthConfig | None = None
-    """Bearer tokens callers must present (``batchmaker/auth.py``); ``None`` or empty:
+    """Bearer tokens callers must present (``batchmaker/server/auth.py``); ``None`` or empty:
     no authentication. Built from token files and environment variables, never flags."""
     max_concurrent_streams: int | None = None
     """Most inference calls in progress at once, server-wide; more get RESOURCE_EXHAUSTED
@@ -175,3 +188,82 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+
+# ---- auth ----------------------------------------------------------------------
+# Secrets never come from the command line, where ``ps`` and shell history show them:
+# flags take *files* of tokens (one per line, ``#`` comments), and environment variables
+# may carry them directly, which is how Kubernetes secrets usually arrive. Only SHA-256
+# digests are kept, compared in constant time.
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def read_tokens(path: str | Path) -> list[str]:
+    """Tokens in a file: one per line; blank lines and ``#`` comments are skipped."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"token file {str(path)!r}: {exc.strerror or exc}") from None
+    tokens = [line.strip() for line in text.splitlines()]
+    return [t for t in tokens if t and not t.startswith("#")]
+
+
+def split_tokens(value: str) -> list[str]:
+    """Tokens in an environment variable: comma-separated."""
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may call: digests of the inference and the admin tokens. Empty: no auth."""
+
+    inference: frozenset[bytes] = frozenset()
+    admin: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def from_tokens(cls, inference: Iterable[str] = (), admin: Iterable[str] = ()) -> AuthConfig:
+        inf, adm = list(inference), list(admin)
+        for t in (*inf, *adm):
+            if any(c.isspace() for c in t) or not t.isprintable():
+                raise ValueError("auth tokens must be printable and contain no whitespace")
+            if len(t) < 16:
+                raise ValueError("auth tokens must be at least 16 characters long")
+        return cls(frozenset(map(_digest, inf)), frozenset(map(_digest, adm)))
+
+    @classmethod
+    def from_sources(
+        cls,
+        *,
+        tokens_file: str | None = None,
+        admin_tokens_file: str | None = None,
+        env: Mapping[str, str] | None = None,
+        prefix: str = "BATCHMAKER_",
+    ) -> AuthConfig:
+        """Tokens from files (flags point at them) and ``<prefix>AUTH_TOKENS`` /
+        ``<prefix>ADMIN_TOKENS`` (comma-separated values), all of them combined."""
+        env = os.environ if env is None else env
+        inference = split_tokens(env.get(prefix + "AUTH_TOKENS", ""))
+        admin = split_tokens(env.get(prefix + "ADMIN_TOKENS", ""))
+        if tokens_file:
+            inference += read_tokens(tokens_file)
+        if admin_tokens_file:
+            admin += read_tokens(admin_tokens_file)
+        return cls.from_tokens(inference, admin)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.inference or self.admin)
+
+    def role(self, token: str) -> str | None:
+        """``"admin"``, ``"inference"`` or ``None`` for an unknown token (constant time in
+        the token's content: every known digest is compared, whatever matches first)."""
+        d = _digest(token)
+        admin = any([hmac.compare_digest(d, k) for k in self.admin])  # noqa: C419 - compare all
+        inference = any([hmac.compare_digest(d, k) for k in self.inference])  # noqa: C419
+        return "admin" if admin else "inference" if inference else None
+
+    def __repr__(self) -> str:  # never the digests either
+        return f"AuthConfig(inference={len(self.inference)} tokens, admin={len(self.admin)})"

@@ -1,6 +1,10 @@
-"""Domain types at the engine's API: what a caller submits and what streams back.
+"""Domain types at the engine's API: what a caller submits, what streams back, and what a
+client sees of a model.
 
-Protobuf never crosses into the engine; the servicer converts at the edge.
+Protobuf never crosses into the engine; the wire conversions (``batchmaker.wire``) turn
+messages into these types at the edge, for the server and the clients alike.
+``FinishReason`` is the scheduler's, re-exported: one vocabulary from the scheduler to
+the wire.
 """
 
 from __future__ import annotations
@@ -9,6 +13,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from scheduler.request import FinishReason
+
+__all__ = [
+    "MAX_TREE_NODES",
+    "FinishReason",
+    "InferRequest",
+    "ModelSignature",
+    "StepOutput",
+    "TensorSignature",
+    "TreeInput",
+]
 
 MAX_TREE_NODES = 65536
 """No tree model takes more nodes (its own ``max_nodes`` is at most this)."""

@@ -1,7 +1,7 @@
 """Batched cell math in torch.
 
 Cells know tensors and nothing about requests: no request ids, no scheduler,
-no serving runtime. See DESIGN.md for the layering.
+no serving runtime. See docs/architecture.md for the layering.
 """
 
 from cells.base import Cell, InputKind, StateSpec

@@ -1,7 +1,7 @@
 """Cellular-batching scheduler: requests, graphs, ready queues and batching policies.
 
 Pure Python (numpy for index arrays). It must never import torch, grpc or the
-serving runtime: it decides *what* runs, the caller runs it. See DESIGN.md.
+serving runtime: it decides *what* runs, the caller runs it. See docs/architecture.md.
 """
 
 from scheduler.base import AdmissionError, Scheduler
@@ -17,14 +17,16 @@ from scheduler.graph import (
     TreeGraph,
     check_tree,
 )
+from scheduler.modes import MODES, Mode, SchedulerConfig, make_scheduler
 from scheduler.padded import PaddedScheduler
-from scheduler.plan import CellTypeSpec, Emission, FinishReason, StepOutcome, StepPlan
+from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
 from scheduler.policy import PolicyConfig
-from scheduler.request import SchedRequest
+from scheduler.request import FinishReason, SchedRequest
 from scheduler.slots import NUM_RESERVED_SLOTS, SCRATCH_SLOT, ZERO_SLOT, SlotPool
 
 __all__ = [
     "FEEDBACK_INPUT",
+    "MODES",
     "NUM_RESERVED_SLOTS",
     "SCRATCH_SLOT",
     "ZERO_SLOT",
@@ -37,6 +39,7 @@ __all__ = [
     "Emission",
     "FinishReason",
     "ManualClock",
+    "Mode",
     "MonotonicClock",
     "NodeSpec",
     "PaddedScheduler",
@@ -44,10 +47,12 @@ __all__ = [
     "RequestGraph",
     "SchedRequest",
     "Scheduler",
+    "SchedulerConfig",
     "Seq2SeqGraph",
     "SlotPool",
     "StepOutcome",
     "StepPlan",
     "TreeGraph",
     "check_tree",
+    "make_scheduler",
 ]

@@ -18,8 +18,8 @@ import numpy as np
 
 from scheduler.clock import Clock
 from scheduler.graph import NodeSpec
-from scheduler.plan import CellTypeSpec, Emission, FinishReason, StepOutcome, StepPlan
-from scheduler.request import SchedRequest
+from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
+from scheduler.request import FinishReason, SchedRequest
 from scheduler.slots import SCRATCH_SLOT, ZERO_SLOT, SlotPool
 
 
@@ -30,6 +30,11 @@ class AdmissionError(RuntimeError):
         super().__init__(message)
         self.limit = limit
         """Which limit: ``"live_requests"`` or ``"slots"``."""
+
+
+def completion_reason(request: SchedRequest) -> FinishReason:
+    """How a request whose work ran out ended: at its output-length cap, or not."""
+    return FinishReason.LENGTH if request.graph.capped else FinishReason.COMPLETED
 
 
 # A row of a plan: the request and node it runs, or (None, -1, None) for padding.
@@ -329,7 +334,7 @@ class Scheduler(ABC):
         self._outcome.emissions.append(emission)
 
     def _on_complete(self, request: SchedRequest) -> None:
-        self._finish(request, FinishReason.COMPLETED)
+        self._finish(request, completion_reason(request))
 
     def _after_step(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook run after every step's update."""

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from scheduler.base import PADDING_ROW, Row, Scheduler
+from scheduler.base import PADDING_ROW, Row, Scheduler, completion_reason
 from scheduler.clock import Clock
 from scheduler.graph import NodeSpec
-from scheduler.plan import CellTypeSpec, Emission, FinishReason, StepPlan
+from scheduler.plan import CellTypeSpec, Emission, StepPlan
 from scheduler.request import SchedRequest
 
 
@@ -130,7 +130,7 @@ class PaddedScheduler(Scheduler):
                 self._outcome.emissions.append(emission)
         for request in self._completed:
             if not request.finished:
-                self._finish(request, FinishReason.COMPLETED)
+                self._finish(request, completion_reason(request))
         self._buffered, self._completed, self._batch = [], [], []
 
     def next_wakeup(self) -> float | None:

@@ -2,34 +2,19 @@
 
 Everything here is plain data: no tensors, no sockets. ``StepPlan`` says what
 to run; the executor's result goes back through ``update_from_output`` as an
-opaque object (the scheduler reads only ``tokens`` from it, for graphs that
-feed emitted tokens back), and ``StepOutcome`` says which requests got which
+opaque object (the scheduler reads only its ``tokens`` attribute, for graphs
+that feed emitted tokens back), and ``StepOutcome`` says which requests got which
 row of that result and which requests ended.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from scheduler.request import SchedRequest
-
-
-class FinishReason(enum.Enum):
-    """Why a request left the scheduler."""
-
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    DEADLINE_EXCEEDED = "deadline_exceeded"
-    FAILED = "failed"
-    """Its batch raised inside the executor; only that batch's requests get this."""
-    SHUTDOWN = "shutdown"
-    UNLOADED = "unloaded"
-    """Its model was unloaded while it ran, after the unload's grace period."""
+from scheduler.request import SchedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +72,6 @@ class StepPlan:
     def num_real(self) -> int:
         """Rows doing requested work (the rest is padding)."""
         return sum(r is not None for r in self.requests)
-
-
-class StepResultLike(Protocol):
-    """The one thing the scheduler reads from an executor's result."""
-
-    @property
-    def tokens(self) -> Any:
-        """Per-row emitted token ids (decoders), or ``None``."""
 
 
 @dataclass(slots=True)

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from scheduler.graph import RequestGraph
-from scheduler.plan import FinishReason
+
+
+class FinishReason(enum.StrEnum):
+    """Why a request ended: the one vocabulary of the scheduler, the engine, the streams,
+    the wire and the clients. A ``StrEnum``, so it prints and compares as its value.
+
+    ``COMPLETED`` and ``LENGTH`` are the two clean ends a client sees as a finish reason;
+    the others end the request with an error (the engine maps each to its status).
+    """
+
+    COMPLETED = "completed"
+    """Its work ran out: the last input step, EOS, or a tree's root."""
+    LENGTH = "length"
+    """It stopped at its output-length cap (``max_output_length``)."""
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    FAILED = "failed"
+    """Its batch raised inside the executor; only that batch's requests get this."""
+    SHUTDOWN = "shutdown"
+    UNLOADED = "unloaded"
+    """Its model was unloaded while it ran, after the unload's grace period."""
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the request ended with an error rather than a finish reason."""
+        return self not in (FinishReason.COMPLETED, FinishReason.LENGTH)
 
 
 class SchedRequest:

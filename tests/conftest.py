@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_cpu_threads() -> None:
+    """torch's CPU threads, set once for the test process as every command that starts a
+    server sets them for its own (``set_cpu_threads``): all cores but one. Only when some
+    collected test imported torch: the torch-free tiers must not pull it in."""
+    if "torch" in sys.modules:
+        from batchmaker.config import EngineConfig
+        from batchmaker.runtime.torch_executor import set_cpu_threads
+
+        set_cpu_threads(EngineConfig())
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from batchmaker.bench.launcher import ServerProcess
@@ -145,20 +144,6 @@ def print_table(report: ColdStartReport) -> None:
     print(f"{'total':16s} {m['total'] * 1e3:10.0f}")
     verdict = "meets" if report.meets_target else "misses"
     print(f"\nmedian of {len(report.runs)} runs {verdict} the {TARGET_S:.0f} s target")
-
-
-def add_coldstart_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs", type=int, default=7, help="cold starts; the median is reported")
-    p.add_argument("--models", default="", help="models to serve (default: the demo repository's)")
-    p.add_argument("--model", default=None, help="the model of the first request")
-    p.add_argument(
-        "--serve-arg",
-        dest="serve_args",
-        action="append",
-        default=[],
-        help="an extra `batchmaker serve` flag, e.g. --serve-arg=--no-warmup (repeatable)",
-    )
-    p.add_argument("--out", type=Path, default=Path("bench-results/coldstart.json"))
 
 
 def run_coldstart_cli(args: argparse.Namespace) -> int:

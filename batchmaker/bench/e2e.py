@@ -544,8 +544,9 @@ def print_table(report: Mapping[str, Any]) -> None:
     print(f"valid: {report['valid']}" + "".join(f"\n  {p}" for p in report["problems"]))
 
 
-def run_e2e_cli(args: argparse.Namespace) -> int:
-    """``batchmaker bench --e2e``: run (or, with ``--from-json``, re-plot) and write out."""
+def run_e2e_cli(args: argparse.Namespace, config: EngineConfig) -> int:
+    """``batchmaker bench --e2e``: run (or, with ``--from-json``, re-plot) and write out.
+    ``config``: every mode's server's, but for its mode (from the CLI's flags)."""
     if args.family != "chain" or args.saturation_only or args.out is not None:
         raise ValueError("--e2e: the server's built-in models are chains; use --out-dir, not --out")
     out_dir: Path = args.out_dir
@@ -555,13 +556,6 @@ def run_e2e_cli(args: argparse.Namespace) -> int:
     else:
         import uvloop
 
-        from batchmaker.cli.main import engine_config
-
-        config = engine_config(
-            args,
-            max_num_live_requests=max(args.max_live, 4096),
-            num_slots=max(args.num_slots, 4096),
-        )
         report = uvloop.run(E2EBench(args, config).run())
         payload = json.loads(json.dumps(asdict(report), default=str))
         payload["command"] = " ".join(["batchmaker", *sys.argv[1:]])

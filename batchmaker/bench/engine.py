@@ -46,6 +46,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from batchmaker.bench.kernels import isolated_step_seconds
 from batchmaker.bench.openloop import Replay, replay
 from batchmaker.bench.sweep import find_sustainable, num_requests
 from batchmaker.bench.trace import (
@@ -63,6 +64,8 @@ from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
 from batchmaker.models.sequence import SequenceModel, recurrent_model
 from batchmaker.models.tree import TreeModel, tree_model
 from batchmaker.runtime.engine import Engine
+from batchmaker.runtime.executor import CellSet
+from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.types import InferRequest, StepOutput, TreeInput
 
 FAMILIES: tuple[str, ...] = ("chain", "seq2seq", "tree")
@@ -623,13 +626,14 @@ class Bench:
         none = self.engines["none"]
         cells = list(self.model.cells)
         mb = {c: none.max_batch_for(self.model, c) for c in cells}
-        # The torch executor's; the Executor protocol the worker depends on lacks it.
-        run_isolated = none.workers[0].executor.run_isolated  # type: ignore[attr-defined]
+        # The kernels alone, on a device of their own executor: nothing the engine serves.
+        kernels = TorchExecutor(self.base.devices[0])
+        kernels.load_cells(CellSet.of([self.model], num_slots=1))()
 
         def kernel() -> dict[str, float]:
             times = {}
             for c in cells:
-                t = run_isolated(self.model.qualify(c), mb[c], iterations=20)
+                t = isolated_step_seconds(kernels, self.model.qualify(c), mb[c], iterations=20)
                 _log(
                     f"kernel {c}: batch {mb[c]} in {t * 1e3:.2f} ms = {mb[c] / t:.0f} cell-steps/s"
                 )
@@ -960,14 +964,9 @@ def print_table(report: BenchReport) -> None:
     print(f"valid (every mode matched the idle reference): {report.valid}")
 
 
-def run_bench_cli(args: argparse.Namespace) -> int:
-    from batchmaker.cli.main import engine_config
-
-    base = engine_config(
-        args,
-        max_num_live_requests=max(args.max_live, 4096),
-        num_slots=max(args.num_slots, 4096),
-    )
+def run_bench_cli(args: argparse.Namespace, base: EngineConfig) -> int:
+    """``batchmaker bench``: every mode of ``args.modes`` on one trace; ``base`` is each
+    mode's engine config but for its mode (from the CLI's flags)."""
     t0 = time.monotonic()
     report = asyncio.run(Bench(args, base).run())
     family = args.family

@@ -247,12 +247,11 @@ def print_table(report: OverheadReport) -> None:
     )
 
 
-def run_overhead_cli(args: argparse.Namespace) -> int:
+def run_overhead_cli(args: argparse.Namespace, config: EngineConfig) -> int:
+    """``batchmaker bench-overhead``; ``config``: the engine's, in-process and in the server."""
     import uvloop
 
-    from batchmaker.cli.main import engine_config
-
-    report = uvloop.run(run_overhead(args, engine_config(args)))
+    report = uvloop.run(run_overhead(args, config))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report.to_json(), indent=2))
     print(json.dumps({"throughput_ratio": report.throughput_ratio, "valid": report.valid}))

@@ -7,11 +7,14 @@ the running batch at their first step: cellular batching, visible.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 
+from batchmaker.cli import flags
 from batchmaker.config import EngineConfig
 from batchmaker.models.builtin import default_models
 from batchmaker.runtime.engine import Engine
@@ -47,3 +50,22 @@ async def run_demo(config: EngineConfig, *, num_requests: int = 6, seed: int = 0
 
 def _ms(t0: float) -> str:
     return f"{(time.monotonic() - t0) * 1e3:8.1f} ms"
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "demo", parents=[common], help="stream a few requests through an in-process engine"
+    )
+    flags.add_engine_flags(p)
+    p.add_argument("--requests", type=int, default=6, help="demo requests to stream")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from batchmaker.runtime.torch_executor import set_cpu_threads
+
+    config = flags.engine_config(args)
+    set_cpu_threads(config)
+    uvloop.run(run_demo(config, num_requests=args.requests))
+    return 0

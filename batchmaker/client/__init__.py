@@ -13,16 +13,9 @@ May import ``batchmaker.wire``, ``types``, ``errors`` and the generated stubs; n
 server, the runtime or torch.
 """
 
-from batchmaker.client.sync import (
-    DEFAULT_ADDRESS,
-    AsyncClient,
-    AsyncInferStream,
-    Client,
-    InferResult,
-    InferStream,
-    RequestOptions,
-    TLSConfig,
-)
+from batchmaker.client.aio import AsyncClient, AsyncInferStream
+from batchmaker.client.channel import DEFAULT_ADDRESS, InferResult, RequestOptions, TLSConfig
+from batchmaker.client.sync import Client, InferStream
 
 __all__ = [
     "DEFAULT_ADDRESS",

@@ -1,17 +1,17 @@
 """The models a server can serve by name without a model repository.
 
-Reproducible random weights (fixed seeds) until trained demo models ship
-with the model-repository issue; they exercise every code path and match
-plain torch exactly, but their predictions mean nothing. The names are known
-without importing torch (the CLI lists them); building a model imports it.
+Reproducible random weights (fixed seeds): they exercise every code path and
+match plain torch exactly, but their predictions mean nothing. They exist for
+the benchmarks (``lstm-512``), the in-process ``batchmaker demo`` and tests; the
+trained models a server serves by default are the demo repository's
+(``batchmaker.demos``). The names are known without importing torch (the CLI
+lists them); building a model imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-
-from batchmaker import demos
 
 if TYPE_CHECKING:
     from batchmaker.models.sequence import SequenceModel
@@ -55,9 +55,6 @@ BUILTIN_MODELS: dict[str, Callable[[], SequenceModel]] = {
 
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("lstm-lm", "gru-lm")
 """What the in-process ``batchmaker demo`` streams through."""
-
-DEMO_REPOSITORY = demos.DEMO_REPOSITORY
-"""The trained demo models shipped in the package: the server's default model repository."""
 
 
 def default_models() -> list[SequenceModel]:

@@ -9,20 +9,22 @@ per step and fan out to each request's ``RequestStream``.
 Admission is counted here, on the loop thread, so no lock is needed: a slot
 counts as taken from submit until the loop hears the request ended, which is
 never less than what the worker's scheduler holds.
+
+The engine builds nothing device-specific itself: it is handed an executor
+factory (one executor per device; the torch one by default) and a clock (the
+monotonic one by default), and the scheduler of its mode comes from
+``scheduler.make_scheduler``. So the engine imports no torch, and its logic runs
+under a fake executor and a manual clock in tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import itertools
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-import torch
 
 from batchmaker.config import EngineConfig
 from batchmaker.errors import (
@@ -36,27 +38,21 @@ from batchmaker.errors import (
     UnavailableError,
 )
 from batchmaker.models.base import Model
-from batchmaker.runtime.executor import Executor, TorchExecutor
+from batchmaker.runtime.executor import CellSet, ExecutorFactory
 from batchmaker.runtime.stream import RequestStream
 from batchmaker.runtime.worker import DeviceWorker, WorkerStats
 from batchmaker.types import InferRequest, StepOutput
-from cells import Cell, StatePool
 from scheduler import (
-    NUM_RESERVED_SLOTS,
     CellTypeSpec,
-    CellularScheduler,
+    Clock,
     FinishReason,
     MonotonicClock,
-    PaddedScheduler,
-    PolicyConfig,
     SchedRequest,
-    Scheduler,
     StepOutcome,
+    make_scheduler,
 )
 
 log = logging.getLogger(__name__)
-
-ExecutorWrapper = Callable[[Executor], Executor]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +84,21 @@ class Engine:
         config: EngineConfig,
         models: Iterable[Model],
         *,
-        executor_wrapper: ExecutorWrapper | None = None,
+        executor_factory: ExecutorFactory | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``executor_factory``: one executor per device of ``config.devices``; ``None`` is
+        the torch executor. ``clock``: what the schedulers and deadlines read; ``None`` is
+        ``time.monotonic``. Both are seams for tests, benchmarks and other devices."""
         self.config = config
         models = list(models)
         self._models: dict[str, dict[int, Model]] = {}
         self._check_new(models)
-        for d in config.devices:
-            if d.startswith("cuda") and not torch.cuda.is_available():
-                raise ValueError(f"devices: {d!r} requested but CUDA is not available")
-        if any(d == "cpu" for d in config.devices):
-            torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
+        if executor_factory is None:
+            from batchmaker.runtime.torch_executor import TorchExecutor
+
+            executor_factory = TorchExecutor
+        self._clock: Clock = clock or MonotonicClock()
         known = {key for m in models for c in m.cells for key in (m.qualify(c), f"{m.name}/{c}")}
         unknown = sorted(set(config.max_batch_per_cell) - known)
         if unknown:
@@ -106,18 +106,15 @@ class Engine:
                 f"max_batch_per_cell: no cell type {unknown[0]!r}; served: {sorted(known)}"
             )
         specs, capacities = self._scheduler_parts(models)
-        self._executors: list[TorchExecutor] = []
+        cells = CellSet.of(models, config.num_slots)
+        sched_config = config.scheduler_config()
         self._workers: list[DeviceWorker] = []
         self._placements: list[_Placement] = []
         for i, device in enumerate(config.devices):
-            inner = TorchExecutor(device, *self._executor_parts(device, models))
-            executor: Executor = inner if executor_wrapper is None else executor_wrapper(inner)
-            self._executors.append(inner)
-            self._workers.append(
-                DeviceWorker(
-                    self._build_scheduler(specs, capacities), executor, self._deliver_threadsafe
-                )
-            )
+            executor = executor_factory(device)
+            executor.load_cells(cells)()  # no thread runs yet: install it here
+            scheduler = make_scheduler(sched_config, specs, capacities, self._clock)
+            self._workers.append(DeviceWorker(scheduler, executor, self._deliver_threadsafe))
             self._placements.append(_Placement(i, capacities))
         for m in models:
             self._models.setdefault(m.name, {})[m.version] = m
@@ -161,49 +158,6 @@ class Engine:
         capacities = {m.qualify(p): self.config.num_slots for m in models for p in m.pools}
         return specs, capacities
 
-    def _build_scheduler(self, specs: list[CellTypeSpec], capacities: dict[str, int]) -> Scheduler:
-        cfg = self.config
-        clock = MonotonicClock()
-        if cfg.mode == "cellular":
-            return CellularScheduler(
-                specs,
-                capacities,
-                clock,
-                max_num_live_requests=cfg.max_num_live_requests,
-                policy=PolicyConfig(
-                    finishing_first=cfg.finishing_first, max_wait_steps=cfg.max_wait_steps
-                ),
-            )
-        padded = cfg.mode in ("padded", "level")
-        return PaddedScheduler(
-            specs,
-            capacities,
-            clock,
-            max_num_live_requests=cfg.max_num_live_requests,
-            max_batch_requests=cfg.padded_max_batch if padded else 1,
-            batch_timeout=cfg.padded_timeout_s if padded else 0.0,
-            stream=not padded,
-            all_ready=cfg.mode == "level",
-        )
-
-    def _executor_parts(
-        self, device: str, models: Sequence[Model]
-    ) -> tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]]:
-        """``models``' cells copied to ``device``, their preallocated pools, and which pool
-        each cell uses. Slow for big models: callers on the event loop run it in a thread."""
-        cells: dict[str, Cell] = {}
-        pools: dict[str, StatePool] = {}
-        cell_pools: dict[str, str] = {}
-        for m in models:
-            for c, cell in m.cells.items():
-                cells[m.qualify(c)] = copy.deepcopy(cell).to(device)
-                cell_pools[m.qualify(c)] = m.qualify(m.cell_pool(c))
-            for p, specs in m.pools.items():
-                pools[m.qualify(p)] = StatePool(
-                    specs, NUM_RESERVED_SLOTS + self.config.num_slots, device
-                )
-        return cells, pools, cell_pools
-
     # ---- models, while serving -----------------------------------------------------
 
     async def add_models(self, models: Sequence[Model]) -> None:
@@ -223,12 +177,15 @@ class Engine:
         self._loading |= keys
         try:
             specs, capacities = self._scheduler_parts(models)
-            parts = await asyncio.to_thread(
-                lambda: [self._executor_parts(d, models) for d in self.config.devices]
+            cells = CellSet.of(models, self.config.num_slots)
+            # The slow part (weights to each device, pools allocated), off the loop and off
+            # the step loops; each device then takes the model between two of its steps.
+            installs = await asyncio.to_thread(
+                lambda: [w.executor.load_cells(cells) for w in self._workers]
             )
             # Shielded: once the devices start taking the model, a cancelled caller must
             # not leave the loop's books out of step with them.
-            await asyncio.shield(self._install(models, specs, capacities, parts))
+            await asyncio.shield(self._install(models, specs, capacities, installs))
         finally:
             self._loading -= keys
         log.info("now serving %s", ", ".join(m.key for m in models))
@@ -238,18 +195,14 @@ class Engine:
         models: list[Model],
         specs: list[CellTypeSpec],
         capacities: dict[str, int],
-        parts: list[tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]]],
+        installs: list[Callable[[], None]],
     ) -> None:
         done = []
-        for worker, executor, part in zip(self._workers, self._executors, parts, strict=True):
+        for worker, install in zip(self._workers, installs, strict=True):
 
-            def add(
-                worker: DeviceWorker = worker,
-                executor: TorchExecutor = executor,
-                part: tuple[dict[str, Cell], dict[str, StatePool], dict[str, str]] = part,
-            ) -> None:
+            def add(worker: DeviceWorker = worker, install: Callable[[], None] = install) -> None:
                 worker.scheduler.add_cell_types(specs, capacities)
-                executor.add_cells(*part)
+                install()
 
             done.append(asyncio.wrap_future(worker.call(add)))
         await asyncio.gather(*done)
@@ -291,12 +244,13 @@ class Engine:
     async def _free(self, models: list[Model]) -> None:
         specs, capacities = self._scheduler_parts(models)
         names = [s.name for s in specs]
+        cells = CellSet.of(models, self.config.num_slots)
         done = []
-        for worker, executor in zip(self._workers, self._executors, strict=True):
+        for worker in self._workers:
 
-            def remove(worker: DeviceWorker = worker, executor: TorchExecutor = executor) -> None:
+            def remove(worker: DeviceWorker = worker) -> None:
                 worker.scheduler.remove_cell_types(names, capacities)
-                executor.remove_cells(names, capacities)
+                worker.executor.remove_cells(cells)
 
             done.append(asyncio.wrap_future(worker.call(remove)))
         await asyncio.gather(*done)
@@ -414,8 +368,8 @@ class Engine:
         place.num_live += 1
         for pool, n in wanted.items():
             place.free_slots[pool] -= n
-        stream = RequestStream(request_id, model.key, self.abort)
-        clock_now = self._workers[place.index].scheduler.clock.now()
+        stream = RequestStream(request_id, model.name, model.version, self.abort)
+        clock_now = self._clock.now()
         sreq = SchedRequest(
             request_id,
             graph,
@@ -479,7 +433,7 @@ class Engine:
             stream, k = request.tag, request.top_k
             res = e.result
             row = e.row
-            stream._push(
+            stream.push(
                 StepOutput(
                     step=e.step,
                     vector=res.outputs[row] if request.wants_outputs else None,
@@ -497,9 +451,13 @@ class Engine:
             self._ended.set()
             for pool in sreq.graph.slot_pools:
                 place.free_slots[pool] += 1
-            if sreq.started:
-                stream.queue_time = sreq.started_at - sreq.arrival
-            stream._finish(_finish_error(request, error), capped=sreq.graph.capped)
+            reason = request.finish_reason
+            assert reason is not None, "the scheduler hands out only finished requests"
+            stream.finish(
+                reason,
+                _error_for(reason, error),
+                queue_time=sreq.started_at - sreq.arrival if sreq.started else None,
+            )
         if not self._streams:
             self._idle.set()
 
@@ -525,9 +483,10 @@ class Engine:
         return list(self._workers)
 
 
-def _finish_error(request: SchedRequest, error: BaseException | None) -> BatchMakerError | None:
-    reason = request.finish_reason
-    if reason is FinishReason.COMPLETED:
+def _error_for(reason: FinishReason, error: BaseException | None) -> BatchMakerError | None:
+    """What a request that ended for ``reason`` raises to its reader (``None``: nothing).
+    ``error``: the executor's exception, when its batch failed."""
+    if not reason.is_error:
         return None
     if reason is FinishReason.CANCELLED:
         return RequestCancelledError("the request was cancelled")

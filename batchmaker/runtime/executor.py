@@ -1,24 +1,28 @@
-"""The executor seam: the one place a step plan becomes tensor work.
+"""The executor seam: the one interface between a device's step loop and the device.
 
-``TorchExecutor`` owns one device's cells and state pools: it gathers states by
-slot row, runs the batched cell once, scatters the new states back and copies
-the step's outputs to host once (not once per request). ``Executor`` is the
-interface the device worker depends on, so tests can wrap it to gate steps and
-inject faults.
+The worker thread hands an ``Executor`` one ``StepPlan`` at a time and gets a
+``StepResult`` back; the engine hands it the cells and state pools of the models
+it serves (``load_cells``, ``remove_cells``). Nothing else of the device leaks
+upward, so the same engine runs the real ``TorchExecutor``
+(``batchmaker.runtime.torch_executor``), a test's gated or fault-injecting wrapper,
+or a numpy-only fake that lets engine logic be tested without torch, as vLLM's
+executor interface and httpx's transports do.
+
+No torch here: cells are passed through as opaque objects.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
-from cells import Cell, StatePool
 from scheduler import StepPlan
+
+if TYPE_CHECKING:
+    from batchmaker.models.base import Model
 
 
 @dataclass(slots=True)
@@ -31,162 +35,64 @@ class StepResult:
     """``[B, plan.top_k]`` int64, best first, when the plan asked for top-k."""
     top_scores: np.ndarray | None = None
     tokens: np.ndarray | None = None
-    """``[B]`` emitted token ids, for cells whose graphs feed tokens back."""
+    """``[B]`` emitted token ids, for cells whose graphs feed tokens back (the scheduler
+    reads them to grow the graph)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CellSet:
+    """The cells and state pools of some models, named engine-wide (``model@version/...``).
+
+    What the engine gives every device's executor when models are loaded, and takes back
+    when they are unloaded. The cells are the models' master copies: an executor copies
+    them to its device and never changes them.
+    """
+
+    cells: Mapping[str, Any]
+    """Qualified cell type -> cell module (``cells.Cell``)."""
+    pools: Mapping[str, tuple[Any, ...]]
+    """Qualified pool -> the state it holds (``cells.StateSpec`` per state tensor)."""
+    cell_pools: Mapping[str, str]
+    """Qualified cell type -> the qualified pool it reads and writes."""
+    num_slots: int
+    """Usable state slots per pool; an executor adds the scheduler's reserved rows."""
+
+    @classmethod
+    def of(cls, models: Iterable[Model], num_slots: int) -> CellSet:
+        models = list(models)
+        return cls(
+            cells={m.qualify(c): cell for m in models for c, cell in m.cells.items()},
+            pools={m.qualify(p): specs for m in models for p, specs in m.pools.items()},
+            cell_pools={m.qualify(c): m.qualify(m.cell_pool(c)) for m in models for c in m.cells},
+            num_slots=num_slots,
+        )
 
 
 class Executor(Protocol):
-    """Runs step plans on one device. Called only from that device's worker thread."""
+    """Runs step plans on one device. Every method but ``load_cells`` is called only from
+    that device's worker thread, between steps."""
 
     device: str
+    """The torch device string (``cpu``, ``cuda:0``): the worker's and the metrics' label."""
+
+    def load_cells(self, cells: CellSet) -> Callable[[], None]:
+        """Prepare ``cells`` to serve (copy weights to the device, allocate their pools) on
+        the calling thread, which may be any thread, and return what makes them served.
+
+        The preparation is slow for big models, so it runs off the step loop; the returned
+        callable is fast and runs on the worker thread between two steps.
+        """
+        ...
+
+    def remove_cells(self, cells: CellSet) -> None:
+        """Stop serving ``cells`` and free their memory; no live request uses them."""
+        ...
 
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         """Run ``plan``; call ``on_launch`` once the long-running kernel work is about to
         start (CPU) or has been queued (GPU), so the caller can overlap its own work."""
         ...
 
-    def reset_state(self) -> None:
-        """Zero every state pool."""
 
-
-class TorchExecutor:
-    """Runs plans with real torch cells on one device."""
-
-    def __init__(
-        self,
-        device: str,
-        cells: Mapping[str, Cell],
-        pools: Mapping[str, StatePool],
-        cell_pools: Mapping[str, str],
-    ) -> None:
-        self.device = device
-        self._device = torch.device(device)
-        self._cuda = self._device.type == "cuda"
-        self.cells: dict[str, Cell] = {}
-        self.pools: dict[str, StatePool] = {}
-        self._cell_pool: dict[str, StatePool] = {}
-        self._token_index: dict[str, int] = {}
-        """Which new state of each cell is the token it emitted (decoders), if any."""
-        self.add_cells(cells, pools, cell_pools)
-
-    def add_cells(
-        self,
-        cells: Mapping[str, Cell],
-        pools: Mapping[str, StatePool],
-        cell_pools: Mapping[str, str],
-    ) -> None:
-        """Serve more cells (a model being loaded). Only between steps, on the device thread."""
-        clash = (set(cells) & set(self.cells)) | (set(pools) & set(self.pools))
-        if clash:
-            raise ValueError(f"already served: {sorted(clash)}")
-        self.pools.update(pools)
-        for name, cell in cells.items():
-            pool = self.pools[cell_pools[name]]
-            self.cells[name] = cell
-            self._cell_pool[name] = pool
-            if cell.token_state is not None:
-                self._token_index[name] = [s.name for s in pool.specs].index(cell.token_state)
-
-    def remove_cells(self, cells: Iterable[str], pools: Iterable[str]) -> None:
-        """Drop cells and pools (a model being unloaded); their memory is freed."""
-        for name in cells:
-            del self.cells[name]
-            del self._cell_pool[name]
-            self._token_index.pop(name, None)
-        for name in pools:
-            del self.pools[name]
-
-    def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
-        cell = self.cells[plan.cell_type]
-        pool = self._cell_pool[plan.cell_type]
-        with torch.inference_mode():
-            inputs = self._to_device(plan.inputs)
-            reads = self._to_device(plan.read_slots)
-            writes = self._to_device(plan.write_slots)
-            states = pool.gather(reads[:, 0] if cell.arity == 1 else reads)
-            if on_launch is not None and not self._cuda:
-                on_launch()
-            outputs, new_states = cell(inputs, states)
-            pool.scatter(writes, new_states)
-            if on_launch is not None and self._cuda:
-                on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
-            top_ids = top_scores = tokens = None
-            k = self._token_index.get(plan.cell_type)
-            if k is not None:
-                tokens = self._to_host(new_states[k])
-            if plan.top_k:
-                top_scores_t, top_ids_t = _top_k(outputs, plan.top_k)
-                top_ids, top_scores = self._to_host(top_ids_t), self._to_host(top_scores_t)
-            # Dropping unwanted outputs here lets the allocator reuse their memory at once.
-            host = self._to_host(outputs) if plan.wants_outputs else None
-            if self._cuda:
-                # One synchronisation per step: every non-blocking copy above has landed.
-                torch.cuda.current_stream(self._device).synchronize()
-        return StepResult(outputs=host, top_ids=top_ids, top_scores=top_scores, tokens=tokens)
-
-    def reset_state(self) -> None:
-        for pool in self.pools.values():
-            pool.reset()
-
-    def _to_device(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if self._cuda:
-            return t.pin_memory().to(self._device, non_blocking=True)
-        return t
-
-    def _to_host(self, t: torch.Tensor) -> np.ndarray:
-        if not self._cuda:
-            return t.numpy()
-        # A fresh pinned buffer per step: the numpy views handed to streams keep it alive,
-        # so a later step can never overwrite outputs a slow reader has not consumed.
-        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        buf.copy_(t, non_blocking=True)
-        return buf.numpy()
-
-    def run_isolated(
-        self, cell_type: str, batch_size: int, iterations: int, repeats: int = 5
-    ) -> float:
-        """Seconds per forward of ``cell_type`` on a preformed batch, no gather/scatter.
-
-        The denominator of the benchmark's efficiency: the kernel alone at that batch.
-        The median of ``repeats`` timed runs of ``iterations`` forwards each.
-        """
-        cell = self.cells[cell_type]
-        pool = self._cell_pool[cell_type]
-        g = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
-            if cell.input_kind == "tokens":
-                inputs = torch.randint(0, cell.input_dim, (batch_size,), generator=g)
-            else:
-                inputs = torch.randn(batch_size, cell.input_dim, generator=g)
-            inputs = inputs.to(self._device)
-            lead = (batch_size,) if cell.arity == 1 else (batch_size, cell.arity)
-            states = tuple(
-                torch.zeros((*lead, *t.shape[1:]), dtype=t.dtype, device=self._device)
-                for t in pool.tensors
-            )
-            for _ in range(max(3, iterations // 5)):
-                cell(inputs, states)
-            self._sync()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(iterations):
-                    cell(inputs, states)
-                self._sync()
-                times.append((time.perf_counter() - t0) / iterations)
-            return sorted(times)[len(times) // 2]
-
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize(self._device)
-
-
-def _top_k(outputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``k`` scores and ids per row, best first.
-
-    ``max`` for k=1: on CPU it is about 4x faster than ``topk`` over a 10k vocabulary.
-    """
-    if k == 1:
-        scores, ids = outputs.max(dim=1, keepdim=True)
-        return scores, ids
-    return torch.topk(outputs, k, dim=1)
+ExecutorFactory = Callable[[str], Executor]
+"""Builds the executor of one device (``cpu``, ``cuda:0``), serving nothing yet."""

@@ -1,9 +1,11 @@
 """A request's output stream on the event loop: what a caller iterates over.
 
-The device worker never touches it directly: outputs arrive through one
-``call_soon_threadsafe`` per step, and this object only buffers them. A slow
-reader therefore never blocks the engine; it finds several steps waiting and
-can take them all at once with ``next_chunk``.
+Two sides, both on the event loop. The engine produces (``push`` each step,
+``finish`` once); the caller consumes (iterate, ``next_chunk``, ``collect``,
+``cancel``). The device worker never touches a stream: outputs reach the loop
+through one ``call_soon_threadsafe`` per step and this object only buffers them.
+A slow reader therefore never blocks the engine; it finds several steps waiting
+and can take them all at once with ``next_chunk``.
 """
 
 from __future__ import annotations
@@ -12,49 +14,71 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
 
 from batchmaker.errors import BatchMakerError
-from batchmaker.types import StepOutput
-
-FinishReason = Literal["completed", "length"]
-"""How a request that did not fail ended: its work ran out, or its output-length cap."""
+from batchmaker.types import FinishReason, StepOutput
 
 
 class RequestStream:
     """Async iterator over one request's ``StepOutput``s; raises the request's error, if any."""
 
-    def __init__(self, request_id: str, model_key: str, abort: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        model_name: str,
+        model_version: int,
+        abort: Callable[[str], None],
+    ) -> None:
         self.request_id = request_id
-        self.model_key = model_key
+        self.model_name = model_name
+        """The model serving the request, and below, the version it was admitted to."""
+        self.model_version = model_version
         self._abort = abort
         self._buf: deque[StepOutput] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BatchMakerError | None = None
         self.finish_reason: FinishReason | None = None
-        """Set when the request ends without an error."""
+        """``COMPLETED`` or ``LENGTH``, set when the request ends without an error."""
         self.submitted_at = time.monotonic()
         self.first_output_at: float | None = None
         self.finished_at: float | None = None
         self.queue_time: float | None = None
         """Seconds from admission to its first cell execution; set when it ends, if it ran."""
 
-    # ---- fed by the engine, on the event loop --------------------------------
+    @property
+    def model_key(self) -> str:
+        """``name@version``: how the engine keys the models it serves."""
+        return f"{self.model_name}@{self.model_version}"
 
-    def _push(self, output: StepOutput) -> None:
+    # ---- the producer's side: the engine, on the event loop ----------------------
+
+    def push(self, output: StepOutput) -> None:
+        """Append one step; a waiting reader wakes."""
         if self.first_output_at is None:
             self.first_output_at = time.monotonic()
         self._buf.append(output)
         self._wake()
 
-    def _finish(self, error: BatchMakerError | None, *, capped: bool = False) -> None:
+    def finish(
+        self,
+        reason: FinishReason,
+        error: BatchMakerError | None = None,
+        *,
+        queue_time: float | None = None,
+    ) -> None:
+        """End the stream, once: ``reason`` why, and the ``error`` a reader then gets when
+        ``reason`` is an error. Outputs already pushed stay readable. Later calls are no-ops.
+        """
         if self._done:
             return
+        if reason.is_error != (error is not None):
+            raise ValueError(f"finish({reason.value!r}) with error {error!r}")
         self._done = True
         self._error = error
         if error is None:
-            self.finish_reason = "length" if capped else "completed"
+            self.finish_reason = reason
+        self.queue_time = queue_time
         self.finished_at = time.monotonic()
         self._wake()
 
@@ -63,7 +87,7 @@ class RequestStream:
         if w is not None and not w.done():
             w.set_result(None)
 
-    # ---- read by the caller ----------------------------------------------------
+    # ---- the consumer's side: the caller ----------------------------------------------
 
     @property
     def done(self) -> bool:

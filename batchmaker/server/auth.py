@@ -1,4 +1,4 @@
-"""Bearer-token authentication for the gRPC server, and the client's half of it.
+"""Bearer-token authentication: the server's half, an interceptor in front of every service.
 
 Two kinds of token, because the two services carry different risks:
 
@@ -20,20 +20,17 @@ Only SHA-256 digests are kept, compared in constant time, and no token is logged
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from batchmaker.config import AuthConfig
+from batchmaker.wire.metadata import bearer_token
+
 log = logging.getLogger(__name__)
 
-AUTH_HEADER = "authorization"
 OPEN_SERVICES: frozenset[str] = frozenset({"grpc.health.v1.Health"})
 """Services anyone may call: health checks carry no secrets."""
 ADMIN_METHODS: frozenset[str] = frozenset(
@@ -43,91 +40,6 @@ ADMIN_METHODS: frozenset[str] = frozenset(
     }
 )
 """Methods only an admin token may call: they change what the server serves."""
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def read_tokens(path: str | Path) -> list[str]:
-    """Tokens in a file: one per line; blank lines and ``#`` comments are skipped."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ValueError(f"token file {str(path)!r}: {exc.strerror or exc}") from None
-    tokens = [line.strip() for line in text.splitlines()]
-    return [t for t in tokens if t and not t.startswith("#")]
-
-
-def split_tokens(value: str) -> list[str]:
-    """Tokens in an environment variable: comma-separated."""
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Who may call: digests of the inference and the admin tokens. Empty: no auth."""
-
-    inference: frozenset[bytes] = frozenset()
-    admin: frozenset[bytes] = frozenset()
-
-    @classmethod
-    def from_tokens(cls, inference: Iterable[str] = (), admin: Iterable[str] = ()) -> AuthConfig:
-        inf, adm = list(inference), list(admin)
-        for t in (*inf, *adm):
-            if any(c.isspace() for c in t) or not t.isprintable():
-                raise ValueError("auth tokens must be printable and contain no whitespace")
-            if len(t) < 16:
-                raise ValueError("auth tokens must be at least 16 characters long")
-        return cls(frozenset(map(_digest, inf)), frozenset(map(_digest, adm)))
-
-    @classmethod
-    def from_sources(
-        cls,
-        *,
-        tokens_file: str | None = None,
-        admin_tokens_file: str | None = None,
-        env: Mapping[str, str] | None = None,
-        prefix: str = "BATCHMAKER_",
-    ) -> AuthConfig:
-        """Tokens from files (flags point at them) and ``<prefix>AUTH_TOKENS`` /
-        ``<prefix>ADMIN_TOKENS`` (comma-separated values), all of them combined."""
-        env = os.environ if env is None else env
-        inference = split_tokens(env.get(prefix + "AUTH_TOKENS", ""))
-        admin = split_tokens(env.get(prefix + "ADMIN_TOKENS", ""))
-        if tokens_file:
-            inference += read_tokens(tokens_file)
-        if admin_tokens_file:
-            admin += read_tokens(admin_tokens_file)
-        return cls.from_tokens(inference, admin)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.inference or self.admin)
-
-    def role(self, token: str) -> str | None:
-        """``"admin"``, ``"inference"`` or ``None`` for an unknown token (constant time in
-        the token's content: every known digest is compared, whatever matches first)."""
-        d = _digest(token)
-        admin = any([hmac.compare_digest(d, k) for k in self.admin])  # noqa: C419 - compare all
-        inference = any([hmac.compare_digest(d, k) for k in self.inference])  # noqa: C419
-        return "admin" if admin else "inference" if inference else None
-
-    def __repr__(self) -> str:  # never the digests either
-        return f"AuthConfig(inference={len(self.inference)} tokens, admin={len(self.admin)})"
-
-
-def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-    """The token of an ``authorization: Bearer <token>`` header, or ``None``."""
-    for key, value in metadata or ():
-        if key.lower() != AUTH_HEADER:
-            continue
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        scheme, _, token = text.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
-    return None
 
 
 def _service_of(method: str) -> str:
@@ -199,87 +111,3 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 f"{method.rsplit('/', 1)[-1]} needs an admin token",
             )
         return handler
-
-
-# ---- the client's half -------------------------------------------------------------
-
-
-def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return ((AUTH_HEADER, f"Bearer {token}"),)
-
-
-def client_interceptors(token: str, *, aio: bool) -> list[Any]:
-    """Interceptors that send ``token`` on every call of a channel (sync or asyncio)."""
-    if aio:
-        return [_AioUnaryUnary(token), _AioUnaryStream(token)]
-    return [_SyncAuth(token)]
-
-
-class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_call_details(details, self._token), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_call_details(details, self._token), request)
-
-
-class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_aio_call_details(details, self._token), request)
-
-
-class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_aio_call_details(details, self._token), request)
-
-
-def _metadata(details: Any, token: str) -> list[tuple[str, str]]:
-    return [*(details.metadata or ()), *auth_metadata(token)]
-
-
-def _call_details(details: Any, token: str) -> grpc.ClientCallDetails:
-    return _SyncDetails(
-        details.method,
-        details.timeout,
-        _metadata(details, token),
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
-
-
-def _aio_call_details(details: Any, token: str) -> grpc.aio.ClientCallDetails:
-    return grpc.aio.ClientCallDetails(
-        details.method,
-        details.timeout,
-        _metadata(details, token),
-        details.credentials,
-        details.wait_for_ready,
-    )
-
-
-class _SyncDetails(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(
-        self,
-        method: str,
-        timeout: float | None,
-        metadata: list[tuple[str, str]],
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
-    ) -> None:
-        self.method = method
-        self.timeout = timeout
-        self.metadata = metadata
-        self.credentials = credentials
-        self.wait_for_ready = wait_for_ready
-        self.compression = compression

@@ -35,7 +35,8 @@ from grpc_reflection.v1alpha import reflection
 from batchmaker.config import EngineConfig, ServerConfig
 from batchmaker.models.base import Model
 from batchmaker.repository.manager import ModelManager
-from batchmaker.runtime.engine import Engine, ExecutorWrapper
+from batchmaker.runtime.engine import Engine
+from batchmaker.runtime.executor import ExecutorFactory
 from batchmaker.server.auth import BearerTokenInterceptor
 from batchmaker.server.metrics import ServerMetrics
 from batchmaker.server.servicers import (
@@ -79,7 +80,7 @@ class InferenceServer:
         models: ModelFactory,
         *,
         manager: ModelManager | None = None,
-        executor_wrapper: ExecutorWrapper | None = None,
+        executor_factory: ExecutorFactory | None = None,
         startup: dict[str, float] | None = None,
     ) -> None:
         self.config = config
@@ -87,7 +88,7 @@ class InferenceServer:
         self._models = models
         self.manager = manager or ModelManager(unload_grace_s=config.grace_s)
         """Backs the ModelRepository admin service: load and unload while serving."""
-        self._executor_wrapper = executor_wrapper
+        self._executor_factory = executor_factory
         self.metrics = ServerMetrics(lambda: self._engine)
         """Always kept (a few counters); served over HTTP only with ``metrics_port``."""
         self._service = InferenceService(
@@ -212,7 +213,7 @@ class InferenceServer:
         self.timings["models"] = time.perf_counter() - t
         t = time.perf_counter()
         engine = await asyncio.to_thread(
-            Engine, self.engine_config, models, executor_wrapper=self._executor_wrapper
+            Engine, self.engine_config, models, executor_factory=self._executor_factory
         )
         await engine.start()
         self.timings["engine"] = time.perf_counter() - t

@@ -9,20 +9,23 @@ client cancels or disconnects, or its deadline passes) grpc cancels the
 handler, and the ``finally`` turns that into an engine abort, so the request
 leaves its batch at the next step boundary and frees its slot.
 
-Every error leaves through ``_status``: one mapping from the engine's typed
-errors to gRPC codes, as the style guide asks (KServe's interceptor does the same).
+Every error leaves through one place: the ``rpc`` and ``inference_rpc`` decorators
+turn an exception into the call's status with ``status_of`` (typed engine errors keep
+their code and message, anything else is INTERNAL), as KServe's interceptor does.
+Messages are built and read only in ``batchmaker.wire.v1``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import grpc
 
@@ -41,7 +44,7 @@ from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 from batchmaker.wire import v1 as wire
 
 if TYPE_CHECKING:
-    from batchmaker.repository.manager import ModelManager, VersionState
+    from batchmaker.repository.manager import ModelManager
     from batchmaker.runtime.engine import Engine
     from batchmaker.runtime.stream import RequestStream
     from batchmaker.server.metrics import ServerMetrics
@@ -50,6 +53,79 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 REPOSITORY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ModelRepository"].full_name
+
+_Service = TypeVar("_Service")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def status_of(exc: Exception) -> BatchMakerError:
+    """The status an exception ends a call with: the one mapping from errors to statuses.
+
+    Typed engine errors keep their code and message; anything else is INTERNAL, logged
+    with its traceback, and its text does not reach the client.
+    """
+    if isinstance(exc, BatchMakerError):
+        error = exc
+    else:
+        log.error("unexpected error in a call", exc_info=exc)
+        error = BatchMakerError("internal server error", code=Code.INTERNAL)
+    if error.code is Code.INTERNAL:
+        log.warning("call failed: %s", error.message)
+    return error
+
+
+async def abort(context: grpc.aio.ServicerContext, error: BatchMakerError) -> NoReturn:
+    """End the call with ``error``'s status and message."""
+    await context.abort(grpc.StatusCode[error.code.value], error.message)
+    raise AssertionError("grpc's abort() returns only by raising")
+
+
+def rpc(
+    method: Callable[[_Service, _Request, grpc.aio.ServicerContext], Awaitable[_Response]],
+) -> Callable[[_Service, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    """An RPC handler whose exceptions become its call's status (``status_of``)."""
+
+    @functools.wraps(method)  # noqa: RET503 - abort() raises, so nothing falls off the end
+    async def handler(
+        self: _Service, request: _Request, context: grpc.aio.ServicerContext
+    ) -> _Response:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            error = status_of(exc)
+        await abort(context, error)
+
+    return handler
+
+
+def inference_rpc(
+    method: Callable[
+        [InferenceService, pb.InferRequest, grpc.aio.ServicerContext, RequestObservation],
+        Awaitable[_Response],
+    ],
+) -> Callable[[InferenceService, pb.InferRequest, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    """An inference RPC: ``rpc``'s error mapping, inside ``InferenceService.active`` (the
+    call counted, observed for metrics and the access log), which it hands the method."""
+    name = method.__name__
+
+    @functools.wraps(method)  # noqa: RET503 - abort() raises, so nothing falls off the end
+    async def handler(
+        self: InferenceService, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> _Response:
+        with self.active(name, request, context) as obs:
+            try:
+                return await method(self, request, context, obs)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                error = status_of(exc)
+            obs.status = error.code.value
+            await abort(context, error)
+
+    return handler
 
 
 def server_version() -> str:
@@ -111,7 +187,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         await self._idle.wait()
 
     @contextlib.contextmanager
-    def _active(
+    def active(
         self, method: str, request: pb.InferRequest, context: grpc.aio.ServicerContext
     ) -> Iterator[RequestObservation]:
         """One inference call in progress: counted for draining and the idle timeout,
@@ -154,31 +230,24 @@ class InferenceService(pb_grpc.InferenceServicer):
     # ---- inference ------------------------------------------------------------------
 
     def _submit(
-        self,
-        request: pb.InferRequest,
-        context: grpc.aio.ServicerContext,
-        obs: RequestObservation,
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext, obs: RequestObservation
     ) -> tuple[RequestStream, pb.InferResponse]:
         engine = self._serving_engine()
-        if engine.serves(request.model_name):
+        if engine.serves(request.model_name):  # a metrics label only for served models
             obs.model = request.model_name
         self._check_limits(request)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError("the call's deadline passed before it was admitted")
-        req = wire.request_from_pb(request, timeout=remaining)
-        model = engine.model(req.model, req.version)
-        stream = engine.submit(req)
-        header = pb.InferResponse(
-            id=request.id or stream.request_id,
-            model_name=model.name,
-            model_version=str(model.version),
+        stream = engine.submit(wire.request_from_pb(request, timeout=remaining))
+        header = wire.response_header(
+            request.id or stream.request_id, stream.model_name, stream.model_version
         )
-        obs.version = header.model_version
+        obs.version = str(stream.model_version)
         if not request.id:
             obs.request_id = header.id
             logs.request_id.set(header.id)
-        log.debug("admitted for %s as %s", model.key, stream.request_id)
+        log.debug("admitted for %s as %s", stream.model_key, stream.request_id)
         return stream, header
 
     def _check_limits(self, request: pb.InferRequest) -> None:
@@ -203,85 +272,75 @@ class InferenceService(pb_grpc.InferenceServicer):
             obs.first_output = stream.first_output_at
         obs.queue_time = stream.queue_time
 
+    @inference_rpc
     async def InferStream(  # noqa: N802 (the RPC's name)
-        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext, obs: RequestObservation
     ) -> None:
-        with self._active("InferStream", request, context) as obs:
-            async with _status_on_error(context, obs):
-                stream, header = self._submit(request, context, obs)
-                try:
-                    budget = self._limits.max_stream_message_bytes
-                    while True:
-                        chunk = await stream.next_chunk()
-                        # next_chunk takes everything buffered: if the request is done now,
-                        # this chunk is its last (or, on error, the next call raises).
-                        done = stream.done and stream.error is None
-                        final = stream.finish_reason if done else None
-                        for msg in wire.responses_for(
-                            header, chunk, finish_reason=final, max_message_bytes=budget
-                        ):
-                            await context.write(msg)
-                        obs.num_steps += len(chunk)
-                        if final is not None:
-                            return
-                finally:
-                    stream.cancel()  # no-op once done; otherwise it leaves its batch
-                    self._observe_end(obs, stream)
+        stream, header = self._submit(request, context, obs)
+        try:
+            budget = self._limits.max_stream_message_bytes
+            while True:
+                chunk = await stream.next_chunk()
+                # next_chunk takes everything buffered: if the request is done now, this
+                # chunk is its last (or, on error, the next call raises).
+                final = stream.finish_reason if stream.done else None
+                for msg in wire.responses_for(
+                    header, chunk, finish_reason=final, max_message_bytes=budget
+                ):
+                    await context.write(msg)
+                obs.num_steps += len(chunk)
+                if final is not None:
+                    return
+        finally:
+            stream.cancel()  # no-op once done; otherwise it leaves its batch
+            self._observe_end(obs, stream)
 
+    @inference_rpc
     async def Infer(  # noqa: N802
-        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext, obs: RequestObservation
     ) -> pb.InferResponse:
-        with self._active("Infer", request, context) as obs:
-            async with _status_on_error(context, obs):
-                stream, header = self._submit(request, context, obs)
-                try:
-                    outputs = await stream.collect()
-                    obs.num_steps = len(outputs)
-                finally:
-                    stream.cancel()
-                    self._observe_end(obs, stream)
-                header.steps.extend(wire.step_to_pb(o) for o in outputs)
-                header.finish_reason = wire.FINISH_REASONS[stream.finish_reason or "completed"]
-                return header
-        raise AssertionError("unreachable: an error aborts the call")
+        stream, header = self._submit(request, context, obs)
+        try:
+            outputs = await stream.collect()
+            obs.num_steps = len(outputs)
+        finally:
+            stream.cancel()
+            self._observe_end(obs, stream)
+        assert stream.finish_reason is not None, "a stream that ends without error has one"
+        return wire.unary_response(header, outputs, stream.finish_reason)
 
     # ---- metadata -------------------------------------------------------------------
 
+    @rpc
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        async with _status_on_error(context):
-            engine = self._serving_engine()
-            if not request.name:
-                raise InvalidRequestError("name: required")
-            model = engine.model(
-                request.name, wire.parse_version("version", request.version, request.name)
-            )
-            versions = [m.version for m in engine.models if m.name == model.name]
-            max_batch = {c: engine.max_batch_for(model, c) for c in model.cells}
-            return wire.model_metadata_to_pb(model, versions, max_batch)
-        raise AssertionError("unreachable: an error aborts the call")
+        engine = self._serving_engine()
+        model = engine.model(*wire.model_metadata_from_pb(request))
+        return wire.model_metadata_to_pb(
+            model.name,
+            model.version,
+            model.signature,
+            versions=[m.version for m in engine.models if m.name == model.name],
+            max_batch={c: engine.max_batch_for(model, c) for c in model.cells},
+        )
 
+    @rpc
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        async with _status_on_error(context):
-            engine = self._serving_engine()
+        engine = self._serving_engine()
         versions: dict[str, list[int]] = {}
         for m in engine.models:
             versions.setdefault(m.name, []).append(m.version)
         cfg = engine.config
-        return pb.ServerMetadataResponse(
-            name="batchmaker",
+        return wire.server_metadata_to_pb(
             version=server_version(),
             batching_mode=cfg.mode,
-            devices=list(cfg.devices),
+            devices=cfg.devices,
             max_live_requests=cfg.max_num_live_requests,
             max_receive_message_bytes=self._limits.max_receive_message_bytes,
-            models=[
-                pb.ModelVersions(name=n, versions=[str(v) for v in sorted(vs)])
-                for n, vs in sorted(versions.items())
-            ],
+            models=versions,
         )
 
 
@@ -291,61 +350,27 @@ class RepositoryService(pb_grpc.ModelRepositoryServicer):
     def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
 
+    @rpc
     async def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        async with _status_on_error(context):
-            return pb.RepositoryIndexResponse(models=_states_pb(self._manager.index()))
-        raise AssertionError("unreachable: an error aborts the call")
+        return wire.repository_index_to_pb(self._manager.index())
 
+    @rpc
     async def LoadModel(  # noqa: N802
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatesResponse:
-        return await self._change("load", self._manager.load, request, context)
+        name, versions = wire.model_change_from_pb(request)
+        log.info("admin: load %s %s", name, versions or "(default versions)")
+        return wire.model_states_to_pb(await self._manager.load(name, versions))
 
+    @rpc
     async def UnloadModel(  # noqa: N802
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatesResponse:
-        return await self._change("unload", self._manager.unload, request, context)
-
-    async def _change(
-        self,
-        what: str,
-        action: Callable[[str, Sequence[int]], Awaitable[list[VersionState]]],
-        request: pb.LoadModelRequest | pb.UnloadModelRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> pb.ModelStatesResponse:
-        async with _status_on_error(context):
-            name, versions = _name_and_versions(request)
-            log.info("admin: %s %s %s", what, name, versions or "(default versions)")
-            return pb.ModelStatesResponse(models=_states_pb(await action(name, versions)))
-        raise AssertionError("unreachable: an error aborts the call")
-
-
-def _name_and_versions(
-    request: pb.LoadModelRequest | pb.UnloadModelRequest,
-) -> tuple[str, list[int]]:
-    if not request.name:
-        raise InvalidRequestError("name: required")
-    versions = []
-    for v in request.versions:
-        parsed = wire.parse_version("versions", v, request.name)
-        if parsed is None:
-            raise InvalidRequestError("versions: an entry is empty")
-        versions.append(parsed)
-    return request.name, versions
-
-
-def _states_pb(states: list[VersionState]) -> list[pb.ModelVersionState]:
-    return [
-        pb.ModelVersionState(
-            name=s.name,
-            version=str(s.version) if s.version else "",
-            state=s.state,
-            reason=s.reason,
-        )
-        for s in states
-    ]
+        name, versions = wire.model_change_from_pb(request)
+        log.info("admin: unload %s %s", name, versions or "(default versions)")
+        return wire.model_states_to_pb(await self._manager.unload(name, versions))
 
 
 def _access_log(method: str, obs: RequestObservation, end: float) -> None:
@@ -373,28 +398,3 @@ def _access_log(method: str, obs: RequestObservation, end: float) -> None:
             "steps": obs.num_steps,
         },
     )
-
-
-@contextlib.asynccontextmanager
-async def _status_on_error(
-    context: grpc.aio.ServicerContext, obs: RequestObservation | None = None
-) -> AsyncIterator[None]:
-    """Turn an error raised in the block into the call's status: the one mapping place.
-
-    Typed engine errors keep their code and message; anything else is INTERNAL, logged
-    with its traceback, and its text does not reach the client. ``abort`` raises, so
-    the call ends here; cancellation (a ``BaseException``) passes through untouched.
-    """
-    try:
-        yield
-        return
-    except BatchMakerError as exc:
-        error = exc
-    except Exception:
-        log.exception("unexpected error in a call")
-        error = BatchMakerError("internal server error", code=Code.INTERNAL)
-    if error.code is Code.INTERNAL:
-        log.warning("call failed: %s", error.message)
-    if obs is not None:
-        obs.status = error.code.value
-    await context.abort(grpc.StatusCode[error.code.value], error.message)

@@ -1,8 +1,10 @@
-"""Protobuf <-> domain types: the one place that knows both.
+"""``batchmaker.v1`` protobuf <-> domain types: the one place that knows both.
 
-The servicer converts requests in and steps out here; the client converts the
-other way. Everything inside the server works on ``InferRequest`` and
-``StepOutput`` only. This module must not import torch (the client uses it).
+Every message the servicers and the clients send or read is built or read here:
+requests in and steps out for the servicer, the other way for the clients, and the
+metadata and admin messages of both. Everything inside the server works on
+``InferRequest``, ``StepOutput`` and ``ModelSignature`` only. This module must not
+import torch (the clients use it).
 
 Checks that need only the message (a version that is not a number, vectors that
 do not fill whole rows, a negative length) are made here and name the proto
@@ -12,26 +14,31 @@ model's, so in-process callers get the same messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from batchmaker.errors import InvalidRequestError, ModelNotFoundError
-from batchmaker.types import MAX_TREE_NODES, InferRequest, StepOutput, TreeInput
+from batchmaker.types import (
+    MAX_TREE_NODES,
+    FinishReason,
+    InferRequest,
+    ModelSignature,
+    StepOutput,
+    TreeInput,
+)
 from batchmaker.v1 import inference_pb2 as pb
-
-if TYPE_CHECKING:
-    from batchmaker.models.base import Model
 
 MAX_REQUEST_ID_LEN = 128
 DEFAULT_TOP_K = 1
 """``top_k`` when a request leaves it unset: the best id per step, a few bytes."""
 
-FINISH_REASONS = {
-    "completed": pb.FINISH_REASON_COMPLETED,
-    "length": pb.FINISH_REASON_LENGTH,
+FINISH_REASONS: dict[FinishReason, pb.FinishReason] = {
+    FinishReason.COMPLETED: pb.FINISH_REASON_COMPLETED,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
 }
+"""The finish reasons a response carries; every other end is an error status instead."""
 
 
 # ---- requests -------------------------------------------------------------------
@@ -199,11 +206,16 @@ def step_nbytes(out: StepOutput) -> int:
     return n
 
 
+def response_header(request_id: str, model_name: str, model_version: int) -> pb.InferResponse:
+    """The fields every response of one request repeats."""
+    return pb.InferResponse(id=request_id, model_name=model_name, model_version=str(model_version))
+
+
 def responses_for(
     header: pb.InferResponse,
     outputs: Sequence[StepOutput],
     *,
-    finish_reason: str | None,
+    finish_reason: FinishReason | None,
     max_message_bytes: int,
 ) -> Iterator[pb.InferResponse]:
     """``outputs`` as stream messages of at most about ``max_message_bytes`` each.
@@ -223,24 +235,50 @@ def responses_for(
         yield msg
 
 
-def finish_reason_from_pb(value: int) -> str | None:
-    for name, code in FINISH_REASONS.items():
+def unary_response(
+    header: pb.InferResponse, outputs: Sequence[StepOutput], finish_reason: FinishReason
+) -> pb.InferResponse:
+    """Every step of a request in one response (``Infer``)."""
+    msg = pb.InferResponse()
+    msg.CopyFrom(header)
+    msg.steps.extend(step_to_pb(o) for o in outputs)
+    msg.finish_reason = FINISH_REASONS[finish_reason]
+    return msg
+
+
+def finish_reason_from_pb(value: int) -> FinishReason | None:
+    for reason, code in FINISH_REASONS.items():
         if code == value:
-            return name
+            return reason
     return None
 
 
 # ---- metadata -------------------------------------------------------------------
 
 
+def model_metadata_request(name: str, version: int | str | None) -> pb.ModelMetadataRequest:
+    return pb.ModelMetadataRequest(name=name, version="" if version is None else str(version))
+
+
+def model_metadata_from_pb(msg: pb.ModelMetadataRequest) -> tuple[str, int | None]:
+    """The model's name and version (``None``: the latest) a metadata request asks for."""
+    if not msg.name:
+        raise InvalidRequestError("name: required")
+    return msg.name, parse_version("version", msg.version, msg.name)
+
+
 def model_metadata_to_pb(
-    model: Model, versions: Sequence[int], max_batch: dict[str, int]
+    name: str,
+    version: int,
+    signature: ModelSignature,
+    versions: Iterable[int],
+    max_batch: Mapping[str, int],
 ) -> pb.ModelMetadataResponse:
     """``max_batch``: the max batch of each of the model's local cell types."""
-    sig = model.signature
+    sig = signature
     return pb.ModelMetadataResponse(
-        name=model.name,
-        version=str(model.version),
+        name=name,
+        version=str(version),
         versions=[str(v) for v in sorted(versions)],
         family=sig.family,
         inputs=[
@@ -260,3 +298,94 @@ def model_metadata_to_pb(
         output_vocabulary=sig.output_vocabulary,
         cell_types=[pb.CellTypeMetadata(name=c, max_batch=b) for c, b in sorted(max_batch.items())],
     )
+
+
+def server_metadata_request() -> pb.ServerMetadataRequest:
+    return pb.ServerMetadataRequest()
+
+
+def server_metadata_to_pb(
+    *,
+    version: str,
+    batching_mode: str,
+    devices: Sequence[str],
+    max_live_requests: int,
+    max_receive_message_bytes: int,
+    models: Mapping[str, Iterable[int]],
+) -> pb.ServerMetadataResponse:
+    """``models``: every served model's name and its served versions."""
+    return pb.ServerMetadataResponse(
+        name="batchmaker",
+        version=version,
+        batching_mode=batching_mode,
+        devices=list(devices),
+        max_live_requests=max_live_requests,
+        max_receive_message_bytes=max_receive_message_bytes,
+        models=[
+            pb.ModelVersions(name=n, versions=[str(v) for v in sorted(vs)])
+            for n, vs in sorted(models.items())
+        ],
+    )
+
+
+# ---- the model repository (admin) ------------------------------------------------
+
+
+class VersionStateLike(Protocol):
+    """A model version and its state, as the model manager reports it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def repository_index_request() -> pb.RepositoryIndexRequest:
+    return pb.RepositoryIndexRequest()
+
+
+def load_model_request(name: str, versions: Iterable[int | str]) -> pb.LoadModelRequest:
+    return pb.LoadModelRequest(name=name, versions=[str(v) for v in versions])
+
+
+def unload_model_request(name: str, versions: Iterable[int | str]) -> pb.UnloadModelRequest:
+    return pb.UnloadModelRequest(name=name, versions=[str(v) for v in versions])
+
+
+def model_change_from_pb(
+    msg: pb.LoadModelRequest | pb.UnloadModelRequest,
+) -> tuple[str, list[int]]:
+    """The model and versions (empty: its default ones) a load or unload asks for."""
+    if not msg.name:
+        raise InvalidRequestError("name: required")
+    versions = []
+    for v in msg.versions:
+        parsed = parse_version("versions", v, msg.name)
+        if parsed is None:
+            raise InvalidRequestError("versions: an entry is empty")
+        versions.append(parsed)
+    return msg.name, versions
+
+
+def _version_states_pb(states: Iterable[VersionStateLike]) -> list[pb.ModelVersionState]:
+    return [
+        pb.ModelVersionState(
+            name=s.name,
+            version=str(s.version) if s.version else "",
+            state=s.state,
+            reason=s.reason,
+        )
+        for s in states
+    ]
+
+
+def repository_index_to_pb(states: Iterable[VersionStateLike]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(models=_version_states_pb(states))
+
+
+def model_states_to_pb(states: Iterable[VersionStateLike]) -> pb.ModelStatesResponse:
+    return pb.ModelStatesResponse(models=_version_states_pb(states))

@@ -27,6 +27,7 @@ from batchmaker.client import Client
 from batchmaker.config import ServerConfig
 from batchmaker.repository.manager import ModelManager
 from batchmaker.runtime.executor import Executor
+from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.server.lifecycle import InferenceServer
 
 T = TypeVar("T")
@@ -73,12 +74,12 @@ class LiveServer:
             self.engine_config,
             self._factory,
             manager=manager,
-            executor_wrapper=self._wrap,
+            executor_factory=self._gated_executor,
         )
         self._clients: list[Client] = []
 
-    def _wrap(self, inner: Executor) -> Executor:
-        self.gate = GatedExecutor(inner, self.loop)
+    def _gated_executor(self, device: str) -> Executor:
+        self.gate = GatedExecutor(TorchExecutor(device), self.loop)
         if not self._gated:
             self.gate.open()
         return self.gate

@@ -19,13 +19,14 @@ from harness import small_model
 from live_server import LiveServer, e2e_config
 
 from batchmaker.bench.launcher import ServerProcess
-from batchmaker.cli.main import build_parser, main, serve_configs
+from batchmaker.cli.main import build_parser, main
+from batchmaker.cli.serve import serve_configs
 from batchmaker.client import AsyncClient, Client
-from batchmaker.config import ServerConfig
+from batchmaker.config import AuthConfig, ServerConfig, read_tokens
 from batchmaker.errors import AdmissionRejectedError, BatchMakerError, Code, InvalidRequestError
-from batchmaker.server.auth import AuthConfig, bearer_token, read_tokens
 from batchmaker.v1 import inference_pb2 as pb
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
+from batchmaker.wire.metadata import bearer_token
 
 INFER_TOKEN = "infer-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"

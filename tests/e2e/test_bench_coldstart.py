@@ -44,8 +44,8 @@ def test_one_cold_start_is_split_into_phases_that_add_up(
 def test_loading_the_demo_repository_does_not_import_dynamo() -> None:
     code = (
         "import sys\n"
-        "from batchmaker.models.builtin import DEMO_REPOSITORY\n"
-        "from batchmaker.cli.main import model_manager\n"
+        "from batchmaker.demos import DEMO_REPOSITORY\n"
+        "from batchmaker.cli.serve import model_manager\n"
         "models = model_manager(str(DEMO_REPOSITORY), grace_s=1).initial_models([])\n"
         "assert len(models) == 3, models\n"
         "assert 'torch._dynamo' not in sys.modules, 'meta-device init imported dynamo'\n"

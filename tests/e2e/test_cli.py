@@ -9,7 +9,8 @@ import pytest
 from live_server import LiveServer, e2e_models
 from reference import run_alone
 
-from batchmaker.cli.main import build_parser, main, serve_configs
+from batchmaker.cli.main import build_parser, main
+from batchmaker.cli.serve import serve_configs
 
 
 def test_infer_streams_each_step_and_its_top_k(

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from live_server import LiveServer, e2e_config
 
-from batchmaker.cli.main import _banner, main
-from batchmaker.models.builtin import DEMO_REPOSITORY
+from batchmaker.cli.main import main
+from batchmaker.cli.serve import banner as serve_banner
+from batchmaker.demos import DEMO_REPOSITORY
 from batchmaker.repository.manager import ModelManager
 from batchmaker.repository.store import ModelRepository
 
@@ -81,7 +82,7 @@ def test_bad_text_or_trees_exit_1_with_the_reason(
 
 
 def test_every_banner_example_runs(demo: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
-    banner = _banner(demo.server)
+    banner = serve_banner(demo.server)
     commands = [shlex.split(line)[1:] for line in banner.splitlines() if "batchmaker infer" in line]
     assert {c[c.index("--model") + 1] for c in commands} == {
         "words-to-digits",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import GUARD_S, small_model
+from harness import GUARD_S, small_model, torch_executor
 from live_server import LiveServer, e2e_config
 from reference import assert_matches_alone
 
@@ -136,7 +136,7 @@ def test_unload_while_its_own_and_another_models_requests_run(
         assert_matches_alone(LM_V2, LONG, list(bystander))
         live.wait_idle()
         assert live.free_slots() == {"lm@2/state": e2e_config().num_slots}
-        assert "s2s@1/encoder" not in live.server.engine._executors[0].cells
+        assert "s2s@1/encoder" not in torch_executor(live.server.engine).cells
 
 
 def test_versions_policies_and_errors(repo: Path) -> None:

@@ -29,7 +29,8 @@ from batchmaker import (
     StepOutput,
 )
 from batchmaker import recurrent_model as build_model
-from batchmaker.runtime.executor import Executor, StepResult
+from batchmaker.runtime.executor import CellSet, Executor, StepResult
+from batchmaker.runtime.torch_executor import TorchExecutor
 from scheduler import StepPlan
 
 T = TypeVar("T")
@@ -85,6 +86,14 @@ def make_inputs(model: SequenceModel, rng: np.random.Generator, n: int) -> list[
     if model.cell.input_kind == "tokens":
         return rng.integers(0, model.cell.input_dim, n).tolist()
     return rng.standard_normal((n, model.cell.input_dim)).astype(np.float32)
+
+
+def torch_executor(engine: Engine, device: int = 0) -> TorchExecutor:
+    """The torch executor under a device's (possibly gated) executor."""
+    ex = engine.workers[device].executor
+    inner = ex.inner if isinstance(ex, GatedExecutor) else ex
+    assert isinstance(inner, TorchExecutor)
+    return inner
 
 
 def free_slots(engine: Engine) -> dict[str, int]:
@@ -160,8 +169,11 @@ class GatedExecutor:
         finally:
             self._loop.call_soon_threadsafe(self._record, Step(plan.cell_type, ids, failed))
 
-    def reset_state(self) -> None:
-        self.inner.reset_state()
+    def load_cells(self, cells: CellSet) -> Callable[[], None]:
+        return self.inner.load_cells(cells)
+
+    def remove_cells(self, cells: CellSet) -> None:
+        self.inner.remove_cells(cells)
 
     # ---- control, on the event loop ---------------------------------------------
 
@@ -289,11 +301,11 @@ async def serving(
     loop = asyncio.get_running_loop()
     gates: list[GatedExecutor] = []
 
-    def wrap(inner: Executor) -> Executor:
-        gates.append(GatedExecutor(inner, loop))
+    def gated_executor(device: str) -> Executor:
+        gates.append(GatedExecutor(TorchExecutor(device), loop))
         return gates[-1]
 
-    engine = Engine(config, list(models), executor_wrapper=wrap)
+    engine = Engine(config, list(models), executor_factory=gated_executor)
     (gate,) = gates
     if not gated:
         gate.open()

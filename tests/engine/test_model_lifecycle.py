@@ -8,7 +8,16 @@ import asyncio
 
 import numpy as np
 import pytest
-from harness import collect, drain, engine_config, free_slots, next_output, serving, small_model
+from harness import (
+    collect,
+    drain,
+    engine_config,
+    free_slots,
+    next_output,
+    serving,
+    small_model,
+    torch_executor,
+)
 from reference import assert_matches_alone
 
 from batchmaker import (
@@ -61,7 +70,7 @@ def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
             await asyncio.wait_for(unload, 30)
             assert "new@1/state" not in free_slots(engine)
             assert [m.key for m in engine.models] == ["old@1"]
-            executor = engine._executors[0]
+            executor = torch_executor(engine)
             assert "new@1/step" not in executor.cells
             assert "new@1/state" not in executor.pools
             assert_matches_alone(OLD, long_x, await collect(long_run))

@@ -26,6 +26,7 @@ from reference import TOL, assert_matches_alone, max_abs_diff, run_alone
 
 from batchmaker import Code, Engine, InferRequest, UnavailableError
 from batchmaker.runtime.executor import Executor
+from batchmaker.runtime.torch_executor import TorchExecutor
 
 LM = small_model("lstm", num_layers=2, name="lm")
 POOL = LM.qualify("state")
@@ -118,11 +119,11 @@ def test_leaving_async_with_ends_live_streams_with_unavailable() -> None:
         loop = asyncio.get_running_loop()
         gates: list[GatedExecutor] = []
 
-        def wrap(inner: Executor) -> Executor:
-            gates.append(GatedExecutor(inner, loop))
+        def gated_executor(device: str) -> Executor:
+            gates.append(GatedExecutor(TorchExecutor(device), loop))
             return gates[-1]
 
-        engine = Engine(engine_config(), [LM], executor_wrapper=wrap)
+        engine = Engine(engine_config(), [LM], executor_factory=gated_executor)
         (gate,) = gates
         async with engine:
             stream = engine.submit(InferRequest("lm", X))

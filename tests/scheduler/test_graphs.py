@@ -670,7 +670,9 @@ def check_end(sched: Scheduler, log: Log) -> None:
             assert reason is FinishReason.CANCELLED
             assert steps == list(range(len(steps)))
             continue
-        assert reason is FinishReason.COMPLETED, (rid, reason)
+        capped = isinstance(tag, Script) and tag.capped
+        # A decoder stopped by its cap says so; one that reached EOS (even at the cap) did not.
+        assert reason is (FinishReason.LENGTH if capped else FinishReason.COMPLETED), (rid, reason)
         if isinstance(tag, Script):
             total = len(tag.src) + tag.num_decoded
             assert sorted(nodes) == list(range(total)), rid

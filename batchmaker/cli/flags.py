@@ -1,0 +1,181 @@
+"""Flag builders the command groups share, and flags + environment -> typed configs.
+
+Every ``serve`` flag falls back to a ``BATCHMAKER_*`` variable (a flag wins over its
+variable); this module is the only place that reads them for configuration, and it
+builds ``EngineConfig`` once for whichever command runs. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from batchmaker.config import MODES, EngineConfig
+
+if TYPE_CHECKING:
+    from batchmaker.client import Client
+
+ENV_PREFIX = "BATCHMAKER_"
+
+
+def env_value(name: str, default: Any) -> Any:
+    """argparse parses string defaults with the flag's type, so variables are checked too."""
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def env_list(name: str) -> list[str] | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def cell_batch(text: str) -> tuple[str, int]:
+    cell, sep, n = text.rpartition("=")
+    if not sep or not cell or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"expected CELL=N (e.g. lstm-lm/step=32), got {text!r}")
+    return cell, int(n)
+
+
+def add_engine_flags(
+    p: argparse.ArgumentParser, *, with_mode: bool = True, env: bool = False
+) -> None:
+    """Engine flags; with ``env``, each defaults to its ``BATCHMAKER_*`` variable."""
+    d = EngineConfig()
+
+    def default(name: str, value: Any) -> Any:
+        return env_value(name, value) if env else value
+
+    if with_mode:
+        p.add_argument(
+            "--mode", choices=MODES, default=default("MODE", d.mode), help="batching mode [MODE]"
+        )
+    p.add_argument(
+        "--device",
+        action="append",
+        dest="devices",
+        metavar="DEVICE",
+        help="torch device, repeatable (cpu, cuda, cuda:N); default cpu [DEVICES, comma-separated]",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=default("MAX_BATCH", d.max_batch),
+        help="max nodes per cell execution [MAX_BATCH]",
+    )
+    p.add_argument(
+        "--max-batch-per-cell",
+        type=cell_batch,
+        action="append",
+        metavar="CELL=N",
+        help="override --max-batch for one cell type (model/cell or model@version/cell), "
+        "repeatable [MAX_BATCH_PER_CELL, comma-separated]",
+    )
+    p.add_argument(
+        "--max-live",
+        type=int,
+        default=default("MAX_LIVE", d.max_num_live_requests),
+        help="admission limit: live requests per device; beyond it RESOURCE_EXHAUSTED [MAX_LIVE]",
+    )
+    p.add_argument(
+        "--num-slots",
+        type=int,
+        default=default("NUM_SLOTS", d.num_slots),
+        help="state slots per pool per device [NUM_SLOTS]",
+    )
+    p.add_argument(
+        "--no-finishing-first",
+        dest="finishing_first",
+        action="store_false",
+        default=env_value("FINISHING_FIRST", "1") not in ("0", "false", "no") if env else True,
+        help="cellular: pick cell types by fairness alone, not decoder (finishing) steps "
+        "first [FINISHING_FIRST=0]",
+    )
+    p.add_argument(
+        "--max-wait-steps",
+        type=int,
+        default=default("MAX_WAIT_STEPS", d.max_wait_steps),
+        help="cellular: a cell type with ready nodes runs after at most this many steps of "
+        "others [MAX_WAIT_STEPS]",
+    )
+    p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
+    p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default("THREADS", None),
+        help="torch CPU threads; default cores - 1 [THREADS]",
+    )
+    p.set_defaults(env=env)
+
+
+def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig:
+    env = getattr(args, "env", False)
+    devices = args.devices or (env_list("DEVICES") if env else None) or ["cpu"]
+    per_cell = args.max_batch_per_cell
+    if per_cell is None and env:
+        per_cell = [cell_batch(v) for v in env_list("MAX_BATCH_PER_CELL") or []]
+    fields: dict[str, object] = {
+        "mode": getattr(args, "mode", "cellular"),
+        "devices": tuple(devices),
+        "max_batch": args.max_batch,
+        "max_batch_per_cell": dict(per_cell or []),
+        "max_num_live_requests": args.max_live,
+        "num_slots": args.num_slots,
+        "padded_max_batch": args.padded_max_batch,
+        "padded_timeout_s": args.padded_timeout_ms / 1e3,
+        "num_threads": args.threads,
+        "finishing_first": args.finishing_first,
+        "max_wait_steps": args.max_wait_steps,
+    }
+    fields.update(overrides)
+    return EngineConfig(**fields)  # type: ignore[arg-type]
+
+
+def add_client_flags(p: argparse.ArgumentParser, *, timeout: float | None = None) -> None:
+    from batchmaker.client import DEFAULT_ADDRESS
+
+    p.add_argument(
+        "--address",
+        default=env_value("ADDRESS", DEFAULT_ADDRESS),
+        help="server host:port [ADDRESS]",
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca-cert", metavar="PEM", help="CA bundle that signed the server's cert")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    p.add_argument("--client-key", metavar="PEM", help="client private key, for mutual TLS")
+    p.add_argument("--timeout", type=float, default=timeout, help="call deadline in seconds")
+    p.add_argument(
+        "--token-file",
+        default=env_value("TOKEN_FILE", None),
+        metavar="FILE",
+        help="file holding the bearer token to send; or the token itself in BATCHMAKER_TOKEN "
+        "[TOKEN_FILE]",
+    )
+
+
+def open_client(args: argparse.Namespace) -> Client:
+    from batchmaker.client import Client, TLSConfig
+    from batchmaker.config import read_tokens
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    tls = None
+    if args.tls or args.ca_cert or args.client_cert:
+        tls = TLSConfig(read(args.ca_cert), read(args.client_key), read(args.client_cert))
+    token = os.environ.get(ENV_PREFIX + "TOKEN") or None
+    if args.token_file:
+        tokens = read_tokens(args.token_file)
+        if len(tokens) != 1:
+            raise bad_input(f"--token-file: expected one token, found {len(tokens)}")
+        token = tokens[0]
+    return Client(args.address, tls=tls, token=token)
+
+
+def bad_input(message: str) -> Exception:
+    from batchmaker.errors import InvalidRequestError
+
+    return InvalidRequestError(message)

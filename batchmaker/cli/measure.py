@@ -1,0 +1,172 @@
+"""``batchmaker bench``, ``bench-overhead`` and ``bench-coldstart``: flags here, work in
+``batchmaker.bench``.
+
+The flags live here rather than in the benchmark modules, which import torch, so that
+building the parser (every ``batchmaker`` command does) stays light; and the CLI builds
+each benchmark's ``EngineConfig`` and calls in, never the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from batchmaker.cli import flags
+from batchmaker.config import MODES
+
+
+def add_bench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        choices=("chain", "seq2seq", "tree"),
+        default="chain",
+        help="model family: chain (LSTM LM), seq2seq (LSTM encoder-decoder) or tree (TreeLSTM)",
+    )
+    p.add_argument("--requests", type=int, default=400, help="most requests per load point")
+    p.add_argument("--min-requests", type=int, default=150, help="fewest requests per load point")
+    p.add_argument(
+        "--point-seconds",
+        type=float,
+        default=12.0,
+        help="target arrival span of one load point (between --min- and --requests)",
+    )
+    p.add_argument("--bisections", type=int, default=3, help="bisection steps per mode")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="re-run a load point that misses the SLO up to this many times (noisy machines)",
+    )
+    p.add_argument("--saturation-seconds", type=float, default=3.0)
+    p.add_argument("--saturation-rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
+    p.add_argument("--trace-out", type=Path, help="record the trace used")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON report; default bench-results/engine.json for chains, "
+        "bench-results/FAMILY.json otherwise",
+    )
+    p.add_argument(
+        "--modes",
+        help=f"comma-separated, of {', '.join(MODES)}; default cellular,padded,none "
+        "(trees: cellular,padded,level,none)",
+    )
+    p.add_argument(
+        "--saturation-only", action="store_true", help="kernel, idle and saturation; no sweeps"
+    )
+    p.add_argument(
+        "--slo-ms",
+        type=float,
+        help="a fixed latency SLO for the sweeps instead of twice the idle p99",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models and short requests: a smoke test whose figures mean nothing",
+    )
+    e2e = p.add_argument_group(
+        "end to end (--e2e)",
+        "every mode in a `batchmaker serve` subprocess of its own, called over gRPC: "
+        "sustainable load under the SLO per mode, latency and throughput against load, "
+        "batch size and queue depth over time (from each server's /metrics); writes "
+        "JSON, CSV and PNG plots",
+    )
+    e2e.add_argument(
+        "--e2e", action="store_true", help="benchmark the whole server over gRPC (chains only)"
+    )
+    e2e.add_argument(
+        "--model", help="a built-in model; default lstm-512 (lstm-lm with --tiny)", default=None
+    )
+    e2e.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("bench-results/e2e"),
+        help="where PREFIX.json, PREFIX.csv and PREFIX-timeseries.csv go",
+    )
+    e2e.add_argument("--plot-dir", type=Path, help="where the PNG plots go; default --out-dir")
+    e2e.add_argument("--prefix", default="e2e", help="file name prefix of every output")
+    e2e.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="re-plot a recorded report (and rewrite its CSV) instead of running",
+    )
+
+
+def add_overhead_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lstm-512", help="a built-in model")
+    p.add_argument("--requests", type=int, default=400, help="requests in the trace")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per load")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--trace-in", type=Path, help="replay this trace instead of drawing one")
+    p.add_argument("--out", type=Path, default=Path("bench-results/grpc-overhead.json"))
+
+
+def add_coldstart_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=int, default=7, help="cold starts; the median is reported")
+    p.add_argument("--models", default="", help="models to serve (default: the demo repository's)")
+    p.add_argument("--model", default=None, help="the model of the first request")
+    p.add_argument(
+        "--serve-arg",
+        dest="serve_args",
+        action="append",
+        default=[],
+        help="an extra `batchmaker serve` flag, e.g. --serve-arg=--no-warmup (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench-results/coldstart.json"))
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    bench = sub.add_parser(
+        "bench", parents=[common], help="cellular vs padded vs none on one recorded trace"
+    )
+    flags.add_engine_flags(bench, with_mode=False)  # it runs every mode in --modes
+    add_bench_flags(bench)
+    overhead = sub.add_parser(
+        "bench-overhead",
+        parents=[common],
+        help="one trace through the gRPC server vs the in-process engine: the server's overhead",
+    )
+    flags.add_engine_flags(overhead)
+    add_overhead_flags(overhead)
+    coldstart = sub.add_parser(
+        "bench-coldstart",
+        parents=[common],
+        help="time from process start to the first response, by start-up phase",
+    )
+    add_coldstart_flags(coldstart)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the benchmark's engine config from the flags and hand over."""
+    if args.command == "bench-coldstart":
+        from batchmaker.bench.coldstart import run_coldstart_cli
+
+        return run_coldstart_cli(args)
+    from batchmaker.runtime.torch_executor import set_cpu_threads
+
+    if args.command == "bench-overhead":
+        from batchmaker.bench.overhead import run_overhead_cli
+
+        config = flags.engine_config(args)
+        set_cpu_threads(config)
+        return run_overhead_cli(args, config)
+    # Room for every request a sweep may keep live.
+    config = flags.engine_config(
+        args,
+        max_num_live_requests=max(args.max_live, 4096),
+        num_slots=max(args.num_slots, 4096),
+    )
+    if args.e2e:  # each mode's server sets its own threads
+        from batchmaker.bench.e2e import run_e2e_cli
+
+        return run_e2e_cli(args, config)
+    from batchmaker.bench.engine import run_bench_cli
+
+    set_cpu_threads(config)
+    return run_bench_cli(args, config)

@@ -1,10 +1,16 @@
-"""BatchMaker's serving runtime: engine, executors, models, the gRPC server and client.
+"""BatchMaker: a gRPC inference server for recurrent models with cellular batching.
 
-Owns every side effect (threads, devices, sockets, files, metrics). Depends on
-``scheduler`` and ``cells``; neither of them may import this package.
+This module is the package's face for users of the engine in-process
+(``from batchmaker import Engine, EngineConfig, InferRequest``). The code lives in
+sub-packages by role (``runtime``, ``server``, ``client``, ``wire``, ``models``,
+``repository``, ``cli``, ``bench``), each saying in its docstring what it owns and
+may import; docs/architecture.md is the map. The whole package owns every side
+effect (threads, devices, sockets, files, metrics) and depends on ``scheduler`` and
+``cells``, neither of which may import it.
 
 Names are imported lazily, so ``import batchmaker.client`` does not pull in
-torch: a client process needs only grpc, protobuf and numpy.
+torch: a client process needs only grpc, protobuf and numpy. Code inside the
+package imports modules, never this face.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
     from batchmaker.models.sequence import SequenceModel, recurrent_model
     from batchmaker.runtime.engine import Engine
     from batchmaker.runtime.stream import RequestStream
-    from batchmaker.types import InferRequest, StepOutput
+    from batchmaker.types import FinishReason, InferRequest, StepOutput
 
 _WHERE = {
     "EngineConfig": "config",
@@ -48,6 +54,7 @@ _WHERE = {
     "SequenceModel": "models.sequence",
     "recurrent_model": "models.sequence",
     "RequestStream": "runtime.stream",
+    "FinishReason": "types",
     "InferRequest": "types",
     "StepOutput": "types",
 }
@@ -60,6 +67,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "ExecutionFailedError",
+    "FinishReason",
     "InferRequest",
     "InvalidRequestError",
     "Mode",

@@ -35,7 +35,7 @@ from batchmaker.models.base import Model
 from batchmaker.models.seq2seq import Seq2SeqModel
 from batchmaker.models.sequence import SequenceModel
 from batchmaker.models.tree import TreeModel
-from batchmaker.repository.store import save_model
+from batchmaker.repository.folder import save_model
 from cells import BinaryTreeLSTMCell, EncoderCell, GreedyDecoderCell, RecurrentStackCell
 
 ACCURACY_FILE = "ACCURACY.json"

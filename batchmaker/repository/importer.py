@@ -23,7 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from batchmaker.errors import ModelLoadError
-from batchmaker.repository.store import build_model, load_model, load_weights, save_model
+from batchmaker.repository.configs import build_model
+from batchmaker.repository.folder import load_model, load_weights, save_model
 
 Tensors = Mapping[str, torch.Tensor]
 

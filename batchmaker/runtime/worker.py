@@ -1,9 +1,10 @@
 """One thread per device: the step loop that owns a scheduler and an executor.
 
-It reads like vLLM's ``EngineCore.step()``: take commands, schedule, execute,
-update, deliver. The asyncio loop never runs a kernel; this thread never
-touches a stream. Commands come in through a locked list and a condition
-variable (no polling); outcomes go out through one callback per step.
+``step()`` reads like vLLM's ``EngineCore.step()``: schedule, execute, update,
+deliver; the loop around it waits for work and applies the commands that came
+in. The asyncio loop never runs a kernel; this thread never touches a stream.
+Commands come in through a locked list and a condition variable (no polling);
+outcomes go out through one callback per step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from batchmaker.runtime.executor import Executor
-from scheduler import FinishReason, SchedRequest, Scheduler, StepOutcome
+from scheduler import FinishReason, SchedRequest, Scheduler, StepOutcome, StepPlan
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,12 @@ class DeviceWorker:
             slot_capacity={name: p.capacity for name, p in pools},
         )
 
+    def wake(self) -> None:
+        """Re-read the scheduler's timers now. A clock that jumps (a test's ``ManualClock``)
+        does not wake a worker waiting for a deadline; whoever moves it calls this."""
+        with self._cv:
+            self._cv.notify()
+
     def stop(self) -> None:
         """Abort whatever is live (SHUTDOWN) and end the thread; returns without waiting."""
         with self._cv:
@@ -216,9 +223,7 @@ class DeviceWorker:
                 )
                 self.stats.num_internal_errors += 1
                 try:
-                    pending, self._pending = self._pending, None
-                    if pending is not None:
-                        self._deliver(pending, None)
+                    self._deliver_pending()
                     self.scheduler.abort_all(FinishReason.FAILED)
                     self._deliver(self.scheduler.take_outcome(), exc)
                 except Exception:
@@ -226,66 +231,75 @@ class DeviceWorker:
                     return
 
     def _loop(self) -> None:
-        sched = self.scheduler
-        stats = self.stats
+        """Wait for work, take the commands that arrived, step; until told to stop."""
         idle = False
-        # Step k's outcome is handed to the event loop only when step k+1's kernel is
-        # about to start (the executor's on_launch), so the loop's Python work (fanning
-        # outputs out to streams) runs while this thread is inside long torch ops
-        # without the GIL, instead of contending with scheduling, gather and scatter:
-        # measured, the gather alone lost 0.3 ms a step waiting for the GIL otherwise.
-        # Outcomes keep their order; none waits longer than one schedule and gather.
-        # (self._pending survives an unexpected error, so _run can still deliver it.)
         while True:
-            if self._pending is not None and not sched.has_ready_work:
-                self._deliver(self._pending, None)
-                self._pending = None
             inbox, stopping = self._wait_for_work(idle)
-            idle = False
-            if inbox:
-                self._apply(inbox)
-            if self._pending is not None and (stopping or not sched.has_ready_work):
-                self._deliver(self._pending, None)
-                self._pending = None
+            self._apply(inbox)
             if stopping:
-                sched.abort_all(FinishReason.SHUTDOWN)
-                self._deliver(sched.take_outcome(), None)
+                self._deliver_pending()
+                self.scheduler.abort_all(FinishReason.SHUTDOWN)
+                self._deliver(self.scheduler.take_outcome(), None)
                 return
-            plan = sched.schedule()
-            if plan is None:
-                if self._pending is not None:
-                    self._deliver(self._pending, None)
-                    self._pending = None
-                idle = True
-                outcome = sched.take_outcome()
-                if outcome:
-                    self._deliver(outcome, None)
-                continue
-            handoff = _Handoff(self._deliver, self._pending)
-            self._pending = None
-            t0 = time.perf_counter()
-            try:
-                result = self.executor.execute(plan, handoff)
-            except Exception as exc:
-                handoff()
-                log.exception("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size)
-                stats.num_failed_steps += 1
-                self._deliver(sched.fail_step(plan), exc)
-                continue
-            handoff()  # in case the executor never called it
-            stats.busy_seconds += time.perf_counter() - t0
-            stats.num_steps += 1
-            cts = stats.per_cell_type.get(plan.cell_type)
-            if cts is None:
-                cts = stats.per_cell_type[plan.cell_type] = CellTypeStats()
-            real = plan.num_real
-            cts.num_steps += 1
-            cts.num_rows += real
-            cts.num_padding_rows += plan.batch_size - real
-            cts.batch_size_counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, real)] += 1
-            outcome = sched.update_from_output(plan, result)
+            idle = not self.step()
+
+    def step(self) -> bool:
+        """One step, as vLLM's ``EngineCore.step()`` reads: schedule, execute, update,
+        deliver. Returns whether a plan ran (``False``: nothing to run now).
+
+        Delivery is deferred by one step: step k's outcome goes to the event loop when
+        step k+1's kernel is about to start (the executor's ``on_launch``), so the loop's
+        Python work (fanning outputs out to streams) runs while this thread is inside
+        long torch ops without the GIL, instead of contending with scheduling, gather
+        and scatter. Measured, the gather alone lost 0.3 ms a step to the GIL otherwise.
+        Outcomes keep their order, and none waits longer than one schedule and gather:
+        with no next step to carry it, the outcome goes at once.
+        """
+        sched = self.scheduler
+        plan = sched.schedule()
+        if plan is None:
+            self._deliver_pending()
+            outcome = sched.take_outcome()  # expiries found by schedule()
             if outcome:
-                self._pending = outcome
+                self._deliver(outcome, None)
+            return False
+        handoff = _Handoff(self._deliver, self._pending)
+        self._pending = None
+        t0 = time.perf_counter()
+        try:
+            result = self.executor.execute(plan, handoff)
+        except Exception as exc:
+            handoff()
+            log.exception("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size)
+            self.stats.num_failed_steps += 1
+            self._deliver(sched.fail_step(plan), exc)
+            return True
+        handoff()  # in case the executor never called it
+        self._record(plan, time.perf_counter() - t0)
+        outcome = sched.update_from_output(plan, result)
+        if outcome:
+            self._pending = outcome
+        if not sched.has_ready_work:
+            self._deliver_pending()  # no next step will carry it
+        return True
+
+    def _deliver_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._deliver(pending, None)
+
+    def _record(self, plan: StepPlan, seconds: float) -> None:
+        stats = self.stats
+        stats.busy_seconds += seconds
+        stats.num_steps += 1
+        cts = stats.per_cell_type.get(plan.cell_type)
+        if cts is None:
+            cts = stats.per_cell_type[plan.cell_type] = CellTypeStats()
+        real = plan.num_real
+        cts.num_steps += 1
+        cts.num_rows += real
+        cts.num_padding_rows += plan.batch_size - real
+        cts.batch_size_counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, real)] += 1
 
 
 def _run_call(fn: Callable[[], None], done: concurrent.futures.Future[None]) -> None:

@@ -22,8 +22,9 @@ from batchmaker import BatchMakerError, Code, InferRequest, ModelNotFoundError, 
 from batchmaker.cli.main import main
 from batchmaker.client import Client
 from batchmaker.models.seq2seq import seq2seq_model
+from batchmaker.repository.folder import save_model
 from batchmaker.repository.manager import ModelManager
-from batchmaker.repository.store import ModelRepository, save_model
+from batchmaker.repository.store import ModelRepository
 
 LM_V1 = small_model("lstm", name="lm", seed=1)
 LM_V2 = small_model("lstm", name="lm", seed=2, version=2)

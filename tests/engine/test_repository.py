@@ -21,18 +21,16 @@ from batchmaker.models.base import Model
 from batchmaker.models.seq2seq import Seq2SeqModel
 from batchmaker.models.sequence import SequenceModel, recurrent_model
 from batchmaker.models.tree import TreeModel
-from batchmaker.repository.manager import AVAILABLE, UNAVAILABLE, ModelManager, VersionState
-from batchmaker.repository.store import (
+from batchmaker.repository.configs import model_config
+from batchmaker.repository.folder import (
     CONFIG_FILE,
-    POLICY_FILE,
     WEIGHTS_FILE,
-    ModelRepository,
-    VersionPolicy,
     load_model,
-    model_config,
     model_state_dict,
     save_model,
 )
+from batchmaker.repository.manager import AVAILABLE, UNAVAILABLE, ModelManager, VersionState
+from batchmaker.repository.store import POLICY_FILE, ModelRepository, VersionPolicy
 from batchmaker.types import InferRequest, TreeInput
 from cells import BinaryTreeLSTMCell, EncoderCell, GreedyDecoderCell, RecurrentStackCell
 

@@ -6,23 +6,19 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from batchmaker.client.channel import (
-    DEFAULT_ADDRESS,
-    DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    ClientBase,
     InferResult,
     Inputs,
     RequestOptions,
     StreamState,
     StreamView,
-    TLSConfig,
-    open_channel,
     translate,
 )
 from batchmaker.types import StepOutput
 from batchmaker.v1 import inference_pb2 as pb
-from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 from batchmaker.wire import v1 as wire
 
 
@@ -46,24 +42,10 @@ class AsyncInferStream(StreamView):
         return self._state.result([s async for s in self])
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The asyncio twin of ``Client``; create and use it inside one event loop."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        *,
-        tls: TLSConfig | None = None,
-        max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
-        options: Sequence[tuple[str, Any]] = (),
-        token: str | None = None,
-    ) -> None:
-        self._channel: grpc.aio.Channel = open_channel(
-            grpc.aio, address, tls, max_receive_message_bytes, options, token
-        )
-        self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+    _grpc = grpc.aio
 
     def infer_stream(
         self,

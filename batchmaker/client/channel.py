@@ -12,11 +12,13 @@ from typing import Any, TypedDict
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 
 from batchmaker.client.auth import client_interceptors
 from batchmaker.errors import BatchMakerError, Code, error_for
 from batchmaker.types import FinishReason, StepOutput, TreeInput
 from batchmaker.v1 import inference_pb2 as pb
+from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 from batchmaker.wire import v1 as wire
 
 Inputs = Sequence[int] | np.ndarray | TreeInput
@@ -148,3 +150,29 @@ class StreamView:
     def cancel(self) -> None:
         """Ends the call; the server's request leaves its batch at the next step."""
         self._call.cancel()
+
+
+class ClientBase:
+    """The channel and stubs of a client; ``Client`` and ``AsyncClient`` differ only in
+    the grpc module they open the channel with (``grpc`` or ``grpc.aio``)."""
+
+    _grpc: Any
+    """``grpc`` or ``grpc.aio``: same call shapes, blocking or awaited."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        tls: TLSConfig | None = None,
+        max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+        options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
+    ) -> None:
+        """``token``: the bearer token a server with authentication wants (read it from a
+        file or the environment, never from a command line)."""
+        self._channel = open_channel(
+            self._grpc, address, tls, max_receive_message_bytes, options, token
+        )
+        self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -6,23 +6,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from batchmaker.client.channel import (
-    DEFAULT_ADDRESS,
-    DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    ClientBase,
     InferResult,
     Inputs,
     RequestOptions,
     StreamState,
     StreamView,
-    TLSConfig,
-    open_channel,
     translate,
 )
 from batchmaker.types import StepOutput
 from batchmaker.v1 import inference_pb2 as pb
-from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 from batchmaker.wire import v1 as wire
 
 
@@ -51,26 +47,10 @@ class InferStream(StreamView):
         self.cancel()
 
 
-class Client:
+class Client(ClientBase):
     """A blocking client over one channel; thread-safe, as gRPC channels are."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        *,
-        tls: TLSConfig | None = None,
-        max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
-        options: Sequence[tuple[str, Any]] = (),
-        token: str | None = None,
-    ) -> None:
-        """``token``: the bearer token a server with authentication wants (read it from a
-        file or the environment, never from a command line)."""
-        self._channel: grpc.Channel = open_channel(
-            grpc, address, tls, max_receive_message_bytes, options, token
-        )
-        self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+    _grpc = grpc
 
     def infer_stream(
         self,

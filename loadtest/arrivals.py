@@ -1,7 +1,7 @@
 """When each Locust user sends: its share of one open-loop arrival process.
 
 Closed-loop load (send, wait for the answer, send again) hides queueing
-(DESIGN.md, "Measuring"), so a user here keeps a *schedule* of send times
+(docs/benchmarks.md, "How we measure"), so a user here keeps a *schedule* of send times
 and sends on it whether or not its earlier requests have answered (the
 locustfile streams each request in a greenlet of its own). The whole run's
 arrivals follow a rate ``r(t)``, and each of ``N`` users sends a Poisson (or

@@ -95,10 +95,6 @@ class StatRow:
     max: float
     rps: float
 
-    @property
-    def fail_ratio(self) -> float:
-        return self.failures / self.count if self.count else 0.0
-
 
 def _number(text: str) -> float:
     return math.nan if text in ("", "N/A") else float(text)

@@ -9,22 +9,20 @@
 3. waits, bounded, until the server reports no request left and every state slot
    free, then stops it with SIGTERM and expects exit status 0;
 4. reads the CSVs, prints a table per model and request type, writes
-   ``<prefix>_summary.json``, and exits with a status that says what failed
-   (``report.ExitCode``): 1 failure ratio, 3 p99, 4 server, 5 Locust, 6 soak.
+   ``<prefix>_summary.json`` (``summary``), and exits with a status that says what
+   failed (``report.ExitCode``): 1 failure ratio, 3 p99, 4 server, 5 Locust, 6 soak.
 
-``--soak`` also samples the server's RSS every ``--rss-interval`` seconds and
+``--soak`` also samples the server's RSS every ``--rss-interval`` seconds (``rss``) and
 compares the p99 of the first and last minute (``loadtest/README.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,21 +40,9 @@ from loadtest.options import (
     resolve,
     scenario_argv,
 )
-from loadtest.report import (
-    FULL,
-    ExitCode,
-    SoakFigures,
-    StatRow,
-    Thresholds,
-    Violation,
-    check_thresholds,
-    exit_code,
-    format_table,
-    read_requests_csv,
-    read_stats_csv,
-    soak_figures,
-    totals,
-)
+from loadtest.report import ExitCode, Violation
+from loadtest.rss import RssSampler
+from loadtest.summary import conclude
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_MODEL = "lstm-512"
@@ -80,7 +66,6 @@ LOCUST_START_SLACK_S = 60.0
 """Seconds Locust may take beyond its run and stop time before it is killed."""
 IDLE_TIMEOUT_S = 15.0
 HEALTH_TIMEOUT_S = 60.0
-MIB = 1024.0 * 1024.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,45 +232,6 @@ def locust_command(args: argparse.Namespace, address: str, num_users: int) -> li
 # ---- the server ---------------------------------------------------------------------------------
 
 
-class RssSampler:
-    """The server's resident memory every ``interval`` seconds, on a thread, until stopped."""
-
-    def __init__(self, pid: int, interval: float) -> None:
-        import psutil  # only here: a run against a remote pid-less server needs none
-
-        self._proc = psutil.Process(pid)
-        self._interval = interval
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
-        self.samples: list[tuple[float, float]] = []
-        self._thread = threading.Thread(target=self._run, name="loadtest-rss", daemon=True)
-
-    def sample(self) -> float:
-        mib = float(self._proc.memory_info().rss) / MIB
-        self.samples.append((round(time.monotonic() - self._t0, 1), round(mib, 1)))
-        return mib
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):  # ends when stop() sets the event
-            try:
-                self.sample()
-            except Exception:  # the server exited: the end sample will say so
-                return
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def at(self, t: float) -> float:
-        """The sample nearest ``t`` seconds after start."""
-        return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else math.nan
-
-
 def wait_serving(address: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
     """Block until the server's health service says SERVING (it loads models first)."""
     import grpc
@@ -407,135 +353,7 @@ def run(args: argparse.Namespace) -> int:
                     Violation(ExitCode.SERVER, f"the server exited {code} on SIGTERM:\n{tail}")
                 )
 
-    figures = judge(args, summary, violations, rss, sampler)
-    print_report(args, summary, violations, figures)
-    code = exit_code(violations)
-    summary["violations"] = [{"code": int(v.code), "message": v.message} for v in violations]
-    summary["exit_code"] = int(code)
-    path = Path(f"{args.csv_prefix}_summary.json")
-    path.write_text(json.dumps(_finite(summary), indent=2, default=str) + "\n")
-    print(f"loadtest: summary in {path}")
-    return int(code)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN (no data) as ``None``: JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def judge(
-    args: argparse.Namespace,
-    summary: dict[str, Any],
-    violations: list[Violation],
-    rss: dict[str, float],
-    sampler: RssSampler | None,
-) -> SoakFigures | None:
-    """Read the CSVs into ``summary`` and add every broken threshold to ``violations``."""
-    # The locustfile's final table; Locust's own _stats.csv may miss the last second.
-    stats_path = Path(f"{args.csv_prefix}_stats_final.csv")
-    if not stats_path.exists():
-        violations.append(Violation(ExitCode.LOCUST, f"Locust wrote no {stats_path}"))
-        return None
-    rows = read_stats_csv(stats_path)
-    summary["stats"] = [asdict(r) for r in rows]
-    limits = Thresholds(args.max_fail_ratio, args.max_p99_ms, args.max_ttft_p99_ms)
-    summary["thresholds"] = asdict(limits)
-    violations.extend(check_thresholds(rows, limits))
-    exceptions = Path(f"{args.csv_prefix}_exceptions.csv")
-    if exceptions.exists() and len(exceptions.read_text().splitlines()) > 1:
-        violations.append(
-            Violation(ExitCode.LOCUST, f"the locustfile raised exceptions: see {exceptions}")
-        )
-    info_path = Path(f"{args.csv_prefix}_requests.json")
-    if info_path.exists():
-        summary["locust"] = json.loads(info_path.read_text())
-    requests_path = Path(f"{args.csv_prefix}_requests.csv")
-    if not requests_path.exists():
-        return None
-    figures = soak_figures(read_requests_csv(requests_path), args.window)
-    if sampler is not None and rss:
-        rss["after_first_window"] = sampler.at(figures.first.end_s) if args.soak else math.nan
-        rss["max"] = max(
-            [rss.get("start", 0.0), rss.get("end", 0.0)] + [mib for _, mib in sampler.samples]
-        )
-        base = rss["after_first_window"] if args.soak else rss.get("start", math.nan)
-        rss["growth"] = rss.get("end", math.nan) - base
-        figures.rss_mib = {k: round(v, 1) for k, v in rss.items()}
-        figures.rss_samples = list(sampler.samples)
-    summary["figures"] = figures.to_json()
-    if args.soak:
-        growth = figures.rss_mib.get("growth", math.nan)
-        if args.max_rss_growth_mib is not None and growth > args.max_rss_growth_mib:
-            violations.append(
-                Violation(
-                    ExitCode.SOAK,
-                    f"RSS grew {growth:.1f} MiB after the first window, over "
-                    f"--max-rss-growth-mib {args.max_rss_growth_mib:g}",
-                )
-            )
-        if args.max_p99_drift is not None and figures.p99_drift > args.max_p99_drift:
-            violations.append(
-                Violation(
-                    ExitCode.SOAK,
-                    f"p99 drifted x{figures.p99_drift:.2f} from the first window to the last, "
-                    f"over --max-p99-drift {args.max_p99_drift:g}",
-                )
-            )
-    return figures
-
-
-def print_report(
-    args: argparse.Namespace,
-    summary: dict[str, Any],
-    violations: list[Violation],
-    figures: SoakFigures | None,
-) -> None:
-    rows = [StatRow(**r) for r in summary.get("stats", [])]
-    print()
-    if rows:
-        print(format_table(rows))
-        count, failures = totals(rows, FULL)
-        print(f"full requests: {count}, failures {failures} ({failures / max(1, count):.2%})")
-    if figures is not None and figures.requests:
-        line = f"rate achieved: {figures.rate_achieved:.2f} req/s (offered {args.rate:g})"
-        info = summary.get("locust", {})
-        if info.get("late_sends"):
-            line += f"; {info['late_sends']} of {info['sends']} sends late"
-        print(line)
-    if args.soak and figures is not None:
-        f = figures
-        print(
-            f"soak: {f.requests} requests in {f.duration_s:.0f} s, {f.failures} failures "
-            f"{f.errors or ''}\n"
-            f"  p99 first {f.first.end_s - f.first.start_s:.0f} s: {f.first.p99_ms:.1f} ms "
-            f"({f.first.count} requests); last: {f.last.p99_ms:.1f} ms ({f.last.count}); "
-            f"drift x{f.p99_drift:.2f}"
-        )
-        if len(f.windows) > 2:
-            p99s = [w.p99_ms for w in f.windows if w.count]
-            print(
-                f"  p99 of each window (ms): {' '.join(f'{p:.0f}' for p in p99s)}; "
-                f"min {min(p99s):.0f}, median {sorted(p99s)[len(p99s) // 2]:.0f}, "
-                f"max {max(p99s):.0f}"
-            )
-        if f.rss_mib:
-            r = f.rss_mib
-            print(
-                f"  server RSS MiB: start {r.get('start')}, after the first window "
-                f"{r.get('after_first_window')}, end {r.get('end')}, max {r.get('max')}; "
-                f"growth {r.get('growth')}"
-            )
-    if violations:
-        for v in violations:
-            print(f"loadtest: FAIL ({int(v.code)} {v.code.name}): {v.message}")
-    else:
-        print("loadtest: PASS")
+    return int(conclude(args, summary, violations, rss, sampler))
 
 
 def main(argv: list[str] | None = None) -> int:

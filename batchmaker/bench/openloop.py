@@ -2,9 +2,10 @@
 whatever came back before.
 
 Closed-loop load (a fixed number of clients, each waiting for its answer) slows down
-with the server and so hides queueing (DESIGN.md, "Measuring"). Here arrival times come
-from the trace alone, and a request's latency counts from its *scheduled* arrival, so
-time spent queued anywhere (in the client, on the wire, in the server) counts.
+with the server and so hides queueing (docs/benchmarks.md, "How we measure"). Here
+arrival times come from the trace alone, and a request's latency counts from its
+*scheduled* arrival, so time spent queued anywhere (in the client, on the wire, in the
+server) counts.
 
 One replay for every benchmark: in-process (``bench``), and through a server in another
 process (``bench-overhead``, ``bench --e2e``). What sending a request means is the

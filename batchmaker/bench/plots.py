@@ -77,16 +77,6 @@ def _points(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [by_rate[k] for k in sorted(by_rate)]
 
 
-def _meets(r: Mapping[str, Any], slo: float) -> bool:
-    return bool(
-        not r["overloaded"]
-        and r["num_failed"] == 0
-        and r["num_rejected"] == 0
-        and r["num_completed"] == r["num_requests"]
-        and r["p99"] <= slo
-    )
-
-
 def _subtitle(report: Mapping[str, Any]) -> str:
     trace = report["config"]["trace"]
     return (

@@ -10,8 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from batchmaker.bench.e2e import POINT_COLUMNS, TIMESERIES_COLUMNS, point_rows, write_outputs
-from batchmaker.bench.engine import RunResult
+from batchmaker.bench.e2e_outputs import (
+    POINT_COLUMNS,
+    TIMESERIES_COLUMNS,
+    point_rows,
+    write_outputs,
+)
+from batchmaker.bench.report import RunResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

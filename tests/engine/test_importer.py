@@ -24,8 +24,8 @@ from batchmaker.errors import Code, ModelLoadError
 from batchmaker.models.base import Model
 from batchmaker.models.seq2seq import Seq2SeqModel
 from batchmaker.models.sequence import SequenceModel
-from batchmaker.repository.importer import ImportOptions, import_state_dict
 from batchmaker.repository.folder import CONFIG_FILE, WEIGHTS_FILE
+from batchmaker.repository.importer import ImportOptions, import_state_dict
 from batchmaker.repository.store import ModelRepository
 from batchmaker.types import InferRequest
 

@@ -20,6 +20,7 @@ from loadtest.options import (
     resolve,
     scenario_argv,
 )
+from loadtest.summary import finite
 
 
 def scenario(*argv: str) -> argparse.Namespace:
@@ -152,7 +153,7 @@ def test_the_locust_command_is_headless_bounded_and_forwards_the_scenario() -> N
 
 def test_the_summary_json_has_no_nan() -> None:
     """JSON has no NaN: a figure without data is null."""
-    assert run._finite({"a": [1.0, float("nan")], "b": (float("inf"), "x")}) == {
+    assert finite({"a": [1.0, float("nan")], "b": (float("inf"), "x")}) == {
         "a": [1.0, None],
         "b": [None, "x"],
     }

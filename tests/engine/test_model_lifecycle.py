@@ -1,6 +1,6 @@
-"""Models come and go while the engine serves: loading or unloading one never disturbs the
-streams of the others, an unloaded model's live requests finish (or, past the grace period,
-end with UNAVAILABLE), and its cells and pools are freed on the device."""
+"""Models come and go while the engine serves, on real torch cells: loading or unloading one
+never disturbs the numerics of the others' streams, and its cells and pools are freed on the
+device. The unload's grace-period logic is tested torch-free (tests/runtime)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from harness import (
     collect,
-    drain,
     engine_config,
     free_slots,
     next_output,
@@ -21,11 +20,9 @@ from harness import (
 from reference import assert_matches_alone
 
 from batchmaker import (
-    Code,
     InferRequest,
     InvalidRequestError,
     ModelNotFoundError,
-    UnavailableError,
 )
 
 OLD = small_model("lstm", name="old", seed=1)
@@ -76,30 +73,6 @@ def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
             assert_matches_alone(OLD, long_x, await collect(long_run))
             assert engine.num_live == 0
             assert free_slots(engine) == {"old@1/state": config.num_slots}
-
-    asyncio.run(main())
-
-
-def test_unload_past_its_grace_ends_live_requests_with_unavailable_only_for_that_model() -> None:
-    rng = np.random.default_rng(1)
-    x_old, x_new = rng.integers(0, 50, 12).tolist(), rng.integers(0, 50, 30).tolist()
-
-    async def main() -> None:
-        async with serving(engine_config(), [OLD, NEW], gated=True) as (engine, gate):
-            victim = engine.submit(InferRequest("new", x_new))
-            bystander = engine.submit(InferRequest("old", x_old))
-            await gate.step()
-            await gate.step()
-            unload = asyncio.create_task(engine.remove_models(["new@1"], grace=0))
-            gate.open()
-            await asyncio.wait_for(unload, 30)
-            outputs, error = await drain(victim)
-            assert isinstance(error, UnavailableError)
-            assert error.code is Code.UNAVAILABLE
-            assert "unloaded" in error.message
-            assert len(outputs) < len(x_new)
-            assert_matches_alone(OLD, x_old, await collect(bystander))
-            assert free_slots(engine) == {"old@1/state": engine.config.num_slots}
 
     asyncio.run(main())
 

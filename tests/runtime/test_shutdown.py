@@ -1,8 +1,11 @@
-"""Shutdown: admission closes at once; ``grace=None`` lets live streams finish,
-``grace=0`` (and leaving ``async with``) ends them with UnavailableError, and a
-grace period that runs out ends whatever is left.
+"""Shutdown: admission closes at once (UNAVAILABLE); ``grace=None`` lets live streams
+finish, ``grace=0`` (and leaving ``async with``) ends running and queued streams with
+UnavailableError, and a grace period that runs out ends whatever is left.
 
-Steps are held at the gate while the test checks what may not have happened yet.
+Steps are held at the gate while the test checks what may not have happened yet; the
+order of "shutdown told the worker to stop" and "the gate opens" is fixed by the event
+loop's callback order, not by waiting. The grace period is the one wall-clock wait: the
+engine measures it on the event loop, not on the engine's clock.
 """
 
 from __future__ import annotations
@@ -11,24 +14,22 @@ import asyncio
 
 import numpy as np
 import pytest
-from harness import (
+from fakes import FakeChainModel, FakeExecutor
+from gate import GatedExecutor, collect, drain, free_slots, guarded
+from rig import (
+    MODES,
     NUM_SLOTS,
-    GatedExecutor,
-    collect,
-    drain,
+    assert_matches_alone,
+    assert_prefix_of_alone,
     engine_config,
-    free_slots,
-    guarded,
     serving,
-    small_model,
 )
-from reference import TOL, assert_matches_alone, max_abs_diff, run_alone
 
 from batchmaker import Code, Engine, InferRequest, UnavailableError
 from batchmaker.runtime.executor import Executor
-from batchmaker.runtime.torch_executor import TorchExecutor
+from scheduler import ManualClock
 
-LM = small_model("lstm", num_layers=2, name="lm")
+LM = FakeChainModel("lm")
 POOL = LM.qualify("state")
 X = np.random.default_rng(8).integers(0, 50, 20).tolist()
 
@@ -39,7 +40,7 @@ def assert_refused(engine: Engine) -> None:
     assert info.value.code is Code.UNAVAILABLE
 
 
-@pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
+@pytest.mark.parametrize("mode", MODES)
 def test_shutdown_without_a_limit_lets_live_streams_finish_and_refuses_new_ones(
     mode: str,
 ) -> None:
@@ -48,10 +49,11 @@ def test_shutdown_without_a_limit_lets_live_streams_finish_and_refuses_new_ones(
             streams = [engine.submit(InferRequest("lm", x)) for x in (X[:6], X)]
             await gate.step()
             stopping = asyncio.create_task(engine.shutdown(grace=None))
-            await asyncio.sleep(0)  # let shutdown begin: it closes admission first
-            assert_refused(engine)
+            # The shutdown task starts while this waits for the step (its first act is to
+            # close admission); the live requests still have steps to go.
             await gate.step()
-            assert not stopping.done()  # the live requests cannot have finished
+            assert_refused(engine)
+            assert not stopping.done()
             assert all(w.alive for w in engine.workers)
             gate.open()
             assert_matches_alone(LM, X[:6], await collect(streams[0]))
@@ -67,25 +69,29 @@ def test_shutdown_without_a_limit_lets_live_streams_finish_and_refuses_new_ones(
 
 def test_shutdown_with_no_grace_ends_running_and_queued_streams_with_unavailable() -> None:
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         async with serving(engine_config("none"), [LM], gated=True) as (engine, gate):
             running = engine.submit(InferRequest("lm", X, request_id="running"))
             queued = engine.submit(InferRequest("lm", X[:3], request_id="queued"))
             for _ in range(2):
                 await gate.step()
+            await gate.wait_entered(3)
             stopping = asyncio.create_task(engine.shutdown(grace=0))
-            await asyncio.sleep(0)  # shutdown has told the worker to stop ...
-            gate.open()  # ... so it ends after the step it holds
+            # Callbacks run in order: shutdown tells the worker to stop, then the gate
+            # opens, so the worker ends right after the step it holds.
+            loop.call_soon(gate.open)
             await guarded(stopping)
             outputs, error = await drain(running)
             assert isinstance(error, UnavailableError)
+            assert error.code is Code.UNAVAILABLE
             assert "shut down" in error.message
-            assert 1 <= len(outputs) <= 3
-            got = np.stack([o.vector for o in outputs])
-            assert max_abs_diff(got, run_alone(LM, X)[: len(got)]) < TOL
+            assert len(outputs) == 3  # every step it ran reached the stream, and is right
+            assert_prefix_of_alone(LM, X, outputs)
             queued_outputs, queued_error = await drain(queued)
             assert queued_outputs == []
             assert isinstance(queued_error, UnavailableError)
             assert gate.steps_of("queued") == []
+            assert len(gate.steps) == 3
             assert not any(w.alive for w in engine.workers)
             assert_refused(engine)
             assert engine.num_live == 0
@@ -95,7 +101,8 @@ def test_shutdown_with_no_grace_ends_running_and_queued_streams_with_unavailable
 
 
 def test_a_grace_period_that_runs_out_ends_what_is_left() -> None:
-    # Batches form only when full (2 requests): a lone third request never runs.
+    # Batches form only when full (2 requests): the manual clock never fires the timer,
+    # so a lone third request never runs, however long the grace period.
     config = engine_config("padded", padded_max_batch=2, padded_timeout_s=60)
 
     async def main() -> None:
@@ -104,7 +111,7 @@ def test_a_grace_period_that_runs_out_ends_what_is_left() -> None:
             assert_matches_alone(LM, X[:4], await collect(pair[0]))
             assert_matches_alone(LM, X[:7], await collect(pair[1]))
             alone = engine.submit(InferRequest("lm", X[:2]))
-            await engine.shutdown(grace=0.05)
+            await guarded(engine.shutdown(grace=0.05))
             outputs, error = await drain(alone)
             assert outputs == []
             assert isinstance(error, UnavailableError)
@@ -119,20 +126,22 @@ def test_leaving_async_with_ends_live_streams_with_unavailable() -> None:
         loop = asyncio.get_running_loop()
         gates: list[GatedExecutor] = []
 
-        def gated_executor(device: str) -> Executor:
-            gates.append(GatedExecutor(TorchExecutor(device), loop))
+        def gated_fake(device: str) -> Executor:
+            gates.append(GatedExecutor(FakeExecutor(device), loop))
             return gates[-1]
 
-        engine = Engine(engine_config(), [LM], executor_factory=gated_executor)
+        engine = Engine(engine_config(), [LM], executor_factory=gated_fake, clock=ManualClock())
         (gate,) = gates
         async with engine:
             stream = engine.submit(InferRequest("lm", X))
             await gate.step()
+            await gate.wait_entered(2)
             # Runs once the exit's shutdown has told the worker to stop and waits for it.
             loop.call_soon(gate.open)
         outputs, error = await drain(stream)
         assert isinstance(error, UnavailableError)
-        assert len(outputs) <= 2
+        assert len(outputs) == 2
+        assert_prefix_of_alone(LM, X, outputs)
         assert not any(w.alive for w in engine.workers)
 
     asyncio.run(main())
@@ -140,7 +149,7 @@ def test_leaving_async_with_ends_live_streams_with_unavailable() -> None:
 
 def test_shutdown_is_idempotent_and_safe_on_an_engine_never_started() -> None:
     async def main() -> None:
-        idle = Engine(engine_config(), [LM])
+        idle = Engine(engine_config(), [LM], executor_factory=FakeExecutor, clock=ManualClock())
         await idle.shutdown()
         await idle.shutdown(grace=0)
         assert_refused(idle)

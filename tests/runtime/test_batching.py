@@ -1,20 +1,23 @@
-"""Who runs with whom, per mode, read from the executor's log of every step.
+"""Who runs with whom, per mode, read from the gate's log of every step.
 
-Cellular: a request joins the running batch at its first step and leaves after
-its last. Padded: a request waits for the running batch to end, and a batch
-runs to its longest member with padding rows. None: one request at a time.
+Cellular: a request joins the running batch at its first step and leaves after its
+last, and priority decides among new requests. Padded: a request waits for the running
+batch to end, a batch runs to its longest member with padding rows, and a batch that is
+not full forms when its timer fires. None: one request at a time. Every stream is also
+checked against the fake's reference, so a batch mix-up cannot hide behind a right log.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from harness import collect, engine_config, serving, small_model
-from reference import assert_matches_alone
+from fakes import FakeChainModel
+from gate import collect
+from rig import advance, assert_matches_alone, engine_config, serving
 
 from batchmaker import InferRequest
 
-LM = small_model("gru", num_layers=2, name="lm")
+LM = FakeChainModel("lm")
 A = [5, 9, 2, 6, 5, 3, 5, 8, 9, 7]
 B = [3, 2, 3, 8]
 C = [4, 6, 2]
@@ -62,6 +65,30 @@ def test_padded_waits_for_the_running_batch_and_pads_to_its_longest() -> None:
                 + [("a", None)] * (len(A) - 3)
                 + [("b", "d")] * 2
                 + [("b", None)] * (len(B) - 2)
+            )
+
+    asyncio.run(main())
+
+
+def test_padded_forms_a_batch_that_is_not_full_when_its_timer_fires() -> None:
+    """The oldest queued request waits ``padded_timeout_s`` for company, then its batch
+    runs as it is; the timer is the engine's clock, so the test moves it."""
+    config = engine_config("padded", padded_max_batch=3, padded_timeout_s=5)
+
+    async def main() -> None:
+        async with serving(config, [LM], gated=True) as (engine, gate):
+            sa = engine.submit(InferRequest("lm", C, request_id="a"))
+            advance(engine, 4)  # not yet: the worker goes back to waiting
+            sb = engine.submit(InferRequest("lm", B, request_id="b"))
+            # Both are held by the worker, and it has planned nothing.
+            await asyncio.wrap_future(engine.workers[0].call(lambda: None))
+            assert gate.num_entered == 0
+            gate.open()
+            advance(engine, 1)  # a has waited 5 seconds: a batch of two forms
+            assert_matches_alone(LM, C, await collect(sa))
+            assert_matches_alone(LM, B, await collect(sb))
+            assert [s.request_ids for s in gate.steps] == (
+                [("a", "b")] * len(C) + [(None, "b")] * (len(B) - len(C))
             )
 
     asyncio.run(main())

@@ -1,8 +1,10 @@
-"""Admission: beyond the live-request or state-slot limit, submit refuses at once.
+"""Admission: beyond the live-request or state-slot limit, submit refuses at once with
+RESOURCE_EXHAUSTED, and every slot comes back when requests end.
 
-Nothing is queued for a refused request, admitted requests are untouched and
-complete correctly, and every slot comes back. Steps are held at the gate, so
-the admitted requests are certainly still live when the refusal is checked.
+Nothing is queued for a refused request, admitted requests are untouched and stream
+exactly their reference, and the room comes back one finished request at a time.
+Steps are held at the gate, so the admitted requests are certainly still live when the
+refusal is checked. Engine logic only: it runs on the fake executor, in every mode.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import asyncio
 
 import numpy as np
 import pytest
-from harness import NUM_SLOTS, collect, engine_config, free_slots, serving, small_model
-from reference import assert_matches_alone
+from fakes import FakeChainModel
+from gate import collect, free_slots
+from rig import MODES, NUM_SLOTS, assert_matches_alone, engine_config, serving
 
 from batchmaker import AdmissionRejectedError, Code, EngineConfig, InferRequest, InvalidRequestError
 
-LM = small_model("lstm", num_layers=2, name="lm")
+LM = FakeChainModel("lm")
 POOL = LM.qualify("state")
 LIMIT = 3
 
@@ -29,7 +32,7 @@ def limited(mode: str, limit: str) -> tuple[EngineConfig, str]:
 
 
 @pytest.mark.parametrize("limit", ["live_requests", "slots"])
-@pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
+@pytest.mark.parametrize("mode", MODES)
 def test_beyond_the_limit_submit_is_refused_at_once_and_nothing_is_lost(
     mode: str, limit: str
 ) -> None:
@@ -120,6 +123,7 @@ def test_generated_request_ids_are_unique() -> None:
             streams = [engine.submit(InferRequest("lm", [i])) for i in range(5)]
             assert len({s.request_id for s in streams}) == 5
             assert all(s.request_id and s.model_key == "lm@1" for s in streams)
-            await asyncio.gather(*(collect(s) for s in streams))
+            for i, stream in enumerate(streams):
+                assert_matches_alone(LM, [i], await collect(stream))
 
     asyncio.run(main())

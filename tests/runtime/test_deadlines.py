@@ -1,32 +1,35 @@
-"""A request past its deadline ends with DeadlineExceededError at the next step
-boundary, frees its slot, and leaves the others alone.
+"""A request past its deadline ends with DeadlineExceededError (DEADLINE_EXCEEDED) at the
+next step boundary, frees its slot, and leaves the others alone; one that finishes in
+time is not expired.
 
-The gated executor holds the steps, so the request certainly cannot finish
-before its deadline however fast or slow the machine is; the test waits for
-the clock to pass the deadline, then lets the steps go.
+Time is a ``ManualClock`` that moves only when the test advances it, and the gate holds
+the steps: so which steps ran before the deadline is exact, and no test waits for wall
+time. A worker that is idle, waiting for a deadline, is woken by ``advance`` (which calls
+``DeviceWorker.wake``), so the expiry cannot hide behind the worker's timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
-from harness import collect, drain, engine_config, free_slots, serving, small_model
-from reference import TOL, assert_matches_alone, max_abs_diff, run_alone
+from fakes import FakeChainModel
+from gate import GUARD_S, collect, drain, free_slots
+from rig import (
+    advance,
+    assert_matches_alone,
+    assert_prefix_of_alone,
+    engine_config,
+    serving,
+)
 
 from batchmaker import Code, DeadlineExceededError, InferRequest
 
-LM = small_model("gru", num_layers=2, name="lm")
-TIMEOUT = 0.05
+LM = FakeChainModel("lm")
+TIMEOUT = 10.0
+"""Seconds of the manual clock: nothing expires until a test advances the clock this far."""
 LONG = np.random.default_rng(3).integers(0, 50, 30).tolist()
-
-
-async def until_clock_passes(t: float) -> None:
-    """Wait until ``time.monotonic()`` (the engine's clock) is past ``t``."""
-    while (left := t - time.monotonic()) >= 0:
-        await asyncio.sleep(left + 1e-3)
 
 
 @pytest.mark.parametrize("mode", ["cellular", "none"])
@@ -35,21 +38,20 @@ def test_deadline_mid_stream_ends_the_request_and_spares_the_others(mode: str) -
         async with serving(engine_config(mode), [LM], gated=True) as (engine, gate):
             start = free_slots(engine)
             late = engine.submit(InferRequest("lm", LONG, timeout=TIMEOUT, request_id="late"))
-            due = time.monotonic() + TIMEOUT  # no earlier than the engine's deadline
             fine = engine.submit(InferRequest("lm", LONG[:10], request_id="fine"))
             for _ in range(2):
                 await gate.step()
-            await until_clock_passes(due)
+            await gate.wait_entered(3)  # step 3 is planned with "late": before its deadline
+            advance(engine, TIMEOUT)
             gate.open()
             outputs, error = await drain(late)
             assert isinstance(error, DeadlineExceededError)
             assert error.code is Code.DEADLINE_EXCEEDED
-            # It streamed its first steps (the ones before the deadline, and at most the
-            # one planned before it), all correct.
-            assert 1 <= len(outputs) <= 3
-            got = np.stack([o.vector for o in outputs])
-            assert max_abs_diff(got, run_alone(LM, LONG)[: len(got)]) < TOL
-            assert len(gate.steps_of("late")) <= 3
+            # The three steps planned before the deadline ran and streamed, and are right;
+            # the next boundary ended it.
+            assert gate.steps_of("late") == [0, 1, 2]
+            assert len(outputs) == 3
+            assert_prefix_of_alone(LM, LONG, outputs)
             assert_matches_alone(LM, LONG[:10], await collect(fine))
             assert engine.num_live == 0
             assert free_slots(engine) == start
@@ -63,9 +65,8 @@ def test_a_queued_request_expires_without_running() -> None:
             start = free_slots(engine)
             first = engine.submit(InferRequest("lm", LONG, request_id="first"))
             queued = engine.submit(InferRequest("lm", [1, 2], timeout=TIMEOUT, request_id="q"))
-            due = time.monotonic() + TIMEOUT
             await gate.step()
-            await until_clock_passes(due)
+            advance(engine, TIMEOUT)
             gate.open()
             outputs, error = await drain(queued)
             assert outputs == []
@@ -77,15 +78,22 @@ def test_a_queued_request_expires_without_running() -> None:
     asyncio.run(main())
 
 
-def test_a_deadline_fires_even_when_no_step_runs() -> None:
-    """Padded, alone, with a batch that only a second request would fill: the worker
-    is idle, and must wake for the deadline by itself."""
+def test_an_idle_worker_is_woken_for_a_deadline() -> None:
+    """Padded, alone, with a batch that only a second request would fill: no step runs, and
+    the worker waits for its next timer. That timer is further off than the test's guard,
+    so only the wake-up from ``advance`` can end the request in time."""
+    timeout = 2 * GUARD_S
     config = engine_config("padded", padded_max_batch=2, padded_timeout_s=60)
 
     async def main() -> None:
         async with serving(config, [LM]) as (engine, gate):
             start = free_slots(engine)
-            alone = engine.submit(InferRequest("lm", [1, 2], timeout=TIMEOUT))
+            alone = engine.submit(InferRequest("lm", [1, 2], timeout=timeout))
+            # The worker holds the request once it has run a call issued after the submit
+            # (commands apply in order); it then schedules nothing and waits for its timer.
+            await asyncio.wrap_future(engine.workers[0].call(lambda: None))
+            assert engine.workers[0].snapshot().num_live == 1
+            advance(engine, timeout)
             outputs, error = await drain(alone)
             assert outputs == []
             assert isinstance(error, DeadlineExceededError)
@@ -98,9 +106,15 @@ def test_a_deadline_fires_even_when_no_step_runs() -> None:
 
 def test_a_request_that_finishes_in_time_is_not_expired() -> None:
     async def main() -> None:
-        async with serving(engine_config(), [LM]) as (engine, _):
+        async with serving(engine_config(), [LM], gated=True) as (engine, gate):
             x = LONG[:5]
-            outputs = await collect(engine.submit(InferRequest("lm", x, timeout=3600.0)))
+            stream = engine.submit(InferRequest("lm", x, timeout=TIMEOUT))
+            await gate.step()
+            advance(engine, TIMEOUT * 0.999)  # close to the deadline, not past it
+            gate.open()
+            outputs, error = await drain(stream)
+            assert error is None
+            assert stream.finish_reason == "completed"
             assert_matches_alone(LM, x, outputs)
 
     asyncio.run(main())

@@ -1,8 +1,10 @@
-"""What a caller sees on a stream: steps in order, as they run (padded: all at the end),
-top-k that agrees with the vector, and every step kept for a slow reader.
+"""What a caller sees on a stream: steps in order, each exactly the fake's reference, as
+they run (padded: all at the end); each request's own top-k and vectors; a backlog taken
+in one ``next_chunk``; and the finish reason, COMPLETED or LENGTH (``max_output_length``).
 
-Steps run one at a time through the gated executor, so "has this output arrived
-yet" is checked at exact points of the computation, without sleeping.
+Steps run one at a time through the gate, so "has this output arrived yet" is checked
+at exact points of the computation, without sleeping. Engine logic only: the torch
+executor's top-k numerics are tests/engine/test_correctness.py's.
 """
 
 from __future__ import annotations
@@ -11,21 +13,15 @@ import asyncio
 
 import numpy as np
 import pytest
-from harness import (
-    collect,
-    drain,
-    engine_config,
-    make_inputs,
-    next_output,
-    serving,
-    small_model,
-)
-from reference import assert_matches_alone, assert_top_k, run_alone
+from fakes import FakeChainModel
+from gate import collect, drain, free_slots, next_output
+from rig import MODES, assert_matches_alone, assert_top_k, engine_config, serving
 
-from batchmaker import InferRequest
+from batchmaker import InferRequest, InvalidRequestError
+from batchmaker.config import MODES as ALL_MODES
 
-LM = small_model("lstm", num_layers=2, name="lm")
-VEC = small_model("gru", vectors=True, name="vec")
+LM = FakeChainModel("lm")
+OTHER = FakeChainModel("other", multiplier=5, output_dim=5)
 TOKENS = [7, 3, 3, 41, 0, 19, 25, 8]
 
 
@@ -77,21 +73,22 @@ def test_padded_answers_every_step_only_when_the_whole_batch_is_done() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
-def test_top_k_agrees_with_the_vector_and_each_request_gets_its_own_k(mode: str) -> None:
-    """Rows asking for different k (and k=1, which takes a faster path) share steps."""
+@pytest.mark.parametrize("mode", MODES)
+def test_top_k_and_vectors_are_each_requests_own(mode: str) -> None:
+    """Rows asking for different k (none, one, some, all) and for vectors or not share
+    steps, across two models; each stream gets exactly what it asked for."""
     rng = np.random.default_rng(4)
-    ks = [1, 3, 0, 50, 5]
+    ks = [1, 3, 0, LM.cell.output_dim, 5]
     requests = [
-        InferRequest("lm", make_inputs(LM, rng, 6 + i), top_k=k) for i, k in enumerate(ks)
+        InferRequest("lm", rng.integers(0, 50, 6 + i).tolist(), top_k=k) for i, k in enumerate(ks)
     ] + [
-        InferRequest("vec", make_inputs(VEC, rng, 5), top_k=11),
-        InferRequest("vec", make_inputs(VEC, rng, 4), top_k=2, return_vectors=False),
+        InferRequest("other", rng.integers(0, 50, 5).tolist(), top_k=OTHER.cell.output_dim),
+        InferRequest("other", rng.integers(0, 50, 4).tolist(), top_k=2, return_vectors=False),
     ]
     config = engine_config(mode, max_batch=8, padded_max_batch=8)
 
     async def main() -> None:
-        async with serving(config, [LM, VEC], gated=True) as (engine, gate):
+        async with serving(config, [LM, OTHER], gated=True) as (engine, gate):
             first = engine.submit(InferRequest("lm", [1]))
             await gate.wait_entered(1)  # every request below is queued before step 2 forms
             streams = [engine.submit(r) for r in requests]
@@ -99,8 +96,9 @@ def test_top_k_agrees_with_the_vector_and_each_request_gets_its_own_k(mode: str)
             await collect(first)
             for request, stream in zip(requests, streams, strict=True):
                 outputs = await collect(stream)
-                model = LM if request.model == "lm" else VEC
-                want = run_alone(model, request.inputs)
+                model = LM if request.model == "lm" else OTHER
+                want = model.reference(request)
+                assert len(outputs) == len(want)
                 for out, row in zip(outputs, want, strict=True):
                     if request.top_k:
                         assert_top_k(out, request.top_k, row)
@@ -108,6 +106,8 @@ def test_top_k_agrees_with_the_vector_and_each_request_gets_its_own_k(mode: str)
                         assert out.top_ids is None
                         assert out.top_scores is None
                     assert (out.vector is None) == (not request.return_vectors)
+                if request.return_vectors:
+                    assert_matches_alone(model, request.inputs, outputs)
             if mode == "cellular":
                 assert max(len(s.request_ids) for s in gate.steps) == 5  # they did share
 
@@ -131,9 +131,9 @@ def test_a_slow_reader_finds_every_step_waiting_in_one_chunk() -> None:
             stream = engine.submit(InferRequest("lm", TOKENS))
             for _ in range(5):
                 await gate.step()
-            chunk = await stream.next_chunk()  # 4 (or 5) steps were waiting
-            assert 4 <= len(chunk) <= 5
-            assert [o.step for o in chunk] == list(range(len(chunk)))
+            # Steps 1-4 are waiting; step 5's outcome goes out when step 6 launches.
+            chunk = await stream.next_chunk()
+            assert [o.step for o in chunk] == list(range(4))
             gate.open()
             # Read nothing until the engine has finished everything.
             await engine.shutdown(grace=None)
@@ -157,5 +157,31 @@ def test_iterating_a_finished_stream_ends_cleanly() -> None:
             assert stream.error is None
             assert stream.latency is not None
             assert stream.time_to_first_output is not None
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_finish_reason_is_length_at_the_cap_and_completed_otherwise(mode: str) -> None:
+    """A cap below the input length streams exactly the first N steps and ends with LENGTH;
+    a cap equal to it, or none, runs to the end, COMPLETED."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 50, n).tolist() for n in (12, 7, 9)]
+    caps = [5, 7, None]
+
+    async def main() -> None:
+        async with serving(engine_config(mode), [LM]) as (engine, _):
+            before = free_slots(engine)
+            streams = [
+                engine.submit(InferRequest("lm", x, max_output_length=c))
+                for x, c in zip(inputs, caps, strict=True)
+            ]
+            for x, c, stream in zip(inputs, caps, streams, strict=True):
+                assert_matches_alone(LM, x, await collect(stream), max_output_length=c)
+            assert [s.finish_reason for s in streams] == ["length", "completed", "completed"]
+            assert all(s.error is None for s in streams)
+            assert free_slots(engine) == before
+            with pytest.raises(InvalidRequestError, match="max_output_length"):
+                engine.submit(InferRequest("lm", [1], max_output_length=LM.max_len + 1))
 
     asyncio.run(main())

@@ -52,6 +52,14 @@ class EngineConfig:
     max_wait_steps: int = 16
     """``cellular``: a cell type with ready nodes runs after at most this many steps of
     other types, whatever the policy prefers (the starvation bound)."""
+    max_steps_per_plan: int = 32
+    """``cellular``: the most consecutive steps one plan may run through a fused kernel, for
+    cells with known inputs (LSTM/GRU chains, encoders) when nothing else waits; a request
+    arriving meanwhile waits at most this many steps less one. 1: every plan one step."""
+    fused_baselines: bool = True
+    """``padded`` and ``none``: run each request's sequence through the fused ``nn.LSTM``/
+    ``nn.GRU`` in one call, as users' request-level batchers do (the baselines' strongest
+    form); ``False``: step by step on the cells."""
     num_threads: int | None = None
     """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
     is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads
@@ -74,6 +82,7 @@ class EngineConfig:
         _positive("num_slots", self.num_slots)
         _positive("padded_max_batch", self.padded_max_batch)
         _positive("max_wait_steps", self.max_wait_steps)
+        _positive("max_steps_per_plan", self.max_steps_per_plan)
         if not 0 <= self.padded_timeout_s <= 60:
             raise ValueError(f"padded_timeout_s must be in [0, 60], got {self.padded_timeout_s}")
         if self.num_threads is not None:
@@ -94,6 +103,8 @@ class EngineConfig:
             ),
             max_batch_requests=self.padded_max_batch,
             batch_timeout_s=self.padded_timeout_s,
+            max_steps_per_plan=self.max_steps_per_plan,
+            fused_baselines=self.fused_baselines,
         )
 
     def max_batch_for(self, cell_type: str, model_default: int | None = None) -> int:

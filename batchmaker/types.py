@@ -21,6 +21,7 @@ __all__ = [
     "FinishReason",
     "InferRequest",
     "ModelSignature",
+    "StepBlock",
     "StepOutput",
     "TensorSignature",
     "TreeInput",
@@ -82,6 +83,41 @@ class StepOutput:
     """``[k]`` int64, best first, if ``top_k`` was asked for."""
     top_scores: np.ndarray | None = None
     """``[k]`` float32 scores matching ``top_ids``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepBlock:
+    """Consecutive steps of one request's stream, as arrays: what the engine hands a stream
+    per executed plan (one step, or a run of several), so that no Python object is built
+    per step until a reader asks for ``StepOutput``s. Row ``j`` is step ``first_step + j``.
+
+    The arrays are views of the plan's batched result: copy what you keep beyond reading.
+    """
+
+    first_step: int
+    count: int
+    vectors: np.ndarray | None = None
+    """``[count, output_dim]`` float32, if asked for."""
+    top_ids: np.ndarray | None = None
+    """``[count, k]`` int64, best first, if ``top_k`` was asked for."""
+    top_scores: np.ndarray | None = None
+    """``[count, k]`` float32, matching ``top_ids``."""
+
+    def __len__(self) -> int:
+        return self.count
+
+    def step(self, j: int) -> StepOutput:
+        """Step ``first_step + j`` as a ``StepOutput`` (views, no copies)."""
+        return StepOutput(
+            step=self.first_step + j,
+            vector=None if self.vectors is None else self.vectors[j],
+            top_ids=None if self.top_ids is None else self.top_ids[j],
+            top_scores=None if self.top_scores is None else self.top_scores[j],
+        )
+
+    def steps(self, start: int = 0) -> list[StepOutput]:
+        """Steps ``first_step + start`` onwards as ``StepOutput``s."""
+        return [self.step(j) for j in range(start, self.count)]
 
 
 @dataclass(frozen=True, slots=True)

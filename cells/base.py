@@ -50,6 +50,9 @@ class Cell(nn.Module, ABC):
     executor copies the step's new tokens to host once per step, for the scheduler
     to decide whether the request's graph grows (EOS, length cap)."""
 
+    supports_runs: bool = False
+    """Whether ``forward_run`` runs several consecutive steps of each row in one call."""
+
     @property
     @abstractmethod
     def state_specs(self) -> tuple[StateSpec, ...]:
@@ -60,3 +63,21 @@ class Cell(nn.Module, ABC):
         self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """One step for a batch: returns ``[B, output_dim]`` outputs and the new states."""
+
+    def forward_run(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
+        *,
+        pad_to_longest: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Up to K steps of each row in one call, for cells with ``supports_runs``.
+
+        ``inputs``: ``[B, K]`` token ids or ``[B, K, D]`` vectors; ``lengths``: ``[B]``
+        int64 on the CPU, each row's steps (1..K). Returns each row's outputs, row after
+        row (``[sum(lengths), output_dim]``), and the new states after each row's last
+        step. ``pad_to_longest``: compute every row for all K steps, as a padded batch
+        does; only when nobody reads a shorter row's final state.
+        """
+        raise NotImplementedError(f"{type(self).__name__} runs one step at a time")

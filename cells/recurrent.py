@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cells.base import Cell, InputKind, StateSpec
 
@@ -28,6 +29,8 @@ RecurrentKind = Literal["lstm", "gru"]
 
 class RecurrentStackCell(Cell):
     """One timestep of an L-layer LSTM or GRU, with optional embedding and projection."""
+
+    supports_runs = True
 
     def __init__(
         self,
@@ -129,6 +132,44 @@ class RecurrentStackCell(Cell):
         if self.proj is None or self._proj_weight_t is None:
             return x, new_states
         return torch.addmm(self.proj.bias, x, self._proj_weight_t), new_states
+
+    def forward_run(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
+        *,
+        pad_to_longest: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Each row's run through the fused ``nn.LSTM``/``nn.GRU`` (MKL or cuDNN), from its
+        gathered state: the layers' input projections for all K steps are one GEMM each,
+        inside the kernel, and the host pays for one call instead of K. Rows are packed
+        (``pack_padded_sequence``), so each stops at its own last step with its exact state;
+        ``pad_to_longest`` runs them all K steps instead, as a padded request-level batch
+        does, projection included."""
+        batch, k = inputs.shape[0], inputs.shape[1]
+        x = self.embedding(inputs) if self.embedding is not None else inputs
+        x = x.transpose(0, 1)  # [K, B, E]: the kernel's time-major layout
+        h0 = states[0].transpose(0, 1).contiguous()  # [B, L, H] -> [L, B, H]
+        hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = h0
+        if self.kind == "lstm":
+            hx = (h0, states[1].transpose(0, 1).contiguous())
+        if pad_to_longest:
+            y, hn = self.rnn(x, hx)
+        else:
+            packed, hn = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+            y, _ = pad_packed_sequence(packed, total_length=k)
+        y = y.transpose(0, 1)  # [B, K, H]
+        mask = torch.arange(k, device=y.device) < lengths.to(y.device).unsqueeze(1)
+        if self.proj is None or self._proj_weight_t is None:
+            out = y[mask]
+        elif pad_to_longest:
+            flat = y.reshape(batch * k, -1)
+            out = torch.addmm(self.proj.bias, flat, self._proj_weight_t).view(batch, k, -1)[mask]
+        else:
+            out = torch.addmm(self.proj.bias, y[mask], self._proj_weight_t)
+        hns = hn if isinstance(hn, tuple) else (hn,)
+        return out, tuple(t.transpose(0, 1) for t in hns)
 
     def reference(self, inputs: torch.Tensor) -> torch.Tensor:
         """Plain torch over a whole sequence run alone: ``[T]`` or ``[T, D]`` in, ``[T, out]`` out.

@@ -45,11 +45,23 @@ class EncoderCell(_TokenStateStack):
         out, new = super().forward(inputs, states[:-1])
         return out, (*new, states[-1])
 
+    def forward_run(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
+        *,
+        pad_to_longest: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out, new = super().forward_run(inputs, lengths, states[:-1], pad_to_longest=pad_to_longest)
+        return out, (*new, states[-1])
+
 
 class GreedyDecoderCell(_TokenStateStack):
     """One target step: embed the fed-back (or forced) token, step the stack, score, argmax."""
 
     token_state = "token"
+    supports_runs = False  # each step's input is the token the last one emitted
 
     def forward(
         self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]

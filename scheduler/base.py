@@ -238,26 +238,43 @@ class Scheduler(ABC):
     def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:
         """Record that ``plan`` ran; returns what to deliver."""
         tokens = getattr(result, "tokens", None)
+        steps = plan.steps
         for row, request in enumerate(plan.requests):
             if request is None or request.finished:
                 continue
             node = plan.nodes[row]
+            n = 1 if steps is None else int(steps[row])
             if plan.emits[row]:
-                self._emit(Emission(request, request.num_emitted, result, row))
-                request.num_emitted += 1
-            token = None if tokens is None else int(tokens[row])
-            ready = request.graph.complete(node, token)
+                self._emit(Emission(request, request.num_emitted, result, row, n))
+                request.num_emitted += n
+            if n == 1:
+                token = None if tokens is None else int(tokens[row])
+                ready = request.graph.complete(node, token)
+            else:
+                ready = request.graph.complete_run(node, n)
             request.num_outstanding += len(ready) - 1
-            for n in ready:
-                self._push(request, n, request.graph.node(n))
+            for i in ready:
+                self._push(request, i, request.graph.node(i))
             if request.num_outstanding == 0:
                 self._on_complete(request)
         self._after_step()
         return self.take_outcome()
 
-    def _build_plan(self, cell_type: CellTypeSpec, rows: list[Row]) -> StepPlan:
-        """Turn rows into the index arrays an executor gathers and scatters with."""
+    def _build_plan(
+        self,
+        cell_type: CellTypeSpec,
+        rows: list[Row],
+        lengths: list[int] | None = None,
+        *,
+        pad_to_longest: bool = False,
+    ) -> StepPlan:
+        """Turn rows into the index arrays an executor gathers and scatters with.
+
+        ``lengths``: each row's run (its steps in this plan), when the plan runs more than
+        one step; padding rows run one.
+        """
         arity = cell_type.arity
+        num_steps = max(lengths) if lengths else 1
         requests: list[SchedRequest | None] = []
         nodes: list[int] = []
         emits: list[bool] = []
@@ -274,7 +291,7 @@ class Scheduler(ABC):
             if isinstance(spec.input, np.ndarray):
                 pad_input = np.zeros_like(spec.input)
             break
-        for request, node, spec in rows:
+        for k, (request, node, spec) in enumerate(rows):
             requests.append(request)
             nodes.append(node)
             if request is None or spec is None:
@@ -290,17 +307,29 @@ class Scheduler(ABC):
                 request.started_at = now
                 self._num_queued -= 1
             emits.append(spec.emits)
-            inputs.append(spec.input)
+            if num_steps == 1:
+                inputs.append(spec.input)
+            else:
+                assert lengths is not None
+                inputs.append(request.graph.run_inputs(node, lengths[k]))
             slots = request.slots
             reads.extend([ZERO_SLOT if h < 0 else slots[h] for h in spec.reads])
             writes.append(slots[spec.write])
             if request.top_k > top_k:
                 top_k = request.top_k
             wants_outputs = wants_outputs or request.wants_outputs
-        if isinstance(pad_input, np.ndarray):
-            input_array = np.stack(inputs).astype(np.float32, copy=False)
+        vectors = isinstance(pad_input, np.ndarray)
+        if num_steps == 1:
+            if vectors:
+                input_array = np.stack(inputs).astype(np.float32, copy=False)
+            else:
+                input_array = np.array(inputs, dtype=np.int64)
         else:
-            input_array = np.array(inputs, dtype=np.int64)
+            shape = (len(rows), num_steps, *np.shape(pad_input))
+            input_array = np.zeros(shape, dtype=np.float32 if vectors else np.int64)
+            for k, x in enumerate(inputs):
+                if rows[k][0] is not None:
+                    input_array[k, : len(x)] = x
         return StepPlan(
             cell_type=cell_type.name,
             requests=requests,
@@ -311,6 +340,9 @@ class Scheduler(ABC):
             write_slots=np.array(writes, dtype=np.int64),
             top_k=top_k,
             wants_outputs=wants_outputs,
+            num_steps=num_steps,
+            steps=None if num_steps == 1 else np.array(lengths, dtype=np.int64),
+            pad_to_longest=pad_to_longest and num_steps > 1,
         )
 
     # ---- what each policy decides --------------------------------------------

@@ -3,13 +3,27 @@
 Every step runs one cell type over up to its max batch of ready nodes, drawn
 from any mix of requests. A request joins at its first node and leaves after
 its last, so no request waits for a longer one and nothing is padded.
+
+Several steps per plan: when the chosen cell type can run runs (``CellTypeSpec.runs``)
+and no other cell type has ready work, one plan may cover up to
+``max_steps_per_plan`` consecutive steps of every row, executed in one fused call,
+which divides the host's cost per step by the plan's length. How many:
+
+- nobody else waits to join this batch: as many as the longest row's run (capped).
+  A row whose run is shorter leaves at its last step; a request that arrives
+  meanwhile waits at most K-1 steps, which the cap bounds;
+- ready nodes of this type are left waiting (the batch is full): as many as the
+  *shortest* row's run, so no row leaves mid-plan and no waiting node loses a seat
+  it would have had with single steps;
+- another cell type has ready work: one step, so the policy's choice between types
+  (finishing first, the starvation bound) stays step by step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from scheduler.base import Scheduler
+from scheduler.base import Row, Scheduler
 from scheduler.clock import Clock
 from scheduler.graph import NodeSpec
 from scheduler.plan import CellTypeSpec, StepPlan
@@ -29,7 +43,11 @@ class CellularScheduler(Scheduler):
         *,
         max_num_live_requests: int,
         policy: PolicyConfig | None = None,
+        max_steps_per_plan: int = 1,
     ) -> None:
+        if max_steps_per_plan < 1:
+            raise ValueError(f"max_steps_per_plan must be >= 1, got {max_steps_per_plan}")
+        self.max_steps_per_plan = max_steps_per_plan
         self.queues: dict[str, ReadyQueue] = {}
         self._candidates: list[tuple[CellTypeSpec, ReadyQueue]] = []
         super().__init__(
@@ -74,4 +92,20 @@ class CellularScheduler(Scheduler):
         spec, queue = choice
         self._num_steps += 1
         queue.last_served = self._num_steps
-        return self._build_plan(spec, list(queue.pop(spec.max_batch)))
+        rows: list[Row] = list(queue.pop(spec.max_batch))
+        return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
+
+    def _run_lengths(
+        self, spec: CellTypeSpec, queue: ReadyQueue, rows: list[Row]
+    ) -> list[int] | None:
+        """Each row's steps in this plan (see the module docstring), or ``None`` for one."""
+        cap = self.max_steps_per_plan
+        if cap == 1 or not spec.runs:
+            return None
+        if any(q for q in self.queues.values() if q is not queue):
+            return None
+        runs = [r.graph.run_length(node, cap) for r, node, _ in rows if r is not None]
+        k = min(runs) if queue else max(runs)
+        if k <= 1:
+            return None
+        return [min(n, k) for n in runs]

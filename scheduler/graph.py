@@ -10,6 +10,13 @@ Graphs may grow while they run: ``complete`` is told each finished node (and,
 for decoders, the token it emitted) and returns the nodes that became ready.
 A request ends when it has no ready or running node left, so chains, trees
 and decoders that stop at EOS all end the same way.
+
+A *run* is several consecutive nodes one plan may execute together
+(``run_length``): nodes of one cell type, each reading the slot the previous one
+wrote, whose inputs are known in advance. Chains and encoders have runs; trees and
+decoders (whose next input is the token just emitted) do not. The executor runs a
+run in one fused call, which is what takes the host's cost per step off the
+critical path (multi-step plans, as vLLM's multi-step scheduling).
 """
 
 from __future__ import annotations
@@ -75,6 +82,30 @@ class RequestGraph(ABC):
     def num_steps_hint(self) -> int:
         """Emitted steps expected (an upper bound for decoders)."""
 
+    # ---- runs: several steps in one plan --------------------------------------------
+
+    def run_length(self, index: int, max_steps: int) -> int:
+        """How many consecutive nodes from the ready node ``index`` one plan may run, at
+        most ``max_steps``: 1 unless the graph knows the inputs ahead (chains, encoders)."""
+        return 1
+
+    def run_inputs(self, index: int, length: int) -> np.ndarray:
+        """The inputs of nodes ``index .. index+length-1``: ``[length]`` int64 token ids or
+        ``[length, D]`` float32 vectors. Only for a run ``run_length`` allowed."""
+        raise NotImplementedError(f"{type(self).__name__} has no runs")
+
+    def complete_run(self, index: int, length: int) -> list[int]:
+        """Record that the run ``index .. index+length-1`` ran; returns the ready nodes."""
+        ready: list[int] = []
+        for i in range(index, index + length):
+            ready = self.complete(i, None)
+        return ready
+
+    def continues_after(self, index: int, length: int) -> bool:
+        """Whether a node after the run reads its last state (so the state must be exact
+        at the run's own last step, not after padding to a longer one)."""
+        return True
+
 
 class ChainGraph(RequestGraph):
     """A sequence model over known inputs: node ``i`` reads node ``i-1``'s state.
@@ -121,6 +152,19 @@ class ChainGraph(RequestGraph):
     @property
     def num_steps_hint(self) -> int:
         return self._n
+
+    def run_length(self, index: int, max_steps: int) -> int:
+        return min(max_steps, self._n - index)
+
+    def run_inputs(self, index: int, length: int) -> np.ndarray:
+        return np.asarray(self._inputs[index : index + length])
+
+    def complete_run(self, index: int, length: int) -> list[int]:
+        nxt = index + length
+        return [nxt] if nxt < self._n else []
+
+    def continues_after(self, index: int, length: int) -> bool:
+        return index + length < self._n
 
 
 FEEDBACK_INPUT = -1
@@ -189,6 +233,18 @@ class Seq2SeqGraph(RequestGraph):
     @property
     def num_steps_hint(self) -> int:
         return self._max
+
+    def run_length(self, index: int, max_steps: int) -> int:
+        # The encoder's inputs are the source; each decoder step's is the last token.
+        return min(max_steps, self._n - index) if index < self._n else 1
+
+    def run_inputs(self, index: int, length: int) -> np.ndarray:
+        return np.asarray(self._inputs[index : index + length], dtype=np.int64)
+
+    def complete_run(self, index: int, length: int) -> list[int]:
+        if index + length > self._n:
+            raise ValueError(f"a run from node {index} of {length} steps leaves the encoder")
+        return [index + length]  # the next encoder node, or the decoder's first
 
 
 class TreeGraph(RequestGraph):

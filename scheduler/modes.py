@@ -40,10 +40,18 @@ class SchedulerConfig:
     """``padded`` and ``level``: requests per request-level batch."""
     batch_timeout_s: float = 0.005
     """``padded`` and ``level``: the longest the oldest queued request waits for a batch."""
+    max_steps_per_plan: int = 32
+    """``cellular``: the most steps one plan may run for cell types with runs (1: every plan
+    is one step). Bounds how long a request arriving mid-plan waits to join: K-1 steps."""
+    fused_baselines: bool = True
+    """``padded`` and ``none``: run each request's run (a chain's whole sequence) in one
+    fused call, as users' request-level batchers do; ``False``: step by step on the cells."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_steps_per_plan < 1:
+            raise ValueError(f"max_steps_per_plan must be >= 1, got {self.max_steps_per_plan}")
 
 
 def make_scheduler(
@@ -60,6 +68,7 @@ def make_scheduler(
             clock,
             max_num_live_requests=config.max_num_live_requests,
             policy=config.policy,
+            max_steps_per_plan=config.max_steps_per_plan,
         )
     request_batches = config.mode in ("padded", "level")
     return PaddedScheduler(
@@ -71,4 +80,5 @@ def make_scheduler(
         batch_timeout=config.batch_timeout_s if request_batches else 0.0,
         stream=not request_batches,
         all_ready=config.mode == "level",
+        fused=config.fused_baselines and config.mode != "level",
     )

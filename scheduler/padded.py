@@ -9,6 +9,12 @@ batch is done. New arrivals wait for the next batch.
 ``max_batch_requests=1, batch_timeout=0, stream=True`` is the ``none`` mode:
 one request at a time, no padding, outputs streamed as they are produced.
 
+``fused=True`` runs each member's run (its consecutive steps with known inputs: a
+chain's whole sequence, an encoder's source) in one plan, padded to the longest
+member, as a user's model does when it calls ``nn.LSTM`` once over the padded batch
+behind Triton's dynamic batcher or Ray Serve: the strongest request-level baseline.
+Cells without a multi-step form (trees, decoders) still run step by step.
+
 ``all_ready=True`` is the ``level`` mode, the usual way to batch trees (TensorFlow
 Fold's dynamic batching, DyNet's autobatching): the same request-level batches,
 but each step runs *every* ready node of the chosen cell type across the batch's
@@ -27,6 +33,9 @@ from scheduler.graph import NodeSpec
 from scheduler.plan import CellTypeSpec, Emission, StepPlan
 from scheduler.request import SchedRequest
 
+_WHOLE = 1 << 30
+"""A run length no graph reaches: "the whole run"."""
+
 
 class PaddedScheduler(Scheduler):
     """Runs one request-level batch at a time, padded to its longest member."""
@@ -42,6 +51,7 @@ class PaddedScheduler(Scheduler):
         batch_timeout: float,
         stream: bool = False,
         all_ready: bool = False,
+        fused: bool = False,
     ) -> None:
         if max_batch_requests < 1:
             raise ValueError(f"max_batch_requests must be >= 1, got {max_batch_requests}")
@@ -56,6 +66,7 @@ class PaddedScheduler(Scheduler):
         self.batch_timeout = batch_timeout
         self.stream = stream
         self.all_ready = all_ready
+        self.fused = fused
         self._waiting: deque[SchedRequest] = deque()
         self._ready: dict[SchedRequest, list[tuple[int, NodeSpec]]] = {}
         self._batch: list[SchedRequest] = []
@@ -175,7 +186,19 @@ class PaddedScheduler(Scheduler):
                         break
             rows.append(row)
         self._num_ready[name] -= sum(1 for r in rows if r[0] is not None)
-        return self._build_plan(self.cell_types[name], rows)
+        cell_type = self.cell_types[name]
+        if self.fused and cell_type.runs:
+            lengths = [1 if r is None else r.graph.run_length(node, _WHOLE) for r, node, _ in rows]
+            if max(lengths) > 1:
+                # Padded as users' batches are, unless a row's state is read after its run
+                # (an encoder's, by its decoder): then each row stops at its own end.
+                continues = any(
+                    r.graph.continues_after(node, n)
+                    for (r, node, _), n in zip(rows, lengths, strict=True)
+                    if r is not None
+                )
+                return self._build_plan(cell_type, rows, lengths, pad_to_longest=not continues)
+        return self._build_plan(cell_type, rows)
 
     def _take_all_ready(self, name: str) -> list[Row]:
         """Every ready node of cell type ``name`` in the batch, oldest member first, up to

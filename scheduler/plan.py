@@ -31,6 +31,9 @@ class CellTypeSpec:
     """States each node reads: 1 for chains, N for N-ary tree nodes."""
     rank: int = 0
     """Higher runs first when the policy prefers finishing work (decoders above encoders)."""
+    runs: bool = False
+    """Its cell can run several consecutive steps of a row in one call (a fused recurrent
+    kernel), so a plan of it may cover a run of each row's nodes (``RequestGraph.run_length``)."""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -54,15 +57,25 @@ class StepPlan:
     emits: list[bool]
     """Whether each row's output is a streamed step."""
     inputs: np.ndarray
-    """``[B]`` int64 token ids, or ``[B, D]`` float32 vectors."""
+    """One step: ``[B]`` int64 token ids, or ``[B, D]`` float32 vectors. Several steps
+    (``num_steps > 1``): ``[B, K]`` or ``[B, K, D]``, zero past each row's run."""
     read_slots: np.ndarray
-    """``[B, arity]`` int64 pool rows to gather states from."""
+    """``[B, arity]`` int64 pool rows to gather states from (before a row's first step)."""
     write_slots: np.ndarray
-    """``[B]`` int64 pool rows to scatter new states to."""
+    """``[B]`` int64 pool rows to scatter new states to (after a row's last step)."""
     top_k: int = 0
     """Largest top-k any row asked for; 0 when none did."""
     wants_outputs: bool = True
     """Whether any row wants the full output rows (else only top-k leaves the device)."""
+    num_steps: int = 1
+    """Steps this plan runs: K. Row ``i`` runs ``steps[i]`` of them, nodes
+    ``nodes[i] .. nodes[i] + steps[i] - 1`` of its request (a run)."""
+    steps: np.ndarray | None = None
+    """``[B]`` int64 steps of each row, 1..K, when ``num_steps > 1``; ``None``: one each."""
+    pad_to_longest: bool = False
+    """Run every row for all K steps, as a request-level batch padded to its longest member
+    does (the padded baseline's cost); else each row runs only its own steps. Only when no
+    row's state is read after its run (``RequestGraph.continues_after``)."""
 
     @property
     def batch_size(self) -> int:
@@ -73,15 +86,31 @@ class StepPlan:
         """Rows doing requested work (the rest is padding)."""
         return sum(r is not None for r in self.requests)
 
+    @property
+    def num_cell_steps(self) -> int:
+        """Cell-steps of requested work: each real row's steps."""
+        if self.steps is None:
+            return self.num_real
+        return int(sum(int(n) for r, n in zip(self.requests, self.steps, strict=True) if r))
+
+    @property
+    def num_computed_steps(self) -> int:
+        """Cell-steps the executor computes, padding included."""
+        if self.steps is None or self.pad_to_longest:
+            return self.batch_size * self.num_steps
+        return int(self.steps.sum())
+
 
 @dataclass(slots=True)
 class Emission:
-    """Row ``row`` of ``result`` is step ``step`` of ``request``'s output stream."""
+    """Row ``row`` of ``result`` holds steps ``step .. step + count - 1`` of ``request``'s
+    output stream (``count`` > 1 when the plan ran a run of that row)."""
 
     request: SchedRequest
     step: int
     result: Any
     row: int
+    count: int = 1
 
 
 @dataclass(slots=True)

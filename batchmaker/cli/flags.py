@@ -97,6 +97,22 @@ def add_engine_flags(
         help="cellular: a cell type with ready nodes runs after at most this many steps of "
         "others [MAX_WAIT_STEPS]",
     )
+    p.add_argument(
+        "--max-steps-per-plan",
+        type=int,
+        default=default("MAX_STEPS_PER_PLAN", d.max_steps_per_plan),
+        help="cellular: most steps one fused plan may run when nothing else waits; a request "
+        "arriving meanwhile waits at most this many steps less one; 1: one step per plan "
+        "[MAX_STEPS_PER_PLAN]",
+    )
+    p.add_argument(
+        "--step-by-step-baselines",
+        dest="fused_baselines",
+        action="store_false",
+        default=env_value("FUSED_BASELINES", "1") not in ("0", "false", "no") if env else True,
+        help="padded, none: run the request-level batches step by step on the cells instead "
+        "of through the fused nn.LSTM/nn.GRU in one call [FUSED_BASELINES=0]",
+    )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
     p.add_argument(
@@ -126,6 +142,8 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "num_threads": args.threads,
         "finishing_first": args.finishing_first,
         "max_wait_steps": args.max_wait_steps,
+        "max_steps_per_plan": args.max_steps_per_plan,
+        "fused_baselines": args.fused_baselines,
     }
     fields.update(overrides)
     return EngineConfig(**fields)  # type: ignore[arg-type]

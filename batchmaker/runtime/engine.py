@@ -41,7 +41,7 @@ from batchmaker.models.base import Model
 from batchmaker.runtime.executor import CellSet, ExecutorFactory
 from batchmaker.runtime.stream import RequestStream
 from batchmaker.runtime.worker import DeviceWorker, WorkerStats
-from batchmaker.types import InferRequest, StepOutput
+from batchmaker.types import InferRequest, StepBlock, StepOutput
 from scheduler import (
     CellTypeSpec,
     Clock,
@@ -151,6 +151,7 @@ class Engine:
                 pool=m.qualify(m.cell_pool(c)),
                 arity=cell.arity,
                 rank=m.cell_rank(c),
+                runs=cell.supports_runs,
             )
             for m in models
             for c, cell in m.cells.items()
@@ -432,13 +433,16 @@ class Engine:
             request = e.request
             stream, k = request.tag, request.top_k
             res = e.result
-            row = e.row
+            # One block per request per plan: views of the plan's result, no per-step objects.
+            start = e.row if res.offsets is None else int(res.offsets[e.row])
+            stop = start + e.count
             stream.push(
-                StepOutput(
-                    step=e.step,
-                    vector=res.outputs[row] if request.wants_outputs else None,
-                    top_ids=res.top_ids[row, :k] if k else None,
-                    top_scores=res.top_scores[row, :k] if k else None,
+                StepBlock(
+                    first_step=e.step,
+                    count=e.count,
+                    vectors=res.outputs[start:stop] if request.wants_outputs else None,
+                    top_ids=res.top_ids[start:stop, :k] if k else None,
+                    top_scores=res.top_scores[start:stop, :k] if k else None,
                 )
             )
         for request in outcome.finished:

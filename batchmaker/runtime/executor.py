@@ -27,16 +27,21 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class StepResult:
-    """One executed step, on host. Row ``i`` belongs to row ``i`` of the plan."""
+    """One executed plan, on host. Output rows: one per plan row for a one-step plan
+    (``offsets`` is ``None``), else each plan row's steps in order, row after row: plan row
+    ``i``'s steps are output rows ``offsets[i] .. offsets[i+1] - 1``."""
 
     outputs: np.ndarray | None
-    """``[B, output_dim]`` float32; ``None`` when no row of the plan wanted them."""
+    """``[N, output_dim]`` float32; ``None`` when no row of the plan wanted them."""
     top_ids: np.ndarray | None = None
-    """``[B, plan.top_k]`` int64, best first, when the plan asked for top-k."""
+    """``[N, plan.top_k]`` int64, best first, when the plan asked for top-k."""
     top_scores: np.ndarray | None = None
     tokens: np.ndarray | None = None
     """``[B]`` emitted token ids, for cells whose graphs feed tokens back (the scheduler
-    reads them to grow the graph)."""
+    reads them to grow the graph). One-step plans only."""
+    offsets: np.ndarray | None = None
+    """``[B + 1]`` int64: where each plan row's steps start in the outputs, for plans of
+    several steps (``plan.num_steps > 1``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,12 @@
 """A request's output stream on the event loop: what a caller iterates over.
 
-Two sides, both on the event loop. The engine produces (``push`` each step,
-``finish`` once); the caller consumes (iterate, ``next_chunk``, ``collect``,
-``cancel``). The device worker never touches a stream: outputs reach the loop
-through one ``call_soon_threadsafe`` per step and this object only buffers them.
+Two sides, both on the event loop. The engine produces (``push`` a block of steps
+per executed plan, ``finish`` once); the caller consumes (iterate, ``next_chunk``,
+``next_blocks``, ``collect``, ``cancel``). Blocks hold arrays, so a plan costs the
+engine one object per request, whatever its number of steps; per-step
+``StepOutput``s are built only when a reader asks for them. The device worker
+never touches a stream: outputs reach the loop through one
+``call_soon_threadsafe`` per plan and this object only buffers them.
 A slow reader therefore never blocks the engine; it finds several steps waiting
 and can take them all at once with ``next_chunk``.
 """
@@ -16,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from batchmaker.errors import BatchMakerError
-from batchmaker.types import FinishReason, StepOutput
+from batchmaker.types import FinishReason, StepBlock, StepOutput
 
 
 class RequestStream:
@@ -34,7 +37,9 @@ class RequestStream:
         """The model serving the request, and below, the version it was admitted to."""
         self.model_version = model_version
         self._abort = abort
-        self._buf: deque[StepOutput] = deque()
+        self._buf: deque[StepBlock] = deque()
+        self._head = 0
+        """Steps of ``_buf[0]`` already handed out one by one (``__anext__``)."""
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BatchMakerError | None = None
@@ -53,11 +58,11 @@ class RequestStream:
 
     # ---- the producer's side: the engine, on the event loop ----------------------
 
-    def push(self, output: StepOutput) -> None:
-        """Append one step; a waiting reader wakes."""
+    def push(self, block: StepBlock) -> None:
+        """Append a block of steps; a waiting reader wakes."""
         if self.first_output_at is None:
             self.first_output_at = time.monotonic()
-        self._buf.append(output)
+        self._buf.append(block)
         self._wake()
 
     def finish(
@@ -110,29 +115,47 @@ class RequestStream:
         finally:
             self._waiter = None
 
-    async def next_chunk(self) -> list[StepOutput]:
-        """Every output available now (waiting for at least one); ``[]`` at a clean end."""
+    async def _ready(self) -> bool:
+        """Wait until a step is buffered (``True``) or the stream ended cleanly (``False``);
+        raise the request's error once nothing buffered is left."""
         while not self._buf:
             if self._done:
                 if self._error is not None:
                     raise self._error
-                return []
+                return False
             await self._wait()
+        return True
+
+    async def next_blocks(self) -> list[StepBlock]:
+        """Every block available now (waiting for at least one); ``[]`` at a clean end.
+        The array form of ``next_chunk``: no object per step."""
+        if not await self._ready():
+            return []
+        if self._head:
+            first = self._buf.popleft()
+            self._buf.appendleft(_tail(first, self._head))
+            self._head = 0
         out = list(self._buf)
         self._buf.clear()
         return out
+
+    async def next_chunk(self) -> list[StepOutput]:
+        """Every output available now (waiting for at least one); ``[]`` at a clean end."""
+        return [o for block in await self.next_blocks() for o in block.steps()]
 
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> StepOutput:
-        while not self._buf:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            await self._wait()
-        return self._buf.popleft()
+        if not await self._ready():
+            raise StopAsyncIteration
+        block = self._buf[0]
+        out = block.step(self._head)
+        self._head += 1
+        if self._head == block.count:
+            self._buf.popleft()
+            self._head = 0
+        return out
 
     async def collect(self) -> list[StepOutput]:
         """All outputs, for unary calls."""
@@ -146,3 +169,14 @@ class RequestStream:
     @property
     def time_to_first_output(self) -> float | None:
         return None if self.first_output_at is None else self.first_output_at - self.submitted_at
+
+
+def _tail(block: StepBlock, start: int) -> StepBlock:
+    """``block`` without its first ``start`` steps."""
+    return StepBlock(
+        first_step=block.first_step + start,
+        count=block.count - start,
+        vectors=None if block.vectors is None else block.vectors[start:],
+        top_ids=None if block.top_ids is None else block.top_ids[start:],
+        top_scores=None if block.top_scores is None else block.top_scores[start:],
+    )

@@ -93,7 +93,17 @@ class TorchExecutor:
             states = pool.gather(reads[:, 0] if cell.arity == 1 else reads)
             if on_launch is not None and not self._cuda:
                 on_launch()
-            outputs, new_states = cell(inputs, states)
+            offsets = None
+            if plan.steps is None:
+                outputs, new_states = cell(inputs, states)
+            else:
+                # pack_padded_sequence wants the lengths on the CPU, whatever the device.
+                lengths = torch.from_numpy(plan.steps)
+                outputs, new_states = cell.forward_run(
+                    inputs, lengths, states, pad_to_longest=plan.pad_to_longest
+                )
+                offsets = np.zeros(len(plan.steps) + 1, dtype=np.int64)
+                np.cumsum(plan.steps, out=offsets[1:])
             pool.scatter(writes, new_states)
             if on_launch is not None and self._cuda:
                 on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
@@ -107,9 +117,11 @@ class TorchExecutor:
             # Dropping unwanted outputs here lets the allocator reuse their memory at once.
             host = self._to_host(outputs) if plan.wants_outputs else None
             if self._cuda:
-                # One synchronisation per step: every non-blocking copy above has landed.
+                # One synchronisation per plan: every non-blocking copy above has landed.
                 torch.cuda.current_stream(self._device).synchronize()
-        return StepResult(outputs=host, top_ids=top_ids, top_scores=top_scores, tokens=tokens)
+        return StepResult(
+            outputs=host, top_ids=top_ids, top_scores=top_scores, tokens=tokens, offsets=offsets
+        )
 
     def synchronize(self) -> None:
         """Wait for every kernel queued on this device (a no-op on the CPU)."""

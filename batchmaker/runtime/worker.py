@@ -45,16 +45,30 @@ BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 10
 _NUM_BUCKETS = len(BATCH_SIZE_BUCKETS) + 1
 
 
+STEPS_PER_PLAN_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Upper bounds of the steps-per-plan histogram's buckets."""
+
+
 @dataclass(slots=True)
 class CellTypeStats:
     num_steps: int = 0
+    """Steps run: a plan of K steps counts K."""
+    num_plans: int = 0
+    """Plans executed (cell executions); ``num_steps / num_plans`` is steps per plan."""
     num_rows: int = 0
-    """Rows doing requested work (cell-steps)."""
+    """Cell-steps doing requested work: each real row's steps."""
     num_padding_rows: int = 0
+    """Cell-steps computed for padding: padding rows, and a padded batch's tail."""
+    num_batch_rows: int = 0
+    """Real rows summed over plans: the batch-size histogram's sum."""
     batch_size_counts: list[int] = field(default_factory=lambda: [0] * _NUM_BUCKETS)
-    """Steps per batch-size bucket (``BATCH_SIZE_BUCKETS``, then one past the last), counting
-    real rows only: padding is in ``num_padding_rows``. Kept here, as plain ints, so the
-    step loop never calls into a metrics library."""
+    """Plans per batch-size bucket (``BATCH_SIZE_BUCKETS``, then one past the last), counting
+    real rows only. Kept here, as plain ints, so the step loop never calls into a metrics
+    library."""
+    steps_per_plan_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(STEPS_PER_PLAN_BUCKETS) + 1)
+    )
+    """Plans per steps-per-plan bucket (``STEPS_PER_PLAN_BUCKETS``, then one past the last)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,7 @@ class WorkerStats:
     """Counters the worker thread updates; readers get a racy but consistent-enough view."""
 
     num_steps: int = 0
+    """Plans executed (one cell execution each, of one or several steps)."""
     num_failed_steps: int = 0
     num_internal_errors: int = 0
     """Unexpected errors outside the executor; each failed every live request of the device."""
@@ -296,10 +311,14 @@ class DeviceWorker:
         if cts is None:
             cts = stats.per_cell_type[plan.cell_type] = CellTypeStats()
         real = plan.num_real
-        cts.num_steps += 1
-        cts.num_rows += real
-        cts.num_padding_rows += plan.batch_size - real
+        cell_steps = plan.num_cell_steps
+        cts.num_steps += plan.num_steps
+        cts.num_plans += 1
+        cts.num_rows += cell_steps
+        cts.num_batch_rows += real
+        cts.num_padding_rows += plan.num_computed_steps - cell_steps
         cts.batch_size_counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, real)] += 1
+        cts.steps_per_plan_counts[bisect.bisect_left(STEPS_PER_PLAN_BUCKETS, plan.num_steps)] += 1
 
 
 def _run_call(fn: Callable[[], None], done: concurrent.futures.Future[None]) -> None:

@@ -34,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS
+from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS, STEPS_PER_PLAN_BUCKETS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -75,6 +75,7 @@ client sent must not become a label, or any client could grow the series without
 
 
 _BUCKET_LABELS = (*map(str, BATCH_SIZE_BUCKETS), "+Inf")
+_PLAN_BUCKET_LABELS = (*map(str, STEPS_PER_PLAN_BUCKETS), "+Inf")
 
 
 def split_qualified(name: str) -> tuple[str, str, str]:
@@ -196,7 +197,20 @@ class EngineCollector(Collector):
         )
         executions = CounterMetricFamily(
             PREFIX + "cell_executions",
-            "Batched cell executions (steps) per cell type (Triton: nv_inference_exec_count).",
+            "Batched cell executions (plans of one or several steps) per cell type "
+            "(Triton: nv_inference_exec_count).",
+            labels=cell,
+        )
+        timesteps = CounterMetricFamily(
+            PREFIX + "cell_timesteps",
+            "Timesteps the batched cell executions ran (a plan of K steps counts K): "
+            "cell_steps over this is the mean batch per step.",
+            labels=cell,
+        )
+        steps_per_plan = HistogramMetricFamily(
+            PREFIX + "cell_steps_per_plan",
+            "Timesteps per cell execution: several when a plan runs a fused multi-step "
+            "batch (vLLM: multi-step scheduling).",
             labels=cell,
         )
         steps = CounterMetricFamily(
@@ -250,7 +264,8 @@ class EngineCollector(Collector):
         capacity = GaugeMetricFamily(
             PREFIX + "slots_capacity", "State slots per pool, free or not.", labels=pool
         )
-        families: list[Metric] = [info, executions, steps, padding, batch_size, busy]
+        families: list[Metric] = [info, executions, timesteps, steps_per_plan, steps, padding]
+        families += [batch_size, busy]
         families += [failed_steps, running, waiting, depth, free, capacity]
         if engine is None:
             yield from families
@@ -263,14 +278,20 @@ class EngineCollector(Collector):
             failed_steps.add_metric([d], stats.num_failed_steps)
             for name, cts in list(stats.per_cell_type.items()):
                 labels = [d, *split_qualified(name)]
-                executions.add_metric(labels, cts.num_steps)
+                executions.add_metric(labels, cts.num_plans)
+                timesteps.add_metric(labels, cts.num_steps)
                 steps.add_metric(labels, cts.num_rows)
                 padding.add_metric(labels, cts.num_padding_rows)
-                cumulative, buckets = 0, []
-                for bound, count in zip(_BUCKET_LABELS, list(cts.batch_size_counts), strict=True):
-                    cumulative += count
-                    buckets.append((bound, float(cumulative)))
-                batch_size.add_metric(labels, buckets, sum_value=cts.num_rows)
+                batch_size.add_metric(
+                    labels,
+                    _cumulative(_BUCKET_LABELS, cts.batch_size_counts),
+                    sum_value=cts.num_batch_rows,
+                )
+                steps_per_plan.add_metric(
+                    labels,
+                    _cumulative(_PLAN_BUCKET_LABELS, cts.steps_per_plan_counts),
+                    sum_value=cts.num_steps,
+                )
             snap = worker.snapshot()
             running.add_metric([d], snap.num_live - snap.num_queued)
             waiting.add_metric([d], snap.num_queued)
@@ -281,3 +302,12 @@ class EngineCollector(Collector):
             for name, n in snap.slot_capacity.items():
                 capacity.add_metric([d, *split_qualified(name)], n)
         yield from families
+
+
+def _cumulative(bounds: tuple[str, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus' cumulative ``(le, count)`` pairs."""
+    cumulative, buckets = 0, []
+    for bound, count in zip(bounds, list(counts), strict=True):
+        cumulative += count
+        buckets.append((bound, float(cumulative)))
+    return buckets

@@ -13,6 +13,8 @@ the servicer does; nothing here sleeps and hopes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import concurrent.futures
 import threading
@@ -64,6 +66,12 @@ class LiveServer:
     ) -> None:
         self._factory = models if callable(models) else (lambda: list(models or e2e_models()))
         self.engine_config = config or e2e_config()
+        if gated:
+            # A gated server holds streams mid-request by counting steps: one step per plan.
+            # (Multi-step and fused plans are tested ungated here, and gated in-process.)
+            self.engine_config = dataclasses.replace(
+                self.engine_config, max_steps_per_plan=1, fused_baselines=False
+            )
         self.server_config = server_config or ServerConfig(port=0, warmup=False)
         self._gated = gated
         self.gate: GatedExecutor | None = None

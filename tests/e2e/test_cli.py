@@ -169,3 +169,20 @@ def test_the_cell_type_policy_is_configurable(monkeypatch: pytest.MonkeyPatch) -
     assert (engine.finishing_first, engine.max_wait_steps) == (False, 5)
     with pytest.raises(ValueError, match="max_wait_steps"):
         serve_configs(build_parser().parse_args(["serve", "--max-wait-steps", "0"]))
+
+
+def test_steps_per_plan_and_the_baselines_form_are_configurable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert (engine.max_steps_per_plan, engine.fused_baselines) == (32, True)
+    flags = ["serve", "--max-steps-per-plan", "1", "--step-by-step-baselines"]
+    _, engine, _ = serve_configs(build_parser().parse_args(flags))
+    assert (engine.max_steps_per_plan, engine.fused_baselines) == (1, False)
+    assert engine.scheduler_config().max_steps_per_plan == 1
+    monkeypatch.setenv("BATCHMAKER_MAX_STEPS_PER_PLAN", "8")
+    monkeypatch.setenv("BATCHMAKER_FUSED_BASELINES", "0")
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert (engine.max_steps_per_plan, engine.fused_baselines) == (8, False)
+    with pytest.raises(ValueError, match="max_steps_per_plan"):
+        serve_configs(build_parser().parse_args(["serve", "--max-steps-per-plan", "0"]))

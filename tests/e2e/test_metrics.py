@@ -149,6 +149,10 @@ def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:
         sizes = [len(s.request_ids) for s in live.call(lambda: list(live.gate.steps))]  # type: ignore[union-attr]
         assert sum(sizes) == 12
         assert value(done, "batchmaker_cell_executions_total", **cell) == len(sizes)
+        # One step per plan (the gated server's): as many timesteps as executions.
+        assert value(done, "batchmaker_cell_timesteps_total", **cell) == len(sizes)
+        assert value(done, "batchmaker_cell_steps_per_plan_sum", **cell) == len(sizes)
+        assert value(done, "batchmaker_cell_steps_per_plan_bucket", **cell, le="1") == len(sizes)
         assert value(done, "batchmaker_cell_steps_total", **cell) == 12
         assert value(done, "batchmaker_cell_padding_steps_total", **cell) == 0
         assert value(done, "batchmaker_cell_batch_size_count", **cell) == len(sizes)
@@ -160,7 +164,8 @@ def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:
 
 
 def test_padding_rows_are_counted_apart_in_request_level_batching() -> None:
-    """Lengths 2 and 5 in one padded batch: 5 steps of 2 rows, 7 real and 3 padding."""
+    """Lengths 2 and 5 in one padded batch, through the fused kernel at once: one execution
+    of 5 timesteps of 2 rows, 7 real cell-steps and 3 padding."""
     model = small_model("lstm", name="m", seed=7)
     config = e2e_config(mode="padded", max_batch=2, padded_max_batch=2, padded_timeout_s=30.0)
     with metrics_server(models=[model], config=config) as live:
@@ -174,9 +179,15 @@ def test_padding_rows_are_counted_apart_in_request_level_batching() -> None:
         live.wait_idle()
         got = scrape(url)
         cell = {"device": "cpu", "model": "m", "version": "1", "cell_type": "step"}
-        assert value(got, "batchmaker_cell_executions_total", **cell) == 5
+        assert value(got, "batchmaker_cell_executions_total", **cell) == 1
+        assert value(got, "batchmaker_cell_timesteps_total", **cell) == 5
+        assert value(got, "batchmaker_cell_steps_per_plan_count", **cell) == 1
+        assert value(got, "batchmaker_cell_steps_per_plan_sum", **cell) == 5
+        assert value(got, "batchmaker_cell_steps_per_plan_bucket", **cell, le="4") == 0
+        assert value(got, "batchmaker_cell_steps_per_plan_bucket", **cell, le="8") == 1
         assert value(got, "batchmaker_cell_steps_total", **cell) == 7
         assert value(got, "batchmaker_cell_padding_steps_total", **cell) == 3
+        assert value(got, "batchmaker_cell_batch_size_sum", **cell) == 2
         assert value(got, "batchmaker_server_info", mode="padded") == 1
 
 

@@ -68,9 +68,17 @@ class Step:
     request_ids: tuple[str | None, ...]
     """Owner of each row; ``None`` is a padding row."""
     failed: bool
+    steps: tuple[int, ...] = ()
+    """Steps of each row, for a plan of several steps; empty for a one-step plan."""
 
     def holds(self, request_id: str) -> bool:
         return request_id in self.request_ids
+
+    @property
+    def num_cell_steps(self) -> int:
+        """Cell-steps of real rows: each row's steps (one each in a one-step plan)."""
+        steps = self.steps or (1,) * len(self.request_ids)
+        return sum(n for r, n in zip(self.request_ids, steps, strict=True) if r is not None)
 
 
 def holds(plan: StepPlan, request_id: str, *, min_emitted: int = 0) -> bool:
@@ -120,13 +128,14 @@ class GatedExecutor:
             if not self._open:
                 self._permits -= 1
         ids = tuple(None if r is None else r.request_id for r in plan.requests)
+        steps = () if plan.steps is None else tuple(int(n) for n in plan.steps)
         failed = self.fail_when is not None and self.fail_when(plan)
         try:
             if failed:
                 raise RuntimeError("injected cell failure")
             return self.inner.execute(plan, on_launch)
         finally:
-            self._loop.call_soon_threadsafe(self._record, Step(plan.cell_type, ids, failed))
+            self._loop.call_soon_threadsafe(self._record, Step(plan.cell_type, ids, failed, steps))
 
     def load_cells(self, cells: CellSet) -> Callable[[], None]:
         return self.inner.load_cells(cells)

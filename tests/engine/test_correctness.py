@@ -61,6 +61,9 @@ def batching(draw: st.DrawFn, mode: str) -> EngineConfig:
         max_batch=max_batch,
         padded_max_batch=draw(st.integers(1, max_batch)),
         padded_timeout_s=draw(st.sampled_from([0.0, 0.001])),
+        # Multi-step plans of a few or many steps (fused whole, padded and none), or one.
+        max_steps_per_plan=draw(st.sampled_from([1, 3, 32])),
+        fused_baselines=draw(st.booleans()),
     )
 
 
@@ -69,8 +72,9 @@ def check_engine_after(engine: Engine, gate: GatedExecutor, lengths: list[int], 
     (stats,) = engine.device_stats()
     assert stats.num_live == 0
     assert set(stats.num_free_slots.values()) == {NUM_SLOTS}
-    real_rows = sum(sum(r is not None for r in s.request_ids) for s in gate.steps)
-    assert real_rows == sum(lengths) == stats.worker.num_rows
+    # Every input step ran exactly once, in one-step plans or in runs.
+    cell_steps = sum(s.num_cell_steps for s in gate.steps)
+    assert cell_steps == sum(lengths) == stats.worker.num_rows
     for s in gate.steps:
         assert len(s.request_ids) <= engine.config.max_batch
         real = [r for r in s.request_ids if r is not None]
@@ -158,14 +162,17 @@ def test_model_reference_agrees_with_the_independent_reference() -> None:
         assert max_abs_diff(m.reference(InferRequest(m.name, x)), run_alone(m, x)) < TOL
 
 
-def test_requests_really_share_cell_executions() -> None:
-    """The properties above would pass with batches of one; this pins real batching."""
+@pytest.mark.parametrize("max_steps_per_plan", [1, 32])
+def test_requests_really_share_cell_executions(max_steps_per_plan: int) -> None:
+    """The properties above would pass with batches of one; this pins real batching: with
+    one step per plan, 20 steps of all 8 rows; with runs, all 20 in one fused plan."""
     m = model("lstm", 2, False)
     rng = np.random.default_rng(0)
     requests = [InferRequest(m.name, make_inputs(m, rng, 20)) for _ in range(8)]
+    config = engine_config(max_batch=8, max_steps_per_plan=max_steps_per_plan)
 
     async def main() -> None:
-        async with serving(engine_config(max_batch=8), [m], gated=True) as (engine, gate):
+        async with serving(config, [m], gated=True) as (engine, gate):
             first = engine.submit(InferRequest(m.name, [1]))
             await gate.wait_entered(1)  # the worker is held inside step 1 ...
             streams = [engine.submit(r) for r in requests]  # ... while these queue up
@@ -173,7 +180,13 @@ def test_requests_really_share_cell_executions() -> None:
             assert len(await collect(first)) == 1
             for r, s in zip(requests, streams, strict=True):
                 assert_matches_alone(m, r.inputs, await collect(s))
-            assert [len(s.request_ids) for s in gate.steps] == [1] + [8] * 20
+            if max_steps_per_plan == 1:
+                assert [len(s.request_ids) for s in gate.steps] == [1] + [8] * 20
+            else:
+                assert [(len(s.request_ids), s.steps) for s in gate.steps] == [
+                    (1, ()),
+                    (8, (20,) * 8),
+                ]
 
     asyncio.run(main())
 

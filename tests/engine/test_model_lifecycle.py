@@ -36,7 +36,14 @@ def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
     rng = np.random.default_rng(0)
     long_x = rng.integers(0, 50, 40).tolist()
     new_x = rng.integers(0, 50, 9).tolist()
-    config = engine_config(mode, padded_max_batch=2, padded_timeout_s=0.001)
+    # One step per plan, so "old" is provably mid-stream for as many gated steps as needed.
+    config = engine_config(
+        mode,
+        padded_max_batch=2,
+        padded_timeout_s=0.001,
+        max_steps_per_plan=1,
+        fused_baselines=False,
+    )
 
     async def main() -> None:
         async with serving(config, [OLD], gated=True) as (engine, gate):

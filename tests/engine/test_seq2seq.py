@@ -120,7 +120,7 @@ def check_idle(engine: Engine) -> None:
 
 def check_steps(gate: GatedExecutor, engine: Engine, mode: str, num_rows: int) -> None:
     """Every node ran once (``num_rows`` in all), in batches as the mode makes them."""
-    real = sum(sum(r is not None for r in s.request_ids) for s in gate.steps)
+    real = sum(s.num_cell_steps for s in gate.steps)
     assert real == num_rows == engine.device_stats()[0].worker.num_rows
     for s in gate.steps:
         ids = [r for r in s.request_ids if r is not None]
@@ -171,6 +171,9 @@ def batching(draw: st.DrawFn, mode: str) -> EngineConfig:
         max_batch=max_batch,
         padded_max_batch=draw(st.integers(1, max_batch)),
         padded_timeout_s=draw(st.sampled_from([0.0, 0.001])),
+        # Encoders run in multi-step plans (or fused whole, padded and none) or one step each.
+        max_steps_per_plan=draw(st.sampled_from([1, 3, 32])),
+        fused_baselines=draw(st.booleans()),
     )
 
 
@@ -225,7 +228,9 @@ def test_requests_really_share_encoder_and_decoder_steps() -> None:
     n = 6
 
     async def main() -> None:
-        async with serving(config("cellular", max_batch=8), [m], gated=True) as (engine, gate):
+        # One step per plan: this pins the batches of every step.
+        cfg = config("cellular", max_batch=8, max_steps_per_plan=1)
+        async with serving(cfg, [m], gated=True) as (engine, gate):
             first = engine.submit(InferRequest(m.name, [1], max_output_length=1))
             await gate.wait_entered(1)  # the worker is held inside step 1 ...
             streams = [engine.submit(InferRequest(m.name, src, top_k=1)) for _ in range(n)]
@@ -307,7 +312,9 @@ def test_cancel_mid_decode_frees_the_slot_and_spares_the_others(mode: str) -> No
     keep = [source_ending(m, at_eos=True, seed=s) for s in (1, 2)] + [victim_src]
 
     async def main() -> None:
-        async with serving(config(mode), [m], gated=True) as (engine, gate):
+        # One step per plan, so the gate counts the victim's steps one by one.
+        cfg = config(mode, max_steps_per_plan=1, fused_baselines=False)
+        async with serving(cfg, [m], gated=True) as (engine, gate):
             start = free_slots(engine)
             victim = engine.submit(InferRequest(m.name, victim_src, request_id="victim", top_k=1))
             others = [engine.submit(InferRequest(m.name, x, top_k=1)) for x in keep]
@@ -415,7 +422,7 @@ def test_bad_seq2seq_input_is_refused_naming_the_field(
             assert_seq2seq_matches_alone(
                 m, good, await collect(engine.submit(InferRequest(m.name, good)))
             )
-            assert len(gate.steps) == len(good) + decoded_length(m, good)
+            assert sum(s.num_cell_steps for s in gate.steps) == len(good) + decoded_length(m, good)
             check_idle(engine)
 
     asyncio.run(main())

@@ -58,6 +58,9 @@ class FakeCell:
     output_dim: int
     arity: int = 1
     """States each node reads: a chain's one predecessor (the engine reads this)."""
+    supports_runs: bool = False
+    """Whether plans of it may run several steps of a row (multi-step plans); off unless a
+    test asks, so the one-step tests fix every plan's shape."""
 
 
 class FakeExecutor:
@@ -119,10 +122,30 @@ class FakeExecutor:
         h = pool[plan.read_slots[:, 0]]
         if on_launch is not None:
             on_launch()  # where the torch executor starts its kernels on the CPU
-        new_h = (h * cell.multiplier + plan.inputs + 1) % MODULUS
         j = np.arange(cell.output_dim, dtype=np.int64)
+        offsets = None
+        if plan.steps is None:
+            new_h = (h * cell.multiplier + plan.inputs + 1) % MODULUS
+            states = new_h
+        else:
+            # A run: row i's steps, row after row, and its state after its own last step
+            # (or after all K steps, padded, where the plan says so).
+            if not cell.supports_runs:
+                raise AssertionError(f"{plan.cell_type} was given a run")
+            states_per_row, rows = [], []
+            for i, n in enumerate(plan.steps):
+                hi = int(h[i])
+                for t in range(plan.num_steps if plan.pad_to_longest else int(n)):
+                    hi = (hi * cell.multiplier + int(plan.inputs[i, t]) + 1) % MODULUS
+                    if t < n:
+                        rows.append(hi)
+                states_per_row.append(hi)
+            new_h = np.array(rows, dtype=np.int64)
+            states = np.array(states_per_row, dtype=np.int64)
+            offsets = np.zeros(len(plan.steps) + 1, dtype=np.int64)
+            np.cumsum(plan.steps, out=offsets[1:])
         outputs = ((new_h[:, None] * (j + 1) + j) % MODULUS).astype(np.float32)
-        pool[plan.write_slots] = new_h  # padding rows all land on SCRATCH_SLOT
+        pool[plan.write_slots] = states  # padding rows all land on SCRATCH_SLOT
         top_ids = top_scores = None
         if plan.top_k:
             top_ids = np.argsort(-outputs, axis=1, kind="stable")[:, : plan.top_k]
@@ -132,6 +155,7 @@ class FakeExecutor:
             outputs=outputs if plan.wants_outputs else None,
             top_ids=top_ids,
             top_scores=top_scores,
+            offsets=offsets,
         )
 
 
@@ -148,11 +172,13 @@ class FakeChainModel(Model):
         vocab_size: int = 50,
         output_dim: int = 8,
         max_len: int = 64,
+        runs: bool = False,
     ) -> None:
+        """``runs``: its cell runs several steps per plan (multi-step plans)."""
         super().__init__(name, version)
         if multiplier % MODULUS == 0:
             raise ValueError("multiplier must not be a multiple of MODULUS (the state would stop)")
-        self.cell = FakeCell(multiplier, output_dim)
+        self.cell = FakeCell(multiplier, output_dim, supports_runs=runs)
         self.vocab_size = vocab_size
         self.max_len = max_len
 

@@ -13,10 +13,9 @@ the servicer does; nothing here sleeps and hopes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar

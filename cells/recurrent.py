@@ -16,6 +16,8 @@ faster in that layout than with nn.LSTM's ``[out, in]`` weights (2 x 512 LSTM
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -25,6 +27,20 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from cells.base import Cell, InputKind, StateSpec
 
 RecurrentKind = Literal["lstm", "gru"]
+
+
+@contextlib.contextmanager
+def _native_rnn() -> Iterator[None]:
+    """Run ``nn.LSTM``/``nn.GRU`` on torch's native CPU kernel, not oneDNN's: oneDNN reorders
+    the weights on every call, about 5 ms for one 512-wide LSTM layer on this CPU, more than
+    32 of its steps, where the native kernel has no fixed cost worth naming (measured:
+    docs/benchmarks.md, "Host cost"). Scoped to the call: the flag is process-wide."""
+    enabled = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(enabled)
 
 
 class RecurrentStackCell(Cell):
@@ -154,11 +170,12 @@ class RecurrentStackCell(Cell):
         hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = h0
         if self.kind == "lstm":
             hx = (h0, states[1].transpose(0, 1).contiguous())
-        if pad_to_longest:
-            y, hn = self.rnn(x, hx)
-        else:
-            packed, hn = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
-            y, _ = pad_packed_sequence(packed, total_length=k)
+        with _native_rnn():
+            if pad_to_longest:
+                y, hn = self.rnn(x, hx)
+            else:
+                packed, hn = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+                y, _ = pad_packed_sequence(packed, total_length=k)
         y = y.transpose(0, 1)  # [B, K, H]
         mask = torch.arange(k, device=y.device) < lengths.to(y.device).unsqueeze(1)
         if self.proj is None or self._proj_weight_t is None:

@@ -69,3 +69,15 @@ class GreedyDecoderCell(_TokenStateStack):
         tokens = torch.where(inputs >= 0, inputs, states[-1])
         logits, new = super().forward(tokens, states[:-1])
         return logits, (*new, logits.argmax(dim=1))
+
+    def forward_run(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
+        *,
+        pad_to_longest: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        raise NotImplementedError(
+            "GreedyDecoderCell runs one step at a time: each step's input is the last output"
+        )

@@ -48,7 +48,7 @@ from batchmaker.bench.e2e_outputs import print_table, write_outputs
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Replay, Send, replay, warm_up
 from batchmaker.bench.overhead import grpc_sender, serve_args
-from batchmaker.bench.reference import Fingerprint, check_reference, fingerprint, idle_stats
+from batchmaker.bench.reference import TOP_K, Fingerprint, check_reference, fingerprint, idle_stats
 from batchmaker.bench.report import RunResult, format_ms
 from batchmaker.bench.sampler import MetricsSample, MetricsSampler, mean_batch, series, totals
 from batchmaker.bench.sweep import find_sustainable, num_requests
@@ -343,7 +343,9 @@ class E2EBench:
         report.server_exit_codes = dict(zip(modes, codes, strict=True))
 
     def _request(self, i: int) -> InferRequest:
-        return InferRequest(self.model.name, self.trace.tokens[i], top_k=1, return_vectors=False)
+        return InferRequest(
+            self.model.name, self.trace.tokens[i], top_k=TOP_K, return_vectors=False
+        )
 
     def _sender(self, mode: str) -> Send:
         return grpc_sender(self.clients[mode], self.model.name, self.trace.tokens)

@@ -7,8 +7,10 @@ weights and trace. What differs between the model families (``--family``) is the
 
 What it measures (docs/benchmarks.md, "How we measure"):
 
-1. The isolated kernel of each cell type: its forward on a preformed batch of its
-   max batch, with no gather, scatter or scheduling; the denominator of *efficiency*.
+1. The isolated kernel of each cell type: the fastest isolated way to compute its steps
+   on a preformed batch of its max batch (the fused ``nn.LSTM``/``nn.GRU`` over many
+   steps where the inputs are known, else one step of the cell), with no gather,
+   scatter or scheduling; the denominator of *efficiency* (``kernels``).
 2. The idle server: each request run alone (mode ``none``). Its p99 sets the SLO
    (twice it), and its outputs are the reference every later run is checked
    against; the reference itself is checked against the model's plain torch.
@@ -40,6 +42,7 @@ from pathlib import Path
 from batchmaker.bench.kernels import isolated_step_seconds
 from batchmaker.bench.openloop import replay
 from batchmaker.bench.reference import (
+    TOP_K,
     Fingerprint,
     check_reference,
     concat,
@@ -135,7 +138,7 @@ class Bench:
             self.model.name,
             spec.inputs,
             request_id=f"{tag}-{i}",
-            top_k=0 if vectors else 1,
+            top_k=0 if vectors else TOP_K,
             return_vectors=vectors,
             max_output_length=spec.max_output_length,
         )

@@ -1,8 +1,11 @@
 """The isolated kernel: a cell's forward on a preformed batch, timed alone.
 
-The denominator of the engine benchmark's efficiency: what the cell costs at a
-batch size with no gather, scatter or scheduling around it. A measuring tool, so
-it lives here and not on the executor the server runs.
+The denominator of the engine benchmark's efficiency: the fastest isolated way to
+compute the same outputs at the same batch size, with no gather, scatter or
+scheduling around it. For cells whose inputs are known ahead (chains, encoders)
+that is the fused ``nn.LSTM``/``nn.GRU`` over many steps at once (``forward_run``),
+which a user could call; for the others (decoders, trees), one step of the cell.
+A measuring tool, so it lives here and not on the executor the server runs.
 """
 
 from __future__ import annotations
@@ -13,12 +16,59 @@ import torch
 
 from batchmaker.runtime.torch_executor import TorchExecutor
 
+FUSED_STEPS = 64
+"""Steps per call when timing the fused form: long enough that its fixed cost is spread."""
+
 
 def isolated_step_seconds(
     executor: TorchExecutor, cell_type: str, batch_size: int, iterations: int, repeats: int = 5
 ) -> float:
-    """Seconds per forward of ``cell_type`` on a preformed batch of ``batch_size`` rows:
-    the median of ``repeats`` timed runs of ``iterations`` forwards each, after a warm-up."""
+    """Seconds per step of ``cell_type`` on a preformed batch of ``batch_size`` rows, the
+    faster of its one-step forward and, where it has one, its fused multi-step form."""
+    one = _one_step_seconds(executor, cell_type, batch_size, iterations, repeats)
+    if not executor.cells[cell_type].supports_runs:
+        return one
+    fused = _fused_seconds(executor, cell_type, batch_size, max(1, iterations // 10), repeats)
+    return min(one, fused / FUSED_STEPS)
+
+
+def _fused_seconds(
+    executor: TorchExecutor, cell_type: str, batch_size: int, iterations: int, repeats: int
+) -> float:
+    """Seconds per ``forward_run`` of ``FUSED_STEPS`` steps of every row (median)."""
+    cell = executor.cells[cell_type]
+    pool = executor.pool_of(cell_type)
+    device = pool.device
+    g = torch.Generator().manual_seed(0)
+    shape = (batch_size, FUSED_STEPS)
+    with torch.inference_mode():
+        if cell.input_kind == "tokens":
+            inputs = torch.randint(0, cell.input_dim, shape, generator=g)
+        else:
+            inputs = torch.randn(*shape, cell.input_dim, generator=g)
+        inputs = inputs.to(device)
+        lengths = torch.full((batch_size,), FUSED_STEPS, dtype=torch.int64)
+        states = tuple(
+            torch.zeros((batch_size, *t.shape[1:]), dtype=t.dtype, device=device)
+            for t in pool.tensors
+        )
+        cell.forward_run(inputs, lengths, states)
+        executor.synchronize()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                cell.forward_run(inputs, lengths, states)
+            executor.synchronize()
+            times.append((time.perf_counter() - t0) / iterations)
+        return sorted(times)[len(times) // 2]
+
+
+def _one_step_seconds(
+    executor: TorchExecutor, cell_type: str, batch_size: int, iterations: int, repeats: int
+) -> float:
+    """Seconds per one-step forward of ``cell_type`` on a preformed batch (median of
+    ``repeats`` timed runs of ``iterations`` forwards each, after a warm-up)."""
     cell = executor.cells[cell_type]
     pool = executor.pool_of(cell_type)
     device = pool.device

@@ -210,6 +210,8 @@ def serve_args(model: str, config: EngineConfig) -> list[str]:
         f"--padded-timeout-ms={config.padded_timeout_s * 1e3}",
         f"--max-wait-steps={config.max_wait_steps}",
         *([] if config.finishing_first else ["--no-finishing-first"]),
+        f"--max-steps-per-plan={config.max_steps_per_plan}",
+        *([] if config.fused_baselines else ["--step-by-step-baselines"]),
         *(f"--device={d}" for d in config.devices),
         *([f"--threads={config.num_threads}"] if config.num_threads else []),
     ]

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve.run(args)
         if args.command == "demo":
             return demo.run(args)
-        if args.command in ("bench", "bench-overhead", "bench-coldstart"):
+        if args.command in ("bench", "bench-overhead", "bench-coldstart", "bench-host"):
             return measure.run(args)
         from batchmaker.errors import BatchMakerError
 

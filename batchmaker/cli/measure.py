@@ -121,6 +121,23 @@ def add_coldstart_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results/coldstart.json"))
 
 
+def add_host_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=5, help="rounds; figures are their medians")
+    p.add_argument("--length", type=int, default=100, help="tokens per request")
+    p.add_argument("--concurrency", type=int, default=64, help="requests submitted together")
+    p.add_argument(
+        "--steps-per-plan",
+        type=int,
+        nargs="+",
+        default=[1, 32, 128],
+        metavar="K",
+        help="most steps per plan to compare, each with its own engine (1: one per plan)",
+    )
+    p.add_argument("--no-idle", action="store_true", help="host cost only")
+    p.add_argument("--no-grpc", action="store_true", help="idle latency in-process only")
+    p.add_argument("--out", type=Path, default=Path("bench-results/host.json"))
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench", parents=[common], help="cellular vs padded vs none on one recorded trace"
@@ -140,6 +157,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="time from process start to the first response, by start-up phase",
     )
     add_coldstart_flags(coldstart)
+    host = sub.add_parser(
+        "bench-host",
+        parents=[common],
+        help="the engine's own cost per step and per row, and one request against nn.LSTM",
+    )
+    flags.add_engine_flags(host, with_mode=False)
+    add_host_flags(host)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
         return run_coldstart_cli(args)
     from batchmaker.runtime.torch_executor import set_cpu_threads
 
+    if args.command == "bench-host":
+        from batchmaker.bench.hostcost import run_host_cli
+
+        config = flags.engine_config(args)
+        set_cpu_threads(config)
+        return run_host_cli(args, config)
     if args.command == "bench-overhead":
         from batchmaker.bench.overhead import run_overhead_cli
 

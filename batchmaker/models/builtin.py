@@ -46,10 +46,31 @@ def benchmark_model() -> SequenceModel:
     )
 
 
+def idle_latency_model() -> SequenceModel:
+    """One LSTM layer of 512 over a 1000-token vocabulary: the idle-latency benchmark's
+    model, where one request's steps cost about as much as the fused kernel needs."""
+    from batchmaker.models.sequence import recurrent_model
+
+    return recurrent_model(
+        "lstm-1x512", "lstm", vocab_size=1000, hidden_size=512, num_layers=1, seed=4
+    )
+
+
+def host_cost_model() -> SequenceModel:
+    """An LSTM so small (hidden 8, vocabulary 32) that its compute is almost nothing: what
+    a step costs with it is the engine's own cost per step and per row, which a GPU would
+    wait on."""
+    from batchmaker.models.sequence import recurrent_model
+
+    return recurrent_model("lstm-tiny", "lstm", vocab_size=32, hidden_size=8, num_layers=1, seed=5)
+
+
 BUILTIN_MODELS: dict[str, Callable[[], SequenceModel]] = {
     "lstm-lm": _lstm_lm,
     "gru-lm": _gru_lm,
     "lstm-512": benchmark_model,
+    "lstm-1x512": idle_latency_model,
+    "lstm-tiny": host_cost_model,
 }
 """Name -> factory. Building is deterministic: the same name gives the same weights."""
 

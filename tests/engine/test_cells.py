@@ -213,3 +213,91 @@ def test_cell_rejects_ambiguous_configuration() -> None:
         RecurrentStackCell("rnn", hidden_size=4, vocab_size=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_layers"):
         RecurrentStackCell("gru", hidden_size=4, num_layers=0, vocab_size=3)
+
+
+# ---- runs: several steps of each row in one fused call ------------------------------------
+
+
+def step_by_step(
+    cell: RecurrentStackCell, x: torch.Tensor, lengths: list[int], states: tuple[torch.Tensor, ...]
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Each row's steps one at a time through ``forward``: its outputs, and its state after
+    its own last step."""
+    outs, finals = [], []
+    for i, n in enumerate(lengths):
+        st_i = tuple(s[i : i + 1] for s in states)
+        rows_i = []
+        for t in range(n):
+            y, st_i = cell(x[i : i + 1, t], st_i)
+            rows_i.append(y[0])
+        outs.extend(rows_i)
+        finals.append(st_i)
+    return outs, tuple(torch.cat([f[k] for f in finals]) for k in range(len(states)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("vectors", [False, True], ids=["tokens", "vectors"])
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    num_layers=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_a_run_equals_its_steps_one_at_a_time(
+    kind: str, vectors: bool, lengths: list[int], num_layers: int, seed: int
+) -> None:
+    """``forward_run`` (packed: each row stops at its own end) gives each row's outputs, row
+    after row, and its state after its own last step, from any starting state: what
+    stepping ``forward`` gives."""
+    torch.manual_seed(seed)
+    cell = RecurrentStackCell(
+        kind,  # type: ignore[arg-type]
+        hidden_size=12,
+        num_layers=num_layers,
+        vocab_size=None if vectors else 20,
+        input_dim=5 if vectors else None,
+        output_dim=7,
+    ).eval()
+    b, k = len(lengths), max(lengths)
+    x = torch.randn(b, k, 5) if vectors else torch.randint(0, 20, (b, k))
+    states = tuple(torch.randn(b, *s.shape) for s in cell.state_specs)
+    with torch.inference_mode():
+        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
+        want, want_states = step_by_step(cell, x, lengths, states)
+    assert got.shape == (sum(lengths), 7)
+    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
+    for g, w in zip(got_states, want_states, strict=True):
+        assert g.shape == w.shape
+        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_padded_run_computes_every_row_for_all_steps(kind: str) -> None:
+    """``pad_to_longest``: the padded batch's cost, and its outputs for each row's own
+    steps are still exact; only the state of a shorter row moves past its end."""
+    torch.manual_seed(3)
+    cell = RecurrentStackCell(kind, hidden_size=8, vocab_size=11, output_dim=6).eval()  # type: ignore[arg-type]
+    lengths = [5, 2, 3]
+    x = torch.randint(0, 11, (3, 5))
+    zero = tuple(torch.zeros(3, *s.shape) for s in cell.state_specs)
+    with torch.inference_mode():
+        packed, packed_states = cell.forward_run(x, torch.tensor(lengths), zero)
+        padded, padded_states = cell.forward_run(
+            x, torch.tensor(lengths), zero, pad_to_longest=True
+        )
+    assert max_abs_diff(padded.numpy(), packed.numpy()) < TOL
+    # The longest row ends with the batch: its state agrees; a shorter one ran on.
+    assert max_abs_diff(padded_states[0][0].numpy(), packed_states[0][0].numpy()) < TOL
+    assert max_abs_diff(padded_states[0][1].numpy(), packed_states[0][1].numpy()) > 1e-3
+
+
+def test_cells_that_feed_tokens_back_have_no_runs() -> None:
+    from cells import EncoderCell, GreedyDecoderCell
+
+    assert RecurrentStackCell.supports_runs
+    assert EncoderCell.supports_runs
+    assert not GreedyDecoderCell.supports_runs
+    decoder = GreedyDecoderCell("lstm", hidden_size=4, vocab_size=5, output_dim=5)
+    states = tuple(torch.zeros(1, *s.shape, dtype=s.dtype) for s in decoder.state_specs)
+    with pytest.raises(NotImplementedError, match="one step at a time"):
+        decoder.forward_run(torch.zeros(1, 2, dtype=torch.int64), torch.tensor([2]), states)

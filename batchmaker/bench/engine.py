@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import AsyncGenerator
@@ -235,11 +236,18 @@ class Bench:
         if self.args.saturation_only:
             return
         start = 0.5 * idle["capacity_rps"]
-        for mode in self.modes:
-            rate, runs = await self._sustainable(mode, start)
+        # The modes' searches take turns, one load point each (asyncio.Lock is FIFO), so a
+        # slow spell of this shared machine hits every mode alike, not one mode's sweep.
+        turn = asyncio.Lock()
+
+        async def search(mode: str) -> None:
+            rate, runs = await self._sustainable(mode, start, turn)
             report.sweeps[mode] = runs
             report.sustainable_rps[mode] = rate
             report.valid &= all(r.valid for r in runs)
+
+        await asyncio.gather(*(search(m) for m in self.modes))
+        report.sustainable_rps = {m: report.sustainable_rps[m] for m in self.modes}
 
         for baseline in self.workload.baselines:
             if baseline in self.modes and "cellular" in self.modes:
@@ -383,12 +391,16 @@ class Bench:
             seconds=a.point_seconds,
         )
 
-    async def _sustainable(self, mode: str, start: float) -> tuple[float, list[RunResult]]:
-        """The mode's sustainable rate, and every load point run to find it (retries too)."""
+    async def _sustainable(
+        self, mode: str, start: float, turn: asyncio.Lock
+    ) -> tuple[float, list[RunResult]]:
+        """The mode's sustainable rate, and every load point run to find it (retries too);
+        each point runs alone, holding ``turn``."""
         runs: list[RunResult] = []
 
         async def point(rate: float) -> bool:
-            r = await self._replay(mode, rate)
+            async with turn:
+                r = await self._replay(mode, rate)
             runs.append(r)
             return r.meets(self.slo)
 
@@ -435,18 +447,63 @@ def _log(msg: str) -> None:
 
 
 def run_bench_cli(args: argparse.Namespace, base: EngineConfig) -> int:
-    """``batchmaker bench``: every mode of ``args.modes`` on one trace; ``base`` is each
-    mode's engine config but for its mode (from the CLI's flags)."""
+    """``batchmaker bench``: every mode of ``args.modes`` on one trace, ``--runs`` times;
+    ``base`` is each mode's engine config but for its mode (from the CLI's flags).
+
+    The JSON is the last run's whole report, plus every run's headline figures
+    (``repeats``) and their medians and ranges (``summary``): what docs/benchmarks.md
+    quotes, since one run on a shared machine is not a figure."""
     t0 = time.monotonic()
-    report = asyncio.run(Bench(args, base).run())
+    reports = []
+    for k in range(args.runs):
+        if args.runs > 1:
+            _log(f"run {k + 1} of {args.runs}")
+        reports.append(asyncio.run(Bench(args, base).run()))
+    report = reports[-1]
     family = args.family
     out: Path = args.out or Path(f"bench-results/{'engine' if family == 'chain' else family}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = json.loads(json.dumps(asdict(report), default=str))
     payload["command"] = " ".join(sys.argv)
     payload["elapsed_s"] = time.monotonic() - t0
+    payload["repeats"] = [headline(r) for r in reports]
+    payload["summary"] = summarize([headline(r) for r in reports])
+    payload["valid"] = all(r.valid for r in reports)
     text = json.dumps(payload, indent=2, allow_nan=True)
     out.write_text(text)
     print(text)
     print_table(report)
-    return 0 if report.valid else 1
+    if args.runs > 1:
+        print_summary(payload["summary"], args.runs)
+    return 0 if payload["valid"] else 1
+
+
+_HEADLINE = ("sustainable_rps", "efficiency", "ratios")
+
+
+def headline(report: BenchReport) -> dict[str, dict[str, float]]:
+    """A run's figures the summary takes medians of."""
+    return {name: dict(getattr(report, name)) for name in _HEADLINE}
+
+
+def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per figure: the median over runs and its range (only figures every run has)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in _HEADLINE:
+        keys = set.intersection(*(set(r[name]) for r in runs)) if runs else set()
+        out[name] = {}
+        for key in sorted(keys):
+            values = sorted(float(r[name][key]) for r in runs)
+            out[name][key] = {
+                "median": statistics.median(values),
+                "low": values[0],
+                "high": values[-1],
+            }
+    return out
+
+
+def print_summary(summary: dict[str, dict[str, dict[str, float]]], runs: int) -> None:
+    print(f"medians of {runs} runs [range]:")
+    for name, figures in summary.items():
+        for key, v in figures.items():
+            print(f"  {name}.{key}: {v['median']:.3f} [{v['low']:.3f}, {v['high']:.3f}]")

@@ -33,6 +33,13 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bisections", type=int, default=3, help="bisection steps per mode")
     p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat the whole benchmark this many times; the JSON has each run's headline "
+        "figures and their medians and ranges (quote at least 3)",
+    )
+    p.add_argument(
         "--retries",
         type=int,
         default=0,
@@ -192,7 +199,11 @@ def run(args: argparse.Namespace) -> int:
         max_num_live_requests=max(args.max_live, 4096),
         num_slots=max(args.num_slots, 4096),
     )
+    if args.runs < 1:
+        raise ValueError("--runs must be >= 1")
     if args.e2e:  # each mode's server sets its own threads
+        if args.runs != 1:
+            raise ValueError("--runs: --e2e runs once; repeat the command and compare")
         from batchmaker.bench.e2e import run_e2e_cli
 
         return run_e2e_cli(args, config)

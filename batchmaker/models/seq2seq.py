@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -81,8 +82,9 @@ class Seq2SeqModel(Model):
     def cell_rank(self, cell: str) -> int:
         return 1 if cell == "decoder" else 0
 
-    @property
+    @functools.cached_property
     def signature(self) -> ModelSignature:
+        # Cached: read on every request's validation, and a model's shape never changes.
         vocab = self.decoder.output_dim
         return ModelSignature(
             family="seq2seq",

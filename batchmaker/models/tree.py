@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -53,8 +54,9 @@ class TreeModel(Model):
     def cells(self) -> Mapping[str, Cell]:
         return {"node": self.cell}
 
-    @property
+    @functools.cached_property
     def signature(self) -> ModelSignature:
+        # Cached: read on every request's validation, and a model's shape never changes.
         c = self.cell
         return ModelSignature(
             family="treelstm",

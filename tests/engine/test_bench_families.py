@@ -67,3 +67,21 @@ def test_trace_of_another_family_is_refused(tmp_path: Path) -> None:
     make_trace(4, vocab_size=16, seed=1).save(trace)
     with pytest.raises(SystemExit):  # argparse's error exit, naming both families
         main(["bench", "--family=tree", *TINY, f"--trace-in={trace}"])
+
+
+def test_runs_repeat_the_benchmark_and_summarize_medians(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    argv = ["bench", "--family=chain", *TINY, "--saturation-only", "--runs=3", f"--out={out}"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert len(report["repeats"]) == 3
+    effs = sorted(r["efficiency"]["cellular"] for r in report["repeats"])
+    summary = report["summary"]["efficiency"]["cellular"]
+    assert (summary["low"], summary["median"], summary["high"]) == tuple(effs)
+    assert report["valid"] is True
+
+
+def test_runs_must_be_positive_and_e2e_runs_once(tmp_path: Path) -> None:
+    for bad in (["--runs=0"], ["--runs=3", "--e2e"]):
+        with pytest.raises(SystemExit):
+            main(["bench", *TINY, *bad, f"--out-dir={tmp_path}"])

@@ -11,7 +11,7 @@ TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv proto proto-check serve demo test test-all test-gpu bench bench-e2e loadtest soak lint format check clean
+.PHONY: venv proto proto-check serve demo test test-all test-gpu bench bench-e2e bench-host bench-gpu loadtest soak lint format check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,22 @@ bench: $(STAMP)
 # The whole server over gRPC, one subprocess per mode, with plots (docs/benchmarks.md).
 bench-e2e: $(STAMP)
 	$(BIN)/batchmaker bench --e2e $(BENCH_ARGS)
+
+# The engine's own cost per step and per row, and one request against plain nn.LSTM
+# (docs/benchmarks.md, "Host cost").
+bench-host: $(STAMP)
+	$(BIN)/batchmaker bench-host $(BENCH_ARGS)
+
+# Everything a lent CUDA device should record, in one command of under 8 minutes: the
+# CUDA tests, then host cost and idle latency, then saturation and efficiency against the
+# fused baselines, on cuda:0. Needs the CUDA build of torch (README, "GPU hosts").
+GPU_OUT ?= bench-results/gpu
+bench-gpu: $(STAMP)
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch ' + torch.__version__ + ')')"
+	mkdir -p $(GPU_OUT)
+	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider | tee $(GPU_OUT)/tests.txt
+	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --out $(GPU_OUT)/host.json | tee $(GPU_OUT)/host.txt
+	$(BIN)/batchmaker bench --device cuda --threads 1 --saturation-only --runs 3 --out $(GPU_OUT)/engine.json | tail -20 | tee $(GPU_OUT)/engine.txt
 
 # Locust, headless and bounded, against a server it starts on 127.0.0.1 (30 s of
 # steady load by default); exits non-zero over the thresholds (loadtest/README.md).

@@ -72,18 +72,23 @@ _LOADS: dict[str, tuple[str, str]] = {
 
 
 class _Snapshot:
-    """Steps, real rows and padding rows per qualified cell type, at one moment."""
+    """Timesteps, real rows, padding rows and plans per qualified cell type, and the
+    executor's busy seconds, at one moment."""
 
     def __init__(self, engine: Engine) -> None:
+        stats = engine.workers[0].stats
         # list() copies under the GIL: the worker thread may add a cell type meanwhile.
-        cells = list(engine.workers[0].stats.per_cell_type.items())
-        self.cells = {n: (c.num_steps, c.num_rows, c.num_padding_rows) for n, c in cells}
+        cells = list(stats.per_cell_type.items())
+        self.cells = {
+            n: (c.num_steps, c.num_rows, c.num_padding_rows, c.num_plans) for n, c in cells
+        }
+        self.busy_s = stats.busy_seconds
 
-    def delta(self, engine: Engine) -> dict[str, tuple[int, int, int]]:
+    def delta(self, engine: Engine) -> dict[str, tuple[int, int, int, int]]:
         now = _Snapshot(engine).cells
-        zero = (0, 0, 0)
+        zero = (0, 0, 0, 0)
         return {
-            n: (v[0] - b[0], v[1] - b[1], v[2] - b[2])
+            n: (v[0] - b[0], v[1] - b[1], v[2] - b[2], v[3] - b[3])
             for n, v in now.items()
             for b in (self.cells.get(n, zero),)
         }
@@ -359,9 +364,11 @@ class Bench:
         await asyncio.sleep(self.args.saturation_seconds)
         t_end = loop.time()
         delta = snap.delta(engine)
+        busy = engine.workers[0].stats.busy_seconds - snap.busy_s
         stop = True
         await clients
         result.wall_s = t_end - t_snap
+        result.executor_busy_fraction = busy / result.wall_s
         self._fill_steps(result, delta)
         rows = {self._local(name): d[1] for name, d in delta.items()}
         return result, rows
@@ -369,15 +376,17 @@ class Bench:
     def _local(self, cell_type: str) -> str:
         return cell_type.rpartition("/")[2]
 
-    def _fill_steps(self, result: RunResult, delta: dict[str, tuple[int, int, int]]) -> None:
+    def _fill_steps(self, result: RunResult, delta: dict[str, tuple[int, int, int, int]]) -> None:
         """Throughput and batch sizes from the worker's per-cell-type counters."""
         steps = sum(d[0] for d in delta.values())
         rows = sum(d[1] for d in delta.values())
         padding = sum(d[2] for d in delta.values())
+        plans = sum(d[3] for d in delta.values())
         result.cell_steps_per_s = rows / result.wall_s
         result.mean_batch = rows / max(steps, 1)
         result.mean_padded_batch = (rows + padding) / max(steps, 1)
-        for name, (s, r, p) in sorted(delta.items()):
+        result.mean_steps_per_plan = steps / max(plans, 1)
+        for name, (s, r, p, _) in sorted(delta.items()):
             if s:
                 result.mean_batch_per_cell[self._local(name)] = r / s
                 result.mean_padded_batch_per_cell[self._local(name)] = (r + p) / s

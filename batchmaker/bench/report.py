@@ -42,6 +42,11 @@ class RunResult:
     cell_steps_per_s: float = 0.0
     mean_batch: float = 0.0
     mean_padded_batch: float = 0.0
+    mean_steps_per_plan: float = 0.0
+    """Timesteps per cell execution: above 1 where plans ran several steps fused."""
+    executor_busy_fraction: float = 0.0
+    """Saturation: the executor's busy time over the wall time (host work inside the
+    executor included, so on a GPU an upper bound on the device's busy fraction)."""
     wall_s: float = 0.0
     mean_batch_per_cell: dict[str, float] = field(default_factory=dict)
     """Real rows per step of each (local) cell type, e.g. ``encoder`` and ``decoder``."""
@@ -137,12 +142,13 @@ def format_batches(batches: dict[str, float]) -> str:
 
 def print_table(report: BenchReport) -> None:
     print(f"\n{report.config.get('family', 'chain')}: {report.config.get('model')}")
-    print("mode           sustainable  sat. cell-steps/s  efficiency  mean batch")
+    print("mode           sustainable  sat. cell-steps/s  efficiency  steps/plan  busy  mean batch")
     for key, sat in report.saturation.items():
         rps = report.sustainable_rps.get(key)
         print(
             f"{key:14s} {'' if rps is None else f'{rps:8.1f} r/s':>12s}  "
             f"{sat.cell_steps_per_s:14.0f}  {report.efficiency[key]:10.3f}  "
+            f"{sat.mean_steps_per_plan:10.1f}  {sat.executor_busy_fraction:4.2f}  "
             f"{format_batches(sat.mean_batch_per_cell)}"
         )
     for title, load in (

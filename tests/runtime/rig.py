@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fakes import FakeChainModel, FakeExecutor
-from gate import GatedExecutor
+from gate import GatedExecutor, Step
 
 from batchmaker.config import EngineConfig
 from batchmaker.runtime.engine import Engine
@@ -138,3 +138,9 @@ def assert_top_k(out: StepOutput, k: int, row: np.ndarray) -> None:
     assert out.top_ids.dtype == np.int64
     assert out.top_ids.tolist() == best, f"step {out.step}"
     assert out.top_scores.tolist() == [values[j] for j in best]
+
+
+def timesteps(step: Step) -> int:
+    """Steps one plan ran: its K (its longest row's run), 1 for a one-step plan. A plan of
+    K steps holds the device for K steps, so waits are counted in these, not in plans."""
+    return max(step.steps, default=1)

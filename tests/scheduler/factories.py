@@ -94,9 +94,17 @@ def make_cellular(
     policy: PolicyConfig | None = None,
     cell_types: Iterable[CellTypeSpec] | None = None,
     pool_capacities: Mapping[str, int] | None = None,
+    max_steps_per_plan: int = 1,
 ) -> CellularScheduler:
-    """A cellular scheduler over one ``lstm`` cell type and pool unless told otherwise."""
-    specs = list(cell_types) if cell_types is not None else [CellTypeSpec(CELL, max_batch, CELL)]
+    """A cellular scheduler over one ``lstm`` cell type and pool unless told otherwise.
+
+    ``max_steps_per_plan`` > 1 makes the default cell type one with runs (multi-step plans).
+    """
+    specs = (
+        list(cell_types)
+        if cell_types is not None
+        else [CellTypeSpec(CELL, max_batch, CELL, runs=max_steps_per_plan > 1)]
+    )
     pools = pool_capacities if pool_capacities is not None else {CELL: capacity}
     return CellularScheduler(
         specs,
@@ -104,6 +112,7 @@ def make_cellular(
         clock if clock is not None else ManualClock(),
         max_num_live_requests=max_num_live_requests or 10 * sum(pools.values()),
         policy=policy,
+        max_steps_per_plan=max_steps_per_plan,
     )
 
 
@@ -115,19 +124,37 @@ def make_padded(
     capacity: int = 64,
     max_num_live_requests: int | None = None,
     clock: ManualClock | None = None,
+    fused: bool = False,
+    runs: bool | None = None,
 ) -> PaddedScheduler:
-    """A padded (request-level) scheduler over one ``lstm`` cell type and pool."""
+    """A padded (request-level) scheduler over one ``lstm`` cell type and pool.
+
+    ``fused``: each member's whole chain in one plan (the fused baseline); the cell type
+    has runs when ``runs`` says so, by default when ``fused``.
+    """
     return PaddedScheduler(
-        [CellTypeSpec(CELL, max_batch_requests, CELL)],
+        [CellTypeSpec(CELL, max_batch_requests, CELL, runs=fused if runs is None else runs)],
         {CELL: capacity},
         clock if clock is not None else ManualClock(),
         max_num_live_requests=max_num_live_requests or 10 * capacity,
         max_batch_requests=max_batch_requests,
         batch_timeout=batch_timeout,
         stream=stream,
+        fused=fused,
     )
 
 
 def length_of(request: SchedRequest) -> int:
     """Steps a factory request emits when it runs to completion."""
     return len(request.tag)
+
+
+def inputs_of(request: SchedRequest, node: int, num_steps: int = 1) -> np.ndarray:
+    """What a factory request feeds at nodes ``node .. node + num_steps - 1``: ``[n]`` token
+    ids or ``[n, D]`` vectors (a run's inputs, before the plan zero-pads them to K)."""
+    return np.asarray(request.tag[node : node + num_steps])
+
+
+def row_steps(plan: StepPlan, row: int) -> int:
+    """Steps row ``row`` of ``plan`` runs: its run, or 1 in a one-step plan."""
+    return 1 if plan.steps is None else int(plan.steps[row])

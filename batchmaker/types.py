@@ -85,39 +85,86 @@ class StepOutput:
     """``[k]`` float32 scores matching ``top_ids``."""
 
 
-@dataclass(frozen=True, slots=True)
 class StepBlock:
     """Consecutive steps of one request's stream, as arrays: what the engine hands a stream
     per executed plan (one step, or a run of several), so that no Python object is built
     per step until a reader asks for ``StepOutput``s. Row ``j`` is step ``first_step + j``.
 
-    The arrays are views of the plan's batched result: copy what you keep beyond reading.
+    It holds the plan's whole result arrays and where its rows start, and slices them only
+    when read: a one-step block costs one view per field read, as a bare ``StepOutput``
+    would. The views share the plan's arrays: copy what you keep beyond reading.
     """
 
-    first_step: int
-    count: int
-    vectors: np.ndarray | None = None
-    """``[count, output_dim]`` float32, if asked for."""
-    top_ids: np.ndarray | None = None
-    """``[count, k]`` int64, best first, if ``top_k`` was asked for."""
-    top_scores: np.ndarray | None = None
-    """``[count, k]`` float32, matching ``top_ids``."""
+    __slots__ = ("_ids", "_k", "_outputs", "_scores", "_start", "count", "first_step")
+
+    def __init__(
+        self,
+        first_step: int,
+        count: int,
+        *,
+        outputs: np.ndarray | None = None,
+        top_ids: np.ndarray | None = None,
+        top_scores: np.ndarray | None = None,
+        start: int = 0,
+        k: int | None = None,
+    ) -> None:
+        """``outputs``/``top_ids``/``top_scores``: arrays whose rows ``start ..
+        start + count - 1`` are this block's (``None``: not asked for); ``k``: the request's
+        top-k, when the arrays hold more columns (the plan's largest)."""
+        self.first_step = first_step
+        self.count = count
+        self._outputs = outputs
+        self._ids = top_ids
+        self._scores = top_scores
+        self._start = start
+        self._k = k
 
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """``[count, output_dim]`` float32, if asked for."""
+        a = self._outputs
+        return None if a is None else a[self._start : self._start + self.count]
+
+    @property
+    def top_ids(self) -> np.ndarray | None:
+        """``[count, k]`` int64, best first, if ``top_k`` was asked for."""
+        a = self._ids
+        return None if a is None else a[self._start : self._start + self.count, : self._k]
+
+    @property
+    def top_scores(self) -> np.ndarray | None:
+        """``[count, k]`` float32, matching ``top_ids``."""
+        a = self._scores
+        return None if a is None else a[self._start : self._start + self.count, : self._k]
+
     def step(self, j: int) -> StepOutput:
         """Step ``first_step + j`` as a ``StepOutput`` (views, no copies)."""
+        i, k = self._start + j, self._k
         return StepOutput(
             step=self.first_step + j,
-            vector=None if self.vectors is None else self.vectors[j],
-            top_ids=None if self.top_ids is None else self.top_ids[j],
-            top_scores=None if self.top_scores is None else self.top_scores[j],
+            vector=None if self._outputs is None else self._outputs[i],
+            top_ids=None if self._ids is None else self._ids[i, :k],
+            top_scores=None if self._scores is None else self._scores[i, :k],
         )
 
     def steps(self, start: int = 0) -> list[StepOutput]:
         """Steps ``first_step + start`` onwards as ``StepOutput``s."""
         return [self.step(j) for j in range(start, self.count)]
+
+    def tail(self, start: int) -> StepBlock:
+        """This block without its first ``start`` steps."""
+        return StepBlock(
+            self.first_step + start,
+            self.count - start,
+            outputs=self._outputs,
+            top_ids=self._ids,
+            top_scores=self._scores,
+            start=self._start + start,
+            k=self._k,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,16 +433,17 @@ class Engine:
             request = e.request
             stream, k = request.tag, request.top_k
             res = e.result
-            # One block per request per plan: views of the plan's result, no per-step objects.
-            start = e.row if res.offsets is None else int(res.offsets[e.row])
-            stop = start + e.count
+            # One block per request per plan: the plan's arrays and where its rows start;
+            # nothing is sliced, and no per-step object is built, until a reader asks.
             stream.push(
                 StepBlock(
-                    first_step=e.step,
-                    count=e.count,
-                    vectors=res.outputs[start:stop] if request.wants_outputs else None,
-                    top_ids=res.top_ids[start:stop, :k] if k else None,
-                    top_scores=res.top_scores[start:stop, :k] if k else None,
+                    e.step,
+                    e.count,
+                    outputs=res.outputs if request.wants_outputs else None,
+                    top_ids=res.top_ids if k else None,
+                    top_scores=res.top_scores if k else None,
+                    start=e.row if res.offsets is None else int(res.offsets[e.row]),
+                    k=k,
                 )
             )
         for request in outcome.finished:

@@ -133,7 +133,7 @@ class RequestStream:
             return []
         if self._head:
             first = self._buf.popleft()
-            self._buf.appendleft(_tail(first, self._head))
+            self._buf.appendleft(first.tail(self._head))
             self._head = 0
         out = list(self._buf)
         self._buf.clear()
@@ -169,14 +169,3 @@ class RequestStream:
     @property
     def time_to_first_output(self) -> float | None:
         return None if self.first_output_at is None else self.first_output_at - self.submitted_at
-
-
-def _tail(block: StepBlock, start: int) -> StepBlock:
-    """``block`` without its first ``start`` steps."""
-    return StepBlock(
-        first_step=block.first_step + start,
-        count=block.count - start,
-        vectors=None if block.vectors is None else block.vectors[start:],
-        top_ids=None if block.top_ids is None else block.top_ids[start:],
-        top_scores=None if block.top_scores is None else block.top_scores[start:],
-    )

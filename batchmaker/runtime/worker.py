@@ -311,7 +311,7 @@ class DeviceWorker:
         if cts is None:
             cts = stats.per_cell_type[plan.cell_type] = CellTypeStats()
         real = plan.num_real
-        cell_steps = plan.num_cell_steps
+        cell_steps = real if plan.steps is None else plan.num_cell_steps
         cts.num_steps += plan.num_steps
         cts.num_plans += 1
         cts.num_rows += cell_steps

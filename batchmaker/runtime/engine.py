@@ -4,7 +4,7 @@
 graph, checks the admission limit *at once* (RESOURCE_EXHAUSTED, never a
 queue), pins the request to the least-loaded device and hands it to that
 device's worker thread. Outcomes come back with one ``call_soon_threadsafe``
-per step and fan out to each request's ``RequestStream``.
+per plan and fan out to each request's ``RequestStream``, one block of steps each.
 
 Admission is counted here, on the loop thread, so no lock is needed: a slot
 counts as taken from submit until the loop hears the request ended, which is

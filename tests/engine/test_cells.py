@@ -291,6 +291,34 @@ def test_a_padded_run_computes_every_row_for_all_steps(kind: str) -> None:
     assert max_abs_diff(padded_states[0][1].numpy(), packed_states[0][1].numpy()) > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_run_where_every_row_runs_every_step_skips_packing(
+    kind: str, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request alone, or a batch whose rows all run K steps: the unpacked call, with no
+    sort, gathers or masks, gives exactly what stepping gives."""
+    import cells.recurrent as recurrent
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("packed a run in which every row runs every step")
+
+    monkeypatch.setattr(recurrent, "pack_padded_sequence", refuse)
+    torch.manual_seed(4)
+    cell = RecurrentStackCell(kind, hidden_size=8, num_layers=2, vocab_size=11, output_dim=6)  # type: ignore[arg-type]
+    lengths = [5] * batch
+    x = torch.randint(0, 11, (batch, 5))
+    states = tuple(torch.randn(batch, *s.shape) for s in cell.eval().state_specs)
+    with torch.inference_mode():
+        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
+        want, want_states = step_by_step(cell, x, lengths, states)
+    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
+    for g, w in zip(got_states, want_states, strict=True):
+        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+    with pytest.raises(AssertionError, match="packed"):  # a ragged batch still packs
+        cell.forward_run(x, torch.tensor([5] * (batch - 1) + [4]), states)
+
+
 def test_cells_that_feed_tokens_back_have_no_runs() -> None:
     from cells import EncoderCell, GreedyDecoderCell
 

@@ -60,6 +60,10 @@ class EngineConfig:
     """``padded`` and ``none``: run each request's sequence through the fused ``nn.LSTM``/
     ``nn.GRU`` in one call, as users' request-level batchers do (the baselines' strongest
     form); ``False``: step by step on the cells."""
+    cuda_graphs: bool = False
+    """CUDA devices: run one-step plans through CUDA graphs captured per cell type at
+    power-of-two batch sizes (``cells/graphs.py``): one launch per step instead of one per
+    kernel. Off by default until measured on a GPU (docs/benchmarks.md, "GPU")."""
     num_threads: int | None = None
     """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
     is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads
@@ -87,6 +91,8 @@ class EngineConfig:
             raise ValueError(f"padded_timeout_s must be in [0, 60], got {self.padded_timeout_s}")
         if self.num_threads is not None:
             _positive("num_threads", self.num_threads)
+        if self.cuda_graphs and not any(d.startswith("cuda") for d in self.devices):
+            raise ValueError(f"cuda_graphs needs a CUDA device; devices are {self.devices}")
         if self.mode in ("padded", "level") and self.padded_max_batch > self.max_batch:
             raise ValueError(
                 f"padded_max_batch ({self.padded_max_batch}) must not exceed "

@@ -121,6 +121,7 @@ async def _host_cost(args: argparse.Namespace, base: EngineConfig) -> list[HostC
                 max_num_live_requests=4 * args.concurrency,
                 max_steps_per_plan=k,
                 devices=base.devices,
+                cuda_graphs=base.cuda_graphs,
             ),
             [model],
         )
@@ -193,7 +194,11 @@ def _plain_torch(model: SequenceModel, ids: np.ndarray) -> dict[str, float]:
 async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
     model = idle_latency_model()
     rng = np.random.default_rng(1)
-    config = EngineConfig(devices=base.devices, max_steps_per_plan=base.max_steps_per_plan)
+    config = EngineConfig(
+        devices=base.devices,
+        max_steps_per_plan=base.max_steps_per_plan,
+        cuda_graphs=base.cuda_graphs,
+    )
     server = None
     if not args.no_grpc:
         server = ServerProcess(
@@ -202,6 +207,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
                 "--model-repository=none",
                 f"--models={model.name}",
                 f"--max-steps-per-plan={base.max_steps_per_plan}",
+                *(["--cuda-graphs"] if base.cuda_graphs else []),
                 *(f"--device={d}" for d in base.devices),
                 *([f"--threads={base.num_threads}"] if base.num_threads else []),
             ]

@@ -113,6 +113,13 @@ def add_engine_flags(
         help="padded, none: run the request-level batches step by step on the cells instead "
         "of through the fused nn.LSTM/nn.GRU in one call [FUSED_BASELINES=0]",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=env_value("CUDA_GRAPHS", "0") not in ("0", "false", "no") if env else False,
+        help="CUDA devices: one-step plans replay CUDA graphs captured per cell type at "
+        "power-of-two batch sizes [CUDA_GRAPHS=1]",
+    )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
     p.add_argument(
@@ -144,6 +151,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "max_wait_steps": args.max_wait_steps,
         "max_steps_per_plan": args.max_steps_per_plan,
         "fused_baselines": args.fused_baselines,
+        "cuda_graphs": args.cuda_graphs,
     }
     fields.update(overrides)
     return EngineConfig(**fields)  # type: ignore[arg-type]

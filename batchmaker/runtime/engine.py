@@ -38,7 +38,7 @@ from batchmaker.errors import (
     UnavailableError,
 )
 from batchmaker.models.base import Model
-from batchmaker.runtime.executor import CellSet, ExecutorFactory
+from batchmaker.runtime.executor import CellSet, Executor, ExecutorFactory
 from batchmaker.runtime.stream import RequestStream
 from batchmaker.runtime.worker import DeviceWorker, WorkerStats
 from batchmaker.types import InferRequest, StepBlock, StepOutput
@@ -97,7 +97,10 @@ class Engine:
         if executor_factory is None:
             from batchmaker.runtime.torch_executor import TorchExecutor
 
-            executor_factory = TorchExecutor
+            def executor_factory(device: str) -> Executor:
+                graphs = config.cuda_graphs and device.startswith("cuda")
+                return TorchExecutor(device, step_graphs=graphs)
+
         self._clock: Clock = clock or MonotonicClock()
         known = {key for m in models for c in m.cells for key in (m.qualify(c), f"{m.name}/{c}")}
         unknown = sorted(set(config.max_batch_per_cell) - known)

@@ -18,7 +18,8 @@ import torch
 from batchmaker.config import EngineConfig
 from batchmaker.runtime.executor import CellSet, StepResult
 from cells import Cell, StatePool
-from scheduler import NUM_RESERVED_SLOTS, StepPlan
+from cells.graphs import StepGraphs
+from scheduler import NUM_RESERVED_SLOTS, SCRATCH_SLOT, ZERO_SLOT, StepPlan
 
 
 def set_cpu_threads(config: EngineConfig) -> None:
@@ -35,12 +36,22 @@ def set_cpu_threads(config: EngineConfig) -> None:
 class TorchExecutor:
     """Runs plans with real torch cells on one device."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, *, step_graphs: bool = False) -> None:
+        """``step_graphs``: run one-step plans through ``cells.graphs`` step graphs at
+        power-of-two batch sizes, captured as CUDA graphs on a GPU (``--cuda-graphs``). On
+        the CPU the same static buffers run eagerly, with no gain: for the tests."""
         self.device = device
         self._device = torch.device(device)
         self._cuda = self._device.type == "cuda"
         if self._cuda and not torch.cuda.is_available():
             raise ValueError(f"devices: {device!r} requested but CUDA is not available")
+        self.graphs = (
+            StepGraphs(
+                self._device, zero_slot=ZERO_SLOT, scratch_slot=SCRATCH_SLOT, capture=self._cuda
+            )
+            if step_graphs
+            else None
+        )
         self.cells: dict[str, Cell] = {}
         """Qualified cell type -> this device's copy of the cell."""
         self.pools: dict[str, StatePool] = {}
@@ -77,6 +88,8 @@ class TorchExecutor:
 
     def remove_cells(self, cells: CellSet) -> None:
         for name in cells.cells:
+            if self.graphs is not None:
+                self.graphs.drop(name)
             del self.cells[name]
             del self._cell_pool[name]
             self._token_index.pop(name, None)
@@ -90,23 +103,31 @@ class TorchExecutor:
             inputs = self._to_device(plan.inputs)
             reads = self._to_device(plan.read_slots)
             writes = self._to_device(plan.write_slots)
-            states = pool.gather(reads[:, 0] if cell.arity == 1 else reads)
-            if on_launch is not None and not self._cuda:
-                on_launch()
             offsets = None
-            if plan.steps is None:
-                outputs, new_states = cell(inputs, states)
-            else:
-                # pack_padded_sequence wants the lengths on the CPU, whatever the device.
-                lengths = torch.from_numpy(plan.steps)
-                outputs, new_states = cell.forward_run(
-                    inputs, lengths, states, pad_to_longest=plan.pad_to_longest
+            if plan.steps is None and self.graphs is not None:
+                # Gather, step and scatter in one graph replay (on the CPU, eagerly).
+                outputs, new_states = self.graphs.run(
+                    plan.cell_type, cell, pool, inputs, reads, writes
                 )
-                offsets = np.zeros(len(plan.steps) + 1, dtype=np.int64)
-                np.cumsum(plan.steps, out=offsets[1:])
-            pool.scatter(writes, new_states)
-            if on_launch is not None and self._cuda:
-                on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
+                if on_launch is not None:
+                    on_launch()
+            else:
+                states = pool.gather(reads[:, 0] if cell.arity == 1 else reads)
+                if on_launch is not None and not self._cuda:
+                    on_launch()
+                if plan.steps is None:
+                    outputs, new_states = cell(inputs, states)
+                else:
+                    # pack_padded_sequence wants the lengths on the CPU, whatever the device.
+                    lengths = torch.from_numpy(plan.steps)
+                    outputs, new_states = cell.forward_run(
+                        inputs, lengths, states, pad_to_longest=plan.pad_to_longest
+                    )
+                    offsets = np.zeros(len(plan.steps) + 1, dtype=np.int64)
+                    np.cumsum(plan.steps, out=offsets[1:])
+                pool.scatter(writes, new_states)
+                if on_launch is not None and self._cuda:
+                    on_launch()  # the step is queued on the stream; the GPU runs it meanwhile
             top_ids = top_scores = tokens = None
             k = self._token_index.get(plan.cell_type)
             if k is not None:

@@ -137,14 +137,19 @@ async def serve_staggered(
 
 @asynccontextmanager
 async def serving(
-    config: EngineConfig, models: Iterable[SequenceModel], *, gated: bool = False
+    config: EngineConfig,
+    models: Iterable[SequenceModel],
+    *,
+    gated: bool = False,
+    step_graphs: bool = False,
 ) -> AsyncIterator[tuple[Engine, GatedExecutor]]:
-    """A started engine whose executor is a ``GatedExecutor``, closed when ``gated``."""
+    """A started engine whose executor is a ``GatedExecutor``, closed when ``gated``;
+    ``step_graphs``: the torch executor's step graphs (eager static buffers on the CPU)."""
     loop = asyncio.get_running_loop()
     gates: list[GatedExecutor] = []
 
     def gated_executor(device: str) -> Executor:
-        gates.append(GatedExecutor(TorchExecutor(device), loop))
+        gates.append(GatedExecutor(TorchExecutor(device, step_graphs=step_graphs), loop))
         return gates[-1]
 
     engine = Engine(config, list(models), executor_factory=gated_executor)

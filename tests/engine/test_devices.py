@@ -76,7 +76,7 @@ def test_bad_device_lists_are_config_errors(devices: tuple[str, ...], says: str)
         EngineConfig(devices=devices)
 
 
-def check_families(device: str, mode: str, tol: float) -> None:
+def check_families(device: str, mode: str, tol: float, *, step_graphs: bool = False) -> None:
     """Seq2seq (tokens fed back through the device's int64 state) and trees (gathers of
     ``[B, 2]`` child slots) on ``device`` equal plain torch on the CPU, request by request."""
     rng = np.random.default_rng(7)
@@ -93,7 +93,7 @@ def check_families(device: str, mode: str, tol: float) -> None:
 
     async def main() -> None:
         config = engine_config(mode, devices=(device,))
-        async with serving(config, [S2S, TREE]) as (engine, _):
+        async with serving(config, [S2S, TREE], step_graphs=step_graphs) as (engine, _):
             streams = [engine.submit(r) for r in requests]
             outputs = [await s.collect() for s in streams]
         for request, got in zip(requests, outputs, strict=True):

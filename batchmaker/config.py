@@ -64,6 +64,11 @@ class EngineConfig:
     """CUDA devices: run one-step plans through CUDA graphs captured per cell type at
     power-of-two batch sizes (``cells/graphs.py``): one launch per step instead of one per
     kernel. Off by default until measured on a GPU (docs/benchmarks.md, "GPU")."""
+    freeze_heap: bool = True
+    """Freeze the process's heap (``gc.freeze``) once the engine has started and after each
+    model load, so the collector's full passes skip torch's and the models' objects (a
+    full pass stalled every stream for 83-90 ms); see ``runtime/heap.py``. ``False`` for an
+    application that embeds the engine and keeps its own cyclic garbage at start-up."""
     num_threads: int | None = None
     """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
     is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,3 +33,13 @@ def no_leaked_worker_threads() -> Iterator[None]:
         if t not in before and t.name.startswith("batchmaker-") and t.is_alive()
     ]
     assert not leaked, f"engine worker threads still running after the test: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def thawed_heap() -> Iterator[None]:
+    """Engines freeze the heap when they start (``EngineConfig.freeze_heap``): right for a
+    server, but in the test process it would keep every earlier test's cyclic garbage
+    for good. Each test starts and ends thawed."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()

@@ -38,6 +38,7 @@ from batchmaker.errors import (
     UnavailableError,
 )
 from batchmaker.models.base import Model
+from batchmaker.runtime import heap
 from batchmaker.runtime.executor import CellSet, Executor, ExecutorFactory
 from batchmaker.runtime.stream import RequestStream
 from batchmaker.runtime.worker import DeviceWorker, WorkerStats
@@ -192,6 +193,8 @@ class Engine:
             await asyncio.shield(self._install(models, specs, capacities, installs))
         finally:
             self._loading -= keys
+        if self.config.freeze_heap and self._loop is not None:
+            heap.freeze()  # the new model's objects are long-lived too
         log.info("now serving %s", ", ".join(m.key for m in models))
 
     async def _install(
@@ -227,16 +230,25 @@ class Engine:
         if missing:
             raise ModelNotFoundError(f"model {missing[0]} is not served")
         models = [by_key[k] for k in dict.fromkeys(keys)]
+        del by_key
+        self._unregister(models)
+        # Shielded: the models are already out of the registry, so the unload must run to
+        # its end even if its caller goes away.
+        await asyncio.shield(self._uninstall(models, grace))
+        names = ", ".join(m.key for m in models)
+        del models  # the last reference: the models' cycles are garbage from here on
+        if self.config.freeze_heap and self._loop is not None:
+            heap.refreeze()
+        log.info("stopped serving %s", names)
+
+    def _unregister(self, models: list[Model]) -> None:
+        """Out of the registry: new requests for them get NOT_FOUND from here on."""
         for m in models:
             versions = self._models[m.name]
             del versions[m.version]
             if not versions:
                 del self._models[m.name]
             self._unloading.add(m.key)
-        # Shielded: the models are already out of the registry, so the unload must run to
-        # its end even if its caller goes away.
-        await asyncio.shield(self._uninstall(models, grace))
-        log.info("stopped serving %s", ", ".join(m.key for m in models))
 
     async def _uninstall(self, models: list[Model], grace: float | None) -> None:
         try:
@@ -287,6 +299,8 @@ class Engine:
         for w in self._workers:
             w.start()
         self._accepting = True
+        if self.config.freeze_heap:
+            heap.freeze()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop admitting, let live requests finish for up to ``grace`` seconds, then end the rest.

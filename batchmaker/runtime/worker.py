@@ -251,6 +251,9 @@ class DeviceWorker:
         while True:
             inbox, stopping = self._wait_for_work(idle)
             self._apply(inbox)
+            # Its calls hold what they changed (an unloaded model's cells, through the
+            # closure): drop them now, not when the next command replaces them.
+            del inbox
             if stopping:
                 self._deliver_pending()
                 self.scheduler.abort_all(FinishReason.SHUTDOWN)

@@ -17,8 +17,10 @@ faster in that layout than with nn.LSTM's ``[out, in]`` weights (2 x 512 LSTM
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Literal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -27,20 +29,69 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from cells.base import Cell, InputKind, StateSpec
 
 RecurrentKind = Literal["lstm", "gru"]
+_T = TypeVar("_T")
+
+
+RnnKernel = Literal["auto", "native", "onednn"]
+
+_TRIALS = 3
+"""Timed calls of each CPU kernel per shape bucket before ``auto`` keeps the faster."""
 
 
 @contextlib.contextmanager
-def _native_rnn() -> Iterator[None]:
-    """Run ``nn.LSTM``/``nn.GRU`` on torch's native CPU kernel, not oneDNN's: oneDNN reorders
-    the weights on every call, about 5 ms for one 512-wide LSTM layer on this CPU, more than
-    32 of its steps, where the native kernel has no fixed cost worth naming (measured:
-    docs/benchmarks.md, "Host cost"). Scoped to the call: the flag is process-wide."""
-    enabled = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
+def _onednn(enabled: bool) -> Iterator[None]:
+    """torch's CPU RNN kernel for one call: oneDNN's or torch's native one. The flag is
+    process-wide, so it is set around the call and restored."""
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(enabled)
     try:
         yield
     finally:
-        torch._C._set_mkldnn_enabled(enabled)
+        torch._C._set_mkldnn_enabled(before)
+
+
+def _bucket(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+class KernelChooser:
+    """Which CPU kernel runs ``nn.LSTM``/``nn.GRU`` over a run, per power-of-two bucket of
+    batch size and steps.
+
+    Neither wins everywhere (docs/benchmarks.md, "Host cost"; one 512-wide layer on this
+    project's CPU): oneDNN pays a fixed cost per call (about 3-7 ms at one row and one step,
+    against native's 1 ms) but is about twice as fast per step from a few rows and steps up
+    (64 rows x 25 steps: 40 ms against 82). So ``auto`` times each kernel ``_TRIALS``
+    times on the first calls of a bucket, alternating, then keeps the faster by median, as
+    cuDNN's benchmark mode does on a GPU. Both compute the same function; a trial call's
+    outputs are used like any other's. ``clock`` is a seam for tests."""
+
+    def __init__(self, mode: RnnKernel = "auto", clock: Callable[[], float] = time.perf_counter):
+        self.mode: RnnKernel = mode
+        self._clock = clock
+        self._trials: dict[tuple[int, int], dict[bool, list[float]]] = {}
+        self.chosen: dict[tuple[int, int], bool] = {}
+        """(batch bucket, steps bucket) -> whether oneDNN won, once decided."""
+
+    def run(self, batch: int, steps: int, fn: Callable[[], _T]) -> _T:
+        if self.mode != "auto":
+            with _onednn(self.mode == "onednn"):
+                return fn()
+        key = (_bucket(batch), _bucket(steps))
+        onednn = self.chosen.get(key)
+        if onednn is not None:
+            with _onednn(onednn):
+                return fn()
+        times = self._trials.setdefault(key, {False: [], True: []})
+        onednn = len(times[True]) < len(times[False])  # native first, then in turn
+        t0 = self._clock()
+        with _onednn(onednn):
+            out = fn()
+        times[onednn].append(self._clock() - t0)
+        if len(times[True]) >= _TRIALS:
+            self.chosen[key] = statistics.median(times[True]) < statistics.median(times[False])
+            del self._trials[key]
+        return out
 
 
 def _live(lengths: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
@@ -93,6 +144,9 @@ class RecurrentStackCell(Cell):
         self.rnn = rnn_cls(rnn_in, hidden_size, num_layers=num_layers)
         self.proj = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
+        self.kernels = KernelChooser()
+        """The CPU kernel of ``forward_run``'s fused calls: ``kernels.mode`` is ``auto`` (timed
+        per shape bucket), ``native`` or ``onednn``."""
         self._layer_params: list[tuple[torch.Tensor, ...]] = []
         self._proj_weight_t: torch.Tensor | None = None
         self._pack()
@@ -179,12 +233,12 @@ class RecurrentStackCell(Cell):
         hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = h0
         if self.kind == "lstm":
             hx = (h0, states[1].transpose(0, 1).contiguous())
-        with _native_rnn():
-            if pad_to_longest:
-                y, hn = self.rnn(x, hx)
-            else:
-                packed, hn = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
-                y, _ = pad_packed_sequence(packed, total_length=k)
+        if pad_to_longest:
+            y, hn = self._rnn_run(batch, k, lambda: self.rnn(x, hx))
+        else:
+            seq = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            packed, hn = self._rnn_run(batch, k, lambda: self.rnn(seq, hx))
+            y, _ = pad_packed_sequence(packed, total_length=k)
         y = y.transpose(0, 1)  # [B, K, H]
         if pad_to_longest:
             flat = y.reshape(batch * k, -1)
@@ -197,6 +251,11 @@ class RecurrentStackCell(Cell):
                 out = torch.addmm(self.proj.bias, out, self._proj_weight_t)
         hns = hn if isinstance(hn, tuple) else (hn,)
         return out, tuple(t.transpose(0, 1) for t in hns)
+
+    def _rnn_run(self, batch: int, steps: int, fn: Callable[[], _T]) -> _T:
+        if self.rnn.weight_hh_l0.device.type != "cpu":
+            return fn()  # cuDNN on a GPU; the CPU kernels' choice does not apply
+        return self.kernels.run(batch, steps, fn)
 
     def reference(self, inputs: torch.Tensor) -> torch.Tensor:
         """Plain torch over a whole sequence run alone: ``[T]`` or ``[T, D]`` in, ``[T, out]`` out.

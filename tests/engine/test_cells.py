@@ -242,9 +242,10 @@ def step_by_step(
     lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
     num_layers=st.integers(1, 2),
     seed=st.integers(0, 2**16),
+    kernel=st.sampled_from(["auto", "native", "onednn"]),
 )
 def test_a_run_equals_its_steps_one_at_a_time(
-    kind: str, vectors: bool, lengths: list[int], num_layers: int, seed: int
+    kind: str, vectors: bool, lengths: list[int], num_layers: int, seed: int, kernel: str
 ) -> None:
     """``forward_run`` (packed: each row stops at its own end) gives each row's outputs, row
     after row, and its state after its own last step, from any starting state: what
@@ -258,6 +259,7 @@ def test_a_run_equals_its_steps_one_at_a_time(
         input_dim=5 if vectors else None,
         output_dim=7,
     ).eval()
+    cell.kernels.mode = kernel  # type: ignore[assignment]
     b, k = len(lengths), max(lengths)
     x = torch.randn(b, k, 5) if vectors else torch.randint(0, 20, (b, k))
     states = tuple(torch.randn(b, *s.shape) for s in cell.state_specs)
@@ -317,6 +319,36 @@ def test_a_run_where_every_row_runs_every_step_skips_packing(
         assert max_abs_diff(g.numpy(), w.numpy()) < TOL
     with pytest.raises(AssertionError, match="packed"):  # a ragged batch still packs
         cell.forward_run(x, torch.tensor([5] * (batch - 1) + [4]), states)
+
+
+def test_the_kernel_chooser_times_both_kernels_then_keeps_the_faster() -> None:
+    """Per bucket of batch and steps: native and oneDNN in turn for three trials each,
+    then the faster by median, every call after; the process-wide flag is restored."""
+    from cells.recurrent import KernelChooser
+
+    now = [0.0]
+    cost = {False: 2.0, True: 1.0}  # oneDNN faster, except one slow trial (the median holds)
+    slow_once = [True]
+
+    def work() -> bool:
+        onednn = torch._C._get_mkldnn_enabled()
+        now[0] += cost[onednn]
+        if onednn and slow_once:
+            now[0] += 10.0 * slow_once.pop()
+        return onednn
+
+    before = torch._C._get_mkldnn_enabled()
+    chooser = KernelChooser(clock=lambda: now[0])
+    ran = [chooser.run(64, 25, work) for _ in range(8)]
+    assert ran == [False, True, False, True, False, True, True, True]
+    assert chooser.chosen == {(64, 32): True}
+    assert torch._C._get_mkldnn_enabled() == before
+    cost[True] = 3.0  # another bucket, where native wins
+    assert [chooser.run(1, 1, work) for _ in range(7)][-1] is False
+    assert chooser.chosen == {(64, 32): True, (1, 1): False}
+    forced = KernelChooser("native", clock=lambda: now[0])
+    assert [forced.run(64, 25, work) for _ in range(3)] == [False] * 3
+    assert not forced.chosen
 
 
 def test_cells_that_feed_tokens_back_have_no_runs() -> None:

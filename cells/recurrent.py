@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cells.base import Cell, InputKind, StateSpec
+from cells.graphs import bucket
 
 RecurrentKind = Literal["lstm", "gru"]
 _T = TypeVar("_T")
@@ -50,21 +51,18 @@ def _onednn(enabled: bool) -> Iterator[None]:
         torch._C._set_mkldnn_enabled(before)
 
 
-def _bucket(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 class KernelChooser:
     """Which CPU kernel runs ``nn.LSTM``/``nn.GRU`` over a run, per power-of-two bucket of
     batch size and steps.
 
-    Neither wins everywhere (docs/benchmarks.md, "Host cost"; one 512-wide layer on this
-    project's CPU): oneDNN pays a fixed cost per call (about 3-7 ms at one row and one step,
-    against native's 1 ms) but is about twice as fast per step from a few rows and steps up
-    (64 rows x 25 steps: 40 ms against 82). So ``auto`` times each kernel ``_TRIALS``
-    times on the first calls of a bucket, alternating, then keeps the faster by median, as
-    cuDNN's benchmark mode does on a GPU. Both compute the same function; a trial call's
-    outputs are used like any other's. ``clock`` is a seam for tests."""
+    Neither wins everywhere (docs/benchmarks.md, "torch's two CPU kernels"; one 512-wide
+    layer on this project's CPU): oneDNN pays a fixed cost per call (about 3-7 ms at one
+    row and one step, against native's 1 ms) but is about twice as fast per step from a
+    few rows and steps up (64 rows x 25 steps: 40 ms against 82). So ``auto`` times each
+    kernel ``_TRIALS`` times on the first calls of a bucket, alternating, then keeps the
+    faster by median, as cuDNN's benchmark mode does on a GPU. Both compute the same
+    function; a trial call's outputs are used like any other's. ``clock`` is a seam for
+    tests."""
 
     def __init__(self, mode: RnnKernel = "auto", clock: Callable[[], float] = time.perf_counter):
         self.mode: RnnKernel = mode
@@ -77,7 +75,7 @@ class KernelChooser:
         if self.mode != "auto":
             with _onednn(self.mode == "onednn"):
                 return fn()
-        key = (_bucket(batch), _bucket(steps))
+        key = (bucket(batch), bucket(steps))
         onednn = self.chosen.get(key)
         if onednn is not None:
             with _onednn(onednn):

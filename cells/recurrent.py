@@ -40,7 +40,7 @@ _TRIALS = 3
 
 
 @contextlib.contextmanager
-def _onednn(enabled: bool) -> Iterator[None]:
+def onednn(enabled: bool) -> Iterator[None]:
     """torch's CPU RNN kernel for one call: oneDNN's or torch's native one. The flag is
     process-wide, so it is set around the call and restored."""
     before = torch._C._get_mkldnn_enabled()
@@ -73,19 +73,19 @@ class KernelChooser:
 
     def run(self, batch: int, steps: int, fn: Callable[[], _T]) -> _T:
         if self.mode != "auto":
-            with _onednn(self.mode == "onednn"):
+            with onednn(self.mode == "onednn"):
                 return fn()
         key = (bucket(batch), bucket(steps))
-        onednn = self.chosen.get(key)
-        if onednn is not None:
-            with _onednn(onednn):
+        chosen = self.chosen.get(key)
+        if chosen is not None:
+            with onednn(chosen):
                 return fn()
         times = self._trials.setdefault(key, {False: [], True: []})
-        onednn = len(times[True]) < len(times[False])  # native first, then in turn
+        trial = len(times[True]) < len(times[False])  # native first, then in turn
         t0 = self._clock()
-        with _onednn(onednn):
+        with onednn(trial):
             out = fn()
-        times[onednn].append(self._clock() - t0)
+        times[trial].append(self._clock() - t0)
         if len(times[True]) >= _TRIALS:
             self.chosen[key] = statistics.median(times[True]) < statistics.median(times[False])
             del self._trials[key]

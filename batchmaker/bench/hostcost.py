@@ -42,6 +42,7 @@ from batchmaker.models.builtin import host_cost_model, idle_latency_model
 from batchmaker.models.sequence import SequenceModel
 from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest
+from cells.recurrent import onednn
 
 HOST_TARGET_ROWS_PER_S = 1.5e6
 HOST_TARGET_US_PER_TOKEN = 30.0
@@ -176,18 +177,13 @@ def _plain_torch(model: SequenceModel, ids: np.ndarray) -> dict[str, float]:
     assert cell.embedding is not None
     assert cell.proj is not None
     x = torch.from_numpy(ids)
-    default = torch._C._get_mkldnn_enabled()
     times: dict[str, float] = {}
-    try:
-        for kernel, onednn in (("onednn", True), ("native", False)):
-            torch._C._set_mkldnn_enabled(onednn)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                y, _ = cell.rnn(cell.embedding(x).unsqueeze(1))
-                cell.proj(y.squeeze(1)).max(dim=1)
-            times[kernel] = time.perf_counter() - t0
-    finally:
-        torch._C._set_mkldnn_enabled(default)
+    for kernel, enabled in (("onednn", True), ("native", False)):
+        t0 = time.perf_counter()
+        with onednn(enabled), torch.inference_mode():
+            y, _ = cell.rnn(cell.embedding(x).unsqueeze(1))
+            cell.proj(y.squeeze(1)).max(dim=1)
+        times[kernel] = time.perf_counter() - t0
     return times
 
 

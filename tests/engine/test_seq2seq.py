@@ -144,6 +144,51 @@ def test_independent_reference_agrees_with_the_models_own() -> None:
             assert max_abs_diff(got, want) < TOL
 
 
+def stream_of(scores: np.ndarray) -> list[StepOutput]:
+    """An engine's stream that decoded exactly these scores, top-1 and vectors."""
+    return [top1(i, row, int(row.argmax())) for i, row in enumerate(scores)]
+
+
+def top1(step: int, row: np.ndarray, token: int) -> StepOutput:
+    return StepOutput(step=step, vector=row, top_ids=np.array([token]), top_scores=row[[token]])
+
+
+def test_the_check_takes_a_tie_either_way_and_nothing_else() -> None:
+    """Two ids tied to rounding may come out in either order from different kernels, and
+    the decode goes on from whichever was fed back. Made exact here: id ``b``'s projection
+    row is a copy of ``a``'s, so ``a`` and ``b`` tie at every step."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(models()[0])
+    src = source_ending(m, at_eos=False)
+    want = run_seq2seq_alone(m, src, MAX_DECODE_LEN)
+    a = int(want[0].argmax())
+    b = next(i for i in range(want.shape[1]) if i not in (a, m.eos, m.bos))
+    with torch.no_grad():
+        m.decoder.proj.weight[b] = m.decoder.proj.weight[a]
+        m.decoder.proj.bias[b] = m.decoder.proj.bias[a]
+    tied = run_seq2seq_alone(m, src, MAX_DECODE_LEN)
+    assert tied[0][a] == tied[0][b]
+    assert_seq2seq_matches_alone(m, src, stream_of(tied))
+    # The engine broke the first tie the other way and fed that id on: a valid decode.
+    loser = b if int(tied[0].argmax()) == a else a
+    other = run_seq2seq_alone(m, src, MAX_DECODE_LEN, follow=[loser])
+    assert other.shape != tied.shape or not np.array_equal(other, tied)  # it forked
+    stream = stream_of(other)
+    stream[0] = top1(0, other[0], loser)
+    assert_seq2seq_matches_alone(m, src, stream)
+    # A token that is not tied with the best is wrong, and so is what follows it.
+    c = int(np.argsort(want[0])[-3])
+    wrong = run_seq2seq_alone(m, src, MAX_DECODE_LEN, follow=[c])
+    assert np.array_equal(wrong, tied)  # the reference refuses to follow ``c``
+    bad = stream_of(tied)
+    bad[0] = top1(0, tied[0], c)
+    with pytest.raises(AssertionError, match="top-1"):
+        assert_seq2seq_matches_alone(m, src, bad)
+
+
 def test_the_models_end_at_eos_for_some_sources_and_at_the_cap_for_others() -> None:
     """What makes the properties below cover both endings."""
     for m in models():

@@ -197,6 +197,11 @@ class Scheduler(ABC):
                 self._finish(request, FinishReason.FAILED)
         return self.take_outcome()
 
+    def observe(self, plan: StepPlan, seconds: float) -> None:  # noqa: B027 - optional hook
+        """``plan`` took ``seconds`` to execute: the executor's own time, measured by
+        whoever ran it (the device worker; a simulator, from its cost table). Policies
+        that weigh plans by cost learn from it; the others ignore it."""
+
     def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
         request.finish_reason = reason
         del self._live[request.request_id]

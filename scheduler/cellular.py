@@ -12,9 +12,13 @@ which divides the host's cost per step by the plan's length. How many:
 - nobody else waits to join this batch: as many as the longest row's run (capped).
   A row whose run is shorter leaves at its last step; a request that arrives
   meanwhile waits at most K-1 steps, which the cap bounds;
-- ready nodes of this type are left waiting (the batch is full): as many as the
-  *shortest* row's run, so no row leaves mid-plan and no waiting node loses a seat
-  it would have had with single steps;
+- ready nodes of this type are left waiting (the batch is full): the length that
+  does the most rows' steps per second by the plans' measured costs
+  (``scheduler/cost.py``). Each candidate is one of the rows' runs: the shortest
+  leaves no seat empty (no row ends mid-plan, so no waiting node loses a seat it
+  would have had with single steps); a longer one pays the plan's fixed cost over
+  more steps, and a faster kernel may take it, but the seats of rows that end early
+  stay empty until the plan ends. With nothing measured yet, the shortest;
 - another cell type has ready work: one step, so the policy's choice between types
   (finishing first, the starvation bound) stays step by step.
 """
@@ -25,6 +29,7 @@ from collections.abc import Iterable, Mapping
 
 from scheduler.base import Row, Scheduler
 from scheduler.clock import Clock
+from scheduler.cost import PlanCosts
 from scheduler.graph import NodeSpec
 from scheduler.plan import CellTypeSpec, StepPlan
 from scheduler.policy import PolicyConfig, pick_cell_type
@@ -48,6 +53,8 @@ class CellularScheduler(Scheduler):
         if max_steps_per_plan < 1:
             raise ValueError(f"max_steps_per_plan must be >= 1, got {max_steps_per_plan}")
         self.max_steps_per_plan = max_steps_per_plan
+        self.costs = PlanCosts()
+        """Measured seconds per plan (``observe``), for the plan length when seats are short."""
         self.queues: dict[str, ReadyQueue] = {}
         self._candidates: list[tuple[CellTypeSpec, ReadyQueue]] = []
         super().__init__(
@@ -59,6 +66,8 @@ class CellularScheduler(Scheduler):
         self._num_steps = 0
 
     def _on_cell_types_changed(self) -> None:
+        for name in set(self.queues) - set(self.cell_types):
+            self.costs.forget(name)
         # A removed type's queue is empty: its requests ended before it was removed.
         self.queues = {name: self.queues.get(name) or ReadyQueue(name) for name in self.cell_types}
         self._candidates = [(spec, self.queues[name]) for name, spec in self.cell_types.items()]
@@ -105,7 +114,30 @@ class CellularScheduler(Scheduler):
         if any(q for q in self.queues.values() if q is not queue):
             return None
         runs = [r.graph.run_length(node, cap) for r, node, _ in rows if r is not None]
-        k = min(runs) if queue else max(runs)
+        k = self._best_length(spec.name, runs) if queue else max(runs)
         if k <= 1:
             return None
         return [min(n, k) for n in runs]
+
+    def observe(self, plan: StepPlan, seconds: float) -> None:
+        self.costs.observe(plan.cell_type, plan.batch_size, plan.num_steps, seconds)
+
+    def _best_length(self, cell_type: str, runs: list[int]) -> int:
+        """The plan length, among the rows' runs, with the most rows' steps per second."""
+        ordered = sorted(runs)
+        best, best_rate = ordered[0], 0.0
+        rows = len(ordered)
+        done = 0  # steps of the rows whose run is shorter than the candidate
+        i = 0
+        while i < rows:
+            k = ordered[i]
+            cost = self.costs.estimate(cell_type, rows, k)
+            if cost is None:
+                break
+            rate = (done + (rows - i) * k) / cost
+            if rate > best_rate:
+                best, best_rate = k, rate
+            while i < rows and ordered[i] == k:
+                done += k
+                i += 1
+        return best

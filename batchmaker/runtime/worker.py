@@ -293,7 +293,9 @@ class DeviceWorker:
             self._deliver(sched.fail_step(plan), exc)
             return True
         handoff()  # in case the executor never called it
-        self._record(plan, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._record(plan, seconds)
+        sched.observe(plan, seconds)
         outcome = sched.update_from_output(plan, result)
         if outcome:
             self._pending = outcome

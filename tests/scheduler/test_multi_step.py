@@ -4,7 +4,8 @@ What is pinned here, on plans and outcomes with fabricated results (``FakeResult
 need no tokens):
 
 - the cellular K policy, case by case as ``scheduler/cellular.py``'s docstring states it:
-  alone in its queue the longest run (capped), nodes left waiting the shortest, another
+  alone in its queue the longest run (capped); nodes left waiting the shortest, or a longer
+  run when the plans' measured costs make it do more rows' steps per second; another
   cell type with ready work one step; rows with shorter runs run only their own steps;
 - a request added while a K-step plan is outstanding joins the next plan, so it waits at
   most the rest of that plan (K-1 steps past the one running when it came);
@@ -177,6 +178,55 @@ def test_the_shortest_run_is_capped_too():
     plan, _ = run_plan(sched)
     assert ids(plan) == ["req0"]
     assert steps(plan) == [3]  # req1 waits: min(run) = min(cap, 8)
+
+
+def teach(sched: CellularScheduler, rows: int, seconds_by_steps: dict[int, float]) -> None:
+    """Report plans of ``CELL`` that took these times, as the device worker would."""
+    for k, seconds in seconds_by_steps.items():
+        sched.costs.observe(CELL, rows, k, seconds)
+
+
+def test_a_plans_fixed_cost_makes_a_longer_plan_worth_an_empty_seat():
+    """Nodes wait, but a plan costs 10 ms whatever its length: running req1's whole run
+    (2 + 9 = 11 rows' steps in about 11 ms) beats stopping at req0's end (4 in 10 ms),
+    though req0's seat stays empty for 7 steps."""
+    sched = make_cellular(max_batch=2, max_steps_per_plan=32)
+    teach(sched, 2, {1: 0.010, 8: 0.011, 16: 0.012})
+    add(sched, create_requests(3, lengths=[2, 9, 4]))
+    plan, out = run_plan(sched)
+    assert ids(plan) == ["req0", "req1"]
+    assert plan.num_steps == 9
+    assert steps(plan) == [2, 9]
+    assert emitted(out) == {"req0": (0, 2), "req1": (0, 9)}
+
+
+def test_a_cost_in_proportion_to_the_steps_keeps_the_shortest_run():
+    """The same plans at 1 ms a step, no fixed cost: an empty seat is pure loss."""
+    sched = make_cellular(max_batch=2, max_steps_per_plan=32)
+    teach(sched, 2, {1: 0.001, 8: 0.008, 16: 0.016})
+    add(sched, create_requests(3, lengths=[2, 9, 4]))
+    plan, _ = run_plan(sched)
+    assert plan.num_steps == 2
+    assert steps(plan) == [2, 2]
+
+
+def test_costs_of_another_batch_size_do_not_count():
+    """What 2-row plans cost says nothing about 4-row ones: those fall back to the shortest."""
+    sched = make_cellular(max_batch=4, max_steps_per_plan=32)
+    teach(sched, 2, {1: 0.010, 16: 0.011})
+    add(sched, create_requests(5, lengths=[2, 9, 9, 9, 4]))
+    plan, _ = run_plan(sched)
+    assert plan.batch_size == 4
+    assert plan.num_steps == 2
+
+
+def test_plans_the_scheduler_is_told_about_teach_it_their_cost():
+    sched = make_cellular(max_batch=2, max_steps_per_plan=32)
+    add(sched, create_requests(1, lengths=[8]))
+    plan, _ = run_plan(sched)
+    sched.observe(plan, 0.004)
+    assert sched.costs.table() == {CELL: {1: [(8.0, 0.004, 1)]}}
+    assert sched.costs.estimate(CELL, 1, 4) == pytest.approx(0.002)
 
 
 def two_chain_models(cap: int, *, runs_b: bool = True) -> CellularScheduler:

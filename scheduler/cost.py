@@ -1,0 +1,107 @@
+"""What a plan costs: seconds per plan of a cell type, by batch size and steps per plan.
+
+The cellular scheduler uses it to choose how many steps a plan runs when nodes are
+waiting for seats (``scheduler/cellular.py``): a longer plan costs less per step (the
+host's work and a fused kernel's fixed cost are paid once, and the kernel may be a
+faster one), but rows whose run ends early leave their seat empty until the plan
+ends. Which wins depends on the device, the model and the batch, so it is measured,
+not configured: the device worker reports every plan's time (``Scheduler.observe``),
+and the estimate for a plan not yet seen interpolates between the plan lengths that
+were, per power-of-two batch-size bucket.
+
+Pure Python and cheap: ``observe`` is a few dict operations per plan, ``estimate`` a
+short scan of at most one point per power-of-two plan length.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+_SMOOTHING = 0.2
+"""Weight of each new observation in a point's running mean: plans' times are noisy
+(other threads, a shared machine), and a device's speed drifts slowly."""
+
+
+def pow2_bucket(n: int) -> int:
+    """The smallest power of two >= ``n`` (``n >= 1``)."""
+    return 1 << (n - 1).bit_length()
+
+
+@dataclass(slots=True)
+class _Point:
+    """Running means of plans whose length fell in one power-of-two bucket."""
+
+    steps: float
+    seconds: float
+    count: int = 1
+
+
+class PlanCosts:
+    """Learned seconds per plan, per cell type, batch-size bucket and plan-length bucket."""
+
+    def __init__(self) -> None:
+        self._points: dict[tuple[str, int], dict[int, _Point]] = {}
+        self._sorted: dict[tuple[str, int], list[_Point]] = {}
+
+    def observe(self, cell_type: str, rows: int, steps: int, seconds: float) -> None:
+        """A plan of ``rows`` rows and ``steps`` steps took ``seconds`` to execute."""
+        if rows < 1 or steps < 1 or not seconds > 0.0:
+            return
+        key = (cell_type, pow2_bucket(rows))
+        points = self._points.setdefault(key, {})
+        bucket = pow2_bucket(steps)
+        point = points.get(bucket)
+        if point is None:
+            points[bucket] = _Point(float(steps), seconds)
+            self._sorted[key] = [points[b] for b in sorted(points)]
+            return
+        point.steps += _SMOOTHING * (steps - point.steps)
+        point.seconds += _SMOOTHING * (seconds - point.seconds)
+        point.count += 1
+
+    def estimate(self, cell_type: str, rows: int, steps: int) -> float | None:
+        """Seconds a plan of ``rows`` rows and ``steps`` steps should take; ``None`` when no
+        plan of this cell type and batch-size bucket has been seen.
+
+        Between two seen plan lengths, linear. Below the shortest, in proportion to it
+        (no fixed cost assumed, so short plans are never made to look cheap). Above the
+        longest, along the line through the two longest, never cheaper than the longest
+        and never falling: a guess, which the plans it leads to then measure.
+        """
+        points = self._sorted.get((cell_type, pow2_bucket(rows)))
+        if not points:
+            return None
+        first = points[0]
+        if steps <= first.steps:
+            return first.seconds * steps / first.steps
+        for lo, hi in itertools.pairwise(points):
+            if steps <= hi.steps:
+                return _line(lo, hi, steps)
+        last = points[-1]
+        if len(points) == 1:
+            return last.seconds * steps / last.steps
+        slope = max(0.0, _slope(points[-2], last))
+        return last.seconds + slope * (steps - last.steps)
+
+    def table(self) -> dict[str, dict[int, list[tuple[float, float, int]]]]:
+        """Every point seen: cell type -> batch bucket -> ``(steps, seconds, count)``, for
+        tests, benchmarks and anyone who wants to see what the scheduler believes."""
+        out: dict[str, dict[int, list[tuple[float, float, int]]]] = {}
+        for (cell_type, rows), points in self._sorted.items():
+            out.setdefault(cell_type, {})[rows] = [(p.steps, p.seconds, p.count) for p in points]
+        return out
+
+    def forget(self, cell_type: str) -> None:
+        """Drop a cell type's points (its model was unloaded)."""
+        for key in [k for k in self._points if k[0] == cell_type]:
+            del self._points[key]
+            del self._sorted[key]
+
+
+def _slope(lo: _Point, hi: _Point) -> float:
+    return (hi.seconds - lo.seconds) / (hi.steps - lo.steps)
+
+
+def _line(lo: _Point, hi: _Point, steps: float) -> float:
+    return lo.seconds + _slope(lo, hi) * (steps - lo.steps)

@@ -79,6 +79,7 @@ BATCHMAKER_UNITS = _bm(
     "demos",
     "server",
     "bench",
+    "sim",
     "cli",
 )
 
@@ -118,6 +119,9 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
         _bm("runtime", "models", "repository", "wire", "types", "errors", "config", "v1")
         | {"scheduler", "cells"}
     ),
+    # The simulator: the real scheduler on simulated time, with measured step costs. No
+    # torch, no runtime: the planner and the SLO controller run it without a model.
+    "batchmaker.sim": _bm("types", "errors") | {"scheduler"},
     # Benchmarks drive every layer, but not the CLI (the CLI drives them).
     "batchmaker.bench": (BATCHMAKER_UNITS - _bm("cli")) | {"scheduler", "cells"},
     # The CLI wires everything together (but not __main__, which imports it).
@@ -158,6 +162,7 @@ TORCH_FREE: dict[str, str] = {
     "batchmaker/runtime/**": "engine, worker, streams run torch-free behind the executor",
     "batchmaker/models/base.py": "the model interface: graphs and validation, no tensors",
     "batchmaker/models/checks.py": "input validation, on numpy arrays",
+    "batchmaker/sim/**": "the simulator runs without a model or a device",
 }
 # Rule 2: exceptions inside TORCH_FREE folders, and why.
 TORCH_ALLOWED: dict[str, str] = {
@@ -171,6 +176,7 @@ TORCH_FREE_ENTRY_POINTS = (
     "batchmaker.wire.v1",
     "batchmaker.runtime.engine",
     "batchmaker.models.base",
+    "batchmaker.sim.simulator",
 )
 
 FIRST_PARTY = frozenset({*SOURCE_PACKAGES, SCRIPT.removesuffix(".py")})

@@ -1,0 +1,254 @@
+"""A step-cost profile: what one model's plans cost on one device, and how its requests
+unfold, saved as JSON so the simulator needs neither the model nor torch.
+
+Per cell type, a grid of measured seconds per plan over batch sizes (rows) and steps
+per plan, each row running every step (the executor's plan, gather and scatter
+included). A plan between grid points costs the bilinear interpolation; beyond the
+largest batch, in proportion to the rows; beyond the longest plan, along the last
+segment (never falling). Multi-step plans whose rows run different numbers of steps
+are costed as if every row ran them all: an upper bound, as packing only saves work.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scheduler import CellTypeSpec, StepPlan
+
+Family = Literal["chain", "seq2seq", "tree"]
+FAMILIES: tuple[Family, ...] = ("chain", "seq2seq", "tree")
+
+PROFILE_VERSION = 1
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class CostGrid:
+    """Seconds per plan on a grid of rows x steps (both ascending, from 1)."""
+
+    rows: tuple[int, ...]
+    steps: tuple[int, ...]
+    seconds: tuple[tuple[float, ...], ...]
+    """``seconds[i][j]``: a plan of ``rows[i]`` rows and ``steps[j]`` steps."""
+
+    def __post_init__(self) -> None:
+        for name, axis in (("rows", self.rows), ("steps", self.steps)):
+            if not axis or axis[0] < 1 or any(b <= a for a, b in itertools.pairwise(axis)):
+                raise ProfileError(f"{name}: must be ascending integers from 1, got {list(axis)}")
+        if len(self.seconds) != len(self.rows) or any(
+            len(r) != len(self.steps) for r in self.seconds
+        ):
+            raise ProfileError(
+                f"seconds: must be {len(self.rows)} rows of {len(self.steps)} values "
+                f"(one per batch size, one per steps per plan)"
+            )
+        if any(not (s > 0.0) for r in self.seconds for s in r):
+            raise ProfileError("seconds: every value must be a positive number")
+
+    def cost(self, rows: int, steps: int = 1) -> float:
+        """Seconds of a plan of ``rows`` rows and ``steps`` steps."""
+        scale = 1.0
+        if rows > self.rows[-1]:
+            scale, rows = rows / self.rows[-1], self.rows[-1]
+        i = _segment(self.rows, rows)
+        lo = self._along_steps(i, steps)
+        if i + 1 == len(self.rows) or rows <= self.rows[i]:
+            return scale * lo
+        hi = self._along_steps(i + 1, steps)
+        w = (rows - self.rows[i]) / (self.rows[i + 1] - self.rows[i])
+        return scale * (lo + w * (hi - lo))
+
+    def _along_steps(self, i: int, steps: int) -> float:
+        axis, row = self.steps, self.seconds[i]
+        if steps <= axis[0]:
+            return row[0] * steps / axis[0]
+        j = _segment(axis, steps)
+        if j + 1 < len(axis):
+            w = (steps - axis[j]) / (axis[j + 1] - axis[j])
+            return row[j] + w * (row[j + 1] - row[j])
+        if len(axis) == 1:
+            return row[0] * steps / axis[0]
+        slope = max(0.0, (row[-1] - row[-2]) / (axis[-1] - axis[-2]))
+        return row[-1] + slope * (steps - axis[-1])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "steps": list(self.steps), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CostGrid:
+        try:
+            return cls(
+                tuple(int(r) for r in d["rows"]),
+                tuple(int(s) for s in d["steps"]),
+                tuple(tuple(float(x) for x in r) for r in d["seconds"]),
+            )
+        except KeyError as exc:
+            raise ProfileError(f"missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ProfileError):
+                raise
+            raise ProfileError(f"rows, steps and seconds must be lists of numbers: {exc}") from None
+
+
+def _segment(axis: Sequence[int], x: int) -> int:
+    """Index ``i`` with ``axis[i] <= x < axis[i + 1]`` (clamped to the axis)."""
+    return max(0, min(len(axis) - 1, bisect.bisect_right(axis, x) - 1))
+
+
+@dataclass(frozen=True)
+class Unfold:
+    """How a request of the model becomes a graph: the names its graph uses."""
+
+    family: Family
+    cell: str
+    """The chain's or tree's cell type; seq2seq: the encoder's."""
+    pool: str
+    decoder: str = ""
+    """seq2seq only."""
+    bos: int = 0
+    eos: int = 1
+    arity: int = 2
+    """trees only."""
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ProfileError(f"unfold.family: must be one of {FAMILIES}, got {self.family!r}")
+        if self.family == "seq2seq" and not self.decoder:
+            raise ProfileError("unfold.decoder: a seq2seq model needs its decoder's cell type")
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """One model on one device: its cell types, pools, how requests unfold, and costs."""
+
+    model: str
+    device: str
+    cell_types: tuple[CellTypeSpec, ...]
+    pools: dict[str, int]
+    """Pool -> slots (requests' states the device can hold)."""
+    unfold: Unfold
+    costs: dict[str, CostGrid]
+    """Cell type -> its grid."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """How it was measured: date, torch version, threads, command. Carried, not read."""
+
+    def __post_init__(self) -> None:
+        names = {spec.name for spec in self.cell_types}
+        for spec in self.cell_types:
+            if spec.name not in self.costs:
+                raise ProfileError(f"costs: no grid for cell type {spec.name!r}")
+            if spec.pool not in self.pools:
+                raise ProfileError(f"cell_types: {spec.name!r} uses unknown pool {spec.pool!r}")
+        wanted = [self.unfold.cell] + ([self.unfold.decoder] if self.unfold.decoder else [])
+        for name in wanted:
+            if name not in names:
+                raise ProfileError(f"unfold: unknown cell type {name!r}")
+        if self.unfold.pool not in self.pools:
+            raise ProfileError(f"unfold.pool: unknown pool {self.unfold.pool!r}")
+
+    def cost(self, plan: StepPlan) -> float:
+        """Seconds ``plan`` takes on this device."""
+        return self.costs[plan.cell_type].cost(plan.batch_size, plan.num_steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PROFILE_VERSION,
+            "model": self.model,
+            "device": self.device,
+            "cell_types": [
+                {
+                    "name": s.name,
+                    "max_batch": s.max_batch,
+                    "pool": s.pool,
+                    "arity": s.arity,
+                    "rank": s.rank,
+                    "runs": s.runs,
+                }
+                for s in self.cell_types
+            ],
+            "pools": dict(self.pools),
+            "unfold": {
+                "family": self.unfold.family,
+                "cell": self.unfold.cell,
+                "pool": self.unfold.pool,
+                "decoder": self.unfold.decoder,
+                "bos": self.unfold.bos,
+                "eos": self.unfold.eos,
+                "arity": self.unfold.arity,
+            },
+            "costs": {name: grid.to_json() for name, grid in self.costs.items()},
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StepProfile:
+        if not isinstance(d, Mapping):
+            raise ProfileError("a profile is a JSON object")
+        if d.get("version") != PROFILE_VERSION:
+            raise ProfileError(f"version: expected {PROFILE_VERSION}, got {d.get('version')!r}")
+        try:
+            specs = tuple(
+                CellTypeSpec(
+                    str(c["name"]),
+                    int(c["max_batch"]),
+                    str(c["pool"]),
+                    arity=int(c.get("arity", 1)),
+                    rank=int(c.get("rank", 0)),
+                    runs=bool(c.get("runs", False)),
+                )
+                for c in d["cell_types"]
+            )
+            u = d["unfold"]
+            unfold = Unfold(
+                u["family"],
+                str(u["cell"]),
+                str(u["pool"]),
+                decoder=str(u.get("decoder", "")),
+                bos=int(u.get("bos", 0)),
+                eos=int(u.get("eos", 1)),
+                arity=int(u.get("arity", 2)),
+            )
+            costs = {}
+            for name, grid in d["costs"].items():
+                try:
+                    costs[name] = CostGrid.from_json(grid)
+                except ProfileError as exc:
+                    raise ProfileError(f"costs.{name}: {exc}") from None
+            return cls(
+                model=str(d["model"]),
+                device=str(d["device"]),
+                cell_types=specs,
+                pools={str(k): int(v) for k, v in d["pools"].items()},
+                unfold=unfold,
+                costs=costs,
+                meta=dict(d.get("meta", {})),
+            )
+        except KeyError as exc:
+            raise ProfileError(f"missing field {exc.args[0]!r}") from None
+        except ProfileError:
+            raise
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ProfileError(f"malformed profile: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> StepProfile:
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{path}: not JSON: {exc}") from None
+        try:
+            return cls.from_json(d)
+        except ProfileError as exc:
+            raise ProfileError(f"{path}: {exc}") from None

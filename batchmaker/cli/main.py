@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from batchmaker.cli import admin, calls, demo, flags, measure, serve
+from batchmaker.cli import admin, calls, demo, flags, measure, serve, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_import_parser(sub, common)
     demo.add_parser(sub, common)
     measure.add_parsers(sub, common)
+    simulate.add_parsers(sub, common)
     # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
     # `--auth-tokens-file` that takes the secret for a path.
     parser.allow_abbrev = False
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args)
         if args.command in ("bench", "bench-overhead", "bench-coldstart", "bench-host"):
             return measure.run(args)
+        if args.command == "profile":
+            return simulate.run_profile(args)
+        if args.command == "simulate":
+            return simulate.run_simulate(args)
         from batchmaker.errors import BatchMakerError
 
         command = {

@@ -147,21 +147,7 @@ class Engine:
     def _scheduler_parts(
         self, models: Sequence[Model]
     ) -> tuple[list[CellTypeSpec], dict[str, int]]:
-        """The cell types and pool capacities ``models`` add to every device's scheduler."""
-        specs = [
-            CellTypeSpec(
-                name=m.qualify(c),
-                max_batch=self.max_batch_for(m, c),
-                pool=m.qualify(m.cell_pool(c)),
-                arity=cell.arity,
-                rank=m.cell_rank(c),
-                runs=cell.supports_runs,
-            )
-            for m in models
-            for c, cell in m.cells.items()
-        ]
-        capacities = {m.qualify(p): self.config.num_slots for m in models for p in m.pools}
-        return specs, capacities
+        return scheduler_parts(models, self.config)
 
     # ---- models, while serving -----------------------------------------------------
 
@@ -520,3 +506,24 @@ def _error_for(reason: FinishReason, error: BaseException | None) -> BatchMakerE
         return UnavailableError("the model was unloaded before the request finished")
     detail = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
     return ExecutionFailedError(f"cell execution failed for this request's batch ({detail})")
+
+
+def scheduler_parts(
+    models: Sequence[Model], config: EngineConfig
+) -> tuple[list[CellTypeSpec], dict[str, int]]:
+    """The cell types and pool capacities ``models`` add to every device's scheduler under
+    ``config``: what an engine serves, and what a step-cost profile records of it."""
+    specs = [
+        CellTypeSpec(
+            name=m.qualify(c),
+            max_batch=config.max_batch_for(m.qualify(c), m.max_batch.get(c)),
+            pool=m.qualify(m.cell_pool(c)),
+            arity=cell.arity,
+            rank=m.cell_rank(c),
+            runs=cell.supports_runs,
+        )
+        for m in models
+        for c, cell in m.cells.items()
+    ]
+    capacities = {m.qualify(p): config.num_slots for m in models for p in m.pools}
+    return specs, capacities

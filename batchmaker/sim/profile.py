@@ -246,6 +246,8 @@ class StepProfile:
     def load(cls, path: str | Path) -> StepProfile:
         try:
             d = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ProfileError(f"{path}: cannot read it: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ProfileError(f"{path}: not JSON: {exc}") from None
         try:

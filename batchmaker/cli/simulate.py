@@ -1,0 +1,137 @@
+"""``batchmaker profile`` and ``batchmaker simulate``: measure a model's step costs on a
+device, then replay traffic through the real scheduler on simulated time.
+
+``profile`` loads the model and torch (``batchmaker.bench.stepcost``); ``simulate``
+reads the JSON it wrote and a trace, and needs neither (``batchmaker.sim``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchmaker.cli import flags
+from batchmaker.config import MODES
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    prof = sub.add_parser(
+        "profile",
+        parents=[common],
+        help="measure a model's seconds per plan by batch size and steps, for the simulator",
+    )
+    flags.add_engine_flags(prof, with_mode=False)
+    prof.add_argument("--family", choices=("chain", "seq2seq", "tree"), default="chain")
+    prof.add_argument("--tiny", action="store_true", help="the small models of the smoke tests")
+    prof.add_argument("--repeats", type=int, default=5, help="timed rounds per grid point")
+    prof.add_argument(
+        "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"
+    )
+    sim = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="replay a trace through the real scheduler on simulated time, with a profile",
+    )
+    sim.add_argument("--profile", type=Path, required=True, help="from `batchmaker profile`")
+    sim.add_argument("--trace", type=Path, required=True, help="a recorded trace (`--trace-out`)")
+    sim.add_argument("--rate", type=float, required=True, help="offered load, requests/s")
+    sim.add_argument("--mode", choices=MODES, default="cellular")
+    sim.add_argument("--replicas", type=int, default=1, help="devices, each with the profile")
+    sim.add_argument("--max-steps-per-plan", type=int, default=32)
+    sim.add_argument("--max-live", type=int, default=1024, help="live requests per replica")
+    sim.add_argument("--padded-max-batch", type=int, default=64)
+    sim.add_argument("--padded-timeout-ms", type=float, default=5.0)
+    sim.add_argument("--limit", type=int, help="the trace's first N requests only")
+    sim.add_argument("--out", type=Path, help="also write the summary here as JSON")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from batchmaker.bench.stepcost import measure_profile
+    from batchmaker.bench.workloads import make_workload
+    from batchmaker.runtime.torch_executor import set_cpu_threads
+
+    if args.repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    config = flags.engine_config(args)
+    (device,) = config.devices if len(config.devices) == 1 else (None,)
+    if device is None:
+        raise ValueError("--device: a profile is of one device; give one")
+    set_cpu_threads(config)
+    model = make_workload(args.family, tiny=args.tiny).model
+    out = args.out or Path("profiles") / f"{args.family}-{device.replace(':', '')}.json"
+    profile = measure_profile(
+        model, config, device=device, repeats=args.repeats, log=lambda s: print(s, flush=True)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from batchmaker.bench.trace import Trace
+    from batchmaker.sim.profile import StepProfile
+    from batchmaker.sim.simulator import requests_from_trace, simulate
+    from scheduler import SchedulerConfig
+
+    if args.rate <= 0:
+        raise ValueError(f"--rate: must be > 0, got {args.rate}")
+    if args.replicas < 1:
+        raise ValueError(f"--replicas: must be >= 1, got {args.replicas}")
+    profile = StepProfile.load(args.profile)
+    if not args.trace.is_file():
+        raise ValueError(f"--trace: no such file {args.trace}")
+    trace = Trace.load(args.trace)
+    if trace.kind != profile.unfold.family:
+        raise ValueError(
+            f"--trace: {args.trace} is a {trace.kind} trace, but the profile's model "
+            f"({profile.model}) is a {profile.unfold.family}"
+        )
+    config = SchedulerConfig(
+        mode=args.mode,
+        max_num_live_requests=args.max_live,
+        max_steps_per_plan=args.max_steps_per_plan,
+        max_batch_requests=args.padded_max_batch,
+        batch_timeout_s=args.padded_timeout_ms / 1000,
+    )
+    requests = requests_from_trace(trace, args.rate, args.limit)
+    result = simulate(profile, requests, config, replicas=args.replicas)
+    summary = {
+        "profile": str(args.profile),
+        "model": profile.model,
+        "device": profile.device,
+        "trace": str(args.trace),
+        "rate": args.rate,
+        "mode": args.mode,
+        "replicas": args.replicas,
+        **result.summary(),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    _print(summary, sys.stdout)
+    return 0
+
+
+def _print(s: dict[str, Any], out: Any) -> None:
+    lat, ttft = s["latency_s"], s["first_output_s"]
+    print(
+        f"{s['model']} on {s['device']} x{s['replicas']}, {s['mode']}, {s['rate']:g} req/s: "
+        f"{s['num_completed']} of {s['num_requests']} completed, {s['num_rejected']} rejected",
+        file=out,
+    )
+    print(f"throughput   {s['throughput_rps']:.1f} req/s", file=out)
+    for name, p in (("latency", lat), ("first output", ttft)):
+        print(
+            f"{name:<12} p50 {1e3 * p['p50']:.1f} ms  p90 {1e3 * p['p90']:.1f} ms  "
+            f"p99 {1e3 * p['p99']:.1f} ms",
+            file=out,
+        )
+    for cell, batch in s["mean_batch"].items():
+        steps = s["steps_per_plan"].get(cell, 1.0)
+        print(f"{cell:<30} mean batch {batch:.1f}, steps per row per plan {steps:.1f}", file=out)
+    busy = ", ".join(f"{b:.2f}" for b in s["busy_fraction"])
+    print(f"busy         {busy}", file=out)

@@ -1,0 +1,94 @@
+"""``batchmaker profile`` and ``batchmaker simulate`` end to end, on the smoke-test models.
+
+The profile is measured on the real executor, so what is pinned is its shape, not its
+numbers: a grid per cell type over the batch sizes and plan lengths the config allows
+(one step for cells without runs), positive times, and cell types, pools and unfold
+names that the simulator can run the family's own trace with, every request completing.
+Bad input to ``simulate`` is a usage error naming the flag or field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batchmaker.bench.stepcost import measure_profile
+from batchmaker.bench.workloads import make_workload
+from batchmaker.cli.main import main
+from batchmaker.config import EngineConfig
+from batchmaker.sim.profile import StepProfile
+from batchmaker.sim.simulator import requests_from_trace, simulate
+from scheduler import SchedulerConfig
+
+
+@pytest.mark.parametrize("family", ["chain", "seq2seq", "tree"])
+def test_a_profile_covers_the_grid_and_runs_its_familys_trace(family: str) -> None:
+    workload = make_workload(family, tiny=True)
+    config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
+    profile = measure_profile(workload.model, config, repeats=1)
+    assert profile.unfold.family == family
+    for spec in profile.cell_types:
+        grid = profile.costs[spec.name]
+        assert grid.rows == (1, 2, 4, 8)
+        assert grid.steps == ((1, 2, 4) if spec.runs else (1,))
+        assert all(s > 0 for row in grid.seconds for s in row)
+    again = StepProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    assert again == profile
+    trace = workload.make_trace(40, seed=0, arrival="poisson")
+    result = simulate(profile, requests_from_trace(trace, rate=50.0), SchedulerConfig())
+    assert set(result.reasons) <= {"completed", "length"}
+    assert result.summary()["num_completed"] == 40
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("sim")
+    profile, trace = tmp / "chain.json", tmp / "trace.json"
+    argv = ["profile", "--family", "chain", "--tiny", "--max-batch", "4"]
+    assert main([*argv, "--max-steps-per-plan", "2", "--repeats", "1", "--out", str(profile)]) == 0
+    make_workload("chain", tiny=True).make_trace(30, seed=1, arrival="mmpp").save(trace)
+    return profile, trace
+
+
+def test_simulate_prints_and_writes_its_summary(files, tmp_path, capsys) -> None:
+    profile, trace = files
+    out = tmp_path / "s.json"
+    argv = ["simulate", "--profile", str(profile), "--trace", str(trace), "--rate", "20"]
+    assert main([*argv, "--replicas", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "30 of 30 completed, 0 rejected" in printed
+    assert "p99" in printed
+    s = json.loads(out.read_text())
+    assert s["num_completed"] == 30
+    assert s["replicas"] == 2
+    assert len(s["busy_fraction"]) == 2
+    assert 0 < s["latency_s"]["p50"] <= s["latency_s"]["p99"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rate", "0"], "--rate"),
+        (["--rate", "5", "--replicas", "0"], "--replicas"),
+        (["--rate", "5", "--trace", "/nonexistent.json"], "--trace"),
+        (["--rate", "5", "--profile", "/nonexistent.json"], "nonexistent.json"),
+    ],
+)
+def test_simulate_refuses_bad_input_naming_it(files, capsys, extra, message) -> None:
+    profile, trace = files
+    argv = ["simulate", "--profile", str(profile), "--trace", str(trace), *extra]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_trace_of_another_family_is_refused(files, tmp_path, capsys) -> None:
+    profile, _ = files
+    trees = tmp_path / "trees.json"
+    make_workload("tree", tiny=True).make_trace(5, seed=0, arrival="poisson").save(trees)
+    with pytest.raises(SystemExit):
+        main(["simulate", "--profile", str(profile), "--trace", str(trees), "--rate", "5"])
+    assert "tree trace" in capsys.readouterr().err

@@ -89,9 +89,14 @@ def measure_profile(
     device: str = "cpu",
     max_steps: int | None = None,
     repeats: int = 5,
+    top_k: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> StepProfile:
-    """Time ``model``'s plans on ``device`` over the grid; see the module docstring."""
+    """Time ``model``'s plans on ``device`` over the grid; see the module docstring.
+
+    ``top_k``: what the requests ask for, which changes what leaves the device each step:
+    0, every step's full output vector (a 10k vocabulary's scores are 40 KB a row); else
+    only the top ``top_k`` ids and scores. Profile the way the traffic will call."""
     specs, capacities = scheduler_parts([model], config)
     cap = max_steps or config.max_steps_per_plan
     unfold = unfold_of(model)
@@ -108,7 +113,9 @@ def measure_profile(
             if not any(rows in rs and steps in ks for rs, ks in axes.values()):
                 continue
             for round_ in range(WARMUP + repeats):
-                for name, k, dt in _run(executor, specs, capacities, unfold, rows, steps, cap):
+                for name, k, dt in _run(
+                    executor, specs, capacities, unfold, rows, steps, cap, top_k
+                ):
                     rs, ks = axes[name]
                     if round_ >= WARMUP and rows in rs and k in ks:
                         seconds[(name, rows, k)].append(dt)
@@ -137,6 +144,7 @@ def measure_profile(
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "repeats": repeats,
+            "top_k": top_k,
             "statistic": "median",
         },
     )
@@ -150,6 +158,7 @@ def _run(
     rows: int,
     steps: int,
     cap: int,
+    top_k: int,
 ) -> list[tuple[str, int, float]]:
     """Every plan of one synthetic batch, as (cell type, steps, seconds), timed alone."""
     sched = make_scheduler(
@@ -159,7 +168,8 @@ def _run(
         ManualClock(),
     )
     for i, r in enumerate(_requests(unfold, rows, steps)):
-        sched.add_request(SchedRequest(str(i), graph_of(unfold, r), tag=i))
+        graph = graph_of(unfold, r)
+        sched.add_request(SchedRequest(str(i), graph, top_k=top_k, wants_outputs=not top_k))
     out = []
     while (plan := sched.schedule()) is not None:
         sync = torch.cuda.synchronize if executor.device.startswith("cuda") else None

@@ -28,6 +28,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     prof.add_argument("--tiny", action="store_true", help="the small models of the smoke tests")
     prof.add_argument("--repeats", type=int, default=5, help="timed rounds per grid point")
     prof.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        help="requests ask for the top K ids per step (0: full output vectors), as the "
+        "traffic will: it changes what each step copies off the device",
+    )
+    prof.add_argument(
         "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"
     )
     sim = sub.add_parser(
@@ -55,6 +62,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
+    if args.top_k < 0:
+        raise ValueError("--top-k must be >= 0")
     config = flags.engine_config(args)
     (device,) = config.devices if len(config.devices) == 1 else (None,)
     if device is None:
@@ -63,7 +72,12 @@ def run_profile(args: argparse.Namespace) -> int:
     model = make_workload(args.family, tiny=args.tiny).model
     out = args.out or Path("profiles") / f"{args.family}-{device.replace(':', '')}.json"
     profile = measure_profile(
-        model, config, device=device, repeats=args.repeats, log=lambda s: print(s, flush=True)
+        model,
+        config,
+        device=device,
+        repeats=args.repeats,
+        top_k=args.top_k,
+        log=lambda s: print(s, flush=True),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)

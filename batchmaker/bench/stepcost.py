@@ -1,15 +1,17 @@
 """``batchmaker profile``: measure a model's step-cost profile on the real executor.
 
 For every cell type, a grid of plans, rows (powers of two up to its max batch) by steps
-per plan (powers of two up to the cap; one step for cells without runs), each timed
-around ``TorchExecutor.execute`` (gather, cell, scatter, outputs to host: what the
-device worker times) and kept as the median of ``repeats``. The plans are the real
-scheduler's, for synthetic requests shaped to produce them: ``rows`` chains of ``steps``
-tokens make one plan of exactly that shape; seq2seq sources of ``steps`` tokens with an
-output cap of ``steps`` make one encoder plan and then decoder steps of ``rows``; one-node
-trees make one plan of ``rows`` leaves. Warm-up rounds come first, so the CPU kernel
-chooser (``cells.recurrent.KernelChooser``) has settled each bucket before anything is
-kept.
+per plan (powers of two up to the cap; one step for cells without runs), each timed as
+the device worker's whole step (``schedule``, ``TorchExecutor.execute``: gather, cell,
+scatter, outputs to host; ``update_from_output``) and kept as the median of
+``repeats``. The scheduler's own time counts because the device waits for it.
+
+The plans are the real scheduler's, for synthetic requests shaped to produce them:
+``rows`` chains of ``steps`` tokens make one plan of exactly that shape; seq2seq sources
+of ``steps`` tokens with an output cap of ``steps`` make one encoder plan and then
+decoder steps of ``rows``; one-node trees make one plan of ``rows`` leaves. Warm-up
+rounds come first, so the CPU kernel chooser (``cells.recurrent.KernelChooser``) has
+settled each bucket before anything is kept.
 
 The result is a ``batchmaker.sim.profile.StepProfile``: JSON the simulator reads with no
 model and no torch.
@@ -171,14 +173,18 @@ def _run(
         graph = graph_of(unfold, r)
         sched.add_request(SchedRequest(str(i), graph, top_k=top_k, wants_outputs=not top_k))
     out = []
-    while (plan := sched.schedule()) is not None:
-        sync = torch.cuda.synchronize if executor.device.startswith("cuda") else None
+    sync = torch.cuda.synchronize if executor.device.startswith("cuda") else None
+    while True:
+        # The whole step as the device worker runs it: schedule, execute, update.
         t0 = time.perf_counter()
+        plan = sched.schedule()
+        if plan is None:
+            break
         result = executor.execute(plan)
         if sync is not None:
             sync()
-        dt = time.perf_counter() - t0
         sched.update_from_output(plan, result)
+        dt = time.perf_counter() - t0
         if plan.num_real == rows:
             out.append((plan.cell_type, plan.num_steps, dt))
     return out

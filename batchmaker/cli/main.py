@@ -65,7 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve.run(args)
         if args.command == "demo":
             return demo.run(args)
-        if args.command in ("bench", "bench-overhead", "bench-coldstart", "bench-host"):
+        if args.command in (
+            "bench",
+            "bench-overhead",
+            "bench-coldstart",
+            "bench-host",
+            "bench-sim",
+        ):
             return measure.run(args)
         if args.command == "profile":
             return simulate.run_profile(args)

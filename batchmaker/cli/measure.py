@@ -171,6 +171,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     flags.add_engine_flags(host, with_mode=False)
     add_host_flags(host)
+    simcheck = sub.add_parser(
+        "bench-sim",
+        parents=[common],
+        help="the simulator's predicted capacity and latency against the engine's, same trace",
+    )
+    flags.add_engine_flags(simcheck, with_mode=False)
+    from batchmaker.bench.simcheck import add_simcheck_flags
+
+    add_simcheck_flags(simcheck)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
         config = flags.engine_config(args)
         set_cpu_threads(config)
         return run_host_cli(args, config)
+    if args.command == "bench-sim":
+        from batchmaker.bench.simcheck import run_simcheck_cli
+
+        config = flags.engine_config(args)
+        set_cpu_threads(config)
+        return run_simcheck_cli(args, config)
     if args.command == "bench-overhead":
         from batchmaker.bench.overhead import run_overhead_cli
 

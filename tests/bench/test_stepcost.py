@@ -94,3 +94,23 @@ def test_a_trace_of_another_family_is_refused(files, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["simulate", "--profile", str(profile), "--trace", str(trees), "--rate", "5"])
     assert "tree trace" in capsys.readouterr().err
+
+
+def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
+    """A smoke run on the tiny chain model: every figure is there and came from both
+    sides (the accuracy itself is a benchmark, docs/benchmarks.md, not a test)."""
+    out = tmp_path / "simcheck.json"
+    argv = ["bench-sim", "--families", "chain", "--tiny", "--repeats", "1", "--out", str(out)]
+    assert main(argv) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["family"] == "chain"
+    assert run["requests"] == 120
+    for side in ("measured", "predicted"):
+        assert run["capacity"][side]["completed"] == 120
+        assert run["capacity"][side]["throughput_rps"] > 0
+    assert [p["load"] for p in run["points"]] == [0.25, 0.5, 0.9]
+    for p in run["points"]:
+        assert p["rate"] == pytest.approx(p["load"] * run["capacity"]["measured"]["throughput_rps"])
+        assert p["measured"]["completed"] == p["predicted"]["completed"] == 120
+        assert 0 < p["predicted"]["p50_s"] <= p["predicted"]["p99_s"]
+    assert len(run["p99_ratios"]) == 3

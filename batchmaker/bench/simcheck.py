@@ -1,0 +1,190 @@
+"""``batchmaker bench-sim``: the simulator's predictions against the engine, same trace.
+
+For one model family, in one process on one device:
+
+1. profile the model on the real executor (``bench.stepcost``), top-2 per step as the
+   benchmark's requests ask;
+2. capacity: replay the whole trace open-loop at an overload (``--overload`` times the
+   simulator's own capacity estimate) through the in-process engine, and through the
+   simulator; throughput is completed requests over the span;
+3. at fractions of the *measured* capacity (``--loads``, default a quarter, a half and
+   nine tenths), replay the trace through both and compare p50, p99 and throughput.
+
+The engine is cellular with its defaults; the simulator runs the same scheduler
+configuration. Absolute figures drift with this machine's speed, so the profile is
+measured in the same run, just before the replays, and the order of the loads is the
+same each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchmaker.bench.openloop import replay
+from batchmaker.bench.reference import TOP_K
+from batchmaker.bench.stepcost import measure_profile
+from batchmaker.bench.trace import Trace
+from batchmaker.bench.workloads import make_workload
+from batchmaker.config import EngineConfig
+from batchmaker.runtime.engine import Engine
+from batchmaker.sim.simulator import requests_from_trace, simulate
+from batchmaker.types import InferRequest, StepOutput
+
+TRACES = {
+    "chain": "docs/bench/trace-poisson-seed0.json",
+    "seq2seq": "docs/bench/trace-seq2seq-poisson-seed0.json",
+    "tree": "docs/bench/trace-tree-poisson-seed0.json",
+}
+"""The repository's recorded traces, used unless ``--trace`` names another."""
+
+
+def _stats(latencies: np.ndarray, throughput: float, completed: int) -> dict[str, float]:
+    lat = latencies[np.isfinite(latencies)]
+    p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (math.nan, math.nan)
+    return {
+        "p50_s": float(p50),
+        "p99_s": float(p99),
+        "throughput_rps": throughput,
+        "completed": completed,
+    }
+
+
+async def check(
+    family: str,
+    config: EngineConfig,
+    *,
+    tiny: bool = False,
+    trace: Trace | None = None,
+    loads: Sequence[float] = (0.25, 0.5, 0.9),
+    overload: float = 3.0,
+    repeats: int = 5,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Predicted against measured for ``family``; see the module docstring."""
+    workload = make_workload(family, tiny=tiny)
+    model = workload.model
+    if trace is None:
+        trace = (
+            Trace.load(TRACES[family])
+            if not tiny
+            else workload.make_trace(120, seed=0, arrival="poisson")
+        )
+    if trace.kind != family:
+        raise ValueError(f"--trace: a {trace.kind} trace, but --family is {family}")
+    specs = workload.specs(trace)
+    # Room for the whole trace live at once: an overloaded replay queues, never refuses.
+    slots = workload.max_slots_per_request(trace) * len(trace)
+    config = replace(
+        config,
+        mode="cellular",
+        num_slots=max(config.num_slots, slots),
+        max_num_live_requests=max(config.max_num_live_requests, len(trace)),
+    )
+    t0 = time.perf_counter()
+    profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats)
+    log(f"{family}: profiled in {time.perf_counter() - t0:.1f} s")
+    sched = config.scheduler_config()
+    engine = Engine(config, [model])
+    await engine.start()
+    try:
+
+        async def measured(rate: float) -> dict[str, float]:
+            async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
+                spec = specs[i]
+                request = InferRequest(
+                    model.name, spec.inputs, top_k=TOP_K, max_output_length=spec.max_output_length
+                )
+                stream = engine.submit(request)
+                try:
+                    while chunk := await stream.next_chunk():
+                        yield chunk
+                finally:
+                    stream.cancel()
+
+            rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+            return _stats(rep.latency_s, rep.throughput_rps, rep.num_completed)
+
+        def predicted(rate: float) -> dict[str, float]:
+            result = simulate(profile, requests_from_trace(trace, rate), sched)
+            lat = np.full(len(result.reasons), np.nan)
+            ok = np.isfinite(result.finish)
+            lat[ok] = (result.finish - result.arrival)[ok]
+            s = result.summary()
+            return _stats(lat, s["throughput_rps"], s["num_completed"])
+
+        await measured(max(1.0, 0.1 * len(trace)))  # warm-up: every kernel bucket once
+        guess = predicted(1e6)["throughput_rps"]
+        rate = overload * guess
+        cap_m, cap_p = await measured(rate), predicted(rate)
+        log(
+            f"{family}: capacity measured {cap_m['throughput_rps']:.1f}, "
+            f"predicted {cap_p['throughput_rps']:.1f} req/s (offered {rate:.1f})"
+        )
+        points: list[dict[str, Any]] = []
+        p99_ratios: list[float] = []
+        for f in loads:
+            r = f * cap_m["throughput_rps"]
+            m, p = await measured(r), predicted(r)
+            points.append({"load": f, "rate": r, "measured": m, "predicted": p})
+            p99_ratios.append(p["p99_s"] / m["p99_s"])
+            ms = {k: f"{1e3 * m[k]:.1f} / {1e3 * p[k]:.1f} ms" for k in ("p50_s", "p99_s")}
+            log(
+                f"{family}: {f:.2f} x capacity ({r:.1f} req/s): p50 {ms['p50_s']}, "
+                f"p99 {ms['p99_s']} (measured / predicted)"
+            )
+    finally:
+        await engine.shutdown(grace=0)
+    return {
+        "family": family,
+        "model": profile.model,
+        "requests": len(trace),
+        "profile": profile.to_json(),
+        "capacity": {"offered_rps": rate, "measured": cap_m, "predicted": cap_p},
+        "points": points,
+        "capacity_ratio": cap_p["throughput_rps"] / cap_m["throughput_rps"],
+        "p99_ratios": p99_ratios,
+    }
+
+
+def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
+    trace = Trace.load(args.trace) if args.trace else None
+    out: dict[str, Any] = {"runs": []}
+    for family in args.families.split(","):
+        for _ in range(args.runs):
+            out["runs"].append(
+                asyncio.run(
+                    check(family.strip(), config, tiny=args.tiny, trace=trace, repeats=args.repeats)
+                )
+            )
+    for r in out["runs"]:
+        print(
+            f"{r['family']:8s} capacity predicted/measured {r['capacity_ratio']:.2f}; "
+            f"p99 predicted/measured at "
+            + ", ".join(
+                f"{p['load']:.2f}: {q:.2f}"
+                for p, q in zip(r["points"], r["p99_ratios"], strict=True)
+            )
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--families", default="chain,seq2seq,tree", help="comma-separated")
+    p.add_argument("--tiny", action="store_true", help="the smoke-test models and a short trace")
+    p.add_argument("--trace", type=Path, help="one family's trace instead of the repository's")
+    p.add_argument("--runs", type=int, default=1, help="repeat per family")
+    p.add_argument("--repeats", type=int, default=5, help="timed plans per profile grid point")
+    p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))

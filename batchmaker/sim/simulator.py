@@ -229,9 +229,11 @@ def simulate(
 
     while True:
         clock.set(now)
+        progressed = False
         # 1. plans that end now
         for r, run in enumerate(running):
             if run is not None and run[0] <= now:
+                progressed = True
                 running[r] = None
                 done = run[1]
                 outcome = scheds[r].update_from_output(done, _Result(done.batch_size))
@@ -242,6 +244,7 @@ def simulate(
                 ended(outcome.finished, r)
         # 2. arrivals
         while nxt < n and arrival[nxt] <= now:
+            progressed = True
             req = requests[nxt]
             r = min(range(replicas), key=live.__getitem__)
             sreq = SchedRequest(
@@ -262,6 +265,7 @@ def simulate(
                 plan = sched.schedule()
                 ended(sched.take_outcome().finished, r)  # expiries found by schedule()
                 if plan is not None:
+                    progressed = True
                     seconds = profile.cost(plan)
                     sched.observe(plan, seconds)
                     run = running[r] = (now + seconds, plan)
@@ -277,6 +281,10 @@ def simulate(
             wake = min(wake, float(arrival[nxt]))
         if wake == float("inf"):
             break
+        if wake <= now and not progressed:
+            # A scheduler that wants to run now but plans nothing would spin here forever
+            # (the live worker waits for news instead); it is a policy bug, so say so.
+            raise RuntimeError(f"the scheduler made no progress at t={now:.6f} s")
         now = wake
     out.span = now - start
     out.first_output = np.array([np.nan if t is None else t for t in first], dtype=np.float64)

@@ -257,3 +257,14 @@ def test_the_simulator_makes_the_live_workers_plans_for_seq2seq(mode):
     sim = sim_plans(profile, requests, config)
     assert [p[1:] for p in sim] == [p[1:] for p in live]
     assert [p[0] for p in sim] == pytest.approx([p[0] for p in live])
+
+
+def test_a_scheduler_that_stalls_is_an_error_not_a_hang(monkeypatch):
+    """A policy that keeps asking to run now and plans nothing: the live worker would wait
+    for news; the simulator has none to wait for, so it says so."""
+    from scheduler.cellular import CellularScheduler
+
+    monkeypatch.setattr(CellularScheduler, "_schedule", lambda self, now: None)
+    monkeypatch.setattr(CellularScheduler, "next_wakeup", lambda self: self.clock.now())
+    with pytest.raises(RuntimeError, match="no progress"):
+        simulate(chain_profile(flat_grid(MS)), chains([0.0], [3]))

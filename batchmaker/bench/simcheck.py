@@ -25,7 +25,6 @@ import math
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,12 +178,3 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
-
-
-def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--families", default="chain,seq2seq,tree", help="comma-separated")
-    p.add_argument("--tiny", action="store_true", help="the smoke-test models and a short trace")
-    p.add_argument("--trace", type=Path, help="one family's trace instead of the repository's")
-    p.add_argument("--runs", type=int, default=1, help="repeat per family")
-    p.add_argument("--repeats", type=int, default=5, help="timed plans per profile grid point")
-    p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))

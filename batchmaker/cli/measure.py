@@ -145,6 +145,15 @@ def add_host_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results/host.json"))
 
 
+def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--families", default="chain,seq2seq,tree", help="comma-separated")
+    p.add_argument("--tiny", action="store_true", help="the smoke-test models and a short trace")
+    p.add_argument("--trace", type=Path, help="one family's trace instead of the repository's")
+    p.add_argument("--runs", type=int, default=1, help="repeat per family")
+    p.add_argument("--repeats", type=int, default=5, help="timed plans per profile grid point")
+    p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench", parents=[common], help="cellular vs padded vs none on one recorded trace"
@@ -177,8 +186,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the simulator's predicted capacity and latency against the engine's, same trace",
     )
     flags.add_engine_flags(simcheck, with_mode=False)
-    from batchmaker.bench.simcheck import add_simcheck_flags
-
     add_simcheck_flags(simcheck)
 
 

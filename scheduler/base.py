@@ -198,9 +198,9 @@ class Scheduler(ABC):
         return self.take_outcome()
 
     def observe(self, plan: StepPlan, seconds: float) -> None:  # noqa: B027 - optional hook
-        """``plan`` took ``seconds`` to execute: the executor's own time, measured by
-        whoever ran it (the device worker; a simulator, from its cost table). Policies
-        that weigh plans by cost learn from it; the others ignore it."""
+        """``plan`` took ``seconds``: its execution as the device worker times it, or a
+        simulator's cost for it (a profile's step time). Policies that weigh plans by
+        cost learn from it; the others ignore it."""
 
     def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
         request.finish_reason = reason

@@ -15,7 +15,8 @@ short scan of at most one point per power-of-two plan length.
 
 from __future__ import annotations
 
-import itertools
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _SMOOTHING = 0.2
@@ -72,17 +73,7 @@ class PlanCosts:
         points = self._sorted.get((cell_type, pow2_bucket(rows)))
         if not points:
             return None
-        first = points[0]
-        if steps <= first.steps:
-            return first.seconds * steps / first.steps
-        for lo, hi in itertools.pairwise(points):
-            if steps <= hi.steps:
-                return _line(lo, hi, steps)
-        last = points[-1]
-        if len(points) == 1:
-            return last.seconds * steps / last.steps
-        slope = max(0.0, _slope(points[-2], last))
-        return last.seconds + slope * (steps - last.steps)
+        return along([p.steps for p in points], [p.seconds for p in points], steps)
 
     def table(self) -> dict[str, dict[int, list[tuple[float, float, int]]]]:
         """Every point seen: cell type -> batch bucket -> ``(steps, seconds, count)``, for
@@ -99,9 +90,19 @@ class PlanCosts:
             del self._sorted[key]
 
 
-def _slope(lo: _Point, hi: _Point) -> float:
-    return (hi.seconds - lo.seconds) / (hi.steps - lo.steps)
-
-
-def _line(lo: _Point, hi: _Point, steps: float) -> float:
-    return lo.seconds + _slope(lo, hi) * (steps - lo.steps)
+def along(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """``y`` at ``x`` on a cost curve through the points ``(xs[i], ys[i])`` (``xs``
+    ascending and positive): linear between them, in proportion to the first below it,
+    and above the last along the last segment, never falling (with one point, in
+    proportion to it). The learned costs here and a profile's measured grid
+    (``batchmaker.sim.profile``) read their curves the same way."""
+    if x <= xs[0]:
+        return ys[0] * x / xs[0]
+    j = bisect.bisect_left(xs, x)  # xs[j - 1] < x <= xs[j]
+    if j < len(xs):
+        w = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+        return ys[j - 1] + w * (ys[j] - ys[j - 1])
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+    return ys[-1] + slope * (x - xs[-1])

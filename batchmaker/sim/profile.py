@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scheduler import CellTypeSpec, StepPlan
+from scheduler.cost import along
 
 Family = Literal["chain", "seq2seq", "tree"]
 FAMILIES: tuple[Family, ...] = ("chain", "seq2seq", "tree")
@@ -60,25 +61,12 @@ class CostGrid:
         if rows > self.rows[-1]:
             scale, rows = rows / self.rows[-1], self.rows[-1]
         i = _segment(self.rows, rows)
-        lo = self._along_steps(i, steps)
+        lo = along(self.steps, self.seconds[i], steps)
         if i + 1 == len(self.rows) or rows <= self.rows[i]:
             return scale * lo
-        hi = self._along_steps(i + 1, steps)
+        hi = along(self.steps, self.seconds[i + 1], steps)
         w = (rows - self.rows[i]) / (self.rows[i + 1] - self.rows[i])
         return scale * (lo + w * (hi - lo))
-
-    def _along_steps(self, i: int, steps: int) -> float:
-        axis, row = self.steps, self.seconds[i]
-        if steps <= axis[0]:
-            return row[0] * steps / axis[0]
-        j = _segment(axis, steps)
-        if j + 1 < len(axis):
-            w = (steps - axis[j]) / (axis[j + 1] - axis[j])
-            return row[j] + w * (row[j + 1] - row[j])
-        if len(axis) == 1:
-            return row[0] * steps / axis[0]
-        slope = max(0.0, (row[-1] - row[-2]) / (axis[-1] - axis[-2]))
-        return row[-1] + slope * (steps - axis[-1])
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": list(self.rows), "steps": list(self.steps), "seconds": self.seconds}

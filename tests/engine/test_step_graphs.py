@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 import torch
-from harness import engine_config, serve_staggered, serving, torch_executor
+from harness import collect, engine_config, make_inputs, serve_staggered, serving, torch_executor
 from reference import assert_matches_alone
 from test_devices import LM, VEC, check_families, staggered_workload
 
-from batchmaker import EngineConfig
+from batchmaker import EngineConfig, InferRequest
 from cells import RecurrentStackCell, StatePool
 from cells.graphs import StepGraph, StepGraphs, bucket
 from scheduler import SCRATCH_SLOT, ZERO_SLOT
@@ -100,18 +101,29 @@ def test_graphs_are_made_per_cell_type_and_bucket_and_dropped_with_the_cell() ->
 
 
 def serve_with_graphs(device: str, mode: str) -> list[int]:
-    """The staggered workload (joins and leaves change the batch every few steps) through
-    step graphs, checked against plain torch alone; returns the sizes made."""
+    """The staggered workload (joins and leaves change the batch every few steps), then
+    two requests held back until a third is inside a step, so that the next steps batch
+    them whatever the timing; all through step graphs, checked against plain torch
+    alone. Returns the sizes made."""
     requests, plan = staggered_workload(seed=11)
+    rng = np.random.default_rng(12)
+    joiners = [InferRequest(LM.name, make_inputs(LM, rng, n)) for n in (6, 4, 5)]
 
     async def main() -> list[int]:
         config = engine_config(mode, devices=(device,), max_steps_per_plan=1, fused_baselines=False)
-        async with serving(config, [LM, VEC], step_graphs=True) as (engine, _):
+        async with serving(config, [LM, VEC], step_graphs=True) as (engine, gate):
             outputs = await serve_staggered(engine, requests, plan)
+            gate.close()
+            entered = gate.num_entered
+            first = engine.submit(joiners[0])
+            await gate.wait_entered(entered + 1)  # the worker holds a plan of ``first``
+            rest = [engine.submit(r) for r in joiners[1:]]
+            gate.open()
+            outputs += [await collect(s) for s in (first, *rest)]
             graphs = torch_executor(engine).graphs
             assert graphs is not None
             sizes = graphs.sizes(LM.qualify("step"))
-        for request, got in zip(requests, outputs, strict=True):
+        for request, got in zip([*requests, *joiners], outputs, strict=True):
             assert_matches_alone(LM if request.model == "lm" else VEC, request.inputs, got)
         return sizes
 

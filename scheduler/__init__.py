@@ -22,6 +22,7 @@ from scheduler.padded import PaddedScheduler
 from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
 from scheduler.policy import PolicyConfig
 from scheduler.request import FinishReason, SchedRequest
+from scheduler.slo import SloConfig, SloController, SloDecision
 from scheduler.slots import NUM_RESERVED_SLOTS, SCRATCH_SLOT, ZERO_SLOT, SlotPool
 
 __all__ = [
@@ -49,6 +50,9 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "Seq2SeqGraph",
+    "SloConfig",
+    "SloController",
+    "SloDecision",
     "SlotPool",
     "StepOutcome",
     "StepPlan",

@@ -202,6 +202,21 @@ class Scheduler(ABC):
         simulator's cost for it (a profile's step time). Policies that weigh plans by
         cost learn from it; the others ignore it."""
 
+    def plan_seconds(self, live: int, steps: int) -> float | None:
+        """What a plan of ``steps`` steps should take with ``live`` requests in the batch, for
+        the slowest cell type that runs several steps per plan; ``None`` when this policy
+        does not choose plan lengths or nothing of that size was measured yet. The SLO
+        controller bounds plan length by it (``scheduler/slo.py``)."""
+        return None
+
+    def step_seconds(self, live: int) -> float | None:
+        """What one step of every request takes with ``live`` requests live: each cell type's
+        one-step plan at the batch they make, times the rounds a request waits for a seat
+        beyond the max batch, summed over the cell types (a request's steps alternate
+        between them). ``None`` when this policy does not learn costs or nothing was
+        measured yet. The SLO controller scales latency by it (``scheduler/slo.py``)."""
+        return None
+
     def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
         request.finish_reason = reason
         del self._live[request.request_id]

@@ -122,6 +122,27 @@ class CellularScheduler(Scheduler):
     def observe(self, plan: StepPlan, seconds: float) -> None:
         self.costs.observe(plan.cell_type, plan.batch_size, plan.num_steps, seconds)
 
+    def plan_seconds(self, live: int, steps: int) -> float | None:
+        worst: float | None = None
+        # A copy: the engine's SLO controller asks from the event loop's thread.
+        for spec in list(self.cell_types.values()):
+            if not spec.runs:
+                continue
+            cost = self.costs.estimate(spec.name, max(1, min(live, spec.max_batch)), steps)
+            if cost is None:
+                return None
+            worst = cost if worst is None else max(worst, cost)
+        return worst
+
+    def step_seconds(self, live: int) -> float | None:
+        total = 0.0
+        for spec in list(self.cell_types.values()):
+            cost = self.costs.by_rows(spec.name, max(1, min(live, spec.max_batch)), 1)
+            if cost is None:
+                return None
+            total += cost * max(1.0, live / spec.max_batch)
+        return total or None
+
     def _best_length(self, cell_type: str, runs: list[int]) -> int:
         """The plan length, among the rows' runs, with the most rows' steps per second."""
         ordered = sorted(runs)

@@ -35,6 +35,7 @@ class _Point:
 
     steps: float
     seconds: float
+    rows: float
     count: int = 1
 
 
@@ -54,11 +55,12 @@ class PlanCosts:
         bucket = pow2_bucket(steps)
         point = points.get(bucket)
         if point is None:
-            points[bucket] = _Point(float(steps), seconds)
+            points[bucket] = _Point(float(steps), seconds, float(rows))
             self._sorted[key] = [points[b] for b in sorted(points)]
             return
         point.steps += _SMOOTHING * (steps - point.steps)
         point.seconds += _SMOOTHING * (seconds - point.seconds)
+        point.rows += _SMOOTHING * (rows - point.rows)
         point.count += 1
 
     def estimate(self, cell_type: str, rows: int, steps: int) -> float | None:
@@ -74,6 +76,26 @@ class PlanCosts:
         if not points:
             return None
         return along([p.steps for p in points], [p.seconds for p in points], steps)
+
+    def by_rows(self, cell_type: str, rows: int, steps: int) -> float | None:
+        """Seconds of a plan of ``rows`` rows and ``steps`` steps, read along the rows too:
+        between the batch buckets seen, linear in their mean rows (``along``); ``None``
+        when no plan of the cell type was seen. ``estimate`` keeps to one bucket, which is
+        what the plan length needs; a caller comparing batch sizes needs this."""
+        curve = sorted(
+            (sum(p.rows * p.count for p in points) / sum(p.count for p in points), key[1])
+            for key, points in self._sorted.items()
+            if key[0] == cell_type
+        )
+        if not curve:
+            return None
+        xs, ys = [], []
+        for mean_rows, bucket in curve:
+            cost = self.estimate(cell_type, bucket, steps)
+            if cost is not None and (not xs or mean_rows > xs[-1]):
+                xs.append(mean_rows)
+                ys.append(cost)
+        return along(xs, ys, rows)
 
     def table(self) -> dict[str, dict[int, list[tuple[float, float, int]]]]:
         """Every point seen: cell type -> batch bucket -> ``(steps, seconds, count)``, for

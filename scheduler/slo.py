@@ -1,0 +1,407 @@
+"""The online SLO controller: keeps a rolling p99 latency under a target, and serves as
+much as it can under it.
+
+Pure, like the rest of this package: it reads only the times it is handed, so the engine
+runs it on its event loop under the monotonic clock and the simulator on simulated time,
+and tests drive it with made-up latencies.
+
+What it turns, and why these:
+
+- **Admission: live requests per device.** The knob that bounds latency. In cellular
+  batching each live request runs in every step of its cell type (up to the max batch),
+  so a request's latency is its steps times the step time at the live count, plus waits
+  for a seat beyond the max batch. While the offered load is one the device can serve
+  within the target, the limit never binds. Above it, the limit holds the live count
+  where the target holds, and the excess gets RESOURCE_EXHAUSTED at once instead of
+  queueing without bound. The limit is set by feedback on the measured p99, the way TCP
+  and Netflix's concurrency limiters set a window, sized by a model where one is known:
+  - *when to cut*: the rolling p99 is over the aim (a margin under the target for the
+    feedback's delay), counting live requests already older than the aim at their age,
+    or Little's law says the crowd now live will be (the mean live count over the
+    completion rate is the latency of what is being served; after a step up in load it
+    rises within a second or two, long before slow requests complete);
+  - *how far*: to the largest live count the measured step costs predict holds the aim
+    (latency scales with the step time at the live count, seat waits included), at most
+    by half; with no costs yet, by the p99's ratio to the aim and Little's law. Where
+    even one live request would be over the aim, the latency is the requests' own
+    length, and refusing others would not shorten it: the limit stays, and says so;
+  - *when to raise*: the limit held requests back, the p99 is well under the target,
+    and its longest requests have had time to complete since it was set (until then
+    its samples lean to short requests); by a tenth, or up to a half where the costs
+    predict the aim still holds.
+  Each limit is judged only by the requests admitted under it, so a cut is not repeated
+  while the slow requests admitted before it drain.
+- **Steps per plan.** A request that arrives during a plan of K steps waits for it to end
+  before its first step runs, so a plan may take at most ``plan_share`` of the target, by
+  the plans' measured costs at the batch now running (``scheduler/cost.py``). Light load
+  runs long plans, which are cheap per step; heavy load, short ones.
+- **Max batch: not turned.** With the two knobs above, it changes neither the tail nor
+  the throughput: in the simulator, on this project's CPU profile at 1.5 x capacity, max
+  batches of 16, 32 and 64 served 194, 193 and 195 requests/s with 1.0-1.5% late
+  (docs/slo.md). Without the controller a smaller batch does shorten the tail on a CPU,
+  where a row costs about the same in any batch past 16; the plan-length cap gets the
+  same by shortening the plans instead, which keeps the wide batch a GPU needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+_RATE_SPAN_S = 2.0
+"""Seconds over which the completion rate and the mean live count are measured."""
+
+_CROWD = 1.5
+"""The look-ahead counts when the mean live count is this many times Little's count of
+the requests completing (their rate times their mean latency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    """The target and how the controller pursues it."""
+
+    p99_s: float
+    """The target: the p99 of completed requests' latency (admission to last output)."""
+    window_s: float = 10.0
+    """The rolling window of completions the p99 is measured over."""
+    interval_s: float = 0.25
+    """How often the controller decides."""
+    aim: float = 0.8
+    """The p99 it steers to, as a share of the target: the margin absorbs the feedback's
+    delay (a cut acts only on the requests admitted after it)."""
+    raise_below: float = 0.6
+    """It raises a binding limit only while the p99 is under this share of the target."""
+    plan_share: float = 0.1
+    """The longest a plan may take, as a share of the target: what a request arriving
+    mid-plan waits before its first step."""
+    min_samples: int = 20
+    """Latencies needed (since the last change) before the p99 is trusted."""
+
+    def __post_init__(self) -> None:
+        if not self.p99_s > 0 or not math.isfinite(self.p99_s):
+            raise ValueError(f"slo p99 must be a positive number of seconds, got {self.p99_s}")
+        if not self.window_s > 0 or not self.interval_s > 0:
+            raise ValueError("slo window and interval must be positive")
+        if not 0 < self.raise_below < self.aim <= 1:
+            raise ValueError(
+                f"slo shares must satisfy 0 < raise_below < aim <= 1, got "
+                f"{self.raise_below} and {self.aim}"
+            )
+        if not 0 < self.plan_share <= 1:
+            raise ValueError(f"slo plan_share must be in (0, 1], got {self.plan_share}")
+        if self.min_samples < 1:
+            raise ValueError(f"slo min_samples must be >= 1, got {self.min_samples}")
+
+
+@dataclass(frozen=True, slots=True)
+class SloDecision:
+    """The knobs after one update, and what it saw."""
+
+    live_limit: int
+    max_steps_per_plan: int
+    p99_s: float
+    """The rolling p99 it judged by (completions and late live requests); NaN with no data."""
+    samples: int
+    """How many latencies that p99 is over."""
+    changes: tuple[str, ...] = ()
+    """What changed and why, one line per knob, for the log; empty when nothing did."""
+
+
+class SloController:
+    """Admission limit and plan length, from measured latencies (see the module docstring).
+
+    The owner calls ``admitted`` / ``rejected`` / ``finished`` as requests come and go,
+    and ``update`` every ``interval_s``; it applies the returned knobs itself.
+    """
+
+    def __init__(
+        self, config: SloConfig, *, live_limit: int, max_steps_per_plan: int, now: float = 0.0
+    ) -> None:
+        if live_limit < 1 or max_steps_per_plan < 1:
+            raise ValueError("live_limit and max_steps_per_plan must be >= 1")
+        self.config = config
+        self.max_live_limit = live_limit
+        """The configured limit: the controller never admits more."""
+        self.max_steps_cap = max_steps_per_plan
+        self.reset(now)
+
+    def reset(self, now: float) -> None:
+        """Forget every latency and count, and go back to the configured limits (the
+        server's load changed in a way its past says nothing about: a warm-up burst)."""
+        self.live_limit = self.max_live_limit
+        self.max_steps_per_plan = self.max_steps_cap
+        self.p99_s = math.nan
+        self.num_finished = 0
+        self.num_over = 0
+        """Completed requests whose latency was over the target."""
+        self.num_rejected = 0
+        self.num_changes = 0
+        self.out_of_reach = ""
+        """Why the p99 is over the aim but cutting admission would not help; empty when it
+        would (or the p99 is under the aim)."""
+        self._done: deque[tuple[float, float]] = deque()
+        """(arrival, latency) of completions, oldest first."""
+        self._changed_at = -math.inf
+        self._last_update = now
+        self._peak_live = 0
+        self._rejected_since = 0
+        self._live_history: deque[tuple[float, int]] = deque()
+        """(time, live count) at each update over the last ``_RATE_SPAN_S``."""
+        self._bound = False
+        """Whether the limit held a request back (or was reached) since it was set."""
+
+    # ---- what happened -----------------------------------------------------------
+
+    def admitted(self, live: int) -> None:
+        """A request was admitted; ``live`` requests are now on its device."""
+        if live > self._peak_live:
+            self._peak_live = live
+        if live >= self.live_limit:
+            self._bound = True
+
+    def rejected(self) -> None:
+        """A request was refused by the limit."""
+        self.num_rejected += 1
+        self._rejected_since += 1
+        self._bound = True
+
+    def finished(self, arrival: float, now: float) -> None:
+        """A request admitted at ``arrival`` completed at ``now``."""
+        latency = now - arrival
+        self._done.append((arrival, latency))
+        self.num_finished += 1
+        if latency > self.config.p99_s:
+            self.num_over += 1
+
+    # ---- deciding ---------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        return now - self._last_update >= self.config.interval_s
+
+    def update(
+        self,
+        now: float,
+        *,
+        live_arrivals: Iterable[float] = (),
+        live: int | None = None,
+        plan_cost: Callable[[int], float | None] | None = None,
+        step_cost: Callable[[int], float | None] | None = None,
+    ) -> SloDecision:
+        """Decide the knobs at ``now``.
+
+        ``live_arrivals``: admission times of the requests still live (the late ones count
+        as samples at their age). ``live``: how many are live now (by default, as many as
+        ``live_arrivals``). ``plan_cost(k)``: the measured seconds of a k-step plan at the
+        batch now running, or ``None`` when not known yet. ``step_cost(n)``: the measured
+        seconds a request's step takes with ``n`` live (``Scheduler.step_seconds``).
+        """
+        cfg = self.config
+        target = cfg.p99_s
+        arrivals = list(live_arrivals)
+        peak = max(self._peak_live, len(arrivals) if live is None else live)
+        done = self._done
+        while done and done[0][0] < now - cfg.window_s:
+            done.popleft()
+        since = max(self._changed_at, now - cfg.window_s)
+        samples = [lat for arr, lat in done if arr >= since]
+        late = [now - a for a in arrivals if a >= since and now - a > cfg.aim * target]
+        samples += late
+        p99 = float(np.percentile(samples, 99)) if samples else math.nan
+        self.p99_s = p99
+        changes: list[str] = []
+        trusted = len(samples) >= cfg.min_samples or any(a > target for a in late)
+        limit = self.live_limit
+        # Little's law looks ahead: the mean live count over the last seconds, over the
+        # completions per second in them, is the mean latency of the requests being
+        # served now, and their p99 that times the p99's share of the mean. After a step
+        # up in load the live count says so within a second or two; the measured p99
+        # only once the requests admitted into the crowd complete.
+        n_live = len(arrivals) if live is None else live
+        history = self._live_history
+        history.append((now, n_live))
+        while history[0][0] < now - _RATE_SPAN_S:
+            history.popleft()
+        mean_live = sum(n for _, n in history) / len(history)
+        rate = self._completion_rate(now)
+        signal, at = p99, -1
+        if trusted and rate * _RATE_SPAN_S >= cfg.min_samples:
+            # Only a crowd well past Little's count of what completed counts, and only with
+            # enough completions to count the rate by: at a steady load the two agree, and
+            # a few completions are too few to read smaller differences from (the p99's
+            # share of the mean multiplies the noise).
+            mean = float(np.mean(samples))
+            crowd = mean_live / (rate * mean) if mean > 0 else 0.0
+            if crowd > _CROWD:
+                signal, at = p99 * crowd, max(1, round(mean_live))
+        mean = float(np.mean(samples)) if samples else 0.0
+        # The live count the samples were served at: the crowd's, or Little's.
+        served = at if at >= 0 else max(1, round(min(float(peak), rate * mean))) or 1
+        aim = cfg.aim * target
+        if trusted and signal > aim:
+            base = max(1, min(limit, peak))
+            fit = self._fit(signal, served, base, crowd=at >= 0, step_cost=step_cost)
+            if fit is None:
+                # No costs: by the p99's ratio to the aim, or to Little's live count at the
+                # aim (the p99's share of the mean as measured) if lower; at most by half.
+                factor = min(0.9, max(0.5, aim / signal))
+                little = rate * aim * mean / p99 if p99 > 0 else 0.0
+                new = max(1, math.floor(max(0.5 * base, min(base * factor, little))))
+                why = "by the p99's ratio and Little's law"
+            elif fit == 0:
+                new = limit
+                why = (
+                    "out of reach by admission: steps alone, at one live request, would "
+                    "take the p99 over the aim"
+                )
+            else:
+                new = max(fit, math.ceil(0.5 * base))
+                why = f"by step costs, from {served} live"
+            if new < limit:
+                seen = f"p99 {1e3 * p99:.0f} ms" + (
+                    f", {1e3 * signal:.0f} ms ahead with {at} live at {rate:.0f}/s"
+                    if at >= 0
+                    else ""
+                )
+                changes.append(
+                    f"live limit {limit} -> {new}: {seen}, over the aim {1e3 * aim:.0f} ms "
+                    f"({len(samples)} samples, {peak} live; {why})"
+                )
+                limit = new
+            if fit == 0 and not self.out_of_reach:
+                changes.append(f"live limit kept at {limit}: p99 {1e3 * p99:.0f} ms, {why}")
+            self.out_of_reach = why if fit == 0 else ""
+        else:
+            self.out_of_reach = ""
+        # A limit's p99 is known once its longest requests could have completed: until
+        # then its samples lean to the short ones.
+        settle = min(target, float(np.percentile([lat for _, lat in done], 99)) if done else target)
+        if (
+            trusted
+            and signal < cfg.raise_below * target
+            and now - self._changed_at >= settle
+            and limit < self.max_live_limit
+            and (self._bound or peak >= limit)
+        ):
+            # A tenth more; up to a half more where the step costs predict the aim still
+            # holds, so that a limit cut in a burst recovers in a few steps. (Not more: the
+            # costs do not see a crowd's queueing between cell types, and a limit that
+            # overshoots admits requests that will be late.)
+            new = limit + max(1, math.ceil(0.1 * limit))
+            fit = self._fit(p99, served, 2 * limit, crowd=False, step_cost=step_cost)
+            if fit:
+                new = max(new, min(math.floor(1.5 * limit), fit))
+            new = min(self.max_live_limit, new)
+            changes.append(
+                f"live limit {limit} -> {new}: p99 {1e3 * p99:.0f} ms under "
+                f"{1e3 * cfg.raise_below * target:.0f} ms and the limit binds "
+                f"({self._rejected_since} rejected since the last update)"
+            )
+            limit = new
+        if limit != self.live_limit:
+            self.live_limit = limit
+            self._changed_at = now
+            self._bound = False
+        steps = self._plan_length(plan_cost)
+        if steps != self.max_steps_per_plan:
+            cost = plan_cost(steps) if plan_cost is not None else None
+            changes.append(
+                f"steps per plan {self.max_steps_per_plan} -> {steps}: a plan may take "
+                f"{1e3 * cfg.plan_share * target:.1f} ms"
+                + (f" ({steps} steps: {1e3 * cost:.1f} ms)" if cost is not None else "")
+            )
+            self.max_steps_per_plan = steps
+        self.num_changes += len(changes)
+        self._last_update = now
+        self._peak_live = live if live is not None else len(arrivals)
+        self._rejected_since = 0
+        return SloDecision(limit, self.max_steps_per_plan, p99, len(samples), tuple(changes))
+
+    def _fit(
+        self,
+        p99: float,
+        served: int,
+        upto: int,
+        *,
+        crowd: bool,
+        step_cost: Callable[[int], float | None] | None,
+    ) -> int | None:
+        """The largest live limit, up to ``upto``, predicted to hold the p99 at the aim,
+        given ``p99`` measured with ``served`` live; 0 when not even one live request
+        would; ``None`` without step costs.
+
+        A request's latency is its steps times the step time, which the measured costs
+        give at each live count (``Scheduler.step_seconds``: the batch it makes, and the
+        rounds of waiting for a seat beyond the max batch), so the p99 scales with it.
+        The fit is a mean live count. In a crowd the live count sits at the limit, so the
+        limit is that; at a steady load it varies around its mean (about Poisson: two
+        standard deviations cover the bursts), and a limit at the mean would refuse every
+        burst. Where even one live request is predicted over the aim, the latency is the
+        requests' own length, not the load: cutting would refuse requests for nothing
+        (and, the completion rate falling with each cut, cut again).
+        """
+        if step_cost is None:
+            return None
+        at_cost = step_cost(served)
+        if at_cost is None or not at_cost > 0:
+            return None
+        aim = self.config.aim * self.config.p99_s
+
+        def fits(n: int) -> bool:
+            cost = step_cost(n)
+            return cost is not None and p99 * cost / at_cost <= aim
+
+        if not fits(1):
+            return 0
+        lo, hi = 1, max(1, upto)  # fits(lo); the largest n that fits, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo if crowd else lo + math.ceil(2 * math.sqrt(lo))
+
+    def _completion_rate(self, now: float) -> float:
+        """Completions per second over the last ``_RATE_SPAN_S`` seconds."""
+        n = 0
+        for arrival, latency in reversed(self._done):
+            if arrival + latency < now - _RATE_SPAN_S:
+                break
+            n += 1
+        return n / _RATE_SPAN_S
+
+    def _plan_length(self, plan_cost: Callable[[int], float | None] | None) -> int:
+        """The longest plan within the plan budget; lengthened only with room to spare
+        (30%), so that noise in the measured costs does not flip it back and forth."""
+        if plan_cost is None:
+            return self.max_steps_per_plan
+        budget = self.config.plan_share * self.config.p99_s
+        steps = self._longest_within(plan_cost, budget)
+        if steps is None:
+            return self.max_steps_per_plan
+        if steps > self.max_steps_per_plan:
+            roomy = self._longest_within(plan_cost, 0.7 * budget)
+            steps = max(self.max_steps_per_plan, roomy or 1)
+        return steps
+
+    def _longest_within(
+        self, plan_cost: Callable[[int], float | None], budget: float
+    ) -> int | None:
+        """The longest plan (a power of two, or the cap) costing at most ``budget``;
+        ``None`` when a cost is not known yet."""
+        best = 1
+        k = 2
+        while k <= self.max_steps_cap:
+            cost = plan_cost(k)
+            if cost is None:
+                return None
+            if cost > budget:
+                break
+            best = k
+            k *= 2
+        if best * 2 > self.max_steps_cap and self.max_steps_cap > best:
+            cost = plan_cost(self.max_steps_cap)
+            if cost is not None and cost <= budget:
+                best = self.max_steps_cap
+        return best

@@ -1,0 +1,281 @@
+"""The SLO controller on scripted latencies and times: when it cuts the admission limit,
+by how much, when it raises it again, and how long it lets a plan run.
+
+No engine and no clock: each test hands the controller the admissions, completions and
+times a scripted load would produce, and checks the knobs it returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler import SloConfig, SloController
+
+TARGET = 1.0
+"""Seconds: round numbers, so every threshold below is easy to check by hand
+(aim 0.8 s, raise below 0.6 s, a plan may take 0.1 s)."""
+
+
+def controller(live_limit: int = 100, steps: int = 32, **config: float) -> SloController:
+    return SloController(
+        SloConfig(TARGET, **config), live_limit=live_limit, max_steps_per_plan=steps
+    )
+
+
+def complete(c: SloController, latencies: list[float], *, at: float) -> None:
+    """Requests that finish at ``at`` having taken ``latencies``."""
+    for lat in latencies:
+        c.finished(at - lat, at)
+
+
+def test_under_the_target_and_not_binding_nothing_changes() -> None:
+    c = controller()
+    for live in range(1, 31):
+        c.admitted(live)
+    # 300 completions in the last 2 s at 0.2 s each: 150/s, so Little's 30 live.
+    complete(c, [0.2] * 300, at=5.0)
+    d = c.update(5.0, live=30)
+    assert (d.live_limit, d.max_steps_per_plan, d.changes) == (100, 32, ())
+    assert d.p99_s == pytest.approx(0.2)
+    assert d.samples == 300
+    # Well under the target but never full: no reason to raise a limit nobody reaches.
+    c2 = controller(live_limit=50)
+    c2.max_live_limit = 100
+    complete(c2, [0.1] * 50, at=5.0)
+    assert c2.update(5.0, live=10).live_limit == 50
+
+
+def test_over_the_aim_it_cuts_from_the_live_count_in_proportion() -> None:
+    c = controller(live_limit=1024)
+    c.admitted(40)
+    # p99 1.0 s against an aim of 0.8: the limit goes from the 40 live (not from the
+    # configured 1024, which never bound) by 0.8 / 1.0. (200 completions in the last 2 s:
+    # Little's law allows 100/s x 0.8 s x 0.75 / 1.0 = 60, more.)
+    complete(c, [0.5] * 100 + [1.0] * 100, at=10.0)
+    d = c.update(10.0, live=40)
+    assert d.live_limit == 32
+    assert c.live_limit == 32
+    assert len(d.changes) == 1
+    assert "live limit 1024 -> 32" in d.changes[0]
+    # The cut is at most in half, however far over.
+    c = controller(live_limit=1024)
+    complete(c, [5.0] * 30, at=10.0)
+    assert c.update(10.0, live=40).live_limit == 20
+
+
+def test_a_limit_is_judged_only_by_the_requests_admitted_under_it() -> None:
+    c = controller()
+    complete(c, [1.0] * 200, at=10.0)
+    assert c.update(10.0, live=40).live_limit == 32
+    # The slow requests admitted before the cut are still in the window, but they say
+    # nothing about the new limit: no second cut.
+    complete(c, [1.2] * 30, at=10.5)  # admitted at 9.3, before the cut
+    d = c.update(10.5, live=32)
+    assert d.live_limit == 32
+    assert d.changes == ()
+    # Requests admitted after it that are slow again do cut it again.
+    complete(c, [0.9] * 30, at=11.0 + 0.9)  # admitted at 11.0
+    assert c.update(11.9, live=32).live_limit < 32
+
+
+def test_a_late_live_request_cuts_before_anything_completes() -> None:
+    """A step up in load shows first as requests that have been live too long."""
+    c = controller()
+    c.admitted(60)
+    # Nothing has completed; one request admitted at t=0 is live at t=1.5, past the target:
+    # its latency will be at least 1.5 s.
+    d = c.update(1.5, live_arrivals=[0.0] + [1.4] * 59)
+    assert d.live_limit == 30  # at most half of the 60 live
+    assert d.samples == 1
+    # A request past the aim but not yet the target, alone, is not trusted.
+    c = controller()
+    assert c.update(1.5, live_arrivals=[0.6], live=60).live_limit == 100
+
+
+def test_a_step_up_in_load_shows_in_the_live_count_before_the_p99() -> None:
+    """Little's law: 40 live for the last 2 s, draining at 50/s, is 0.8 s each on average,
+    and a p99 at 4/3 of the mean is 1.07 s ahead, though what completed so far took 0.5 s."""
+    c = controller(live_limit=1024)
+    for t in (8.0, 8.5, 9.0, 9.5):
+        assert c.update(t, live=40).changes == ()  # 40 live throughout, nothing completed
+    complete(c, [0.25] * 50 + [0.5] * 50, at=10.0)
+    d = c.update(10.0, live=40)
+    assert d.p99_s == pytest.approx(0.5)
+    # No costs known: by the ratio (0.8 / 1.07 of 40) and Little's (50/s x 0.8 s x
+    # 0.375 / 0.5): both 30.
+    assert d.live_limit == 30
+    assert "1067 ms ahead with 40 live at 50/s" in d.changes[0]
+    # Without the crowd (Little's 18.75 live over the 2 s), nothing is ahead: no cut.
+    c = controller(live_limit=1024)
+    for t in (8.0, 8.5, 9.0, 9.5):
+        c.update(t, live=19)
+    complete(c, [0.25] * 50 + [0.5] * 50, at=10.0)
+    assert c.update(10.0, live=19).changes == ()
+
+
+def test_with_step_costs_it_cuts_to_the_live_count_predicted_to_meet_the_aim() -> None:
+    c = controller()
+    c.admitted(40)
+    complete(c, [1.0] * 200, at=10.0)  # 100/s at 1 s: served at 40 live (all there were)
+    # A step takes 10 ms + 1 ms a live request: 50 ms at 40. The aim (0.8 s) needs steps
+    # of 40 ms: 30 live on average, so a limit of 30 + 2 x sqrt(30) for the bursts.
+    d = c.update(10.0, live=40, step_cost=lambda n: 0.01 + 0.001 * n)
+    assert d.live_limit == 30 + 11
+    assert "by step costs, from 40 live" in d.changes[0]
+    # In a crowd the live count sits at the limit, so the fit is the limit itself. 100
+    # live for the last 2 s; 100/s completing at 0.4 s is Little's 40: a crowd of 2.5,
+    # so the p99 ahead is 0.4 s x 2.5 = 1.0 s with 100 live (110 ms steps). The aim
+    # needs steps of 110 x 0.8 = 88 ms: 78 live.
+    c = controller(live_limit=1024)
+    for t in (8.0, 8.5, 9.0, 9.5):
+        c.update(t, live=100)
+    complete(c, [0.4] * 200, at=10.0)
+    d = c.update(10.0, live=100, step_cost=lambda n: 0.01 + 0.001 * n)
+    assert d.live_limit == 78
+    assert "1000 ms ahead with 100 live" in d.changes[0]
+
+
+def test_when_the_latency_is_the_requests_own_length_it_does_not_cut() -> None:
+    """Steps cost about the same at any batch: a p99 over the aim comes from long requests,
+    and refusing others would not shorten them."""
+    c = controller()
+    complete(c, [1.0] * 200, at=10.0)
+    flat = {"step_cost": lambda n: 0.05 + 0.0001 * n}
+    d = c.update(10.0, live=40, **flat)
+    assert d.live_limit == 100
+    assert len(d.changes) == 1
+    assert "kept at 100" in d.changes[0]
+    assert "out of reach by admission" in c.out_of_reach
+    # Said once, not at every update.
+    complete(c, [1.0] * 200, at=10.5)
+    assert c.update(10.5, live=40, **flat).changes == ()
+    # Back under the aim: the note clears.
+    complete(c, [0.1] * 2000, at=20.0)
+    c.update(20.0, live=40, **flat)
+    assert c.out_of_reach == ""
+
+
+def test_fewer_samples_than_the_minimum_decide_nothing() -> None:
+    c = controller(min_samples=20)
+    complete(c, [3.0] * 19, at=10.0)
+    d = c.update(10.0, live=50)
+    assert d.live_limit == 100
+    assert d.p99_s > TARGET  # measured, reported, not acted on
+
+
+def test_little_s_law_cuts_to_what_the_completion_rate_serves_within_the_aim() -> None:
+    c = controller(live_limit=1024)
+    c.admitted(100)
+    # 40 completions in the last 2 s (20/s), mean 1.0 s, p99 1.0: at the aim (0.8 s) the
+    # device serves 20/s x 0.8 s = 16 live; the ratio alone would say 100 x 0.8 = 80;
+    # the cut is bounded at half of the 100 live.
+    complete(c, [1.0] * 40, at=10.0)
+    assert c.update(10.0, live=100).live_limit == 50
+    c = controller(live_limit=1024)
+    c.admitted(20)
+    complete(c, [1.0] * 40, at=10.0)
+    # 20 live: Little's 16 is within the half bound (10) and under the ratio's 16.
+    assert c.update(10.0, live=20).live_limit == 16
+
+
+def test_it_raises_a_binding_limit_only_once_the_target_has_passed_since_the_change() -> None:
+    c = controller()
+    complete(c, [1.0] * 200, at=10.0)
+    assert c.update(10.0, live=40).live_limit == 32
+    # Fast requests admitted after the cut, and the limit binds (rejections), but the
+    # longest requests admitted under it may not have finished yet: wait a target.
+    c.admitted(32)
+    c.rejected()
+    complete(c, [0.1] * 30, at=10.5)
+    assert c.update(10.5, live=32).live_limit == 32
+    c.rejected()
+    complete(c, [0.2] * 30, at=11.0)
+    d = c.update(11.0, live=32)
+    assert d.live_limit == 36  # + 10%, rounded up
+    assert "live limit 32 -> 36" in d.changes[0]
+    assert "1 rejected" in d.changes[0]
+
+
+def test_it_never_raises_past_the_configured_limit_nor_cuts_below_one() -> None:
+    c = controller(live_limit=10)
+    c.live_limit = 10
+    c.admitted(10)
+    c.rejected()
+    complete(c, [0.1] * 30, at=5.0)
+    assert c.update(5.0, live=10).live_limit == 10
+    c = controller(live_limit=2)
+    complete(c, [10.0] * 30, at=20.0)
+    assert c.update(20.0, live=1).live_limit == 1
+    complete(c, [10.0] * 30, at=40.0)
+    assert c.update(40.0, live=1).live_limit == 1
+
+
+def test_old_completions_leave_the_window() -> None:
+    c = controller(window_s=10.0)
+    complete(c, [3.0] * 30, at=5.0)  # admitted at 2.0
+    d = c.update(20.0, live=5)
+    assert math.isnan(d.p99_s)
+    assert d.samples == 0
+    assert d.live_limit == 100
+
+
+def test_plans_may_take_a_tenth_of_the_target() -> None:
+    c = controller(steps=32)
+    # 10 ms a step: 8 steps (80 ms) fit in 0.1 s, 16 do not.
+    d = c.update(1.0, live=4, plan_cost=lambda k: 0.01 * k)
+    assert d.max_steps_per_plan == 8
+    assert "steps per plan 32 -> 8" in d.changes[0]
+    # Lengthened only with 30% to spare: 16 steps at 4 ms is 64 ms, over 70 ms of room? no
+    # (64 <= 70): allowed; at 5 ms it would be 80 ms, not.
+    assert c.update(2.0, live=4, plan_cost=lambda k: 0.005 * k).max_steps_per_plan == 8
+    assert c.update(3.0, live=4, plan_cost=lambda k: 0.004 * k).max_steps_per_plan == 16
+    # Shortened at once when over the budget.
+    assert c.update(4.0, live=4, plan_cost=lambda k: 0.03 * k).max_steps_per_plan == 2
+    # Even one step over the budget leaves one step per plan (never zero).
+    assert c.update(5.0, live=4, plan_cost=lambda k: 0.2 * k).max_steps_per_plan == 1
+    # A cost not measured yet keeps the current length.
+    assert c.update(6.0, live=4, plan_cost=lambda k: None).max_steps_per_plan == 1
+
+
+def test_a_cap_that_is_not_a_power_of_two_is_reached() -> None:
+    c = controller(steps=20)
+    assert c.update(1.0, live=1, plan_cost=lambda k: 0.001 * k).max_steps_per_plan == 20
+    c = controller(steps=20)
+    assert c.update(1.0, live=1, plan_cost=lambda k: 0.006 * k).max_steps_per_plan == 16
+
+
+def test_counts_for_the_metrics() -> None:
+    c = controller()
+    complete(c, [0.5, 1.5, 2.0], at=3.0)
+    c.rejected()
+    assert (c.num_finished, c.num_over, c.num_rejected) == (3, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"p99_s": 0.0}, "positive number"),
+        ({"p99_s": float("nan")}, "positive number"),
+        ({"p99_s": 1.0, "window_s": 0.0}, "window"),
+        ({"p99_s": 1.0, "aim": 0.5, "raise_below": 0.6}, "raise_below < aim"),
+        ({"p99_s": 1.0, "plan_share": 0.0}, "plan_share"),
+        ({"p99_s": 1.0, "min_samples": 0}, "min_samples"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_field(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SloConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_reset_forgets_the_past_and_restores_the_configured_limits() -> None:
+    c = controller(live_limit=64, steps=32)
+    complete(c, [5.0] * 40, at=10.0)
+    c.rejected()
+    c.update(10.0, live=60, plan_cost=lambda k: 0.05 * k)
+    assert (c.live_limit, c.max_steps_per_plan) == (30, 2)
+    c.reset(20.0)
+    assert (c.live_limit, c.max_steps_per_plan) == (64, 32)
+    assert (c.num_finished, c.num_over, c.num_rejected, c.num_changes) == (0, 0, 0, 0)
+    assert math.isnan(c.update(20.5, live=1).p99_s)

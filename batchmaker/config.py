@@ -69,6 +69,12 @@ class EngineConfig:
     model load, so the collector's full passes skip torch's and the models' objects (a
     full pass stalled every stream for 83-90 ms); see ``runtime/heap.py``. ``False`` for an
     application that embeds the engine and keeps its own cyclic garbage at start-up."""
+    slo_p99_s: float | None = None
+    """A latency target: the p99 of completed requests, admission to last output. With it,
+    the SLO controller (``scheduler/slo.py``) adapts the admission limit (up to
+    ``max_num_live_requests``) and the steps per plan (up to ``max_steps_per_plan``) while
+    serving, to hold it and serve as much as it allows; requests beyond what it allows
+    get RESOURCE_EXHAUSTED at once. ``None``: fixed limits."""
     num_threads: int | None = None
     """torch intra-op threads when a device is the CPU. ``None``: all cores but one, which
     is left to the event loop (on 2 cores, a busy loop thread beside 2 OpenMP threads
@@ -96,6 +102,8 @@ class EngineConfig:
             raise ValueError(f"padded_timeout_s must be in [0, 60], got {self.padded_timeout_s}")
         if self.num_threads is not None:
             _positive("num_threads", self.num_threads)
+        if self.slo_p99_s is not None and not (0 < self.slo_p99_s < 3600):
+            raise ValueError(f"slo_p99_s must be in (0, 3600) seconds, got {self.slo_p99_s}")
         if self.cuda_graphs and not any(d.startswith("cuda") for d in self.devices):
             raise ValueError(f"cuda_graphs needs a CUDA device; devices are {self.devices}")
         if self.mode in ("padded", "level") and self.padded_max_batch > self.max_batch:

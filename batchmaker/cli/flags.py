@@ -120,6 +120,14 @@ def add_engine_flags(
         help="CUDA devices: one-step plans replay CUDA graphs captured per cell type at "
         "power-of-two batch sizes [CUDA_GRAPHS=1]",
     )
+    p.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        default=default("SLO_P99_MS", None),
+        help="a p99 latency target: adapt the admission limit (up to --max-live) and the "
+        "steps per plan (up to --max-steps-per-plan) while serving to hold it; requests "
+        "beyond what it allows get RESOURCE_EXHAUSTED at once (docs/slo.md) [SLO_P99_MS]",
+    )
     p.add_argument("--padded-max-batch", type=int, default=d.padded_max_batch)
     p.add_argument("--padded-timeout-ms", type=float, default=d.padded_timeout_s * 1e3)
     p.add_argument(
@@ -152,6 +160,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "max_steps_per_plan": args.max_steps_per_plan,
         "fused_baselines": args.fused_baselines,
         "cuda_graphs": args.cuda_graphs,
+        "slo_p99_s": None if args.slo_p99_ms is None else float(args.slo_p99_ms) / 1e3,
     }
     fields.update(overrides)
     return EngineConfig(**fields)  # type: ignore[arg-type]

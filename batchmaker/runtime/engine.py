@@ -45,10 +45,14 @@ from batchmaker.runtime.worker import DeviceWorker, WorkerStats
 from batchmaker.types import InferRequest, StepBlock, StepOutput
 from scheduler import (
     CellTypeSpec,
+    CellularScheduler,
     Clock,
     FinishReason,
     MonotonicClock,
     SchedRequest,
+    SloConfig,
+    SloController,
+    SloDecision,
     StepOutcome,
     make_scheduler,
 )
@@ -134,6 +138,17 @@ class Engine:
         self._idle = asyncio.Event()
         self._ended = asyncio.Event()
         """Set whenever a request ends; an unload waiting for its model's requests clears it."""
+        self.slo: SloController | None = None
+        """With ``config.slo_p99_s``: the controller that sets the admission limit and the
+        steps per plan (``control_slo``)."""
+        if config.slo_p99_s is not None:
+            self.slo = SloController(
+                SloConfig(config.slo_p99_s),
+                live_limit=config.max_num_live_requests,
+                max_steps_per_plan=config.max_steps_per_plan,
+                now=self._clock.now(),
+            )
+        self._control: asyncio.Task[None] | None = None
 
     # ---- construction -------------------------------------------------------
 
@@ -285,6 +300,8 @@ class Engine:
         for w in self._workers:
             w.start()
         self._accepting = True
+        if self.slo is not None:
+            self._control = asyncio.create_task(self._control_loop(), name="batchmaker-slo")
         if self.config.freeze_heap:
             heap.freeze()
 
@@ -294,6 +311,11 @@ class Engine:
         ``grace=None`` waits for every live request; ``0`` ends them at once.
         """
         self._accepting = False
+        if self._control is not None:
+            self._control.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._control
+            self._control = None
         if self._stopped:
             return
         if self._loop is None:  # never started: no thread to stop, nothing live
@@ -370,6 +392,8 @@ class Engine:
             )
         place = self._place(wanted)
         place.num_live += 1
+        if self.slo is not None:
+            self.slo.admitted(place.num_live)
         for pool, n in wanted.items():
             place.free_slots[pool] -= n
         stream = RequestStream(request_id, model.name, model.version, self.abort)
@@ -390,7 +414,8 @@ class Engine:
         return stream
 
     def _place(self, wanted: dict[str, int]) -> _Placement:
-        limit = self.config.max_num_live_requests
+        slo = self.slo
+        limit = self.config.max_num_live_requests if slo is None else slo.live_limit
         best: _Placement | None = None
         reason = ""
         for p in self._placements:
@@ -398,6 +423,8 @@ class Engine:
                 reason = (
                     f"{p.num_live} live requests on {self.config.devices[p.index]}, limit {limit}"
                 )
+                if slo is not None and limit < self.config.max_num_live_requests:
+                    reason += f" (set by the SLO controller for p99 <= {slo.config.p99_s:g} s)"
                 continue
             short = [pool for pool, n in wanted.items() if p.free_slots[pool] < n]
             if short:
@@ -408,6 +435,8 @@ class Engine:
             if best is None or p.num_live < best.num_live:
                 best = p
         if best is None:
+            if slo is not None:
+                slo.rejected()
             raise AdmissionRejectedError(f"admission limit reached: {reason}")
         return best
 
@@ -461,6 +490,8 @@ class Engine:
                 place.free_slots[pool] += 1
             reason = request.finish_reason
             assert reason is not None, "the scheduler hands out only finished requests"
+            if self.slo is not None and not reason.is_error:
+                self.slo.finished(sreq.arrival, self._clock.now())
             stream.finish(
                 reason,
                 _error_for(reason, error),
@@ -468,6 +499,52 @@ class Engine:
             )
         if not self._streams:
             self._idle.set()
+
+    # ---- the SLO controller -----------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        assert self.slo is not None
+        interval = self.slo.config.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not self.slo.due(self._clock.now()):
+                continue  # a manual clock that has not moved (tests drive it themselves)
+            try:
+                self.control_slo()
+            except Exception:  # a controller bug must not stop serving at the last limits
+                log.exception("SLO controller update failed; keeping the current limits")
+
+    def control_slo(self) -> SloDecision | None:
+        """One update of the SLO controller, applied: the admission limit here on the loop,
+        the steps per plan on every device between two of its steps. The engine's timer
+        calls it every ``interval_s``; tests call it under a manual clock. ``None`` without
+        an SLO."""
+        slo = self.slo
+        if slo is None:
+            return None
+        busiest = max(p.num_live for p in self._placements)
+        # Read from the loop while the device thread steps: the learned costs are plain
+        # floats in dicts, so a read sees an older or newer mean, never a broken one.
+        sched = self._workers[0].scheduler
+        decision = slo.update(
+            self._clock.now(),
+            live_arrivals=[sreq.arrival for _, _, sreq in self._streams.values()],
+            live=busiest,
+            plan_cost=lambda k: sched.plan_seconds(busiest, k),
+            step_cost=sched.step_seconds,
+        )
+        for change in decision.changes:
+            log.info("SLO controller: %s", change)
+        steps = decision.max_steps_per_plan
+        for worker in self._workers:
+            ws = worker.scheduler
+            if isinstance(ws, CellularScheduler) and ws.max_steps_per_plan != steps:
+
+                def set_steps(ws: CellularScheduler = ws) -> None:
+                    ws.max_steps_per_plan = steps
+
+                worker.call(set_steps)
+        return decision
 
     # ---- introspection -----------------------------------------------------------------
 

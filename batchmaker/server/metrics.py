@@ -35,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS, STEPS_PER_PLAN_BUCKETS
+from scheduler import SloController
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -302,6 +303,55 @@ class EngineCollector(Collector):
             for name, n in snap.slot_capacity.items():
                 capacity.add_metric([d, *split_qualified(name)], n)
         yield from families
+        if engine is not None and engine.slo is not None:
+            yield from _slo_families(engine.slo)
+
+
+def _slo_families(slo: SloController) -> list[Metric]:
+    """The SLO controller's target, what it measures and what it decided (only when the
+    server runs with ``--slo-p99-ms``)."""
+    g, c = GaugeMetricFamily, CounterMetricFamily
+    return [
+        g(PREFIX + "slo_target_seconds", "The p99 latency target.", value=slo.config.p99_s),
+        g(
+            PREFIX + "slo_p99_seconds",
+            "The rolling p99 latency the controller last judged by (completed requests "
+            "admitted under the current limits, and live ones already past the aim).",
+            value=slo.p99_s,
+        ),
+        g(
+            PREFIX + "slo_live_limit",
+            "Admission limit per device the controller set (live requests; beyond it, "
+            "RESOURCE_EXHAUSTED).",
+            value=slo.live_limit,
+        ),
+        g(
+            PREFIX + "slo_max_steps_per_plan",
+            "Most steps per plan the controller allows (a plan may take a tenth of the target).",
+            value=slo.max_steps_per_plan,
+        ),
+        c(
+            PREFIX + "slo_completed",
+            "Requests that completed while the controller ran.",
+            value=slo.num_finished,
+        ),
+        c(
+            PREFIX + "slo_over",
+            "Completed requests whose latency was over the target; over slo_completed, the "
+            "fraction that missed it.",
+            value=slo.num_over,
+        ),
+        c(
+            PREFIX + "slo_rejected",
+            "Requests refused at admission (RESOURCE_EXHAUSTED) while the controller ran.",
+            value=slo.num_rejected,
+        ),
+        c(
+            PREFIX + "slo_changes",
+            "Changes the controller made to its knobs (each is logged with its reason).",
+            value=slo.num_changes,
+        ),
+    ]
 
 
 def _cumulative(bounds: tuple[str, ...], counts: list[int]) -> list[tuple[str, float]]:

@@ -117,6 +117,7 @@ def test_serve_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "BATCHMAKER_MAX_MESSAGE_BYTES": "2048",
         "BATCHMAKER_MODE": "padded",
         "BATCHMAKER_LOG_LEVEL": "DEBUG",
+        "BATCHMAKER_SLO_P99_MS": "250",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -130,9 +131,13 @@ def test_serve_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine.max_batch_for("gru-lm@1/step") == 8
     assert engine.max_batch_for("lstm-512@1/step") == 24
     assert engine.max_num_live_requests == 100
+    assert engine.slo_p99_s == 0.25
     # A flag wins over its variable.
-    server, _, _ = serve_configs(build_parser().parse_args(["serve", "--port", "7001"]))
+    server, engine, _ = serve_configs(
+        build_parser().parse_args(["serve", "--port", "7001", "--slo-p99-ms", "80"])
+    )
     assert server.port == 7001
+    assert engine.slo_p99_s == 0.08
 
 
 def test_serve_rejects_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,6 +147,9 @@ def test_serve_rejects_bad_configuration(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["serve", "--max-batch-per-cell", "nonsense"])
     assert "expected CELL=N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--slo-p99-ms", "0"])
+    assert "slo_p99_s must be in (0, 3600)" in capsys.readouterr().err
 
 
 def test_the_client_and_the_cli_start_without_torch() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -261,3 +262,16 @@ def tree_depth(children: np.ndarray) -> int:
 def tree_leaves(children: np.ndarray) -> int:
     """Nodes without children."""
     return int((children < 0).all(axis=1).sum())
+
+
+def stepped_arrivals(offsets: np.ndarray, rates: Sequence[float], phase_s: float) -> np.ndarray:
+    """Arrival times of a unit-rate trace replayed at ``rates[i]`` requests/s during the
+    ``i``-th ``phase_s`` seconds: a load that steps up and down, each request keeping its
+    place in the trace. Offsets past the last phase are dropped."""
+    r = np.asarray(rates, dtype=np.float64)
+    if len(r) == 0 or np.any(r <= 0) or not phase_s > 0:
+        raise ValueError("stepped_arrivals needs positive rates and a positive phase length")
+    bounds = np.concatenate([[0.0], np.cumsum(r * phase_s)])  # unit-rate time at each phase
+    x = offsets[offsets < bounds[-1]]
+    phase = np.searchsorted(bounds, x, side="right") - 1
+    return phase * phase_s + (x - bounds[phase]) / r[phase]

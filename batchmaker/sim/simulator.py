@@ -25,6 +25,7 @@ not modelled except as far as the profile's measured plan times include it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 from batchmaker.sim.profile import StepProfile, Unfold
 from scheduler import (
     AdmissionError,
+    CellularScheduler,
     ChainGraph,
     FinishReason,
     ManualClock,
@@ -42,6 +44,9 @@ from scheduler import (
     Scheduler,
     SchedulerConfig,
     Seq2SeqGraph,
+    SloConfig,
+    SloController,
+    SloDecision,
     StepPlan,
     TreeGraph,
     make_scheduler,
@@ -135,6 +140,8 @@ class SimResult:
     cell_steps: dict[str, int] = field(default_factory=dict)
     """Per cell type: rows' steps run (each real row's steps)."""
     records: list[PlanRecord] = field(default_factory=list)
+    slo: list[tuple[float, SloDecision]] = field(default_factory=list)
+    """With an SLO controller: each of its updates, at its simulated time."""
 
     @property
     def num_rejected(self) -> int:
@@ -192,8 +199,14 @@ def simulate(
     *,
     replicas: int = 1,
     record: bool = False,
+    slo: SloConfig | None = None,
 ) -> SimResult:
-    """Run ``requests`` (ascending arrivals) through ``replicas`` devices of ``profile``."""
+    """Run ``requests`` (ascending arrivals) through ``replicas`` devices of ``profile``.
+
+    ``slo``: run the server's SLO controller (``scheduler/slo.py``) as the engine does: one
+    for all replicas, its admission limit per replica, its plan length on every scheduler,
+    updated at the first event after each interval; its decisions are in ``SimResult.slo``.
+    """
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     config = config or SchedulerConfig()
@@ -219,6 +232,17 @@ def simulate(
     nxt = 0
     now = float(arrival[0]) if n else 0.0
     start = now
+    control = (
+        None
+        if slo is None
+        else SloController(
+            slo,
+            live_limit=config.max_num_live_requests,
+            max_steps_per_plan=config.max_steps_per_plan,
+            now=now,
+        )
+    )
+    live_arrivals: dict[int, float] = {}
 
     def ended(requests_: Iterable[SchedRequest], r: int) -> None:
         for req in requests_:
@@ -226,6 +250,10 @@ def simulate(
             finish[i] = now
             reasons[i] = str(req.finish_reason)
             live[r] -= 1
+            if control is not None:
+                del live_arrivals[i]
+                if req.finish_reason in (FinishReason.COMPLETED, FinishReason.LENGTH):
+                    control.finished(req.arrival, now)
 
     while True:
         clock.set(now)
@@ -247,6 +275,11 @@ def simulate(
             progressed = True
             req = requests[nxt]
             r = min(range(replicas), key=live.__getitem__)
+            if control is not None and live[r] >= control.live_limit:
+                reasons[nxt] = "rejected"
+                control.rejected()
+                nxt += 1
+                continue
             sreq = SchedRequest(
                 str(nxt), graph_of(profile.unfold, req), arrival=float(arrival[nxt]), tag=nxt
             )
@@ -256,7 +289,23 @@ def simulate(
                 reasons[nxt] = "rejected"
             else:
                 live[r] += 1
+                if control is not None:
+                    control.admitted(live[r])
+                    live_arrivals[nxt] = sreq.arrival
             nxt += 1
+        if control is not None and control.due(now):
+            busiest = max(live)
+            decision = control.update(
+                now,
+                live_arrivals=live_arrivals.values(),
+                live=busiest,
+                plan_cost=functools.partial(scheds[0].plan_seconds, busiest),
+                step_cost=scheds[0].step_seconds,
+            )
+            for sched in scheds:
+                if isinstance(sched, CellularScheduler):
+                    sched.max_steps_per_plan = decision.max_steps_per_plan
+            out.slo.append((now, decision))
         # 3. idle replicas schedule
         wake = float("inf")
         for r, sched in enumerate(scheds):

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from batchmaker.cli import admin, calls, demo, flags, measure, serve, simulate
+from batchmaker.cli import admin, calls, demo, flags, measure, plan, serve, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub, common)
     measure.add_parsers(sub, common)
     simulate.add_parsers(sub, common)
+    plan.add_parsers(sub, common)
     # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
     # `--auth-tokens-file` that takes the secret for a path.
     parser.allow_abbrev = False
@@ -71,12 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench-coldstart",
             "bench-host",
             "bench-sim",
+            "bench-slo",
         ):
             return measure.run(args)
         if args.command == "profile":
             return simulate.run_profile(args)
         if args.command == "simulate":
             return simulate.run_simulate(args)
+        if args.command == "plan":
+            return plan.run_plan(args)
         from batchmaker.errors import BatchMakerError
 
         command = {

@@ -177,6 +177,7 @@ TORCH_FREE_ENTRY_POINTS = (
     "batchmaker.runtime.engine",
     "batchmaker.models.base",
     "batchmaker.sim.simulator",
+    "batchmaker.sim.plan",
 )
 
 FIRST_PARTY = frozenset({*SOURCE_PACKAGES, SCRIPT.removesuffix(".py")})

@@ -89,7 +89,8 @@ class PlanCosts:
         )
         if not curve:
             return None
-        xs, ys = [], []
+        xs: list[float] = []
+        ys: list[float] = []
         for mean_rows, bucket in curve:
             cost = self.estimate(cell_type, bucket, steps)
             if cost is not None and (not xs or mean_rows > xs[-1]):

@@ -274,4 +274,5 @@ def stepped_arrivals(offsets: np.ndarray, rates: Sequence[float], phase_s: float
     bounds = np.concatenate([[0.0], np.cumsum(r * phase_s)])  # unit-rate time at each phase
     x = offsets[offsets < bounds[-1]]
     phase = np.searchsorted(bounds, x, side="right") - 1
-    return phase * phase_s + (x - bounds[phase]) / r[phase]
+    out: np.ndarray = phase * phase_s + (x - bounds[phase]) / r[phase]
+    return out

@@ -154,6 +154,28 @@ def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))
 
 
+def add_slobench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", choices=("chain", "seq2seq", "tree"), default="chain")
+    p.add_argument("--tiny", action="store_true", help="the smoke-test model")
+    p.add_argument("--phase-s", type=float, default=20.0, help="seconds per load step")
+    p.add_argument("--runs", type=int, default=1, help="repeat the fixed/controller pair")
+    p.add_argument(
+        "--capacity",
+        type=float,
+        help="the fixed limits' sustainable req/s at the target; default: measure it",
+    )
+    p.add_argument(
+        "--capacity-from",
+        choices=("saturation", "sustainable"),
+        default="saturation",
+        help="what 100%% is: the fixed limits' throughput overloaded, or their sustainable "
+        "rate at the target",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the trace's")
+    p.add_argument("--out", type=Path, default=Path("bench-results/slo.json"))
+    p.add_argument("--plot", type=Path, help="also draw load, p99 and the limit over time (PNG)")
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench", parents=[common], help="cellular vs padded vs none on one recorded trace"
@@ -187,6 +209,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     flags.add_engine_flags(simcheck, with_mode=False)
     add_simcheck_flags(simcheck)
+    slo = sub.add_parser(
+        "bench-slo",
+        parents=[common],
+        help="the SLO controller against fixed limits as load steps up and down "
+        "(--slo-p99-ms is the target)",
+    )
+    flags.add_engine_flags(slo, with_mode=False)
+    add_slobench_flags(slo)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +239,12 @@ def run(args: argparse.Namespace) -> int:
         config = flags.engine_config(args)
         set_cpu_threads(config)
         return run_simcheck_cli(args, config)
+    if args.command == "bench-slo":
+        from batchmaker.bench.slobench import run_slobench_cli
+
+        config = flags.engine_config(args, slo_p99_s=None)
+        set_cpu_threads(config)
+        return run_slobench_cli(args, config)
     if args.command == "bench-overhead":
         from batchmaker.bench.overhead import run_overhead_cli
 

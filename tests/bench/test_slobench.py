@@ -1,0 +1,78 @@
+"""``bench-slo``'s parts: the stepped arrivals, the per-phase figures on hand-made runs, and
+one short run of the whole command on the tiny model (the figures themselves are the
+benchmark's, recorded in docs/benchmarks.md, not asserted here)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchmaker.bench.slobench import PHASES, bench, per_phase, plot, summarize
+from batchmaker.bench.trace import stepped_arrivals
+from batchmaker.cli.main import main
+from batchmaker.config import EngineConfig
+
+
+def test_stepped_arrivals_keep_the_trace_order_at_each_phase_rate() -> None:
+    offsets = np.arange(60, dtype=np.float64) + 0.5  # one a second at unit rate
+    t = stepped_arrivals(offsets, [1.0, 4.0, 2.0], 10.0)
+    # 10 in the first 10 s, 40 in the next, 10 of the 20 the last phase could hold: the
+    # trace runs out at unit-rate time 60.
+    assert np.histogram(t, [0, 10, 20, 30])[0].tolist() == [10, 40, 10]
+    assert np.all(np.diff(t) > 0)
+    assert t[9] == pytest.approx(9.5)
+    assert t[10] == pytest.approx(10.125)  # offset 10.5: an eighth of a second into phase two
+    # Offsets past the last phase are dropped.
+    assert len(stepped_arrivals(np.arange(1000, dtype=np.float64) + 0.5, [1.0], 5.0)) == 5
+    with pytest.raises(ValueError, match="positive rates"):
+        stepped_arrivals(offsets, [1.0, 0.0], 10.0)
+
+
+def _run(latencies: list[float | None], phase_s: float) -> dict[str, object]:
+    """A run with one request per phase second, at the given latencies in order."""
+    n = len(latencies)
+    return {"arrival_s": [i * phase_s * len(PHASES) / n for i in range(n)], "latency_s": latencies}
+
+
+def test_per_phase_counts_late_refused_and_served_by_arrival() -> None:
+    phase_s = 1.0
+    # 2 requests per phase: phase 0 both on time; phase 1 one late; phase 2 one refused
+    # (None); the rest on time.
+    lat: list[float | None] = [0.1] * (2 * len(PHASES))
+    lat[3] = 0.5
+    lat[5] = None
+    phases = per_phase(_run(lat, phase_s), 0.3, phase_s)
+    assert [p["offered"] for p in phases] == [2] * len(PHASES)
+    assert phases[0]["over_fraction"] == 0.0
+    assert phases[1]["over_fraction"] == 0.5
+    assert phases[2]["refused_fraction"] == 0.5
+    assert phases[2]["over_fraction"] == 0.0  # of the admitted
+    assert phases[2]["throughput_rps"] == 1.0
+    s = summarize([{"fixed": {"phases": phases}, "controller": {"phases": phases}}] * 3)
+    assert s["fixed"][1]["over_fraction"] == [0.5, 0.5, 0.5]
+
+
+def test_a_short_run_of_the_whole_benchmark_writes_its_report_and_plot(tmp_path: Path) -> None:
+    config = EngineConfig(max_batch=16)
+    report = asyncio.run(
+        bench("chain", config, slo_s=0.2, phase_s=0.4, runs=1, capacity=30.0, tiny=True, log=print)
+    )
+    (pair,) = report["runs"]
+    for name in ("fixed", "controller"):
+        run = pair[name]
+        assert run["num_failed"] == 0
+        assert sum(p["offered"] for p in run["phases"]) == report["requests"]
+        assert run["series"]["t_s"]
+    assert pair["controller"]["series"]["live_limit"][0] == config.max_num_live_requests
+    out = tmp_path / "slo.png"
+    plot(report, out)
+    assert out.stat().st_size > 10_000
+
+
+def test_the_command_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench-slo", "--tiny"])
+    assert "--slo-p99-ms" in capsys.readouterr().err

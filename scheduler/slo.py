@@ -55,7 +55,7 @@ import numpy as np
 _RATE_SPAN_S = 2.0
 """Seconds over which the completion rate and the mean live count are measured."""
 
-_CROWD = 1.5
+_CROWD = 1.25
 """The look-ahead counts when the mean live count is this many times Little's count of
 the requests completing (their rate times their mean latency)."""
 
@@ -147,6 +147,7 @@ class SloController:
         """(arrival, latency) of completions, oldest first."""
         self._changed_at = -math.inf
         self._last_update = now
+        self._started = now
         self._peak_live = 0
         self._rejected_since = 0
         self._live_history: deque[tuple[float, int]] = deque()
@@ -226,15 +227,15 @@ class SloController:
         while history[0][0] < now - _RATE_SPAN_S:
             history.popleft()
         mean_live = sum(n for _, n in history) / len(history)
-        rate = self._completion_rate(now)
+        rate, recent_mean, recent = self._recent(now)
         signal, at = p99, -1
-        if trusted and rate * _RATE_SPAN_S >= cfg.min_samples:
-            # Only a crowd well past Little's count of what completed counts, and only with
-            # enough completions to count the rate by: at a steady load the two agree, and
-            # a few completions are too few to read smaller differences from (the p99's
-            # share of the mean multiplies the noise).
-            mean = float(np.mean(samples))
-            crowd = mean_live / (rate * mean) if mean > 0 else 0.0
+        if trusted and recent >= cfg.min_samples and recent_mean > 0:
+            # Only a crowd well past Little's count of what completed counts (the same
+            # seconds' completions, their rate and mean latency), and only with enough of
+            # them to count by: at a steady load the two agree, and a few completions are
+            # too few to read smaller differences from (the p99's share of the mean
+            # multiplies the noise).
+            crowd = mean_live / (rate * recent_mean)
             if crowd > _CROWD:
                 signal, at = p99 * crowd, max(1, round(mean_live))
         mean = float(np.mean(samples)) if samples else 0.0
@@ -362,14 +363,20 @@ class SloController:
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
         return lo if crowd else lo + math.ceil(2 * math.sqrt(lo))
 
-    def _completion_rate(self, now: float) -> float:
-        """Completions per second over the last ``_RATE_SPAN_S`` seconds."""
-        n = 0
+    def _recent(self, now: float) -> tuple[float, float, int]:
+        """Completions per second over the last ``_RATE_SPAN_S`` seconds (or since the
+        start, if that is shorter: a rate over time not yet served would read low), their
+        mean latency, and how many."""
+        span = min(_RATE_SPAN_S, now - self._started)
+        if span < 0.5 * _RATE_SPAN_S:
+            return 0.0, 0.0, 0
+        n, total = 0, 0.0
         for arrival, latency in reversed(self._done):
-            if arrival + latency < now - _RATE_SPAN_S:
+            if arrival + latency < now - span:
                 break
             n += 1
-        return n / _RATE_SPAN_S
+            total += latency
+        return n / span, total / n if n else 0.0, n
 
     def _plan_length(self, plan_cost: Callable[[int], float | None] | None) -> int:
         """The longest plan within the plan budget; lengthened only with room to spare

@@ -279,3 +279,20 @@ def test_reset_forgets_the_past_and_restores_the_configured_limits() -> None:
     assert (c.live_limit, c.max_steps_per_plan) == (64, 32)
     assert (c.num_finished, c.num_over, c.num_rejected, c.num_changes) == (0, 0, 0, 0)
     assert math.isnan(c.update(20.5, live=1).p99_s)
+
+
+def test_no_look_ahead_from_a_rate_over_time_not_yet_served() -> None:
+    """Half a second after the start, 100 completions are 200/s, not 50/s over the 2 s
+    span: read as 50/s they would make 60 live look like a crowd of 4.8 and cut at once."""
+    c = controller(live_limit=1024)
+    complete(c, [0.25] * 100, at=0.5)
+    d = c.update(0.5, live=60)
+    assert d.live_limit == 1024
+    assert d.changes == ()
+    # Two seconds in, the same counts over the whole span are a real crowd: 60 live
+    # against Little's 50/s x 0.25 s = 12.5, so 1.2 s ahead.
+    c = controller(live_limit=1024)
+    for t in (0.5, 1.0, 1.5):
+        c.update(t, live=60)
+    complete(c, [0.25] * 100, at=2.0)
+    assert c.update(2.0, live=60).live_limit < 1024

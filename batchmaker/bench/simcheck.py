@@ -23,7 +23,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,11 +33,10 @@ from batchmaker.bench.openloop import replay
 from batchmaker.bench.reference import TOP_K
 from batchmaker.bench.stepcost import measure_profile
 from batchmaker.bench.trace import Trace
-from batchmaker.bench.workloads import make_workload
+from batchmaker.bench.workloads import engine_sender, make_workload
 from batchmaker.config import EngineConfig
 from batchmaker.runtime.engine import Engine
 from batchmaker.sim.simulator import requests_from_trace, simulate
-from batchmaker.types import InferRequest, StepOutput
 
 TRACES = {
     "chain": "docs/bench/trace-poisson-seed0.json",
@@ -98,18 +97,7 @@ async def check(
     try:
 
         async def measured(rate: float) -> dict[str, float]:
-            async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
-                spec = specs[i]
-                request = InferRequest(
-                    model.name, spec.inputs, top_k=TOP_K, max_output_length=spec.max_output_length
-                )
-                stream = engine.submit(request)
-                try:
-                    while chunk := await stream.next_chunk():
-                        yield chunk
-                finally:
-                    stream.cancel()
-
+            send = engine_sender(engine, model, specs)
             rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
             return _stats(rep.latency_s, rep.throughput_rps, rep.num_completed)
 

@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,12 @@ from typing import Any
 import numpy as np
 
 from batchmaker.bench.openloop import replay, warm_up
-from batchmaker.bench.reference import TOP_K
 from batchmaker.bench.sweep import find_sustainable, num_requests
 from batchmaker.bench.trace import Trace, stepped_arrivals
-from batchmaker.bench.workloads import RequestSpec, make_workload
+from batchmaker.bench.workloads import RequestSpec, engine_sender, make_workload
 from batchmaker.config import EngineConfig
 from batchmaker.models.base import Model
 from batchmaker.runtime.engine import Engine
-from batchmaker.types import InferRequest, StepOutput
 
 PHASES: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 1.0, 0.5, 0.25)
 """Offered load per phase, as a share of capacity."""
@@ -56,22 +53,6 @@ SAMPLE_S = 0.25
 
 LATE_TARGET = 0.01
 """Issue 14's bound: at most this fraction of admitted requests over the target."""
-
-
-def _sender(engine: Engine, model: Model, specs: list[RequestSpec]) -> Any:
-    async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
-        spec = specs[i]
-        request = InferRequest(
-            model.name, spec.inputs, top_k=TOP_K, max_output_length=spec.max_output_length
-        )
-        stream = engine.submit(request)
-        try:
-            while chunk := await stream.next_chunk():
-                yield chunk
-        finally:
-            stream.cancel()
-
-    return send
 
 
 async def find_capacity(
@@ -88,7 +69,7 @@ async def find_capacity(
     engine = Engine(replace(config, slo_p99_s=None), [model])
     await engine.start()
     try:
-        send = _sender(engine, model, specs)
+        send = engine_sender(engine, model, specs)
         await warm_up({"engine": send})
 
         async def point(rate: float) -> bool:
@@ -121,7 +102,7 @@ async def find_saturation(
     )
     await engine.start()
     try:
-        send = _sender(engine, model, specs)
+        send = engine_sender(engine, model, specs)
         await warm_up({"engine": send})
         rep = await replay(send, trace.arrivals(float(n)), rate=float(n))
         return rep.throughput_rps
@@ -142,7 +123,7 @@ async def stepped(
     await engine.start()
     samples: list[tuple[float, int, int, int, float]] = []
     try:
-        send = _sender(engine, model, specs)
+        send = engine_sender(engine, model, specs)
         # Every batch size once, as a server that has been serving has (the CPU kernel
         # chooser times its candidates on each new size's first calls, and the scheduler
         # learns the plans' costs): a burst of the trace's first requests at once.
@@ -192,14 +173,19 @@ async def stepped(
 
 
 def per_phase(run: dict[str, Any], slo_s: float, phase_s: float) -> list[dict[str, float]]:
-    """Each phase's figures, by the requests that arrived in it."""
+    """Each phase's figures: late, refused and p99 of the requests that arrived in it;
+    throughput (and goodput, on time only) of those that completed in it, so a queue
+    that grows shows as late requests, not as throughput it does not have."""
     arrival = np.asarray(run["arrival_s"])
     latency = np.array([np.nan if x is None else x for x in run["latency_s"]])
+    end = arrival + latency  # NaN unless completed
     out = []
     for i, load in enumerate(PHASES):
-        m = (arrival >= i * phase_s) & (arrival < (i + 1) * phase_s)
+        lo, hi = i * phase_s, (i + 1) * phase_s
+        m = (arrival >= lo) & (arrival < hi)
         lat = latency[m]
         done = lat[~np.isnan(lat)]
+        ended = (end >= lo) & (end < hi)
         out.append(
             {
                 "load": load,
@@ -208,7 +194,8 @@ def per_phase(run: dict[str, Any], slo_s: float, phase_s: float) -> list[dict[st
                 "refused_fraction": float(1 - len(done) / max(1, m.sum())),
                 "over_fraction": float(np.mean(done > slo_s)) if len(done) else 0.0,
                 "p99_s": float(np.percentile(done, 99)) if len(done) else float("nan"),
-                "throughput_rps": len(done) / phase_s,
+                "throughput_rps": int(ended.sum()) / phase_s,
+                "goodput_rps": int((ended & (latency <= slo_s)).sum()) / phase_s,
             }
         )
     return out
@@ -266,6 +253,8 @@ async def bench(
         for name, cfg in (("fixed", fixed), ("controller", held)):
             run = await stepped(cfg, model, specs, arrivals, rate=mean_rate)
             run["phases"] = per_phase(run, slo_s, phase_s)
+            if r:  # the first run's requests are kept for the plot; the rest, figures only
+                del run["arrival_s"], run["latency_s"]
             pair[name] = run
             log(f"run {r + 1}/{runs} {name}: " + _phase_line(run["phases"]))
         out["runs"].append(pair)
@@ -276,7 +265,8 @@ async def bench(
 def _phase_line(phases: list[dict[str, float]]) -> str:
     return ", ".join(
         f"{p['load']:.2f}: {100 * p['over_fraction']:.1f}% late "
-        f"{100 * p['refused_fraction']:.0f}% refused {p['throughput_rps']:.0f}/s"
+        f"{100 * p['refused_fraction']:.0f}% refused {p['throughput_rps']:.0f}/s "
+        f"({p['goodput_rps']:.0f} on time)"
         for p in phases
     )
 
@@ -288,7 +278,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rows = []
         for i, load in enumerate(PHASES):
             row: dict[str, Any] = {"load": load}
-            for key in ("over_fraction", "refused_fraction", "throughput_rps", "p99_s"):
+            keys = ("over_fraction", "refused_fraction", "throughput_rps", "goodput_rps", "p99_s")
+            for key in keys:
                 xs = [r[name]["phases"][i][key] for r in runs]
                 row[key] = [float(np.median(xs)), float(min(xs)), float(max(xs))]
             rows.append(row)
@@ -304,17 +295,21 @@ def print_summary(report: dict[str, Any]) -> None:
         f"{report['phase_s']:g} s per phase, "
         f"medians of {len(report['runs'])} runs [range]"
     )
-    print(f"{'load':>5}  {'config':<10} {'late':>18} {'refused':>18} {'served req/s':>20}")
+    print(
+        f"{'load':>5}  {'config':<10} {'late':>18} {'refused':>18} {'completed req/s':>20} "
+        f"{'on time req/s':>20}"
+    )
     for i, load in enumerate(PHASES):
         for name in ("fixed", "controller"):
             row = s[name][i]
             late, refused = row["over_fraction"], row["refused_fraction"]
-            rps = row["throughput_rps"]
+            rps, good = row["throughput_rps"], row["goodput_rps"]
             print(
                 f"{load:>5.2f}  {name:<10} "
                 f"{100 * late[0]:5.2f}% [{100 * late[1]:.2f}, {100 * late[2]:.2f}] "
                 f"{100 * refused[0]:5.1f}% [{100 * refused[1]:.1f}, {100 * refused[2]:.1f}] "
-                f"{rps[0]:7.1f} [{rps[1]:.1f}, {rps[2]:.1f}]"
+                f"{rps[0]:7.1f} [{rps[1]:.1f}, {rps[2]:.1f}] "
+                f"{good[0]:7.1f} [{good[1]:.1f}, {good[2]:.1f}]"
             )
 
 
@@ -354,10 +349,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax_p99.set_yscale("log")
     ax_load.set_ylabel("requests/s (by arrival, 2 s bins)")
     ax_p99.set_ylabel("p99 latency, ms (by arrival)")
-    ax_limit.set_ylabel("live requests")
+    ax_limit.set_ylabel("live requests (log above 10)")
     ax_limit.set_xlabel("seconds")
-    limit_max = max(max(run["controller"]["series"]["live"], default=1), 1)
-    ax_limit.set_ylim(0, 1.5 * max(limit_max, max(run["fixed"]["series"]["live"], default=1)))
+    ax_limit.set_yscale("symlog", linthresh=10)
+    ax_limit.set_ylim(bottom=0)
     for ax in axes:
         for i in range(1, len(PHASES)):
             ax.axvline(i * phase_s, color="black", alpha=0.1)

@@ -16,12 +16,14 @@ Builds models and traces, never an engine: nothing here runs a request.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from batchmaker.bench.reference import Fingerprint
+from batchmaker.bench.openloop import Send
+from batchmaker.bench.reference import TOP_K, Fingerprint
 from batchmaker.bench.trace import (
     Arrival,
     Trace,
@@ -35,7 +37,8 @@ from batchmaker.models.builtin import benchmark_model
 from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
 from batchmaker.models.sequence import SequenceModel, recurrent_model
 from batchmaker.models.tree import TreeModel, tree_model
-from batchmaker.types import TreeInput
+from batchmaker.runtime.engine import Engine
+from batchmaker.types import InferRequest, StepOutput, TreeInput
 
 FAMILIES: tuple[str, ...] = ("chain", "seq2seq", "tree")
 
@@ -52,6 +55,36 @@ class RequestSpec:
     inputs: np.ndarray | TreeInput
     max_output_length: int | None = None
     """seq2seq: the recorded target length; ``None``: the model's own limit."""
+
+
+def engine_sender(
+    engine: Engine, model: Model, specs: Sequence[RequestSpec], *, top_k: int = TOP_K
+) -> Send:
+    """Request ``i`` of ``specs`` to an in-process engine, for an open-loop replay
+    (``openloop.replay``): its steps as they arrive, cancelled if the replay stops it.
+
+    Each asks for its top ``top_k`` ids and scores only, not the output vectors, as the
+    step-cost profiles are measured (``stepcost.measure_profile``): a vector of the
+    benchmark LM is 40 KB a step, which the device would copy out and a replay of
+    thousands of requests would keep."""
+
+    async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
+        spec = specs[i]
+        request = InferRequest(
+            model.name,
+            spec.inputs,
+            top_k=top_k,
+            max_output_length=spec.max_output_length,
+            return_vectors=False,
+        )
+        stream = engine.submit(request)
+        try:
+            while chunk := await stream.next_chunk():
+                yield chunk
+        finally:
+            stream.cancel()
+
+    return send
 
 
 class Workload(ABC):

@@ -39,18 +39,21 @@ def _run(latencies: list[float | None], phase_s: float) -> dict[str, object]:
 
 def test_per_phase_counts_late_refused_and_served_by_arrival() -> None:
     phase_s = 1.0
-    # 2 requests per phase: phase 0 both on time; phase 1 one late; phase 2 one refused
-    # (None); the rest on time.
+    # 2 requests per phase, half a second apart: phase 0 both on time; phase 1 one late;
+    # phase 2 one refused (None); the rest on time.
     lat: list[float | None] = [0.1] * (2 * len(PHASES))
     lat[3] = 0.5
-    lat[5] = None
+    lat[4] = None
     phases = per_phase(_run(lat, phase_s), 0.3, phase_s)
     assert [p["offered"] for p in phases] == [2] * len(PHASES)
     assert phases[0]["over_fraction"] == 0.0
     assert phases[1]["over_fraction"] == 0.5
     assert phases[2]["refused_fraction"] == 0.5
     assert phases[2]["over_fraction"] == 0.0  # of the admitted
-    assert phases[2]["throughput_rps"] == 1.0
+    # Throughput counts by completion: phase 1's late request (arrived at 1.5 s, took
+    # 0.5 s) completes in phase 2, with phase 2's first (its second was refused).
+    assert (phases[1]["throughput_rps"], phases[1]["goodput_rps"]) == (1.0, 1.0)
+    assert (phases[2]["throughput_rps"], phases[2]["goodput_rps"]) == (2.0, 1.0)
     s = summarize([{"fixed": {"phases": phases}, "controller": {"phases": phases}}] * 3)
     assert s["fixed"][1]["over_fraction"] == [0.5, 0.5, 0.5]
 

@@ -310,48 +310,51 @@ class EngineCollector(Collector):
 def _slo_families(slo: SloController) -> list[Metric]:
     """The SLO controller's target, what it measures and what it decided (only when the
     server runs with ``--slo-p99-ms``)."""
-    g, c = GaugeMetricFamily, CounterMetricFamily
-    return [
-        g(PREFIX + "slo_target_seconds", "The p99 latency target.", value=slo.config.p99_s),
-        g(
-            PREFIX + "slo_p99_seconds",
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    table: list[tuple[Callable[..., Metric], str, str, float]] = [
+        (gauge, "slo_target_seconds", "The p99 latency target.", slo.config.p99_s),
+        (
+            gauge,
+            "slo_p99_seconds",
             "The rolling p99 latency the controller last judged by (completed requests "
             "admitted under the current limits, and live ones already past the aim).",
-            value=slo.p99_s,
+            slo.p99_s,
         ),
-        g(
-            PREFIX + "slo_live_limit",
+        (
+            gauge,
+            "slo_live_limit",
             "Admission limit per device the controller set (live requests; beyond it, "
             "RESOURCE_EXHAUSTED).",
-            value=slo.live_limit,
+            slo.live_limit,
         ),
-        g(
-            PREFIX + "slo_max_steps_per_plan",
+        (
+            gauge,
+            "slo_max_steps_per_plan",
             "Most steps per plan the controller allows (a plan may take a tenth of the target).",
-            value=slo.max_steps_per_plan,
+            slo.max_steps_per_plan,
         ),
-        c(
-            PREFIX + "slo_completed",
-            "Requests that completed while the controller ran.",
-            value=slo.num_finished,
-        ),
-        c(
-            PREFIX + "slo_over",
+        (counter, "slo_completed", "Requests completed under the controller.", slo.num_finished),
+        (
+            counter,
+            "slo_over",
             "Completed requests whose latency was over the target; over slo_completed, the "
             "fraction that missed it.",
-            value=slo.num_over,
+            slo.num_over,
         ),
-        c(
-            PREFIX + "slo_rejected",
+        (
+            counter,
+            "slo_rejected",
             "Requests refused at admission (RESOURCE_EXHAUSTED) while the controller ran.",
-            value=slo.num_rejected,
+            slo.num_rejected,
         ),
-        c(
-            PREFIX + "slo_changes",
+        (
+            counter,
+            "slo_changes",
             "Changes the controller made to its knobs (each is logged with its reason).",
-            value=slo.num_changes,
+            slo.num_changes,
         ),
     ]
+    return [kind(PREFIX + name, doc, value=value) for kind, name, doc, value in table]
 
 
 def _cumulative(bounds: tuple[str, ...], counts: list[int]) -> list[tuple[str, float]]:

@@ -15,12 +15,13 @@ Pure: no simulator, no I/O beyond reading the file.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from batchmaker.sim.jsonfile import read_json
 
 PRICES_VERSION = 1
 SHIPPED = Path(__file__).with_name("prices.json")
@@ -158,16 +159,7 @@ class Prices:
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED) -> Prices:
-        try:
-            d = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise PricesError(f"{path}: cannot read it: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise PricesError(f"{path}: not JSON: {exc}") from None
-        try:
-            return cls.from_json(d)
-        except PricesError as exc:
-            raise PricesError(f"{path}: {exc}") from None
+        return read_json(path, cls.from_json, PricesError)
 
 
 def _section(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from batchmaker.sim.jsonfile import read_json
 from scheduler import CellTypeSpec, StepPlan
 from scheduler.cost import along
 
@@ -232,13 +233,4 @@ class StepProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> StepProfile:
-        try:
-            d = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read it: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"{path}: not JSON: {exc}") from None
-        try:
-            return cls.from_json(d)
-        except ProfileError as exc:
-            raise ProfileError(f"{path}: {exc}") from None
+        return read_json(path, cls.from_json, ProfileError)

@@ -244,8 +244,18 @@ class SloController:
         aim = cfg.aim * target
         if trusted and signal > aim:
             base = max(1, min(limit, peak))
-            fit = self._fit(signal, served, base, crowd=at >= 0, step_cost=step_cost)
-            if fit is None:
+            crowd = at >= 0
+            fit = None if crowd else self._fit(signal, served, base, step_cost=step_cost)
+            if crowd:
+                # A crowd: the device is saturated, its completion rate is what it serves,
+                # and latency grows with the live count (Little's law: mean latency = live /
+                # rate), not with the step time. So the limit is the live count whose
+                # latency, at the p99's measured share of the mean, meets the aim. At most
+                # to a quarter at once: the rate is a few seconds' estimate.
+                little = rate * aim * mean / p99 if p99 > 0 else 0.0
+                new = max(1, math.floor(max(0.25 * base, min(0.9 * base, little))))
+                why = f"by Little's law, {rate:.0f}/s completing"
+            elif fit is None:
                 # No costs: by the p99's ratio to the aim, or to Little's live count at the
                 # aim (the p99's share of the mean as measured) if lower; at most by half.
                 factor = min(0.9, max(0.5, aim / signal))
@@ -292,7 +302,7 @@ class SloController:
             # costs do not see a crowd's queueing between cell types, and a limit that
             # overshoots admits requests that will be late.)
             new = limit + max(1, math.ceil(0.1 * limit))
-            fit = self._fit(p99, served, 2 * limit, crowd=False, step_cost=step_cost)
+            fit = self._fit(p99, served, 2 * limit, step_cost=step_cost)
             if fit:
                 new = max(new, min(math.floor(1.5 * limit), fit))
             new = min(self.max_live_limit, new)
@@ -327,7 +337,6 @@ class SloController:
         served: int,
         upto: int,
         *,
-        crowd: bool,
         step_cost: Callable[[int], float | None] | None,
     ) -> int | None:
         """The largest live limit, up to ``upto``, predicted to hold the p99 at the aim,
@@ -337,12 +346,12 @@ class SloController:
         A request's latency is its steps times the step time, which the measured costs
         give at each live count (``Scheduler.step_seconds``: the batch it makes, and the
         rounds of waiting for a seat beyond the max batch), so the p99 scales with it.
-        The fit is a mean live count. In a crowd the live count sits at the limit, so the
-        limit is that; at a steady load it varies around its mean (about Poisson: two
-        standard deviations cover the bursts), and a limit at the mean would refuse every
-        burst. Where even one live request is predicted over the aim, the latency is the
-        requests' own length, not the load: cutting would refuse requests for nothing
-        (and, the completion rate falling with each cut, cut again).
+        The fit is a mean live count, which at a steady load varies around its mean
+        (about Poisson: two standard deviations cover the bursts), so the limit is the
+        fit plus that, or it would refuse every burst. Where even one live request is
+        predicted over the aim, the latency is the requests' own length, not the load:
+        cutting would refuse requests for nothing (and, the completion rate falling with
+        each cut, cut again). (A crowd is Little's law's, not this.)
         """
         if step_cost is None:
             return None
@@ -361,7 +370,7 @@ class SloController:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-        return lo if crowd else lo + math.ceil(2 * math.sqrt(lo))
+        return lo + math.ceil(2 * math.sqrt(lo))
 
     def _recent(self, now: float) -> tuple[float, float, int]:
         """Completions per second over the last ``_RATE_SPAN_S`` seconds (or since the

@@ -124,16 +124,17 @@ def test_with_step_costs_it_cuts_to_the_live_count_predicted_to_meet_the_aim() -
     d = c.update(10.0, live=40, step_cost=lambda n: 0.01 + 0.001 * n)
     assert d.live_limit == 30 + 11
     assert "by step costs, from 40 live" in d.changes[0]
-    # In a crowd the live count sits at the limit, so the fit is the limit itself. 100
-    # live for the last 2 s; 100/s completing at 0.4 s is Little's 40: a crowd of 2.5,
-    # so the p99 ahead is 0.4 s x 2.5 = 1.0 s with 100 live (110 ms steps). The aim
-    # needs steps of 110 x 0.8 = 88 ms: 78 live.
+    # In a crowd the device is saturated and latency grows with the live count, not the
+    # step time: Little's law, not the costs. 100 live for the last 2 s; 100/s completing
+    # at 0.4 s is Little's 40: a crowd of 2.5, so 1.0 s ahead. At the aim (0.8 s, the
+    # p99 equal to the mean here) the device serves 100/s x 0.8 s = 80 live.
     c = controller(live_limit=1024)
     for t in (8.0, 8.5, 9.0, 9.5):
         c.update(t, live=100)
     complete(c, [0.4] * 200, at=10.0)
     d = c.update(10.0, live=100, step_cost=lambda n: 0.01 + 0.001 * n)
-    assert d.live_limit == 78
+    assert d.live_limit == 80
+    assert "by Little's law, 100/s completing" in d.changes[0]
     assert "1000 ms ahead with 100 live" in d.changes[0]
 
 
@@ -168,11 +169,11 @@ def test_fewer_samples_than_the_minimum_decide_nothing() -> None:
 def test_little_s_law_cuts_to_what_the_completion_rate_serves_within_the_aim() -> None:
     c = controller(live_limit=1024)
     c.admitted(100)
-    # 40 completions in the last 2 s (20/s), mean 1.0 s, p99 1.0: at the aim (0.8 s) the
-    # device serves 20/s x 0.8 s = 16 live; the ratio alone would say 100 x 0.8 = 80;
-    # the cut is bounded at half of the 100 live.
+    # 40 completions in the last 2 s (20/s), mean 1.0 s, p99 1.0, and 100 live: a crowd
+    # of 5. At the aim (0.8 s) the device serves 20/s x 0.8 s = 16 live; the cut is
+    # bounded at a quarter of the 100 live.
     complete(c, [1.0] * 40, at=10.0)
-    assert c.update(10.0, live=100).live_limit == 50
+    assert c.update(10.0, live=100).live_limit == 25
     c = controller(live_limit=1024)
     c.admitted(20)
     complete(c, [1.0] * 40, at=10.0)

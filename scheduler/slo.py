@@ -20,11 +20,13 @@ What it turns, and why these:
     or Little's law says the crowd now live will be (the mean live count over the
     completion rate is the latency of what is being served; after a step up in load it
     rises within a second or two, long before slow requests complete);
-  - *how far*: to the largest live count the measured step costs predict holds the aim
-    (latency scales with the step time at the live count, seat waits included), at most
-    by half; with no costs yet, by the p99's ratio to the aim and Little's law. Where
-    even one live request would be over the aim, the latency is the requests' own
-    length, and refusing others would not shorten it: the limit stays, and says so;
+  - *how far*: in a crowd (the device saturated), to Little's live count at the aim,
+    the completion rate times the latency the aim allows; at a steady load, to the
+    largest live count the measured step costs predict holds the aim (latency scales
+    with the step time at the live count, seat waits included); with no costs yet, by
+    the p99's ratio to the aim and Little's law. Where even one live request would be
+    over the aim at a steady load, the latency is the requests' own length, and
+    refusing others would not shorten it: the limit stays, and says so;
   - *when to raise*: the limit held requests back, the p99 is well under the target,
     and its longest requests have had time to complete since it was set (until then
     its samples lean to short requests); by a tenth, or up to a half where the costs

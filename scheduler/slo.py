@@ -242,37 +242,11 @@ class SloController:
                 signal, at = p99 * crowd, max(1, round(mean_live))
         mean = float(np.mean(samples)) if samples else 0.0
         # The live count the samples were served at: the crowd's, or Little's.
-        served = at if at >= 0 else max(1, round(min(float(peak), rate * mean))) or 1
+        served = at if at >= 0 else max(1, round(min(float(peak), rate * mean)))
         aim = cfg.aim * target
         if trusted and signal > aim:
             base = max(1, min(limit, peak))
-            crowd = at >= 0
-            fit = None if crowd else self._fit(signal, served, base, step_cost=step_cost)
-            if crowd:
-                # A crowd: the device is saturated, its completion rate is what it serves,
-                # and latency grows with the live count (Little's law: mean latency = live /
-                # rate), not with the step time. So the limit is the live count whose
-                # latency, at the p99's measured share of the mean, meets the aim. At most
-                # to a quarter at once: the rate is a few seconds' estimate.
-                little = rate * aim * mean / p99 if p99 > 0 else 0.0
-                new = max(1, math.floor(max(0.25 * base, min(0.9 * base, little))))
-                why = f"by Little's law, {rate:.0f}/s completing"
-            elif fit is None:
-                # No costs: by the p99's ratio to the aim, or to Little's live count at the
-                # aim (the p99's share of the mean as measured) if lower; at most by half.
-                factor = min(0.9, max(0.5, aim / signal))
-                little = rate * aim * mean / p99 if p99 > 0 else 0.0
-                new = max(1, math.floor(max(0.5 * base, min(base * factor, little))))
-                why = "by the p99's ratio and Little's law"
-            elif fit == 0:
-                new = limit
-                why = (
-                    "out of reach by admission: steps alone, at one live request, would "
-                    "take the p99 over the aim"
-                )
-            else:
-                new = max(fit, math.ceil(0.5 * base))
-                why = f"by step costs, from {served} live"
+            new, why, futile = self._cut(base, signal, p99, mean, rate, served, at >= 0, step_cost)
             if new < limit:
                 seen = f"p99 {1e3 * p99:.0f} ms" + (
                     f", {1e3 * signal:.0f} ms ahead with {at} live at {rate:.0f}/s"
@@ -284,9 +258,9 @@ class SloController:
                     f"({len(samples)} samples, {peak} live; {why})"
                 )
                 limit = new
-            if fit == 0 and not self.out_of_reach:
+            if futile and not self.out_of_reach:
                 changes.append(f"live limit kept at {limit}: p99 {1e3 * p99:.0f} ms, {why}")
-            self.out_of_reach = why if fit == 0 else ""
+            self.out_of_reach = why if futile else ""
         else:
             self.out_of_reach = ""
         # A limit's p99 is known once its longest requests could have completed: until
@@ -299,15 +273,7 @@ class SloController:
             and limit < self.max_live_limit
             and (self._bound or peak >= limit)
         ):
-            # A tenth more; up to a half more where the step costs predict the aim still
-            # holds, so that a limit cut in a burst recovers in a few steps. (Not more: the
-            # costs do not see a crowd's queueing between cell types, and a limit that
-            # overshoots admits requests that will be late.)
-            new = limit + max(1, math.ceil(0.1 * limit))
-            fit = self._fit(p99, served, 2 * limit, step_cost=step_cost)
-            if fit:
-                new = max(new, min(math.floor(1.5 * limit), fit))
-            new = min(self.max_live_limit, new)
+            new = self._raise(limit, p99, served, step_cost)
             changes.append(
                 f"live limit {limit} -> {new}: p99 {1e3 * p99:.0f} ms under "
                 f"{1e3 * cfg.raise_below * target:.0f} ms and the limit binds "
@@ -332,6 +298,59 @@ class SloController:
         self._peak_live = live if live is not None else len(arrivals)
         self._rejected_since = 0
         return SloDecision(limit, self.max_steps_per_plan, p99, len(samples), tuple(changes))
+
+    def _cut(
+        self,
+        base: int,
+        signal: float,
+        p99: float,
+        mean: float,
+        rate: float,
+        served: int,
+        crowd: bool,
+        step_cost: Callable[[int], float | None] | None,
+    ) -> tuple[int, str, bool]:
+        """The live limit that brings ``signal`` (the p99 now or ahead) to the aim, cutting
+        from ``base`` (the live count); how it was chosen; whether cutting is futile."""
+        aim = self.config.aim * self.config.p99_s
+        # Little's live count at the aim: the completion rate times the latency the aim
+        # allows at the p99's measured share of the mean.
+        little = rate * aim * mean / p99 if p99 > 0 else 0.0
+        if crowd:
+            # The device is saturated, its completion rate is what it serves, and latency
+            # grows with the live count (Little's law: mean latency = live / rate), not with
+            # the step time. At most to a quarter at once: the rate is a few seconds'.
+            new = max(0.25 * base, min(0.9 * base, little))
+            return max(1, math.floor(new)), f"by Little's law, {rate:.0f}/s completing", False
+        fit = self._fit(signal, served, base, step_cost=step_cost)
+        if fit is None:
+            # No costs yet: by the p99's ratio to the aim, or to Little's count if lower;
+            # at most by half.
+            factor = min(0.9, max(0.5, aim / signal))
+            new = max(0.5 * base, min(base * factor, little))
+            return max(1, math.floor(new)), "by the p99's ratio and Little's law", False
+        if fit == 0:
+            return (
+                self.live_limit,
+                "out of reach by admission: steps alone, at one live request, would take "
+                "the p99 over the aim",
+                True,
+            )
+        return max(fit, math.ceil(0.5 * base)), f"by step costs, from {served} live", False
+
+    def _raise(
+        self, limit: int, p99: float, served: int, step_cost: Callable[[int], float | None] | None
+    ) -> int:
+        """A binding limit with room under the target: a tenth more; up to a half more
+        where the step costs predict the aim still holds, so that a limit cut in a burst
+        recovers in a few steps. (Not more: the costs do not see a crowd's queueing
+        between cell types, and a limit that overshoots admits requests that will be
+        late.)"""
+        new = limit + max(1, math.ceil(0.1 * limit))
+        fit = self._fit(p99, served, 2 * limit, step_cost=step_cost)
+        if fit:
+            new = max(new, min(math.floor(1.5 * limit), fit))
+        return min(self.max_live_limit, new)
 
     def _fit(
         self,

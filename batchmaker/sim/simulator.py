@@ -287,6 +287,8 @@ def simulate(
                 scheds[r].add_request(sreq)
             except AdmissionError:
                 reasons[nxt] = "rejected"
+                if control is not None:
+                    control.rejected()  # as the engine counts a refusal for want of slots
             else:
                 live[r] += 1
                 if control is not None:

@@ -314,7 +314,8 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Load, p99 and the admission limit over time, fixed against the controller (run 1)."""
+    """Load, p99, the admission limit and the steps per plan over time, fixed against the
+    controller (run 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,8 +323,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     run = report["runs"][0]
     phase_s, slo_s = report["phase_s"], report["slo_s"]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    ax_load, ax_p99, ax_limit = axes
+    fig, axes = plt.subplots(
+        4, 1, figsize=(9, 11), sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 1.5]}
+    )
+    ax_load, ax_p99, ax_limit, ax_steps = axes
     span = phase_s * len(PHASES)
     edges = np.arange(0.0, span + 1e-9, 2.0)
     for name, color in (("fixed", "#ff7f0e"), ("controller", "#1f77b4")):
@@ -344,13 +347,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
         series = r["series"]
         if name == "controller":
             ax_limit.step(series["t_s"], series["live_limit"], color=color, label="live limit")
+            ax_steps.step(
+                series["t_s"], series["max_steps_per_plan"], color=color, label="controller"
+            )
         ax_limit.plot(series["t_s"], series["live"], color=color, alpha=0.4, label=f"live, {name}")
     ax_p99.axhline(1e3 * slo_s, color="red", linestyle="--", label="target")
     ax_p99.set_yscale("log")
     ax_load.set_ylabel("requests/s (by arrival, 2 s bins)")
     ax_p99.set_ylabel("p99 latency, ms (by arrival)")
     ax_limit.set_ylabel("live requests (log above 10)")
-    ax_limit.set_xlabel("seconds")
+    ax_steps.axhline(report["config"]["max_steps"], color="#ff7f0e", label="fixed")
+    ax_steps.set_ylabel("max steps per plan")
+    ax_steps.set_yscale("log", base=2)
+    ax_steps.set_xlabel("seconds")
     ax_limit.set_yscale("symlog", linthresh=10)
     ax_limit.set_ylim(bottom=0)
     for ax in axes:

@@ -255,7 +255,11 @@ class InferenceServer:
         # period, and at least a moment to receive their final status.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._service.wait_idle(), max(1.0, deadline - time.monotonic()))
-        await server.stop(0)
+        # Not stop(0): a handler that returned may still have its last messages and its
+        # status in the transport, unread by a slow client, and stop(0) cancels the call
+        # under them (the client saw UNAVAILABLE "Cancelling all calls" on a stream the
+        # server had finished). A grace lets finished calls flush; none is still running.
+        await server.stop(max(1.0, deadline - time.monotonic()))
         self.metrics.close()
         log.info("stopped")
 

@@ -51,9 +51,6 @@ PHASES: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 1.0, 0.5, 0.25)
 SAMPLE_S = 0.25
 """How often the sampler reads the engine."""
 
-LATE_TARGET = 0.01
-"""Issue 14's bound: at most this fraction of admitted requests over the target."""
-
 
 async def find_capacity(
     config: EngineConfig,

@@ -31,13 +31,14 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batchmaker.bench.openloop import replay, warm_up
+from batchmaker.bench.openloop import Send, replay, warm_up
 from batchmaker.bench.sweep import find_sustainable, num_requests
 from batchmaker.bench.trace import Trace, stepped_arrivals
 from batchmaker.bench.workloads import RequestSpec, engine_sender, make_workload
@@ -52,6 +53,20 @@ SAMPLE_S = 0.25
 """How often the sampler reads the engine."""
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    config: EngineConfig, model: Model, specs: list[RequestSpec]
+) -> AsyncIterator[tuple[Engine, Send]]:
+    """A started engine of ``config`` serving ``model``, and a sender of ``specs`` to it;
+    shut down (live requests ended) on the way out."""
+    engine = Engine(config, [model])
+    await engine.start()
+    try:
+        yield engine, engine_sender(engine, model, specs)
+    finally:
+        await engine.shutdown(grace=0)
+
+
 async def find_capacity(
     config: EngineConfig,
     model: Model,
@@ -63,10 +78,7 @@ async def find_capacity(
     log: Any = print,
 ) -> float:
     """The fixed configuration's sustainable rate at ``slo_s`` on steady Poisson load."""
-    engine = Engine(replace(config, slo_p99_s=None), [model])
-    await engine.start()
-    try:
-        send = engine_sender(engine, model, specs)
+    async with _serving(replace(config, slo_p99_s=None), model, specs) as (_, send):
         await warm_up({"engine": send})
 
         async def point(rate: float) -> bool:
@@ -78,8 +90,6 @@ async def find_capacity(
 
         # The engine at one request at a time, as a first guess of the scale.
         return await find_sustainable(point, 20.0, bisections=4, retries=1)
-    finally:
-        await engine.shutdown(grace=0)
 
 
 async def find_saturation(
@@ -88,23 +98,16 @@ async def find_saturation(
     """The fixed configuration's throughput when overloaded: the whole trace offered in a
     second, every request admitted (no limit binds), completions over the span."""
     n = len(trace)
-    engine = Engine(
-        replace(
-            config,
-            slo_p99_s=None,
-            max_num_live_requests=max(config.max_num_live_requests, n),
-            num_slots=max(config.num_slots, n),
-        ),
-        [model],
+    room = replace(
+        config,
+        slo_p99_s=None,
+        max_num_live_requests=max(config.max_num_live_requests, n),
+        num_slots=max(config.num_slots, n),
     )
-    await engine.start()
-    try:
-        send = engine_sender(engine, model, specs)
+    async with _serving(room, model, specs) as (_, send):
         await warm_up({"engine": send})
         rep = await replay(send, trace.arrivals(float(n)), rate=float(n))
         return rep.throughput_rps
-    finally:
-        await engine.shutdown(grace=0)
 
 
 async def stepped(
@@ -116,11 +119,8 @@ async def stepped(
     rate: float,
 ) -> dict[str, Any]:
     """One replay of ``arrivals`` on a fresh engine of ``config``, with its time series."""
-    engine = Engine(config, [model])
-    await engine.start()
     samples: list[tuple[float, int, int, int, float]] = []
-    try:
-        send = engine_sender(engine, model, specs)
+    async with _serving(config, model, specs) as (engine, send):
         # Every batch size once, as a server that has been serving has (the CPU kernel
         # chooser times its candidates on each new size's first calls, and the scheduler
         # learns the plans' costs): a burst of the trace's first requests at once.
@@ -150,8 +150,6 @@ async def stepped(
         rep = await replay(send, arrivals, rate=rate, lead_s=0.05)
         stop.set()
         await task
-    finally:
-        await engine.shutdown(grace=0)
     t0 = rep.started_at
     return {
         "arrival_s": np.round(arrivals, 5).tolist(),

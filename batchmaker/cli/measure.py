@@ -9,11 +9,12 @@ each benchmark's ``EngineConfig`` and calls in, never the reverse.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from batchmaker.cli import flags
-from batchmaker.config import MODES
+from batchmaker.config import MODES, EngineConfig
 
 
 def add_bench_flags(p: argparse.ArgumentParser) -> None:
@@ -219,38 +220,40 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add_slobench_flags(slo)
 
 
+def _in_process(
+    args: argparse.Namespace, runner: Callable[[argparse.Namespace, EngineConfig], int]
+) -> int:
+    """A benchmark that runs its engine in this process: the flags' config, with torch's
+    CPU threads set from it before anything runs."""
+    from batchmaker.runtime.torch_executor import set_cpu_threads
+
+    config = flags.engine_config(args)
+    set_cpu_threads(config)
+    return runner(args, config)
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the benchmark's engine config from the flags and hand over."""
     if args.command == "bench-coldstart":
         from batchmaker.bench.coldstart import run_coldstart_cli
 
         return run_coldstart_cli(args)
-    from batchmaker.runtime.torch_executor import set_cpu_threads
-
     if args.command == "bench-host":
         from batchmaker.bench.hostcost import run_host_cli
 
-        config = flags.engine_config(args)
-        set_cpu_threads(config)
-        return run_host_cli(args, config)
+        return _in_process(args, run_host_cli)
     if args.command == "bench-sim":
         from batchmaker.bench.simcheck import run_simcheck_cli
 
-        config = flags.engine_config(args)
-        set_cpu_threads(config)
-        return run_simcheck_cli(args, config)
+        return _in_process(args, run_simcheck_cli)
     if args.command == "bench-slo":
         from batchmaker.bench.slobench import run_slobench_cli
 
-        config = flags.engine_config(args, slo_p99_s=None)
-        set_cpu_threads(config)
-        return run_slobench_cli(args, config)
+        return _in_process(args, run_slobench_cli)
     if args.command == "bench-overhead":
         from batchmaker.bench.overhead import run_overhead_cli
 
-        config = flags.engine_config(args)
-        set_cpu_threads(config)
-        return run_overhead_cli(args, config)
+        return _in_process(args, run_overhead_cli)
     # Room for every request a sweep may keep live.
     config = flags.engine_config(
         args,
@@ -266,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_e2e_cli(args, config)
     from batchmaker.bench.engine import run_bench_cli
+    from batchmaker.runtime.torch_executor import set_cpu_threads
 
     set_cpu_threads(config)
     return run_bench_cli(args, config)

@@ -52,7 +52,7 @@ class EngineConfig:
     max_wait_steps: int = 16
     """``cellular``: a cell type with ready nodes runs after at most this many steps of
     other types, whatever the policy prefers (the starvation bound)."""
-    max_steps_per_plan: int = 32
+    max_steps_per_plan: int = 128
     """``cellular``: the most consecutive steps one plan may run through a fused kernel, for
     cells with known inputs (LSTM/GRU chains, encoders) when nothing else waits; a request
     arriving meanwhile waits at most this many steps less one. 1: every plan one step."""

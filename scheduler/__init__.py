@@ -5,7 +5,7 @@ serving runtime: it decides *what* runs, the caller runs it. See docs/architectu
 """
 
 from scheduler.base import AdmissionError, Scheduler
-from scheduler.cellular import CellularScheduler
+from scheduler.cellular import CellularScheduler, PlanArrivals
 from scheduler.clock import Clock, ManualClock, MonotonicClock
 from scheduler.graph import (
     FEEDBACK_INPUT,
@@ -44,6 +44,7 @@ __all__ = [
     "MonotonicClock",
     "NodeSpec",
     "PaddedScheduler",
+    "PlanArrivals",
     "PolicyConfig",
     "RequestGraph",
     "SchedRequest",

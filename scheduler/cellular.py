@@ -9,9 +9,10 @@ and no other cell type has ready work, one plan may cover up to
 ``max_steps_per_plan`` consecutive steps of every row, executed in one fused call,
 which divides the host's cost per step by the plan's length. How many:
 
-- nobody else waits to join this batch: as many as the longest row's run (capped).
-  A row whose run is shorter leaves at its last step; a request that arrives
-  meanwhile waits at most K-1 steps, which the cap bounds;
+- nobody else waits to join this batch: as many as the longest row's run (capped),
+  unless requests have been arriving during plans (below). A row whose run is shorter
+  leaves at its last step; a request that arrives meanwhile waits at most K-1 steps,
+  which the cap bounds;
 - ready nodes of this type are left waiting (the batch is full): the length that
   does the most rows' steps per second by the plans' measured costs
   (``scheduler/cost.py``). Each candidate is one of the rows' runs: the shortest
@@ -21,10 +22,22 @@ which divides the host's cost per step by the plan's length. How many:
   stay empty until the plan ends. With nothing measured yet, the shortest;
 - another cell type has ready work: one step, so the policy's choice between types
   (finishing first, the starvation bound) stays step by step.
+
+Adapting to load. A longer plan saves the rows in it time (one plan instead of k), and
+costs the requests that arrive while it runs, which wait for its end to join. So when
+nobody waits, the length is the one that saves the most request-seconds by the plans'
+measured costs ``C(k)``: what the rows gain, ``C(1)`` for each of their steps in it
+less ``C(k)`` (a row that ends early waits for the end too), against what arrivals
+lose, ``rate * C(k) * (C(k) - C(1)) / 2`` at the rate requests arrive *during plans*
+(``PlanArrivals``). Counting only those, not all arrivals, is what tells a lone
+request, or a client that waits for each reply before sending the next, from traffic:
+the first gets one plan for its whole sequence, as one fused call would run it.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Mapping
 
 from scheduler.base import Row, Scheduler
@@ -35,6 +48,44 @@ from scheduler.plan import CellTypeSpec, StepPlan
 from scheduler.policy import PolicyConfig, pick_cell_type
 from scheduler.queues import ReadyQueue
 from scheduler.request import SchedRequest
+
+_ARRIVALS_HORIZON_S = 2.0
+"""Seconds of plan time over which arrivals during plans are counted (halved past twice
+this, so the rate follows the load within a few seconds of busy time)."""
+
+
+class PlanArrivals:
+    """How many requests arrive per second of plan time: arrivals whose time falls inside
+    a plan's span on the scheduler's clock, over the plans' seconds, both decayed
+    together. A plan in flight has no end yet: the simulator admits arrivals while it
+    runs, the live worker only between plans, so both are counted by their time."""
+
+    __slots__ = ("_end", "_start", "busy_s", "count")
+
+    def __init__(self) -> None:
+        self.busy_s = 0.0
+        self.count = 0.0
+        self._start = self._end = float("-inf")
+
+    def started(self, at: float) -> None:
+        self._start, self._end = at, float("inf")
+
+    def ended(self, at: float) -> None:
+        self._end = at
+        self.busy_s += max(0.0, at - self._start)
+        if self.busy_s > 2 * _ARRIVALS_HORIZON_S:
+            self.busy_s *= 0.5
+            self.count *= 0.5
+
+    def arrived(self, at: float) -> None:
+        """A request arrived at clock time ``at`` (counted if a plan was running then)."""
+        if self._start <= at <= self._end:
+            self.count += 1.0
+
+    @property
+    def rate(self) -> float:
+        """Arrivals per second of plan time; 0 before any was seen."""
+        return self.count / self.busy_s if self.count and self.busy_s > 0 else 0.0
 
 
 class CellularScheduler(Scheduler):
@@ -55,6 +106,8 @@ class CellularScheduler(Scheduler):
         self.max_steps_per_plan = max_steps_per_plan
         self.costs = PlanCosts()
         """Measured seconds per plan (``observe``), for the plan length when seats are short."""
+        self.arrivals = PlanArrivals()
+        """Requests arriving during plans, for the plan length when nobody waits."""
         self.queues: dict[str, ReadyQueue] = {}
         self._candidates: list[tuple[CellTypeSpec, ReadyQueue]] = []
         super().__init__(
@@ -83,6 +136,7 @@ class CellularScheduler(Scheduler):
         return any(self.queues.values())
 
     def _on_admit(self, request: SchedRequest, initial: list[tuple[int, NodeSpec]]) -> None:
+        self.arrivals.arrived(request.arrival)
         for node, spec in initial:
             self.queues[spec.cell_type].push(request, node, spec, self._num_steps)
 
@@ -102,6 +156,7 @@ class CellularScheduler(Scheduler):
         self._num_steps += 1
         queue.last_served = self._num_steps
         rows: list[Row] = list(queue.pop(spec.max_batch))
+        self.arrivals.started(now)
         return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
 
     def _run_lengths(
@@ -114,13 +169,47 @@ class CellularScheduler(Scheduler):
         if any(q for q in self.queues.values() if q is not queue):
             return None
         runs = [r.graph.run_length(node, cap) for r, node, _ in rows if r is not None]
-        k = self._best_length(spec.name, runs) if queue else max(runs)
+        k = self._best_length(spec.name, runs) if queue else self._free_length(spec, runs)
         if k <= 1:
             return None
         return [min(n, k) for n in runs]
 
     def observe(self, plan: StepPlan, seconds: float) -> None:
         self.costs.observe(plan.cell_type, plan.batch_size, plan.num_steps, seconds)
+
+    def _after_step(self) -> None:
+        self.arrivals.ended(self.clock.now())
+
+    def _free_length(self, spec: CellTypeSpec, runs: list[int]) -> int:
+        """The plan length when nobody waits to join: the longest run, or with arrivals
+        during plans, the power of two (or the longest run) saving the most
+        request-seconds by the measured costs (the module docstring)."""
+        longest = max(runs)
+        rate = self.arrivals.rate
+        if rate <= 0.0 or longest <= 1:
+            return longest
+        rows = len(runs)
+        one = self.costs.estimate(spec.name, rows, 1)
+        if one is None:
+            return longest
+        ordered = sorted(runs)
+        prefix = list(itertools.accumulate(ordered, initial=0))
+        best, best_net = 1, 0.0
+        k = 2
+        while True:
+            k = min(k, longest)
+            cost = self.costs.estimate(spec.name, rows, k)
+            if cost is None:
+                break
+            j = bisect.bisect_right(ordered, k)  # runs ending inside the plan
+            saved = one * (prefix[j] + (rows - j) * k) - rows * cost
+            net = saved - rate * cost * (cost - one) / 2
+            if net > best_net:
+                best, best_net = k, net
+            if k == longest:
+                break
+            k *= 2
+        return best
 
     def plan_seconds(self, live: int, steps: int) -> float | None:
         worst: float | None = None

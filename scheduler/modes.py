@@ -40,7 +40,7 @@ class SchedulerConfig:
     """``padded`` and ``level``: requests per request-level batch."""
     batch_timeout_s: float = 0.005
     """``padded`` and ``level``: the longest the oldest queued request waits for a batch."""
-    max_steps_per_plan: int = 32
+    max_steps_per_plan: int = 128
     """``cellular``: the most steps one plan may run for cell types with runs (1: every plan
     is one step). Bounds how long a request arriving mid-plan waits to join: K-1 steps."""
     fused_baselines: bool = True

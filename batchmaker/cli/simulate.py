@@ -47,7 +47,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument("--rate", type=float, required=True, help="offered load, requests/s")
     sim.add_argument("--mode", choices=MODES, default="cellular")
     sim.add_argument("--replicas", type=int, default=1, help="devices, each with the profile")
-    sim.add_argument("--max-steps-per-plan", type=int, default=32)
+    sim.add_argument("--max-steps-per-plan", type=int, default=128)
     sim.add_argument("--max-live", type=int, default=1024, help="live requests per replica")
     sim.add_argument("--padded-max-batch", type=int, default=64)
     sim.add_argument("--padded-timeout-ms", type=float, default=5.0)

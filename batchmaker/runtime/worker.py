@@ -284,6 +284,9 @@ class DeviceWorker:
         handoff = _Handoff(self._deliver, self._pending)
         self._pending = None
         t0 = time.perf_counter()
+        # The scheduler learns plan costs in its own clock's seconds (the same as wall
+        # time when live), so a manual clock teaches it what the simulator would.
+        c0 = sched.clock.now()
         try:
             result = self.executor.execute(plan, handoff)
         except Exception as exc:
@@ -293,9 +296,8 @@ class DeviceWorker:
             self._deliver(sched.fail_step(plan), exc)
             return True
         handoff()  # in case the executor never called it
-        seconds = time.perf_counter() - t0
-        self._record(plan, seconds)
-        sched.observe(plan, seconds)
+        self._record(plan, time.perf_counter() - t0)
+        sched.observe(plan, sched.clock.now() - c0)
         outcome = sched.update_from_output(plan, result)
         if outcome:
             self._pending = outcome

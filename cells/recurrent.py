@@ -35,7 +35,7 @@ _T = TypeVar("_T")
 
 RnnKernel = Literal["auto", "native", "onednn"]
 
-_TRIALS = 3
+KERNEL_TRIALS = 3
 """Timed calls of each CPU kernel per shape bucket before ``auto`` keeps the faster."""
 
 
@@ -59,7 +59,7 @@ class KernelChooser:
     layer on this project's CPU): oneDNN pays a fixed cost per call (about 3-7 ms at one
     row and one step, against native's 1 ms) but is about twice as fast per step from a
     few rows and steps up (64 rows x 25 steps: 40 ms against 82). So ``auto`` times each
-    kernel ``_TRIALS`` times on the first calls of a bucket, alternating, then keeps the
+    kernel ``KERNEL_TRIALS`` times on the first calls of a bucket, alternating, then keeps the
     faster by median, as cuDNN's benchmark mode does on a GPU. Both compute the same
     function; a trial call's outputs are used like any other's. ``clock`` is a seam for
     tests."""
@@ -86,7 +86,7 @@ class KernelChooser:
         with onednn(trial):
             out = fn()
         times[trial].append(self._clock() - t0)
-        if len(times[True]) >= _TRIALS:
+        if len(times[True]) >= KERNEL_TRIALS:
             self.chosen[key] = statistics.median(times[True]) < statistics.median(times[False])
             del self._trials[key]
         return out

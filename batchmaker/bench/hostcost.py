@@ -42,13 +42,18 @@ from batchmaker.models.builtin import host_cost_model, idle_latency_model
 from batchmaker.models.sequence import SequenceModel
 from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest
-from cells.recurrent import onednn
+from cells.recurrent import KERNEL_TRIALS, onednn
 
 HOST_TARGET_ROWS_PER_S = 1.5e6
 HOST_TARGET_US_PER_TOKEN = 30.0
 IDLE_TARGET_IN_PROCESS = 1.25
 IDLE_TARGET_GRPC = 1.5
 WAVES = 10
+IDLE_WARMUP = 2 * KERNEL_TRIALS + 2
+"""Rounds not kept in the idle-latency figures: the engine's kernel chooser times each
+CPU kernel ``KERNEL_TRIALS`` times on a shape's first calls (cells.recurrent), and a
+served model is measured after that, as it runs once warm, like the denominator, which
+is the faster kernel's median."""
 """Requests alone, and waves of ``--concurrency`` requests, per round and setting: one
 wave of the tiny model is a few milliseconds, too short to time alone on a shared
 machine."""
@@ -214,7 +219,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
     try:
         client = None if server is None else Client(server.address)
         async with Engine(config, [model]) as engine:
-            for i in range(args.rounds + 2):  # two warm-up rounds, not kept
+            for i in range(args.rounds + IDLE_WARMUP):
                 ids = rng.integers(0, model.cell.input_dim, args.length)
                 p = _plain_torch(model, ids)
                 t0 = time.perf_counter()
@@ -226,7 +231,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
                     for _ in client.infer_stream(model.name, ids, top_k=1, timeout=60):
                         pass
                     g = time.perf_counter() - t0
-                if i >= 2:
+                if i >= IDLE_WARMUP:
                     for kernel, t in p.items():
                         plain[kernel].append(t)
                     local.append(e)

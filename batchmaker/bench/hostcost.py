@@ -49,14 +49,14 @@ HOST_TARGET_US_PER_TOKEN = 30.0
 IDLE_TARGET_IN_PROCESS = 1.25
 IDLE_TARGET_GRPC = 1.5
 WAVES = 10
+"""Requests alone, and waves of ``--concurrency`` requests, per round and setting: one
+wave of the tiny model is a few milliseconds, too short to time alone on a shared
+machine."""
 IDLE_WARMUP = 2 * KERNEL_TRIALS + 2
 """Rounds not kept in the idle-latency figures: the engine's kernel chooser times each
 CPU kernel ``KERNEL_TRIALS`` times on a shape's first calls (cells.recurrent), and a
 served model is measured after that, as it runs once warm, like the denominator, which
 is the faster kernel's median."""
-"""Requests alone, and waves of ``--concurrency`` requests, per round and setting: one
-wave of the tiny model is a few milliseconds, too short to time alone on a shared
-machine."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ hand-written scenarios and hypothesis properties.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,6 +114,7 @@ def drive(
     during: Mapping[int, Sequence[SchedRequest]] | None = None,
     aborts_during: Mapping[int, Sequence[str]] | None = None,
     step_seconds: float = 1.0,
+    plan_cost: Callable[[StepPlan], float] | None = None,
     max_iterations: int = 100_000,
 ) -> RunLog:
     """Run ``sched`` until every request has arrived and finished.
@@ -122,6 +123,10 @@ def drive(
     iteration's ``schedule()`` (a plain sequence: all arrive before the first).
     ``during`` and ``aborts_during`` land just after it, while its plan is outstanding
     (with no plan, at once). ``request.arrival`` is set to the clock time it arrives at.
+    ``plan_cost``: seconds each plan takes, as the device worker would time it: the clock
+    moves by it while the plan is outstanding (so ``during`` arrivals land inside the
+    plan's span) and the scheduler is told (``observe``), which makes the cellular plan
+    length follow measured costs and arrivals during plans.
     """
     clock = sched.clock
     assert isinstance(clock, ManualClock)
@@ -203,6 +208,10 @@ def drive(
             batch = tuple(r.request_id for r in sched.batch_requests)
         step = StepRecord(it, clock.now(), plan, live, batch)
         log.steps.append(step)
+        if plan_cost is not None:
+            seconds = plan_cost(plan)
+            clock.advance(seconds)
+            sched.observe(plan, seconds)
         before = set(log.requests)
         step.aborted_during = frozenset(
             arrive(it, during.get(it, ()), aborts_during.get(it, ()), retry=False)
@@ -496,7 +505,7 @@ def _check_nothing_after_finish(log: RunLog) -> None:
                 assert log.finished_after_step.get(rid, k + 1) > k, f"{rid} ran after finishing"
 
 
-def check_run_lengths(sched: CellularScheduler, log: RunLog) -> None:
+def check_run_lengths(sched: CellularScheduler, log: RunLog, *, costs: bool = False) -> None:
     """Every plan's K is the cellular docstring's, for chain requests. Between steps every
     live chain has exactly one ready node, so the live requests a plan left out are the
     nodes waiting in its queue (same cell type) or in another's; then K is
@@ -505,7 +514,9 @@ def check_run_lengths(sched: CellularScheduler, log: RunLog) -> None:
     - else the shortest row's run when nodes of its type were left waiting;
     - else the longest row's run; each capped at ``max_steps_per_plan``,
 
-    and each row runs ``min(its run, K)`` steps.
+    and each row runs ``min(its run, K)`` steps. With measured ``costs`` (and arrivals
+    during plans) the last two choose by them: with nodes waiting, one of the rows' runs;
+    with nobody waiting, the longest run or a shorter power of two.
     """
     cap = sched.max_steps_per_plan
     next_node: dict[str, int] = {}
@@ -517,11 +528,17 @@ def check_run_lengths(sched: CellularScheduler, log: RunLog) -> None:
         num_here = sum(r.graph.node(0).cell_type == plan.cell_type for r in left)
         waiting_here, waiting_elsewhere = num_here > 0, len(left) > num_here
         runs = [min(cap, length_of(r) - next_node.get(r.request_id, 0)) for r in rows]
+        where = f"plan {index}: runs {runs}, left {[r.request_id for r in left]}"
         if cap == 1 or not sched.cell_types[plan.cell_type].runs or waiting_elsewhere:
             k = 1
+        elif costs:
+            k = plan.num_steps
+            if waiting_here:
+                assert k in runs, where
+            else:
+                assert k == max(runs) or (k < max(runs) and k & (k - 1) == 0), where
         else:
             k = min(runs) if waiting_here else max(runs)
-        where = f"plan {index}: runs {runs}, left {[r.request_id for r in left]}"
         assert plan.num_steps == k, where
         if k > 1:
             assert plan.steps is not None

@@ -134,6 +134,28 @@ def test_cellular_multi_step_invariants(work, cap, max_batch, capacity, step_sec
 
 @PROPERTY
 @given(
+    work=workloads(),  # deadlines inside plans: the test above (the driver times them by step)
+    cap=CAPS,
+    max_batch=st.integers(1, 8),
+    capacity=st.integers(1, 12),
+    fixed=st.sampled_from([0.0, 0.3, 2.0]),
+)
+def test_cellular_multi_step_invariants_with_costs_and_arrivals(
+    work, cap, max_batch, capacity, fixed
+):
+    """The same invariants when plans take time and the scheduler learns their costs: its
+    plan length then follows them and the arrivals during plans (a fixed cost per plan
+    makes long plans pay; none makes every arrival's wait count)."""
+    sched = make_cellular(max_batch=max_batch, capacity=capacity, max_steps_per_plan=cap)
+    log = run(sched, work, plan_cost=lambda p: fixed + 0.1 * p.num_steps * (1 + p.batch_size))
+    check_cellular_run(sched, log)
+    check_run_lengths(sched, log, costs=True)
+    check_every_node_ran_once(log)
+    check_mid_plan_arrivals_join_the_next_plan(sched, log)
+
+
+@PROPERTY
+@given(
     work_a=workloads(max_requests=5, prefix="a", cell_type="A"),
     work_b=workloads(max_requests=5, prefix="b", cell_type="B"),
     cap=CAPS,

@@ -6,12 +6,12 @@ than one node per layer, and a request's layers never wait on each other.
 
 Weights live in a real ``nn.LSTM``/``nn.GRU`` (and ``nn.Embedding``/``nn.Linear``)
 so a user's trained ``state_dict`` loads unchanged and plain torch over the
-same modules is the reference the tests compare against. Each step calls the
-fused ``torch.lstm_cell``/``torch.gru_cell`` kernels on *packed* copies of
-those parameters: row-major ``[in, out]`` matrices handed over as transposed
-views. At the small batches that low load produces, the CPU GEMM is 1.5-2x
-faster in that layout than with nn.LSTM's ``[out, in]`` weights (2 x 512 LSTM
-+ 10k projection, batch 8: 1.9 ms against 4.2 ms on one core).
+same modules is the reference the tests compare against. On the CPU a step runs
+through ``cells.steploop`` (oneDNN's GEMMs, a precomputed first-layer table: 2.5 x
+``torch.lstm_cell`` at 64 rows); a run of steps through whichever of the loop and
+the fused ``nn.LSTM``/``nn.GRU`` kernels is faster at its shape (``KernelChooser``).
+On a GPU a step calls the fused ``torch.lstm_cell``/``torch.gru_cell`` kernels (what
+the CUDA graphs capture) and a run calls cuDNN.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal, TypeVar
 
 import torch
@@ -28,15 +28,20 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cells.base import Cell, InputKind, StateSpec
 from cells.graphs import bucket
+from cells.steploop import StepLoop, linear, onednn_linear_available
 
 RecurrentKind = Literal["lstm", "gru"]
 _T = TypeVar("_T")
 
 
-RnnKernel = Literal["auto", "native", "onednn"]
+RnnKernel = Literal["auto", "native", "onednn", "loop"]
+
+KERNELS: tuple[str, ...] = ("native", "onednn", "loop")
+"""The CPU's ways to run a run of steps: torch's two ``nn.LSTM``/``nn.GRU`` kernels and
+``cells.steploop``."""
 
 KERNEL_TRIALS = 3
-"""Timed calls of each CPU kernel per shape bucket before ``auto`` keeps the faster."""
+"""Timed calls of each CPU kernel per shape bucket before ``auto`` keeps the fastest."""
 
 
 @contextlib.contextmanager
@@ -52,42 +57,42 @@ def onednn(enabled: bool) -> Iterator[None]:
 
 
 class KernelChooser:
-    """Which CPU kernel runs ``nn.LSTM``/``nn.GRU`` over a run, per power-of-two bucket of
-    batch size and steps.
+    """Which CPU kernel runs a run of steps, per power-of-two bucket of batch size and steps.
 
-    Neither wins everywhere (docs/benchmarks.md, "torch's two CPU kernels"; one 512-wide
-    layer on this project's CPU): oneDNN pays a fixed cost per call (about 3-7 ms at one
-    row and one step, against native's 1 ms) but is about twice as fast per step from a
-    few rows and steps up (64 rows x 25 steps: 40 ms against 82). So ``auto`` times each
-    kernel ``KERNEL_TRIALS`` times on the first calls of a bucket, alternating, then keeps the
-    faster by median, as cuDNN's benchmark mode does on a GPU. Both compute the same
-    function; a trial call's outputs are used like any other's. ``clock`` is a seam for
-    tests."""
+    None wins everywhere (docs/benchmarks.md, "torch's two CPU kernels" and "The step
+    loop"): oneDNN's fused ``nn.LSTM`` pays a fixed cost per call (about 3-7 ms at one row
+    and one step of a 512-wide layer, against native's 1 ms) but is about twice as fast
+    per step over long runs; it takes no packed sequence, so a run whose rows end apart
+    falls back to the native kernel; the step loop has no fixed cost and the fastest
+    GEMMs, but pays Python per step, which only long runs of few rows feel. So ``auto``
+    times each kernel ``KERNEL_TRIALS`` times on the first calls of a bucket, in turn,
+    then keeps the fastest by median, as cuDNN's benchmark mode does on a GPU. All compute
+    the same function; a trial call's outputs are used like any other's. ``clock`` is a
+    seam for tests."""
 
     def __init__(self, mode: RnnKernel = "auto", clock: Callable[[], float] = time.perf_counter):
         self.mode: RnnKernel = mode
         self._clock = clock
-        self._trials: dict[tuple[int, int], dict[bool, list[float]]] = {}
-        self.chosen: dict[tuple[int, int], bool] = {}
-        """(batch bucket, steps bucket) -> whether oneDNN won, once decided."""
+        self._trials: dict[tuple[int, int], dict[str, list[float]]] = {}
+        self.chosen: dict[tuple[int, int], str] = {}
+        """(batch bucket, steps bucket) -> the kernel that won, once decided."""
 
-    def run(self, batch: int, steps: int, fn: Callable[[], _T]) -> _T:
+    def run(self, batch: int, steps: int, kernels: Mapping[str, Callable[[], _T]]) -> _T:
+        """Run one of ``kernels`` (name -> the call on that kernel) for a run of ``batch``
+        rows and ``steps`` steps: the forced one, the bucket's winner, or its next trial."""
         if self.mode != "auto":
-            with onednn(self.mode == "onednn"):
-                return fn()
+            return kernels[self.mode]()
         key = (bucket(batch), bucket(steps))
         chosen = self.chosen.get(key)
         if chosen is not None:
-            with onednn(chosen):
-                return fn()
-        times = self._trials.setdefault(key, {False: [], True: []})
-        trial = len(times[True]) < len(times[False])  # native first, then in turn
+            return kernels[chosen]()
+        times = self._trials.setdefault(key, {name: [] for name in kernels})
+        trial = min(times, key=lambda name: len(times[name]))  # in turn, in the given order
         t0 = self._clock()
-        with onednn(trial):
-            out = fn()
+        out = kernels[trial]()
         times[trial].append(self._clock() - t0)
-        if len(times[True]) >= KERNEL_TRIALS:
-            self.chosen[key] = statistics.median(times[True]) < statistics.median(times[False])
+        if all(len(t) >= KERNEL_TRIALS for t in times.values()):
+            self.chosen[key] = min(times, key=lambda name: statistics.median(times[name]))
             del self._trials[key]
         return out
 
@@ -143,17 +148,19 @@ class RecurrentStackCell(Cell):
         self.proj = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
         self.kernels = KernelChooser()
-        """The CPU kernel of ``forward_run``'s fused calls: ``kernels.mode`` is ``auto`` (timed
-        per shape bucket), ``native`` or ``onednn``."""
+        """The CPU kernel of ``forward_run``: ``kernels.mode`` is ``auto`` (timed per shape
+        bucket) or one of ``KERNELS``."""
         self._layer_params: list[tuple[torch.Tensor, ...]] = []
-        self._proj_weight_t: torch.Tensor | None = None
+        self._proj: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._loop: StepLoop | None = None
         self._pack()
         self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
             lambda module, _: module._pack()
         )
 
     def _pack(self) -> None:
-        """Rebuild the packed step weights from the module's parameters."""
+        """Rebuild what the steps compute with from the module's parameters: detached copies
+        (the kernels below have no autograd) and, on the CPU, the step loop and its table."""
         with torch.no_grad():
             self._layer_params = []
             for k in range(self.num_layers):
@@ -161,11 +168,20 @@ class RecurrentStackCell(Cell):
                     getattr(self.rnn, f"{n}_l{k}").detach()
                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
                 )
+                # Row-major [in, out] handed over as transposed views: cuBLAS and MKL take
+                # either, and MKL was 1.5-2 x faster in this layout at small batches.
                 self._layer_params.append(
                     (w_ih.t().contiguous().t(), w_hh.t().contiguous().t(), b_ih, b_hh)
                 )
             if self.proj is not None:
-                self._proj_weight_t = self.proj.weight.detach().t().contiguous()
+                self._proj = (self.proj.weight.detach(), self.proj.bias.detach())
+            on_cpu = self.rnn.weight_hh_l0.device.type == "cpu"
+            floats = self.rnn.weight_hh_l0.dtype == torch.float32
+            self._loop = (
+                StepLoop.from_rnn(self.rnn, self.embedding)
+                if on_cpu and floats and onednn_linear_available()
+                else None
+            )
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # .to()/.cuda()/.half() replace the parameters: pack the new ones.
@@ -180,9 +196,15 @@ class RecurrentStackCell(Cell):
             return (StateSpec("h", shape), StateSpec("c", shape))
         return (StateSpec("h", shape),)
 
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self._proj is None else linear(x, *self._proj)
+
     def forward(
         self, inputs: torch.Tensor, states: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if self._loop is not None:
+            y, new_states = self._loop.run(inputs.unsqueeze(1), None, states)
+            return self._project(y), new_states
         x = self.embedding(inputs) if self.embedding is not None else inputs
         h = states[0]
         new_h = []
@@ -193,18 +215,13 @@ class RecurrentStackCell(Cell):
                 x, ck = torch.lstm_cell(x, (h[:, k], c[:, k]), w_ih, w_hh, b_ih, b_hh)
                 new_h.append(x)
                 new_c.append(ck)
-            new_states: tuple[torch.Tensor, ...] = (
-                torch.stack(new_h, dim=1),
-                torch.stack(new_c, dim=1),
-            )
+            new_states = (torch.stack(new_h, dim=1), torch.stack(new_c, dim=1))
         else:
             for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_params):
                 x = torch.gru_cell(x, h[:, k], w_ih, w_hh, b_ih, b_hh)
                 new_h.append(x)
             new_states = (torch.stack(new_h, dim=1),)
-        if self.proj is None or self._proj_weight_t is None:
-            return x, new_states
-        return torch.addmm(self.proj.bias, x, self._proj_weight_t), new_states
+        return self._project(x), new_states
 
     def forward_run(
         self,
@@ -214,46 +231,70 @@ class RecurrentStackCell(Cell):
         *,
         pad_to_longest: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Each row's run through the fused ``nn.LSTM``/``nn.GRU`` (MKL or cuDNN), from its
-        gathered state: the layers' input projections for all K steps are one GEMM each,
-        inside the kernel, and the host pays for one call instead of K. Rows are packed
-        (``pack_padded_sequence``), so each stops at its own last step with its exact state;
-        ``pad_to_longest`` runs them all K steps instead, as a padded request-level batch
-        does, projection included. When every row runs all K steps (one request alone, or a
-        full batch of long ones) the two are the same, and the unpacked call skips packing's
-        sort, gathers and masks: about 0.3 ms a plan at batch 1, a quarter of a short plan."""
+        """Each row's run in one call, from its gathered state, so the host pays for one call
+        instead of K: on a GPU through cuDNN's fused ``nn.LSTM``/``nn.GRU``; on the CPU
+        through whichever of the step loop and torch's two fused kernels is fastest at this
+        shape (``KernelChooser``). Each row stops at its own last step with its exact state
+        (packed); ``pad_to_longest`` runs them all K steps instead, as a padded
+        request-level batch does, projection included. When every row runs all K steps
+        (one request alone, or a full batch of long ones) the two are the same, and the
+        fused kernel's unpacked call skips packing's sort, gathers and masks: about 0.3 ms a
+        plan at batch 1, a quarter of a short plan."""
         batch, k = inputs.shape[0], inputs.shape[1]
         full = int(lengths.min()) == k
         pad_to_longest = pad_to_longest or full
+        loop = self._loop
+        if loop is None:  # cuDNN on a GPU; the CPU kernels' choice does not apply
+            y, hns = self._fused(inputs, lengths, states, pad_to_longest)
+        else:
+            to_run = None if pad_to_longest else lengths
+            y, hns = self.kernels.run(
+                batch,
+                k,
+                {
+                    "native": lambda: self._fused(
+                        inputs, lengths, states, pad_to_longest, onednn_kernel=False
+                    ),
+                    "onednn": lambda: self._fused(
+                        inputs, lengths, states, pad_to_longest, onednn_kernel=True
+                    ),
+                    "loop": lambda: loop.run(inputs, to_run, states),
+                },
+            )
+        out = self._project(y)
+        if pad_to_longest and not full:
+            out = out.view(batch, k, -1)[_live(lengths, k, out.device)]
+        return out, hns
+
+    def _fused(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        states: tuple[torch.Tensor, ...],
+        pad_to_longest: bool,
+        onednn_kernel: bool | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The run through ``nn.LSTM``/``nn.GRU`` (on the CPU on torch's oneDNN or native
+        kernel, by ``onednn_kernel``): the last layer's outputs, row after row, every row's
+        K steps (``pad_to_longest``) or only its live ones, and the final states."""
+        batch, k = inputs.shape[0], inputs.shape[1]
         x = self.embedding(inputs) if self.embedding is not None else inputs
         x = x.transpose(0, 1)  # [K, B, E]: the kernel's time-major layout
         h0 = states[0].transpose(0, 1).contiguous()  # [B, L, H] -> [L, B, H]
         hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = h0
         if self.kind == "lstm":
             hx = (h0, states[1].transpose(0, 1).contiguous())
-        if pad_to_longest:
-            y, hn = self._rnn_run(batch, k, lambda: self.rnn(x, hx))
-        else:
-            seq = pack_padded_sequence(x, lengths, enforce_sorted=False)
-            packed, hn = self._rnn_run(batch, k, lambda: self.rnn(seq, hx))
-            y, _ = pad_packed_sequence(packed, total_length=k)
+        with contextlib.nullcontext() if onednn_kernel is None else onednn(onednn_kernel):
+            if pad_to_longest:
+                y, hn = self.rnn(x, hx)
+            else:
+                seq = pack_padded_sequence(x, lengths, enforce_sorted=False)
+                packed, hn = self.rnn(seq, hx)
+                y, _ = pad_packed_sequence(packed, total_length=k)
         y = y.transpose(0, 1)  # [B, K, H]
-        if pad_to_longest:
-            flat = y.reshape(batch * k, -1)
-            if self.proj is not None and self._proj_weight_t is not None:
-                flat = torch.addmm(self.proj.bias, flat, self._proj_weight_t)
-            out = flat if full else flat.view(batch, k, -1)[_live(lengths, k, y.device)]
-        else:
-            out = y[_live(lengths, k, y.device)]
-            if self.proj is not None and self._proj_weight_t is not None:
-                out = torch.addmm(self.proj.bias, out, self._proj_weight_t)
+        rows = y.reshape(batch * k, -1) if pad_to_longest else y[_live(lengths, k, y.device)]
         hns = hn if isinstance(hn, tuple) else (hn,)
-        return out, tuple(t.transpose(0, 1) for t in hns)
-
-    def _rnn_run(self, batch: int, steps: int, fn: Callable[[], _T]) -> _T:
-        if self.rnn.weight_hh_l0.device.type != "cpu":
-            return fn()  # cuDNN on a GPU; the CPU kernels' choice does not apply
-        return self.kernels.run(batch, steps, fn)
+        return rows, tuple(t.transpose(0, 1) for t in hns)
 
     def reference(self, inputs: torch.Tensor) -> torch.Tensor:
         """Plain torch over a whole sequence run alone: ``[T]`` or ``[T, D]`` in, ``[T, out]`` out.

@@ -29,7 +29,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,7 +42,8 @@ from batchmaker.models.builtin import host_cost_model, idle_latency_model
 from batchmaker.models.sequence import SequenceModel
 from batchmaker.runtime.engine import Engine
 from batchmaker.types import InferRequest
-from cells.recurrent import KERNEL_TRIALS, onednn
+from cells.recurrent import KERNEL_TRIALS, KERNELS, onednn
+from cells.steploop import linear
 
 HOST_TARGET_ROWS_PER_S = 1.5e6
 HOST_TARGET_US_PER_TOKEN = 30.0
@@ -52,11 +53,11 @@ WAVES = 10
 """Requests alone, and waves of ``--concurrency`` requests, per round and setting: one
 wave of the tiny model is a few milliseconds, too short to time alone on a shared
 machine."""
-IDLE_WARMUP = 2 * KERNEL_TRIALS + 2
+IDLE_WARMUP = len(KERNELS) * KERNEL_TRIALS + 2
 """Rounds not kept in the idle-latency figures: the engine's kernel chooser times each
 CPU kernel ``KERNEL_TRIALS`` times on a shape's first calls (cells.recurrent), and a
 served model is measured after that, as it runs once warm, like the denominator, which
-is the faster kernel's median."""
+is the fastest variant's median."""
 
 
 @dataclass
@@ -84,9 +85,10 @@ class HostCost:
 @dataclass
 class IdleLatency:
     plain_torch_ms: Spread
-    """On the faster kernel by median (``plain_torch_kernel``), run once per round."""
+    """On the fastest variant by median (``plain_torch_kernel``), run once per round."""
     plain_torch_kernel: str
-    other_kernel_ms: Spread
+    other_kernels_ms: dict[str, Spread]
+    """The other variants of plain torch (``_plain_torch``), by name."""
     in_process_ms: Spread
     grpc_ms: Spread | None
     in_process_ratio: Spread
@@ -175,20 +177,29 @@ async def _host_cost(args: argparse.Namespace, base: EngineConfig) -> list[HostC
 
 def _plain_torch(model: SequenceModel, ids: np.ndarray) -> dict[str, float]:
     """Seconds for one request through one fused ``nn.LSTM`` call, the projection and the
-    argmax of every step, on each of torch's CPU RNN kernels (oneDNN and native), one run
-    each: what a user would write. The caller keeps the faster kernel by its median over
-    rounds, so the denominator is a median like the engine's figure, not a best run."""
+    argmax of every step, one run of each variant: on each of torch's CPU RNN kernels
+    (oneDNN and native), with the projection through ``nn.Linear`` (MKL) or through oneDNN
+    (what ``torch.utils.mkldnn`` or ``torch.compile`` would run, and the engine runs; twice
+    as fast on an AMD CPU). What a user would write, at its fastest: the caller keeps the
+    fastest variant by its median over rounds, so the denominator is a median like the
+    engine's figure, not a best run."""
     cell = model.cell
     assert cell.embedding is not None
     assert cell.proj is not None
     x = torch.from_numpy(ids)
+    weight, bias = cell.proj.weight.detach(), cell.proj.bias.detach()
+    projections: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "nn.Linear": cell.proj,
+        "oneDNN linear": lambda y: linear(y, weight, bias),
+    }
     times: dict[str, float] = {}
     for kernel, enabled in (("onednn", True), ("native", False)):
-        t0 = time.perf_counter()
-        with onednn(enabled), torch.inference_mode():
-            y, _ = cell.rnn(cell.embedding(x).unsqueeze(1))
-            cell.proj(y.squeeze(1)).max(dim=1)
-        times[kernel] = time.perf_counter() - t0
+        for name, project in projections.items():
+            t0 = time.perf_counter()
+            with onednn(enabled), torch.inference_mode():
+                y, _ = cell.rnn(cell.embedding(x).unsqueeze(1))
+                project(y.squeeze(1)).max(dim=1)
+            times[f"{kernel} LSTM, {name}"] = time.perf_counter() - t0
     return times
 
 
@@ -213,7 +224,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
                 *([f"--threads={base.num_threads}"] if base.num_threads else []),
             ]
         )
-    plain: dict[str, list[float]] = {"onednn": [], "native": []}
+    plain: dict[str, list[float]] = {}
     local: list[float] = []
     remote: list[float] = []
     try:
@@ -233,7 +244,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
                     g = time.perf_counter() - t0
                 if i >= IDLE_WARMUP:
                     for kernel, t in p.items():
-                        plain[kernel].append(t)
+                        plain.setdefault(kernel, []).append(t)
                     local.append(e)
                     if g is not None:
                         remote.append(g)
@@ -248,9 +259,11 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
     return IdleLatency(
         plain_torch_ms=Spread.of([p * ms for p in best]),
         plain_torch_kernel=kernel,
-        other_kernel_ms=Spread.of(
-            [p * ms for name in plain if name != kernel for p in plain[name]]
-        ),
+        other_kernels_ms={
+            name: Spread.of([p * ms for p in times])
+            for name, times in plain.items()
+            if name != kernel
+        },
         in_process_ms=Spread.of([e * ms for e in local]),
         grpc_ms=Spread.of([g * ms for g in remote]) if remote else None,
         in_process_ratio=Spread.of([e / p for e, p in zip(local, best, strict=True)]),
@@ -277,17 +290,16 @@ def print_table(report: HostReport) -> None:
     if idle is None:
         return
     print(f"idle latency: lstm-1x512, one {report.length}-token request")
-    other = "native" if idle.plain_torch_kernel == "onednn" else "onednn"
     rows: list[tuple[str, Spread, Spread | None]] = [
         (f"plain torch ({idle.plain_torch_kernel})", idle.plain_torch_ms, None),
-        (f"  (the {other} kernel)", idle.other_kernel_ms, None),
+        *((f"  ({name})", t, None) for name, t in idle.other_kernels_ms.items()),
     ]
     rows.append(("engine in-process", idle.in_process_ms, idle.in_process_ratio))
     if idle.grpc_ms is not None:
         rows.append(("server over gRPC", idle.grpc_ms, idle.grpc_ratio))
     for name, t, ratio in rows:
         x = "" if ratio is None else f"  {ratio.median:.2f}x [{ratio.low:.2f}, {ratio.high:.2f}]"
-        print(f"  {name:24s} {t.median:8.2f} ms [{t.low:.2f}, {t.high:.2f}]{x}")
+        print(f"  {name:40s} {t.median:8.2f} ms [{t.low:.2f}, {t.high:.2f}]{x}")
     print(f"  targets: <= {IDLE_TARGET_IN_PROCESS}x in-process, <= {IDLE_TARGET_GRPC}x over gRPC")
 
 

@@ -3,8 +3,9 @@
 The denominator of the engine benchmark's efficiency: the fastest isolated way to
 compute the same outputs at the same batch size, with no gather, scatter or
 scheduling around it. For cells whose inputs are known ahead (chains, encoders)
-that is the fused ``nn.LSTM``/``nn.GRU`` over many steps at once (``forward_run``),
-which a user could call; for the others (decoders, trees), one step of the cell.
+that is the faster of one step and a run of many steps at once (``forward_run``) on
+each of its kernels (on the CPU: torch's two fused ``nn.LSTM``/``nn.GRU`` kernels and
+``cells.steploop``); for the others (decoders, trees), one step of the cell.
 A measuring tool, so it lives here and not on the executor the server runs.
 """
 
@@ -15,6 +16,7 @@ import time
 import torch
 
 from batchmaker.runtime.torch_executor import TorchExecutor
+from cells.recurrent import KERNELS
 
 FUSED_STEPS = 64
 """Steps per call when timing the fused form: long enough that its fixed cost is spread."""
@@ -36,7 +38,8 @@ def _fused_seconds(
     executor: TorchExecutor, cell_type: str, batch_size: int, iterations: int, repeats: int
 ) -> float:
     """Seconds per ``forward_run`` of ``FUSED_STEPS`` steps of every row (median), on the
-    faster of torch's CPU kernels (oneDNN, native) where the cell has that choice."""
+    fastest of the CPU's kernels (``cells.recurrent.KERNELS``) where the cell has that
+    choice."""
     cell = executor.cells[cell_type]
     pool = executor.pool_of(cell_type)
     device = pool.device
@@ -54,7 +57,7 @@ def _fused_seconds(
             for t in pool.tensors
         )
         kernels = getattr(cell, "kernels", None)
-        modes = ["native", "onednn"] if kernels is not None and device.type == "cpu" else [None]
+        modes = list(KERNELS) if kernels is not None and device.type == "cpu" else [None]
         best = float("inf")
         for mode in modes:
             if kernels is not None and mode is not None:

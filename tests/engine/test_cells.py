@@ -8,6 +8,8 @@ batches, gives what ``nn.LSTM``/``nn.GRU`` give over each whole sequence alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -242,7 +244,7 @@ def step_by_step(
     lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
     num_layers=st.integers(1, 2),
     seed=st.integers(0, 2**16),
-    kernel=st.sampled_from(["auto", "native", "onednn"]),
+    kernel=st.sampled_from(["auto", "native", "onednn", "loop"]),
 )
 def test_a_run_equals_its_steps_one_at_a_time(
     kind: str, vectors: bool, lengths: list[int], num_layers: int, seed: int, kernel: str
@@ -274,11 +276,13 @@ def test_a_run_equals_its_steps_one_at_a_time(
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_a_padded_run_computes_every_row_for_all_steps(kind: str) -> None:
+@pytest.mark.parametrize("kernel", ["native", "onednn", "loop"])
+def test_a_padded_run_computes_every_row_for_all_steps(kind: str, kernel: str) -> None:
     """``pad_to_longest``: the padded batch's cost, and its outputs for each row's own
     steps are still exact; only the state of a shorter row moves past its end."""
     torch.manual_seed(3)
     cell = RecurrentStackCell(kind, hidden_size=8, vocab_size=11, output_dim=6).eval()  # type: ignore[arg-type]
+    cell.kernels.mode = kernel  # type: ignore[assignment]
     lengths = [5, 2, 3]
     x = torch.randint(0, 11, (3, 5))
     zero = tuple(torch.zeros(3, *s.shape) for s in cell.state_specs)
@@ -308,6 +312,7 @@ def test_a_run_where_every_row_runs_every_step_skips_packing(
     monkeypatch.setattr(recurrent, "pack_padded_sequence", refuse)
     torch.manual_seed(4)
     cell = RecurrentStackCell(kind, hidden_size=8, num_layers=2, vocab_size=11, output_dim=6)  # type: ignore[arg-type]
+    cell.kernels.mode = "native"  # the fused kernel's call; the step loop never packs
     lengths = [5] * batch
     x = torch.randint(0, 11, (batch, 5))
     states = tuple(torch.randn(batch, *s.shape) for s in cell.eval().state_specs)
@@ -321,34 +326,47 @@ def test_a_run_where_every_row_runs_every_step_skips_packing(
         cell.forward_run(x, torch.tensor([5] * (batch - 1) + [4]), states)
 
 
-def test_the_kernel_chooser_times_both_kernels_then_keeps_the_faster() -> None:
-    """Per bucket of batch and steps: native and oneDNN in turn for three trials each,
-    then the faster by median, every call after; the process-wide flag is restored."""
+def test_the_kernel_chooser_times_each_kernel_then_keeps_the_fastest() -> None:
+    """Per bucket of batch and steps: the kernels in turn for three trials each, then the
+    fastest by median, every call after; a forced mode runs its kernel and times nothing."""
     from cells.recurrent import KernelChooser
 
     now = [0.0]
-    cost = {False: 2.0, True: 1.0}  # oneDNN faster, except one slow trial (the median holds)
-    slow_once = [True]
+    cost = {"native": 2.0, "onednn": 1.0, "loop": 1.5}
+    slow_once = [True]  # one slow oneDNN trial: the median holds
 
-    def work() -> bool:
-        onednn = torch._C._get_mkldnn_enabled()
-        now[0] += cost[onednn]
-        if onednn and slow_once:
-            now[0] += 10.0 * slow_once.pop()
-        return onednn
+    def kernel(name: str) -> Callable[[], str]:
+        def call() -> str:
+            now[0] += cost[name]
+            if name == "onednn" and slow_once:
+                now[0] += 10.0 * slow_once.pop()
+            return name
 
-    before = torch._C._get_mkldnn_enabled()
+        return call
+
+    kernels = {name: kernel(name) for name in ("native", "onednn", "loop")}
     chooser = KernelChooser(clock=lambda: now[0])
-    ran = [chooser.run(64, 25, work) for _ in range(8)]
-    assert ran == [False, True, False, True, False, True, True, True]
-    assert chooser.chosen == {(64, 32): True}
-    assert torch._C._get_mkldnn_enabled() == before
-    cost[True] = 3.0  # another bucket, where native wins
-    assert [chooser.run(1, 1, work) for _ in range(7)][-1] is False
-    assert chooser.chosen == {(64, 32): True, (1, 1): False}
+    ran = [chooser.run(64, 25, kernels) for _ in range(11)]
+    assert ran == ["native", "onednn", "loop"] * 3 + ["onednn"] * 2
+    assert chooser.chosen == {(64, 32): "onednn"}
+    cost["onednn"] = 3.0  # another bucket, where the loop wins
+    assert [chooser.run(1, 1, kernels) for _ in range(10)][-1] == "loop"
+    assert chooser.chosen == {(64, 32): "onednn", (1, 1): "loop"}
     forced = KernelChooser("native", clock=lambda: now[0])
-    assert [forced.run(64, 25, work) for _ in range(3)] == [False] * 3
+    assert [forced.run(64, 25, kernels) for _ in range(3)] == ["native"] * 3
     assert not forced.chosen
+
+
+def test_the_fused_kernels_restore_the_process_wide_flag() -> None:
+    """torch's oneDNN switch is process-wide: a run on either fused kernel leaves it as it was."""
+    cell = RecurrentStackCell("lstm", hidden_size=8, vocab_size=11, output_dim=6).eval()
+    states = tuple(torch.zeros(2, *s.shape) for s in cell.state_specs)
+    before = torch._C._get_mkldnn_enabled()
+    with torch.inference_mode():
+        for kernel in ("native", "onednn"):
+            cell.kernels.mode = kernel  # type: ignore[assignment]
+            cell.forward_run(torch.randint(0, 11, (2, 3)), torch.tensor([3, 2]), states)
+            assert torch._C._get_mkldnn_enabled() == before
 
 
 def test_cells_that_feed_tokens_back_have_no_runs() -> None:
@@ -361,3 +379,54 @@ def test_cells_that_feed_tokens_back_have_no_runs() -> None:
     states = tuple(torch.zeros(1, *s.shape, dtype=s.dtype) for s in decoder.state_specs)
     with pytest.raises(NotImplementedError, match="one step at a time"):
         decoder.forward_run(torch.zeros(1, 2, dtype=torch.int64), torch.tensor([2]), states)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_cpu_steps_run_the_loop_with_its_table_and_match_torchs_step_kernels(
+    kind: str,
+) -> None:
+    """On the CPU in float32 a step runs through ``cells.steploop`` (oneDNN GEMMs, the first
+    layer's table of token projections); it gives what ``torch.lstm_cell``/``gru_cell``
+    give, the path a GPU or another dtype takes."""
+    torch.manual_seed(5)
+    cell = RecurrentStackCell(kind, hidden_size=12, num_layers=2, vocab_size=20, output_dim=9)  # type: ignore[arg-type]
+    cell.eval()
+    loop = cell._loop
+    assert loop is not None
+    assert loop.table is not None
+    assert loop.table.shape == (20, (4 if kind == "lstm" else 3) * 12)
+    x = torch.randint(0, 20, (5,))
+    states = tuple(torch.randn(5, *s.shape) for s in cell.state_specs)
+    with torch.inference_mode():
+        got, got_states = cell(x, states)
+        cell._loop = None
+        want, want_states = cell(x, states)
+    assert max_abs_diff(got.numpy(), want.numpy()) < TOL
+    for g, w in zip(got_states, want_states, strict=True):
+        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_vocabulary_too_large_for_the_table_embeds_and_multiplies(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over ``TABLE_MAX_BYTES`` the loop's first layer multiplies its embeddings instead
+    of reading the table; a ragged run is still each row's steps one at a time."""
+    import cells.steploop as steploop
+
+    monkeypatch.setattr(steploop, "TABLE_MAX_BYTES", 0)
+    torch.manual_seed(6)
+    cell = RecurrentStackCell(kind, hidden_size=12, num_layers=2, vocab_size=20, output_dim=9)  # type: ignore[arg-type]
+    cell.eval()
+    assert cell._loop is not None
+    assert cell._loop.table is None
+    cell.kernels.mode = "loop"
+    lengths = [4, 1, 6, 6, 2]
+    x = torch.randint(0, 20, (5, 6))
+    states = tuple(torch.randn(5, *s.shape) for s in cell.state_specs)
+    with torch.inference_mode():
+        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
+        want, want_states = step_by_step(cell, x, lengths, states)
+    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
+    for g, w in zip(got_states, want_states, strict=True):
+        assert max_abs_diff(g.numpy(), w.numpy()) < TOL

@@ -64,6 +64,11 @@ class Cell(nn.Module, ABC):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """One step for a batch: returns ``[B, output_dim]`` outputs and the new states."""
 
+    def prepare(self) -> None:
+        """Build, once the cell sits on its device, what its steps would otherwise build on
+        their first call (e.g. the CPU step loop's first-layer table): the executor calls it
+        while loading, on the loading thread, so no request pays for it."""
+
     def forward_run(
         self,
         inputs: torch.Tensor,

@@ -196,6 +196,10 @@ class RecurrentStackCell(Cell):
             return (StateSpec("h", shape), StateSpec("c", shape))
         return (StateSpec("h", shape),)
 
+    def prepare(self) -> None:
+        if self._loop is not None:
+            self._loop.table  # noqa: B018 (built on first use)
+
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self._proj is None else linear(x, *self._proj)
 

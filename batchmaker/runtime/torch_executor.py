@@ -74,6 +74,8 @@ class TorchExecutor:
             name: StatePool(specs, NUM_RESERVED_SLOTS + cells.num_slots, self._device)
             for name, specs in cells.pools.items()
         }
+        for cell in mine.values():
+            cell.prepare()
 
         def install() -> None:
             self.pools.update(pools)

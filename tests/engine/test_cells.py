@@ -430,3 +430,24 @@ def test_a_vocabulary_too_large_for_the_table_embeds_and_multiplies(
     assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
     for g, w in zip(got_states, want_states, strict=True):
         assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+
+
+def test_the_executor_builds_the_table_while_loading_not_on_the_first_request() -> None:
+    """The first-layer table is built on first use, and the executor uses it first while
+    loading (``Cell.prepare``, on the loading thread): a device's copy of the cell holds
+    it before its first step, and the model's own copy never built one."""
+    from batchmaker.models.sequence import recurrent_model
+    from batchmaker.runtime.executor import CellSet
+    from batchmaker.runtime.torch_executor import TorchExecutor
+
+    model = recurrent_model("lm", "lstm", vocab_size=30, hidden_size=8, output_dim=30)
+    mine = model.cell._loop
+    assert mine is not None
+    assert mine._table is None
+    executor = TorchExecutor("cpu")
+    executor.load_cells(CellSet.of([model], num_slots=4))()
+    loaded = executor.cells[model.qualify("step")]
+    assert isinstance(loaded, RecurrentStackCell)
+    assert loaded._loop is not None
+    assert loaded._loop._table is not None
+    assert mine._table is None

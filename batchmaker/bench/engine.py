@@ -8,9 +8,9 @@ weights and trace. What differs between the model families (``--family``) is the
 What it measures (docs/benchmarks.md, "How we measure"):
 
 1. The isolated kernel of each cell type: the fastest isolated way to compute its steps
-   on a preformed batch of its max batch (the fused ``nn.LSTM``/``nn.GRU`` over many
-   steps where the inputs are known, else one step of the cell), with no gather,
-   scatter or scheduling; the denominator of *efficiency* (``kernels``).
+   on a preformed batch of its max batch (one step, or a run of 2 to 64 steps on each of
+   the CPU's kernels where the inputs are known), with no gather, scatter or
+   scheduling; the denominator of *efficiency* (``kernels``).
 2. The idle server: each request run alone (mode ``none``). Its p99 sets the SLO
    (twice it), and its outputs are the reference every later run is checked
    against; the reference itself is checked against the model's plain torch.

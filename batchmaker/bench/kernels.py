@@ -3,7 +3,7 @@
 The denominator of the engine benchmark's efficiency: the fastest isolated way to
 compute the same outputs at the same batch size, with no gather, scatter or
 scheduling around it. For cells whose inputs are known ahead (chains, encoders)
-that is the faster of one step and a run of many steps at once (``forward_run``) on
+that is the fastest per step of one step and runs of 2 to 64 steps (``forward_run``) on
 each of its kernels (on the CPU: torch's two fused ``nn.LSTM``/``nn.GRU`` kernels and
 ``cells.steploop``); for the others (decoders, trees), one step of the cell.
 A measuring tool, so it lives here and not on the executor the server runs.
@@ -18,8 +18,11 @@ import torch
 from batchmaker.runtime.torch_executor import TorchExecutor
 from cells.recurrent import KERNELS
 
-FUSED_STEPS = 64
-"""Steps per call when timing the fused form: long enough that its fixed cost is spread."""
+RUN_STEPS = (2, 4, 8, 64)
+"""Steps per call when timing the multi-step form: which is fastest per step depends on
+the kernel (oneDNN's fused call spreads a fixed cost over long runs; the step loop's
+short runs share their first layer's gather and the projection's GEMM), so each is
+tried and the fastest per step kept."""
 
 
 def isolated_step_seconds(
@@ -30,28 +33,40 @@ def isolated_step_seconds(
     one = _one_step_seconds(executor, cell_type, batch_size, iterations, repeats)
     if not executor.cells[cell_type].supports_runs:
         return one
-    fused = _fused_seconds(executor, cell_type, batch_size, max(1, iterations // 10), repeats)
-    return min(one, fused / FUSED_STEPS)
+    calls = max(1, iterations // 10)  # per timed repeat; more for short runs
+    runs = (
+        _fused_seconds(
+            executor, cell_type, batch_size, steps, max(calls, calls * 8 // steps), repeats
+        )
+        / steps
+        for steps in RUN_STEPS
+    )
+    return min(one, *runs)
 
 
 def _fused_seconds(
-    executor: TorchExecutor, cell_type: str, batch_size: int, iterations: int, repeats: int
+    executor: TorchExecutor,
+    cell_type: str,
+    batch_size: int,
+    steps: int,
+    iterations: int,
+    repeats: int,
 ) -> float:
-    """Seconds per ``forward_run`` of ``FUSED_STEPS`` steps of every row (median), on the
+    """Seconds per ``forward_run`` of ``steps`` steps of every row (median), on the
     fastest of the CPU's kernels (``cells.recurrent.KERNELS``) where the cell has that
     choice."""
     cell = executor.cells[cell_type]
     pool = executor.pool_of(cell_type)
     device = pool.device
     g = torch.Generator().manual_seed(0)
-    shape = (batch_size, FUSED_STEPS)
+    shape = (batch_size, steps)
     with torch.inference_mode():
         if cell.input_kind == "tokens":
             inputs = torch.randint(0, cell.input_dim, shape, generator=g)
         else:
             inputs = torch.randn(*shape, cell.input_dim, generator=g)
         inputs = inputs.to(device)
-        lengths = torch.full((batch_size,), FUSED_STEPS, dtype=torch.int64)
+        lengths = torch.full((batch_size,), steps, dtype=torch.int64)
         states = tuple(
             torch.zeros((batch_size, *t.shape[1:]), dtype=t.dtype, device=device)
             for t in pool.tensors

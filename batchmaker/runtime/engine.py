@@ -186,7 +186,7 @@ class Engine:
             cells = CellSet.of(models, self.config.num_slots)
             # The slow part (weights to each device, pools allocated), off the loop and off
             # the step loops; each device then takes the model between two of its steps.
-            installs = await asyncio.to_thread(
+            installs = await heap.to_thread(
                 lambda: [w.executor.load_cells(cells) for w in self._workers]
             )
             # Shielded: once the devices start taking the model, a cancelled caller must

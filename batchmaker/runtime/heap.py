@@ -14,7 +14,12 @@ weights included. That is one full pass, paid by an admin call instead of a requ
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _full_pass_done = False
 
@@ -37,3 +42,23 @@ def refreeze() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+async def to_thread(fn: Callable[[], T]) -> T:
+    """``asyncio.to_thread(fn)``, except that the thread keeps no reference to ``fn`` or
+    its result once the caller has it.
+
+    A pool thread holds its work item (the function and the future, result included)
+    until it returns from resolving that future, and the wake-up it writes to the loop
+    can hand the loop the GIL first: on a busy host the loop then ran a whole request
+    and an unload before the thread let go. A model loaded through ``asyncio.to_thread``
+    and unloaded meanwhile was still referenced when ``refreeze`` ran, so its cycles were
+    frozen alive for good (caught by tests/engine/test_heap.py, one run in ten or so)."""
+    box = [fn]
+    out: list[T] = []
+
+    def run() -> None:
+        out.append(box.pop()())
+
+    await asyncio.to_thread(run)
+    return out.pop()

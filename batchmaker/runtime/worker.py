@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[StepOutcome, BaseException | None], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Command:
     """A request for the worker thread, applied at the next step boundary, in order."""
 
@@ -35,7 +35,8 @@ class _Command:
     abort_id: str = ""
     reason: FinishReason = FinishReason.CANCELLED
     call: Callable[[], None] | None = None
-    """Run this on the worker thread between steps (a model being loaded or unloaded)."""
+    """Run this on the worker thread between steps (a model being loaded or unloaded);
+    ``_run_call`` takes it out before resolving ``done``."""
     done: concurrent.futures.Future[None] | None = None
     """Resolved once ``call`` ran, with its exception if it raised."""
 
@@ -138,7 +139,7 @@ class DeviceWorker:
                 self._inbox.append(_Command(None, call=fn, done=done))
                 self._cv.notify()
                 return done
-        _run_call(fn, done)
+        _run_call(_Command(None, call=fn, done=done))
         return done
 
     def snapshot(self) -> QueueSnapshot:
@@ -207,8 +208,8 @@ class DeviceWorker:
     def _apply(self, inbox: list[_Command]) -> None:
         sched = self.scheduler
         for cmd in inbox:
-            if cmd.call is not None and cmd.done is not None:
-                _run_call(cmd.call, cmd.done)
+            if cmd.call is not None:
+                _run_call(cmd)
                 continue
             if cmd.add is None:
                 sched.abort(cmd.abort_id, cmd.reason)
@@ -328,13 +329,25 @@ class DeviceWorker:
         cts.steps_per_plan_counts[bisect.bisect_left(STEPS_PER_PLAN_BUCKETS, plan.num_steps)] += 1
 
 
-def _run_call(fn: Callable[[], None], done: concurrent.futures.Future[None]) -> None:
-    """Run ``fn`` even if its caller stopped waiting (the change must not half-happen)."""
+def _run_call(cmd: _Command) -> None:
+    """Run ``cmd.call`` even if its caller stopped waiting (the change must not half-happen),
+    then resolve ``cmd.done``.
+
+    The call is taken out of the command and dropped before ``done`` is resolved: resolving
+    it can hand the GIL to the event loop (the wake-up is a write to its self-pipe), which
+    may go on to collect an unloaded model's garbage and refreeze the heap while this thread
+    still held the call's closure, and with it the model's cells, which would then be
+    frozen alive for good."""
+    fn, cmd.call = cmd.call, None
+    done = cmd.done
+    assert fn is not None
+    assert done is not None
     error: BaseException | None = None
     try:
         fn()
     except Exception as exc:
         error = exc
+    del fn
     with contextlib.suppress(concurrent.futures.InvalidStateError):  # the waiter cancelled
         if error is None:
             done.set_result(None)

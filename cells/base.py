@@ -64,6 +64,14 @@ class Cell(nn.Module, ABC):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """One step for a batch: returns ``[B, output_dim]`` outputs and the new states."""
 
+    @property
+    def num_kernel_trials(self) -> int:
+        """Calls so far that ran a kernel on trial (a cell choosing among kernels by timing
+        them, which may be timing the slowest): whoever learns what a call costs from its
+        time skips those (the executor tells the scheduler), or a length first met on a
+        trial of a slow kernel would look dear for good. Zero for a cell with one way."""
+        return 0
+
     def prepare(self) -> None:
         """Build, once the cell sits on its device, what its steps would otherwise build on
         their first call (e.g. the CPU step loop's first-layer table): the executor calls it

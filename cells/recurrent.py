@@ -76,6 +76,8 @@ class KernelChooser:
         self._trials: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.chosen: dict[tuple[int, int], str] = {}
         """(batch bucket, steps bucket) -> the kernel that won, once decided."""
+        self.num_trials = 0
+        """Calls run on trial so far (``Cell.num_kernel_trials``)."""
 
     def run(self, batch: int, steps: int, kernels: Mapping[str, Callable[[], _T]]) -> _T:
         """Run one of ``kernels`` (name -> the call on that kernel) for a run of ``batch``
@@ -88,6 +90,7 @@ class KernelChooser:
             return kernels[chosen]()
         times = self._trials.setdefault(key, {name: [] for name in kernels})
         trial = min(times, key=lambda name: len(times[name]))  # in turn, in the given order
+        self.num_trials += 1
         t0 = self._clock()
         out = kernels[trial]()
         times[trial].append(self._clock() - t0)
@@ -157,6 +160,10 @@ class RecurrentStackCell(Cell):
         self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
             lambda module, _: module._pack()
         )
+
+    @property
+    def num_kernel_trials(self) -> int:
+        return self.kernels.num_trials
 
     def _pack(self) -> None:
         """Rebuild what the steps compute with from the module's parameters: detached copies

@@ -42,6 +42,10 @@ class StepResult:
     offsets: np.ndarray | None = None
     """``[B + 1]`` int64: where each plan row's steps start in the outputs, for plans of
     several steps (``plan.num_steps > 1``)."""
+    kernel_trial: bool = False
+    """The plan ran a kernel on trial (``cells.Cell.num_kernel_trials``): its time says
+    what that kernel costs, not what such a plan will, so the scheduler does not learn
+    from it."""
 
 
 @dataclass(frozen=True, slots=True)

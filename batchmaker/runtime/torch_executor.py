@@ -101,6 +101,7 @@ class TorchExecutor:
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         cell = self.cells[plan.cell_type]
         pool = self._cell_pool[plan.cell_type]
+        trials = cell.num_kernel_trials
         with torch.inference_mode():
             inputs = self._to_device(plan.inputs)
             reads = self._to_device(plan.read_slots)
@@ -143,7 +144,12 @@ class TorchExecutor:
                 # One synchronisation per plan: every non-blocking copy above has landed.
                 torch.cuda.current_stream(self._device).synchronize()
         return StepResult(
-            outputs=host, top_ids=top_ids, top_scores=top_scores, tokens=tokens, offsets=offsets
+            outputs=host,
+            top_ids=top_ids,
+            top_scores=top_scores,
+            tokens=tokens,
+            offsets=offsets,
+            kernel_trial=cell.num_kernel_trials != trials,
         )
 
     def synchronize(self) -> None:

@@ -298,7 +298,8 @@ class DeviceWorker:
             return True
         handoff()  # in case the executor never called it
         self._record(plan, time.perf_counter() - t0)
-        sched.observe(plan, sched.clock.now() - c0)
+        if not result.kernel_trial:
+            sched.observe(plan, sched.clock.now() - c0)
         outcome = sched.update_from_output(plan, result)
         if outcome:
             self._pending = outcome

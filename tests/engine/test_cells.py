@@ -8,6 +8,7 @@ batches, gives what ``nn.LSTM``/``nn.GRU`` give over each whole sequence alone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from reference import TOL, max_abs_diff, run_alone
 
 from cells import RecurrentStackCell, StatePool, StateSpec
+from cells.recurrent import KERNEL_TRIALS, KERNELS
 from scheduler import NUM_RESERVED_SLOTS, ZERO_SLOT
 
 LSTM_STATE = (StateSpec("h", (2, 3)), StateSpec("c", (2, 3)))
@@ -349,12 +351,41 @@ def test_the_kernel_chooser_times_each_kernel_then_keeps_the_fastest() -> None:
     ran = [chooser.run(64, 25, kernels) for _ in range(11)]
     assert ran == ["native", "onednn", "loop"] * 3 + ["onednn"] * 2
     assert chooser.chosen == {(64, 32): "onednn"}
+    assert chooser.num_trials == 9  # the calls after the choice are no trials
     cost["onednn"] = 3.0  # another bucket, where the loop wins
     assert [chooser.run(1, 1, kernels) for _ in range(10)][-1] == "loop"
     assert chooser.chosen == {(64, 32): "onednn", (1, 1): "loop"}
     forced = KernelChooser("native", clock=lambda: now[0])
     assert [forced.run(64, 25, kernels) for _ in range(3)] == ["native"] * 3
     assert not forced.chosen
+    assert forced.num_trials == 0
+
+
+def test_plans_that_ran_a_kernel_on_trial_teach_the_scheduler_nothing() -> None:
+    """A lone 8-token request is one 8-step plan. Its first nine in a fresh bucket are the
+    kernel chooser's trials, each kernel three times (the slowest among them): learned,
+    they would make 8-step plans look as dear as the slowest kernel. Only the plans after
+    the choice teach the scheduler their cost."""
+    from harness import engine_config, small_model, torch_executor
+
+    from batchmaker import Engine, InferRequest
+
+    model = small_model("lstm")
+    x = [1, 2, 3, 4, 5, 6, 7, 8]
+
+    async def main() -> None:
+        async with Engine(engine_config(max_steps_per_plan=8), [model]) as engine:
+            cell = torch_executor(engine).cells[model.qualify("step")]
+            sched = engine.workers[0].scheduler
+            for n in range(1, 12):
+                await engine.infer(InferRequest(model.name, x))
+                taught = sched.costs.table().get(model.qualify("step"), {}).get(1, [])
+                counts = {round(steps): count for steps, _, count in taught}
+                trials = min(n, len(KERNELS) * KERNEL_TRIALS)
+                assert cell.num_kernel_trials == trials
+                assert counts.get(8, 0) == n - trials, (n, counts)
+
+    asyncio.run(main())
 
 
 def test_the_fused_kernels_restore_the_process_wide_flag() -> None:

@@ -19,10 +19,7 @@ which divides the host's cost per step by the plan's length. How many:
   leaves no seat empty (no row ends mid-plan, so no waiting node loses a seat it
   would have had with single steps); a longer one pays the plan's fixed cost over
   more steps, and a faster kernel may take it, but the seats of rows that end early
-  stay empty until the plan ends. The powers of two between the shortest and the
-  longest run are candidates too, so that a batch size which has only run short plans
-  tries the next length up when another batch size found it cheaper
-  (``PlanCosts.estimate``, exploring). With nothing measured yet, the shortest;
+  stay empty until the plan ends. With nothing measured yet, the shortest;
 - another cell type has ready work: one step, so the policy's choice between types
   (finishing first, the starvation bound) stays step by step.
 
@@ -236,22 +233,21 @@ class CellularScheduler(Scheduler):
         return total or None
 
     def _best_length(self, cell_type: str, runs: list[int]) -> int:
-        """The plan length with the most rows' steps per second: among the rows' runs
-        (with costs that rise in a straight line, the best length between two runs is
-        the next run) and the powers of two below the longest, where a bucket explores
-        (``PlanCosts.estimate``), from the shortest run up."""
+        """The plan length, among the rows' runs, with the most rows' steps per second."""
         ordered = sorted(runs)
+        best, best_rate = ordered[0], 0.0
         rows = len(ordered)
-        prefix = list(itertools.accumulate(ordered, initial=0))
-        shortest, longest = ordered[0], ordered[-1]
-        powers = (1 << e for e in range(shortest.bit_length(), longest.bit_length()))
-        best, best_rate = shortest, 0.0
-        for k in sorted(set(ordered).union(powers)):
+        done = 0  # steps of the rows whose run is shorter than the candidate
+        i = 0
+        while i < rows:
+            k = ordered[i]
             cost = self.costs.estimate(cell_type, rows, k)
             if cost is None:
                 break
-            j = bisect.bisect_right(ordered, k)  # runs ending inside the plan
-            rate = (prefix[j] + (rows - j) * k) / cost
+            rate = (done + (rows - i) * k) / cost
             if rate > best_rate:
                 best, best_rate = k, rate
+            while i < rows and ordered[i] == k:
+                done += k
+                i += 1
         return best

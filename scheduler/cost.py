@@ -9,17 +9,6 @@ not configured: the device worker reports every plan's time (``Scheduler.observe
 and the estimate for a plan not yet seen interpolates between the plan lengths that
 were, per power-of-two batch-size bucket.
 
-Exploring. Beyond the longest length a bucket has run, its own points cannot say
-whether longer plans get cheaper per step, and reading them in proportion says they
-never do, so a bucket that had only run short plans never tried a longer one: a
-saturated 64-row batch learned one-step plans and stayed at 1.4-2 steps a plan, while
-the CPU step loop does a step of a 4-step plan 16% cheaper. So for the next power of
-two above its longest, a bucket borrows the shape of the cost curve from the nearest
-batch bucket that has run plans that long. It is a guess, which the plan it leads to
-measures: each length is explored at most once per bucket, a doubling at a time (no
-plan is tried at more than twice the longest its bucket has run), and the bucket's own
-points decide from then on.
-
 Pure Python and cheap: ``observe`` is a few dict operations per plan, ``estimate`` a
 short scan of at most one point per power-of-two plan length.
 """
@@ -44,8 +33,6 @@ def pow2_bucket(n: int) -> int:
 class _Point:
     """Running means of plans whose length fell in one power-of-two bucket."""
 
-    bucket: int
-    """The power of two its plans' lengths round up to."""
     steps: float
     seconds: float
     rows: float
@@ -58,9 +45,6 @@ class PlanCosts:
     def __init__(self) -> None:
         self._points: dict[tuple[str, int], dict[int, _Point]] = {}
         self._sorted: dict[tuple[str, int], list[_Point]] = {}
-        self._analogs: dict[tuple[str, int, int], list[_Point] | None] = {}
-        """(cell type, batch bucket, length bucket) -> the points of the batch bucket
-        whose curve ``estimate`` borrows there; cleared when a point is added."""
 
     def observe(self, cell_type: str, rows: int, steps: int, seconds: float) -> None:
         """A plan of ``rows`` rows and ``steps`` steps took ``seconds`` to execute."""
@@ -71,9 +55,8 @@ class PlanCosts:
         bucket = pow2_bucket(steps)
         point = points.get(bucket)
         if point is None:
-            points[bucket] = _Point(bucket, float(steps), seconds, float(rows))
+            points[bucket] = _Point(float(steps), seconds, float(rows))
             self._sorted[key] = [points[b] for b in sorted(points)]
-            self._analogs.clear()
             return
         point.steps += _SMOOTHING * (steps - point.steps)
         point.seconds += _SMOOTHING * (seconds - point.seconds)
@@ -86,44 +69,13 @@ class PlanCosts:
 
         Between two seen plan lengths, linear. Below the shortest, in proportion to it
         (no fixed cost assumed, so short plans are never made to look cheap). Above the
-        longest: in the next power-of-two bucket, the longest's cost scaled as the
-        nearest batch bucket that has run plans that long finds them dearer (exploring,
-        the module docstring); otherwise along the line through the two longest. Never
-        cheaper than the longest and never falling: a guess, which the plans it leads
-        to then measure.
+        longest, along the line through the two longest, never cheaper than the longest
+        and never falling: a guess, which the plans it leads to then measure.
         """
-        bucket = pow2_bucket(rows)
-        points = self._sorted.get((cell_type, bucket))
+        points = self._sorted.get((cell_type, pow2_bucket(rows)))
         if not points:
             return None
-        last = points[-1]
-        if steps > last.steps and pow2_bucket(steps) == 2 * last.bucket:
-            analog = self._analog(cell_type, bucket, 2 * last.bucket)
-            if analog is not None:
-                xs = [p.steps for p in analog]
-                ys = [p.seconds for p in analog]
-                return last.seconds * max(1.0, along(xs, ys, steps) / along(xs, ys, last.steps))
         return along([p.steps for p in points], [p.seconds for p in points], steps)
-
-    def _analog(self, cell_type: str, bucket: int, length: int) -> list[_Point] | None:
-        """The points of the batch bucket of ``cell_type`` nearest ``bucket`` (in powers of
-        two, the larger on a tie: its curve is the less optimistic) that has run plans of
-        the ``length`` bucket or longer; cached, as the scheduler asks for every plan."""
-        key = (cell_type, bucket, length)
-        if key in self._analogs:
-            return self._analogs[key]
-        best: tuple[int, int] | None = None
-        for name, other in self._sorted:
-            if name != cell_type or other == bucket:
-                continue
-            if self._sorted[name, other][-1].bucket < length:
-                continue
-            rank = (abs(other.bit_length() - bucket.bit_length()), -other)
-            if best is None or rank < best:
-                best = rank
-        found = None if best is None else self._sorted[cell_type, -best[1]]
-        self._analogs[key] = found
-        return found
 
     def by_rows(self, cell_type: str, rows: int, steps: int) -> float | None:
         """Seconds of a plan of ``rows`` rows and ``steps`` steps, read along the rows too:
@@ -159,7 +111,6 @@ class PlanCosts:
         for key in [k for k in self._points if k[0] == cell_type]:
             del self._points[key]
             del self._sorted[key]
-        self._analogs.clear()
 
 
 def along(xs: Sequence[float], ys: Sequence[float], x: float) -> float:

@@ -3,9 +3,7 @@
 The estimate is a guess the scheduler acts on, so what is pinned is its shape: exact at a
 seen point, linear between, in proportion below the shortest (never a fixed cost made up),
 rising along the last segment above the longest and never below it; running means that
-move toward new observations; one table per cell type and power-of-two batch bucket;
-and, one power of two past a bucket's longest plan, the shape of the nearest bucket that
-ran plans that long (exploring), never a cheaper plan than the longest.
+move toward new observations; one table per cell type and power-of-two batch bucket.
 """
 
 from __future__ import annotations
@@ -99,47 +97,3 @@ def test_nonsense_is_ignored(rows, steps, seconds):
     costs = PlanCosts()
     costs.observe("lstm", rows, steps, seconds)
     assert costs.table() == {}
-
-
-# ---- exploring: the next power of two borrows another batch bucket's curve ------------
-
-
-def test_the_next_power_of_two_borrows_the_shape_of_a_bucket_that_ran_it():
-    """A 64-row bucket that has run one-step plans only reads a 2-step plan as the 1-row
-    bucket finds it (1.5 x one step, not 2 x): worth trying, so it will be measured."""
-    costs = costs_with({1: 0.006})
-    costs.observe("lstm", 1, 1, 0.001)
-    costs.observe("lstm", 1, 2, 0.0015)
-    costs.observe("lstm", 1, 64, 0.020)
-    assert costs.estimate("lstm", 64, 2) == pytest.approx(0.009)
-    # A doubling at a time: 3 and 4 steps are past the next power of two (2), so they
-    # stay in proportion until a 2-step plan has run.
-    assert costs.estimate("lstm", 64, 4) == pytest.approx(0.024)
-    costs.observe("lstm", 64, 2, 0.0100)  # measured: dearer than guessed
-    assert costs.estimate("lstm", 64, 2) == pytest.approx(0.0100)
-    # Now 3-4 steps are next, scaled from the 2-step point the bucket measured.
-    shape = (0.0015 + (0.020 - 0.0015) * 2 / 62) / 0.0015
-    assert costs.estimate("lstm", 64, 4) == pytest.approx(0.0100 * shape)
-
-
-def test_without_a_bucket_that_ran_the_length_it_stays_in_proportion():
-    costs = costs_with({1: 0.006})
-    costs.observe("lstm", 1, 1, 0.001)  # the other bucket ran one step only
-    assert costs.estimate("lstm", 64, 2) == pytest.approx(0.012)
-
-
-def test_the_nearest_bucket_lends_its_shape_and_never_a_cheaper_plan():
-    costs = costs_with({1: 0.006})
-    costs.observe("lstm", 1, 1, 0.001)
-    costs.observe("lstm", 1, 2, 0.001)  # a fixed cost: 2 steps as cheap as one
-    costs.observe("lstm", 16, 1, 0.003)
-    costs.observe("lstm", 16, 2, 0.0054)  # nearer 64 than 1 is, and less optimistic
-    assert costs.estimate("lstm", 64, 2) == pytest.approx(0.006 * 1.8)
-    # At 128 rows: 64, next to it, ran one step only; 16 is nearer than 1.
-    costs.observe("lstm", 128, 1, 0.010)
-    assert costs.estimate("lstm", 128, 2) == pytest.approx(0.018)
-    # A shape that says longer is cheaper still costs at least the longest seen.
-    falling = costs_with({1: 0.006})
-    falling.observe("lstm", 1, 1, 0.002)
-    falling.observe("lstm", 1, 2, 0.001)
-    assert falling.estimate("lstm", 64, 2) == pytest.approx(0.006)

@@ -221,29 +221,6 @@ def test_costs_of_another_batch_size_do_not_count():
     assert plan.num_steps == 2
 
 
-def test_a_full_batch_tries_the_next_length_when_another_batch_size_found_it_cheaper():
-    """2-row plans have run one step only; 1-row plans found a second step nearly free.
-    Read in proportion, two steps would never be worth req0's empty seat; read as the
-    1-row plans found it, they are, so the plan runs req1 two steps, which measures them.
-    Measured at twice one step, a full batch stops at the shortest run again."""
-    sched = make_cellular(max_batch=2, max_steps_per_plan=32)
-    teach(sched, 1, {1: 0.010, 2: 0.011})
-    teach(sched, 2, {1: 0.010})
-    add(sched, create_requests(4, lengths=[1, 9, 4, 5]))
-    plan, out = run_plan(sched)
-    assert ids(plan) == ["req0", "req1"]
-    assert plan.num_steps == 2  # no row's run: a power of two, the next one up
-    assert steps(plan) == [1, 2]
-    assert finished(out) == {"req0": FinishReason.COMPLETED}
-
-    sched = make_cellular(max_batch=2, max_steps_per_plan=32)
-    teach(sched, 1, {1: 0.010, 2: 0.011})
-    teach(sched, 2, {1: 0.010, 2: 0.020})
-    add(sched, create_requests(4, lengths=[1, 9, 4, 5]))
-    plan, _ = run_plan(sched)
-    assert plan.num_steps == 1
-
-
 def test_plans_the_scheduler_is_told_about_teach_it_their_cost():
     sched = make_cellular(max_batch=2, max_steps_per_plan=32)
     add(sched, create_requests(1, lengths=[8]))

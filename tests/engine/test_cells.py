@@ -14,10 +14,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from harness import engine_config, small_model, torch_executor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import TOL, max_abs_diff, run_alone
 
+from batchmaker import Engine, InferRequest
 from cells import RecurrentStackCell, StatePool, StateSpec
 from cells.recurrent import KERNEL_TRIALS, KERNELS
 from scheduler import NUM_RESERVED_SLOTS, ZERO_SLOT
@@ -366,10 +368,6 @@ def test_plans_that_ran_a_kernel_on_trial_teach_the_scheduler_nothing() -> None:
     kernel chooser's trials, each kernel three times (the slowest among them): learned,
     they would make 8-step plans look as dear as the slowest kernel. Only the plans after
     the choice teach the scheduler their cost."""
-    from harness import engine_config, small_model, torch_executor
-
-    from batchmaker import Engine, InferRequest
-
     model = small_model("lstm")
     x = [1, 2, 3, 4, 5, 6, 7, 8]
 

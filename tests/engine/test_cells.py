@@ -241,6 +241,21 @@ def step_by_step(
     return outs, tuple(torch.cat([f[k] for f in finals]) for k in range(len(states)))
 
 
+def assert_run_matches_steps(
+    cell: RecurrentStackCell, x: torch.Tensor, lengths: list[int], states: tuple[torch.Tensor, ...]
+) -> None:
+    """``forward_run`` gives each row's outputs, row after row, and its state after its own
+    last step: what ``step_by_step`` gives."""
+    with torch.inference_mode():
+        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
+        want, want_states = step_by_step(cell, x, lengths, states)
+    assert got.shape == (sum(lengths), cell.output_dim)
+    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
+    for g, w in zip(got_states, want_states, strict=True):
+        assert g.shape == w.shape
+        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("vectors", [False, True], ids=["tokens", "vectors"])
 @settings(max_examples=15, deadline=None)
@@ -269,14 +284,8 @@ def test_a_run_equals_its_steps_one_at_a_time(
     b, k = len(lengths), max(lengths)
     x = torch.randn(b, k, 5) if vectors else torch.randint(0, 20, (b, k))
     states = tuple(torch.randn(b, *s.shape) for s in cell.state_specs)
-    with torch.inference_mode():
-        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
-        want, want_states = step_by_step(cell, x, lengths, states)
-    assert got.shape == (sum(lengths), 7)
-    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
-    for g, w in zip(got_states, want_states, strict=True):
-        assert g.shape == w.shape
-        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+    assert cell.output_dim == 7
+    assert_run_matches_steps(cell, x, lengths, states)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -320,12 +329,7 @@ def test_a_run_where_every_row_runs_every_step_skips_packing(
     lengths = [5] * batch
     x = torch.randint(0, 11, (batch, 5))
     states = tuple(torch.randn(batch, *s.shape) for s in cell.eval().state_specs)
-    with torch.inference_mode():
-        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
-        want, want_states = step_by_step(cell, x, lengths, states)
-    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
-    for g, w in zip(got_states, want_states, strict=True):
-        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+    assert_run_matches_steps(cell, x, lengths, states)
     with pytest.raises(AssertionError, match="packed"):  # a ragged batch still packs
         cell.forward_run(x, torch.tensor([5] * (batch - 1) + [4]), states)
 
@@ -453,12 +457,7 @@ def test_a_vocabulary_too_large_for_the_table_embeds_and_multiplies(
     lengths = [4, 1, 6, 6, 2]
     x = torch.randint(0, 20, (5, 6))
     states = tuple(torch.randn(5, *s.shape) for s in cell.state_specs)
-    with torch.inference_mode():
-        got, got_states = cell.forward_run(x, torch.tensor(lengths), states)
-        want, want_states = step_by_step(cell, x, lengths, states)
-    assert max_abs_diff(got.numpy(), torch.stack(want).numpy()) < TOL
-    for g, w in zip(got_states, want_states, strict=True):
-        assert max_abs_diff(g.numpy(), w.numpy()) < TOL
+    assert_run_matches_steps(cell, x, lengths, states)
 
 
 def test_the_executor_builds_the_table_while_loading_not_on_the_first_request() -> None:

@@ -12,6 +12,7 @@ A measuring tool, so it lives here and not on the executor the server runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -89,14 +90,13 @@ def _fused_seconds(
                 executor.synchronize()
                 long = time.perf_counter() - t0 >= LONG_CALL_S
                 calls, rounds = (1, min(repeats, 3)) if long else (iterations, repeats)
-                times = []
-                for _ in range(rounds):
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        cell.forward_run(inputs, lengths, states)
-                    executor.synchronize()
-                    times.append((time.perf_counter() - t0) / calls)
-                best = min(best, sorted(times)[len(times) // 2])
+                seconds = _median_seconds(
+                    lambda: cell.forward_run(inputs, lengths, states),
+                    executor,
+                    calls,
+                    rounds,
+                )
+                best = min(best, seconds)
             finally:
                 if kernels is not None and mode is not None:
                     kernels.mode = saved
@@ -125,11 +125,19 @@ def _one_step_seconds(
         for _ in range(max(3, iterations // 5)):
             cell(inputs, states)
         executor.synchronize()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                cell(inputs, states)
-            executor.synchronize()
-            times.append((time.perf_counter() - t0) / iterations)
-        return sorted(times)[len(times) // 2]
+        return _median_seconds(lambda: cell(inputs, states), executor, iterations, repeats)
+
+
+def _median_seconds(
+    call: Callable[[], object], executor: TorchExecutor, calls: int, rounds: int
+) -> float:
+    """Seconds per ``call``: the median over ``rounds`` timed rounds of ``calls`` calls,
+    each round ending when the device has finished them."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        executor.synchronize()
+        times.append((time.perf_counter() - t0) / calls)
+    return sorted(times)[len(times) // 2]

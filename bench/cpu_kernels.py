@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cells import RecurrentStackCell
+from cells.recurrent import KERNELS
 from cells.steploop import linear
 
 SHAPES = [
@@ -56,7 +57,7 @@ def _candidates(
         lengths[::2] = max(1, steps // 2)
     states = tuple(torch.randn(rows, *s.shape, generator=g) * 0.5 for s in cell.state_specs)
     out: dict[str, Callable[[], object]] = {}
-    for kernel in ("native", "onednn", "loop"):
+    for kernel in KERNELS:
 
         def run(kernel: str = kernel) -> object:
             cell.kernels.mode = kernel  # type: ignore[assignment]

@@ -99,6 +99,8 @@ class RequestObservation:
     first_output: float | None = None
     queue_time: float | None = None
     num_steps: int = 0
+    end: float | None = None
+    """When the call was recorded (monotonic); set once, so it is recorded only once."""
 
 
 class ServerMetrics:

@@ -123,6 +123,9 @@ def inference_rpc(
             except Exception as exc:
                 error = status_of(exc)
             obs.status = error.code.value
+            # Record before the status leaves: a client that has seen its error must find
+            # it counted when it (or a test, or an alert) scrapes /metrics right after.
+            self.settle(name, obs)
             await abort(context, error)
 
     return handler
@@ -212,13 +215,22 @@ class InferenceService(pb_grpc.InferenceServicer):
             raise
         finally:
             self._num_active -= 1
-            self.last_active = end = time.monotonic()
+            self.last_active = time.monotonic()
             if not self._num_active:
                 self._idle.set()
-            if self._metrics is not None:
-                self._metrics.record(obs, end)
-            _access_log(method, obs, end)
+            self.settle(method, obs)
             logs.request_id.reset(ctx)
+
+    def settle(self, method: str, obs: RequestObservation) -> None:
+        """Record a finished call in the metrics and the access log, once: an error is
+        recorded before its status is sent, a success when its handler returns (before
+        grpc sends the final status)."""
+        if obs.end is not None:
+            return
+        obs.end = end = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.record(obs, end)
+        _access_log(method, obs, end)
 
     def _serving_engine(self) -> Engine:
         if self._draining:

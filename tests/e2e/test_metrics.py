@@ -8,6 +8,7 @@ boundary (running, waiting, ready-queue depth, free slots).
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -27,8 +28,10 @@ from batchmaker.errors import (
     ModelNotFoundError,
 )
 from batchmaker.runtime.worker import BATCH_SIZE_BUCKETS
+from batchmaker.server.metrics import RequestObservation, ServerMetrics
 
 CALL_TIMEOUT_S = 10.0
+FAILED = "batchmaker_request_failure_total"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -89,7 +92,7 @@ def test_calls_are_counted_by_model_version_and_status(live: LiveServer) -> None
     ok = "batchmaker_request_success_total"
     assert delta(ok, model="lstm", version="2") == 3  # the latest version
     assert delta(ok, model="lstm", version="1") == 1
-    failed = "batchmaker_request_failure_total"
+    failed = FAILED
     # An unknown name is not a label: clients must not be able to mint series.
     assert delta(failed, model="", version="", reason="NOT_FOUND") == 1
     assert delta(failed, model="gru", version="", reason="INVALID_ARGUMENT") == 1
@@ -109,6 +112,31 @@ def test_calls_are_counted_by_model_version_and_status(live: LiveServer) -> None
         value(after, "batchmaker_e2e_request_latency_seconds_count", model="gru", version="") == 0
     )
     assert value(after, "batchmaker_server_info", mode="cellular") == 1
+
+
+def test_a_failed_call_is_counted_before_its_client_sees_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that scrapes right after its error must find it counted. Recording is made
+    slow here, so that a server which sent the status first (as one did, and CI's
+    dashboard check once scraped too early) fails every time rather than now and then."""
+    record = ServerMetrics.record
+
+    def slow_record(self: ServerMetrics, obs: RequestObservation, end: float) -> None:
+        time.sleep(0.3)
+        record(self, obs, end)
+
+    monkeypatch.setattr(ServerMetrics, "record", slow_record)
+    with metrics_server(models=[small_model("gru", name="g", seed=1)]) as live:
+        url = live.server.metrics_url
+        assert url is not None
+        client = live.client()
+        with pytest.raises(ModelNotFoundError):
+            client.infer_stream("no-such-model", [1], timeout=CALL_TIMEOUT_S).collect()
+        assert value(scrape(url), FAILED, model="", version="", reason="NOT_FOUND") == 1
+        with pytest.raises(InvalidRequestError):
+            client.infer("g", [10**9], timeout=CALL_TIMEOUT_S)
+        assert value(scrape(url), FAILED, model="g", version="", reason="INVALID_ARGUMENT") == 1
 
 
 def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:

@@ -2,7 +2,7 @@
 #
 # GPU hosts: install a CUDA build of the same torch first, e.g.
 #   make venv TORCH_INSTALL="torch==2.13.0 --index-url <PyTorch CUDA wheel index>"
-# (see README, "GPU hosts"). The default is the CPU build.
+# (see docs/setup.md, "GPU hosts"). The default is the CPU build.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -72,7 +72,7 @@ bench-host: $(STAMP)
 # Everything a lent CUDA device should record, in one command of under 8 minutes: the
 # CUDA tests, then host cost and idle latency, then saturation and efficiency against the
 # fused baselines, then host cost with CUDA graphs, on cuda:0. Needs the CUDA build of
-# torch (README, "GPU hosts").
+# torch (docs/setup.md, "GPU hosts").
 GPU_OUT ?= bench-results/gpu
 bench-gpu: $(STAMP)
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch ' + torch.__version__ + ')')"

@@ -211,6 +211,14 @@ class Bench:
         for mode in self.modes:
             for vectors in (True, False):
                 key = mode if vectors else f"{mode}+top1"
+                # One window uncounted first: a fresh engine spends it trying the CPU's
+                # kernels on each new shape (``KernelChooser``) and learning what plans
+                # cost (``scheduler/cost.py``). Counted, it was the lowest round every
+                # time (0.60-0.73 against 0.73-0.91 after it), so the median of three
+                # measured the learning as much as the serving.
+                warm, _ = await self._saturation(mode, max(mb.values()), vectors=vectors)
+                report.valid &= warm.valid
+                _log(f"saturation {key}: warm-up {warm.cell_steps_per_s:.0f} cell-steps/s")
                 rounds = []
                 for _ in range(self.args.saturation_rounds):
                     before = kernel()

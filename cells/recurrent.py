@@ -166,11 +166,20 @@ class RecurrentStackCell(Cell):
         return self.kernels.num_trials
 
     def _pack(self) -> None:
-        """Rebuild what the steps compute with from the module's parameters: detached copies
-        (the kernels below have no autograd) and, on the CPU, the step loop and its table."""
+        """Rebuild what the steps compute with from the module's parameters: on the CPU in
+        float32 the step loop (its table built on first use); elsewhere detached copies for
+        ``torch.lstm_cell``/``gru_cell`` (no autograd there). Never both: the copies are as
+        large as the recurrent weights, and the loop never reads them."""
         with torch.no_grad():
+            on_cpu = self.rnn.weight_hh_l0.device.type == "cpu"
+            floats = self.rnn.weight_hh_l0.dtype == torch.float32
+            self._loop = (
+                StepLoop.from_rnn(self.rnn, self.embedding)
+                if on_cpu and floats and onednn_linear_available()
+                else None
+            )
             self._layer_params = []
-            for k in range(self.num_layers):
+            for k in range(self.num_layers if self._loop is None else 0):
                 w_ih, w_hh, b_ih, b_hh = (
                     getattr(self.rnn, f"{n}_l{k}").detach()
                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -182,13 +191,6 @@ class RecurrentStackCell(Cell):
                 )
             if self.proj is not None:
                 self._proj = (self.proj.weight.detach(), self.proj.bias.detach())
-            on_cpu = self.rnn.weight_hh_l0.device.type == "cpu"
-            floats = self.rnn.weight_hh_l0.dtype == torch.float32
-            self._loop = (
-                StepLoop.from_rnn(self.rnn, self.embedding)
-                if on_cpu and floats and onednn_linear_available()
-                else None
-            )
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # .to()/.cuda()/.half() replace the parameters: pack the new ones.

@@ -57,7 +57,8 @@ def onednn(enabled: bool) -> Iterator[None]:
 
 
 class KernelChooser:
-    """Which CPU kernel runs a run of steps, per power-of-two bucket of batch size and steps.
+    """Which CPU kernel runs a run of steps, per power-of-two bucket of batch size and steps,
+    and apart for runs whose rows end at different steps (``run``'s ``ragged``).
 
     None wins everywhere (docs/benchmarks.md, "torch's two CPU kernels" and "The step
     loop"): oneDNN's fused ``nn.LSTM`` pays a fixed cost per call (about 3-7 ms at one row
@@ -73,18 +74,30 @@ class KernelChooser:
     def __init__(self, mode: RnnKernel = "auto", clock: Callable[[], float] = time.perf_counter):
         self.mode: RnnKernel = mode
         self._clock = clock
-        self._trials: dict[tuple[int, int], dict[str, list[float]]] = {}
-        self.chosen: dict[tuple[int, int], str] = {}
-        """(batch bucket, steps bucket) -> the kernel that won, once decided."""
+        self._trials: dict[tuple[int, int, bool], dict[str, list[float]]] = {}
+        self.chosen: dict[tuple[int, int, bool], str] = {}
+        """(batch bucket, steps bucket, ragged) -> the kernel that won, once decided."""
         self.num_trials = 0
         """Calls run on trial so far (``Cell.num_kernel_trials``)."""
 
-    def run(self, batch: int, steps: int, kernels: Mapping[str, Callable[[], _T]]) -> _T:
+    def run(
+        self,
+        batch: int,
+        steps: int,
+        kernels: Mapping[str, Callable[[], _T]],
+        *,
+        ragged: bool = False,
+    ) -> _T:
         """Run one of ``kernels`` (name -> the call on that kernel) for a run of ``batch``
-        rows and ``steps`` steps: the forced one, the bucket's winner, or its next trial."""
+        rows and ``steps`` steps: the forced one, the bucket's winner, or its next trial.
+
+        ``ragged``: the rows end at different steps. Such a run is its own bucket: oneDNN's
+        fused kernel, often the fastest when every row runs every step, takes no packed
+        sequence and falls back to the native one, about twice as slow, so the winner of
+        the one is no guide to the other."""
         if self.mode != "auto":
             return kernels[self.mode]()
-        key = (bucket(batch), bucket(steps))
+        key = (bucket(batch), bucket(steps), ragged)
         chosen = self.chosen.get(key)
         if chosen is not None:
             return kernels[chosen]()
@@ -264,7 +277,8 @@ class RecurrentStackCell(Cell):
             y, hns = self.kernels.run(
                 batch,
                 k,
-                {
+                ragged=not pad_to_longest,
+                kernels={
                     "native": lambda: self._fused(
                         inputs, lengths, states, pad_to_longest, onednn_kernel=False
                     ),

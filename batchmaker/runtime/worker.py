@@ -95,6 +95,9 @@ class WorkerStats:
     num_internal_errors: int = 0
     """Unexpected errors outside the executor; each failed every live request of the device."""
     busy_seconds: float = 0.0
+    num_trial_plans: int = 0
+    """Plans that ran a CPU kernel on trial (``StepResult.kernel_trial``): a new plan shape's
+    first few calls time each kernel, the slower ones included, before one is kept."""
     per_cell_type: dict[str, CellTypeStats] = field(default_factory=dict)
 
     @property
@@ -298,7 +301,9 @@ class DeviceWorker:
             return True
         handoff()  # in case the executor never called it
         self._record(plan, time.perf_counter() - t0)
-        if not result.kernel_trial:
+        if result.kernel_trial:
+            self.stats.num_trial_plans += 1
+        else:
             sched.observe(plan, sched.clock.now() - c0)
         outcome = sched.update_from_output(plan, result)
         if outcome:

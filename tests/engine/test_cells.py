@@ -336,8 +336,9 @@ def test_a_run_where_every_row_runs_every_step_skips_packing(
 
 
 def test_the_kernel_chooser_times_each_kernel_then_keeps_the_fastest() -> None:
-    """Per bucket of batch and steps: the kernels in turn for three trials each, then the
-    fastest by median, every call after; a forced mode runs its kernel and times nothing."""
+    """Per bucket of batch, steps and raggedness: the kernels in turn for three trials each,
+    then the fastest by median, every call after; a forced mode runs its kernel and times
+    nothing."""
     from cells.recurrent import KernelChooser
 
     now = [0.0]
@@ -357,11 +358,18 @@ def test_the_kernel_chooser_times_each_kernel_then_keeps_the_fastest() -> None:
     chooser = KernelChooser(clock=lambda: now[0])
     ran = [chooser.run(64, 25, kernels) for _ in range(11)]
     assert ran == ["native", "onednn", "loop"] * 3 + ["onednn"] * 2
-    assert chooser.chosen == {(64, 32): "onednn"}
+    assert chooser.chosen == {(64, 32, False): "onednn"}
     assert chooser.num_trials == 9  # the calls after the choice are no trials
     cost["onednn"] = 3.0  # another bucket, where the loop wins
     assert [chooser.run(1, 1, kernels) for _ in range(10)][-1] == "loop"
-    assert chooser.chosen == {(64, 32): "onednn", (1, 1): "loop"}
+    # Rows that end apart are a bucket of their own, where oneDNN's kernel cannot pack.
+    ragged = [chooser.run(64, 25, kernels, ragged=True) for _ in range(10)]
+    assert ragged == ["native", "onednn", "loop"] * 3 + ["loop"]
+    assert chooser.chosen == {
+        (64, 32, False): "onednn",
+        (1, 1, False): "loop",
+        (64, 32, True): "loop",
+    }
     forced = KernelChooser("native", clock=lambda: now[0])
     assert [forced.run(64, 25, kernels) for _ in range(3)] == ["native"] * 3
     assert not forced.chosen
@@ -386,6 +394,7 @@ def test_plans_that_ran_a_kernel_on_trial_teach_the_scheduler_nothing() -> None:
                 counts = {round(steps): count for steps, _, count in taught}
                 trials = min(n, len(KERNELS) * KERNEL_TRIALS)
                 assert cell.num_kernel_trials == trials
+                assert engine.workers[0].stats.num_trial_plans == trials
                 assert counts.get(8, 0) == n - trials, (n, counts)
 
     asyncio.run(main())

@@ -10,10 +10,27 @@ For one model family, in one process on one device:
 3. at fractions of the *measured* capacity (``--loads``, default a quarter, a half and
    nine tenths), replay the trace through both and compare p50, p99 and throughput.
 
+What is compared is a warmed engine, as a server is after its first minutes; the
+simulator, from the profile's grid, has nothing to learn. A fresh plan shape costs the
+CPU kernel chooser's trials (each kernel three times, the slow ones too): at half of
+capacity a quarter of a replay's cell-steps were still trials after three replays at
+the overload, and six more did not settle all 56 buckets of the chain. So the engine
+starts with the kernels the profile's warm-up chose (``_share_kernel_choices``), which
+are also the ones the profile's costs were timed on. And the scheduler, which learns
+plan costs only from plans run on a chosen kernel, reaches the longer plans that pay
+at 64 rows over a few replays (the chain's first three at the overload did 157, 179
+and 201 req/s, against the simulator's 203). So before each compared replay the engine
+replays the same load uncounted until a replay ran no kernel on trial and was less
+than ``SETTLED`` faster than the one before (``warm``); the trial plans left in each
+measured replay are in the JSON (``trial_plans``: 0 when warm).
+
 The engine is cellular with its defaults; the simulator runs the same scheduler
 configuration. Absolute figures drift with this machine's speed, so the profile is
 measured in the same run, just before the replays, and the order of the loads is the
-same each run.
+same each run. Even so the machine can run 2 x slower or faster a few minutes later,
+so two of the profile's grid points are timed again before and after each compared
+replay (``stepcost.SpeedProbe``), and the simulator runs the profile scaled by the
+mean ratio: what is compared is the model of the engine, not the machine's drift.
 """
 
 from __future__ import annotations
@@ -31,12 +48,16 @@ import numpy as np
 
 from batchmaker.bench.openloop import replay
 from batchmaker.bench.reference import TOP_K
-from batchmaker.bench.stepcost import measure_profile
+from batchmaker.bench.stepcost import SpeedProbe, measure_profile
 from batchmaker.bench.trace import Trace
 from batchmaker.bench.workloads import engine_sender, make_workload
 from batchmaker.config import EngineConfig
 from batchmaker.runtime.engine import Engine
+from batchmaker.runtime.executor import CellSet
+from batchmaker.runtime.torch_executor import TorchExecutor
+from batchmaker.sim.profile import StepProfile
 from batchmaker.sim.simulator import requests_from_trace, simulate
+from cells.recurrent import KernelChooser
 
 TRACES = {
     "chain": "docs/bench/trace-poisson-seed0.json",
@@ -44,6 +65,12 @@ TRACES = {
     "tree": "docs/bench/trace-tree-poisson-seed0.json",
 }
 """The repository's recorded traces, used unless ``--trace`` names another."""
+
+
+WARMUP_REPLAYS = 6
+"""Most uncounted replays of a load before its compared one (``warm``)."""
+SETTLED = 0.03
+"""A warm-up replay less than this much faster than the one before ends the warm-up."""
 
 
 def _stats(latencies: np.ndarray, throughput: float, completed: int) -> dict[str, float]:
@@ -89,11 +116,16 @@ async def check(
         max_num_live_requests=max(config.max_num_live_requests, len(trace)),
     )
     t0 = time.perf_counter()
-    profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats)
+    executor = TorchExecutor(config.devices[0])
+    executor.load_cells(CellSet.of([model], config.num_slots))()
+    profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats, executor=executor)
     log(f"{family}: profiled in {time.perf_counter() - t0:.1f} s")
+    probe = SpeedProbe(model, config, profile, executor, top_k=TOP_K, repeats=repeats)
     sched = config.scheduler_config()
     engine = Engine(config, [model])
     await engine.start()
+    _share_kernel_choices(executor, engine)
+    speeds: list[float] = []
     try:
 
         async def measured(rate: float) -> dict[str, float]:
@@ -101,7 +133,34 @@ async def check(
             rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
             return _stats(rep.latency_s, rep.throughput_rps, rep.num_completed)
 
-        def predicted(rate: float) -> dict[str, float]:
+        def trial_plans() -> int:
+            return sum(w.stats.num_trial_plans for w in engine.workers)
+
+        async def warm(rate: float) -> None:
+            """Replay uncounted until a replay ran no kernel on trial and was less than
+            ``SETTLED`` faster than the one before (see the module docstring)."""
+            previous = 0.0
+            for _ in range(WARMUP_REPLAYS):
+                trials = trial_plans()
+                got = (await measured(rate))["throughput_rps"]
+                trials = trial_plans() - trials
+                log(f"{family}: warm-up at {rate:.1f} req/s: {got:.1f} req/s, {trials} trials")
+                if not trials and got < previous * (1 + SETTLED):
+                    return
+                previous = got
+
+        async def compared(rate: float) -> tuple[dict[str, float], dict[str, float]]:
+            """The warmed engine's replay, and the simulator's with the profile scaled by
+            the machine's speed around it (``SpeedProbe``: the mean of before and after)."""
+            await warm(rate)
+            before, trials = probe.factor(), trial_plans()
+            m = await measured(rate)
+            m["trial_plans"] = trial_plans() - trials
+            speed = (before + probe.factor()) / 2
+            speeds.append(speed)
+            return m, predicted(rate, profile.scaled(speed))
+
+        def predicted(rate: float, profile: StepProfile = profile) -> dict[str, float]:
             result = simulate(profile, requests_from_trace(trace, rate), sched)
             lat = np.full(len(result.reasons), np.nan)
             ok = np.isfinite(result.finish)
@@ -109,25 +168,25 @@ async def check(
             s = result.summary()
             return _stats(lat, s["throughput_rps"], s["num_completed"])
 
-        await measured(max(1.0, 0.1 * len(trace)))  # warm-up: every kernel bucket once
         guess = predicted(1e6)["throughput_rps"]
         rate = overload * guess
-        cap_m, cap_p = await measured(rate), predicted(rate)
+        cap_m, cap_p = await compared(rate)
         log(
             f"{family}: capacity measured {cap_m['throughput_rps']:.1f}, "
-            f"predicted {cap_p['throughput_rps']:.1f} req/s (offered {rate:.1f})"
+            f"predicted {cap_p['throughput_rps']:.1f} req/s (offered {rate:.1f}; "
+            f"the machine at {speeds[-1]:.2f} x the profile's time)"
         )
         points: list[dict[str, Any]] = []
         p99_ratios: list[float] = []
         for f in loads:
             r = f * cap_m["throughput_rps"]
-            m, p = await measured(r), predicted(r)
+            m, p = await compared(r)
             points.append({"load": f, "rate": r, "measured": m, "predicted": p})
             p99_ratios.append(p["p99_s"] / m["p99_s"])
             ms = {k: f"{1e3 * m[k]:.1f} / {1e3 * p[k]:.1f} ms" for k in ("p50_s", "p99_s")}
             log(
                 f"{family}: {f:.2f} x capacity ({r:.1f} req/s): p50 {ms['p50_s']}, "
-                f"p99 {ms['p99_s']} (measured / predicted)"
+                f"p99 {ms['p99_s']} (measured / predicted; speed {speeds[-1]:.2f})"
             )
     finally:
         await engine.shutdown(grace=0)
@@ -139,8 +198,27 @@ async def check(
         "capacity": {"offered_rps": rate, "measured": cap_m, "predicted": cap_p},
         "points": points,
         "capacity_ratio": cap_p["throughput_rps"] / cap_m["throughput_rps"],
+        "speed_factors": speeds,
         "p99_ratios": p99_ratios,
     }
+
+
+def _share_kernel_choices(profiled: TorchExecutor, engine: Engine) -> None:
+    """Start the engine's cells with the CPU kernels the profile's cells chose, bucket by
+    bucket (``cells.recurrent.KernelChooser``): the profile's grid was timed on those, and
+    its warm-up tried every bucket the grid covers, which a replay of a few hundred
+    requests does not (56 buckets of nine trial calls each for the chain; six replays
+    at the overload still ran trials). So the engine runs the kernels the simulator's
+    costs were measured on, as a server would once it had met every shape."""
+    for worker in engine.workers:
+        assert isinstance(worker.executor, TorchExecutor)
+        for name, cell in worker.executor.cells.items():
+            mine, theirs = (
+                getattr(cell, "kernels", None),
+                getattr(profiled.cells[name], "kernels", None),
+            )
+            if isinstance(mine, KernelChooser) and isinstance(theirs, KernelChooser):
+                mine.chosen.update(theirs.chosen)
 
 
 def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:

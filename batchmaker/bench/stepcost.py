@@ -93,17 +93,22 @@ def measure_profile(
     repeats: int = 5,
     top_k: int = 0,
     log: Callable[[str], None] | None = None,
+    executor: TorchExecutor | None = None,
 ) -> StepProfile:
     """Time ``model``'s plans on ``device`` over the grid; see the module docstring.
 
     ``top_k``: what the requests ask for, which changes what leaves the device each step:
     0, every step's full output vector (a 10k vocabulary's scores are 40 KB a row); else
-    only the top ``top_k`` ids and scores. Profile the way the traffic will call."""
+    only the top ``top_k`` ids and scores. Profile the way the traffic will call.
+    ``executor``: one already serving ``model`` to measure on, so that the kernels its
+    cells chose during the warm-up rounds can be read afterwards (``bench-sim`` hands
+    them to the engine it compares with); by default a fresh one on ``device``."""
     specs, capacities = scheduler_parts([model], config)
     cap = max_steps or config.max_steps_per_plan
     unfold = unfold_of(model)
-    executor = TorchExecutor(device)
-    executor.load_cells(CellSet.of([model], config.num_slots))()
+    if executor is None:
+        executor = TorchExecutor(device)
+        executor.load_cells(CellSet.of([model], config.num_slots))()
     # Each cell type's grid: rows up to its max batch; steps up to the cap if it runs runs.
     axes = {
         s.name: (_axis(min(s.max_batch, config.num_slots)), _axis(cap) if s.runs else (1,))
@@ -150,6 +155,85 @@ def measure_profile(
             "statistic": "median",
         },
     )
+
+
+PROBE_SECONDS = 0.25
+"""Least time each of ``SpeedProbe``'s points is timed for, per factor."""
+
+
+class SpeedProbe:
+    """Two of a profile's grid points timed again, now: how much slower (> 1) or faster
+    the device runs than when the profile was measured.
+
+    This project's machines are shared, and their speed drifts by tens of percent, even
+    2 x, within minutes (a chain profile took 65 s and, ten minutes later, 120 s). A
+    comparison of the simulator with the engine must not charge that drift to the
+    simulator, so ``bench-sim`` scales the profile by this factor around each replay.
+    The points are the main cell type's full batch at a few steps (what saturation
+    runs) and one row at one step (what a request alone runs), timed exactly as the
+    profile timed them (``_run``), after the same warm-up."""
+
+    def __init__(
+        self,
+        model: Model,
+        config: EngineConfig,
+        profile: StepProfile,
+        executor: TorchExecutor,
+        *,
+        top_k: int = 0,
+        repeats: int = 5,
+    ) -> None:
+        """``executor``: serving ``model``, best the one the profile was measured on."""
+        self._specs, self._capacities = scheduler_parts([model], config)
+        self._cap = config.max_steps_per_plan
+        self._unfold = profile.unfold
+        self._top_k = top_k
+        self._repeats = repeats
+        self._executor = executor
+        main = next(s for s in self._specs if s.name == profile.unfold.cell)
+        grid = profile.costs[main.name]
+        full = grid.rows[-1]
+        steps = max(k for k in grid.steps if k <= 4)
+        self._points = [(main.name, full, steps), (main.name, 1, 1)]
+        self._want = [grid.cost(rows, k) for _, rows, k in self._points]
+        for _ in range(WARMUP):
+            self._times()
+
+    def _times(self) -> list[list[float]]:
+        got: list[list[float]] = [[] for _ in self._points]
+        for i, (name, rows, steps) in enumerate(self._points):
+            for cell, k, dt in _run(
+                self._executor,
+                self._specs,
+                self._capacities,
+                self._unfold,
+                rows,
+                steps,
+                self._cap,
+                self._top_k,
+            ):
+                if cell == name and k == steps:
+                    got[i].append(dt)
+        return got
+
+    def factor(self) -> float:
+        """Now against the profile: the mean over the points of their time ratios, each
+        point the median of at least ``repeats`` plans and ``PROBE_SECONDS`` of them (a
+        tree cell's plan takes well under a millisecond, too short to time a few of)."""
+        samples: list[list[float]] = [[] for _ in self._points]
+        rounds = 0
+        while rounds < self._repeats or min(map(sum, samples)) < PROBE_SECONDS:
+            for (_, rows, steps), acc, got in zip(
+                self._points, samples, self._times(), strict=True
+            ):
+                if not got:
+                    raise RuntimeError(f"no plan of {rows} rows x {steps} steps to time")
+                acc.extend(got)
+            rounds += 1
+        ratios = [
+            statistics.median(acc) / want for acc, want in zip(samples, self._want, strict=True)
+        ]
+        return statistics.fmean(ratios)
 
 
 def _run(

@@ -114,3 +114,8 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
         assert p["measured"]["completed"] == p["predicted"]["completed"] == 120
         assert 0 < p["predicted"]["p50_s"] <= p["predicted"]["p99_s"]
     assert len(run["p99_ratios"]) == 3
+    for measured in [run["capacity"]["measured"], *(p["measured"] for p in run["points"])]:
+        assert isinstance(measured["trial_plans"], int)
+    # The machine's speed against the profile's, around the capacity replay and each load.
+    assert len(run["speed_factors"]) == 4
+    assert all(0 < f < 100 for f in run["speed_factors"])

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from sim_factories import chain_profile, flat_grid
+from sim_factories import CELL, chain_profile, flat_grid
 
 from batchmaker.sim.profile import CostGrid, ProfileError, StepProfile
+from scheduler import StepPlan
 
 
 def test_grid_points_are_exact():
@@ -60,6 +62,57 @@ def test_a_profile_round_trips_through_json(tmp_path):
     profile.save(path)
     again = StepProfile.load(path)
     assert again == profile
+
+
+def _plan(steps: list[int], *, pad_to_longest: bool = False) -> StepPlan:
+    n = len(steps)
+    return StepPlan(
+        cell_type=CELL,
+        requests=[None] * n,
+        nodes=[0] * n,
+        emits=[True] * n,
+        inputs=np.zeros((n, max(steps)), dtype=np.int64),
+        read_slots=np.zeros((n, 1), dtype=np.int64),
+        write_slots=np.zeros(n, dtype=np.int64),
+        num_steps=max(steps),
+        steps=np.array(steps, dtype=np.int64),
+        pad_to_longest=pad_to_longest,
+    )
+
+
+def test_rows_that_end_early_drop_out_of_a_plans_cost():
+    """A grid of a fixed cost per plan plus a cost per row-step: a ragged plan costs the
+    fixed cost once and its rows' own steps, not every row for the longest run."""
+    rows, steps = (1, 2, 4, 8), (1, 2, 4, 8)
+    fixed, per_row_step = 0.001, 0.0001
+    grid = CostGrid(
+        rows, steps, tuple(tuple(fixed + per_row_step * n * k for k in steps) for n in rows)
+    )
+    profile = chain_profile(grid)
+    ragged = [8, 8, 2, 1]  # 19 row-steps
+    assert grid.ragged_cost(ragged) == pytest.approx(fixed + per_row_step * 19)
+    assert profile.cost(_plan(ragged)) == pytest.approx(fixed + per_row_step * 19)
+    # Every row running every step, and a plan padded to its longest row, cost the grid's.
+    assert grid.ragged_cost([4, 4, 4]) == pytest.approx(grid.cost(3, 4))
+    assert profile.cost(_plan(ragged, pad_to_longest=True)) == pytest.approx(grid.cost(4, 8))
+    assert grid.ragged_cost(ragged) < grid.cost(4, 8)
+
+
+def test_a_scaled_profile_costs_every_plan_that_many_times_more():
+    """``bench-sim`` scales a profile by the machine's drift since it was measured."""
+    grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
+    profile = chain_profile(grid, meta={"measured": "2026-12-03"})
+    slower = profile.scaled(1.5)
+    (name,) = slower.costs
+    for rows, steps in [(1, 1), (3, 5), (4, 8), (16, 20)]:
+        want = 1.5 * profile.costs[name].cost(rows, steps)
+        assert slower.costs[name].cost(rows, steps) == pytest.approx(want)
+    assert slower.meta == {"measured": "2026-12-03", "scaled": 1.5}
+    assert slower.scaled(2.0).meta["scaled"] == pytest.approx(3.0)
+    assert profile.costs[name] == grid, "the original is left as it was"
+    assert StepProfile.from_json(slower.to_json()) == slower
+    with pytest.raises(ValueError, match="positive"):
+        profile.scaled(0.0)
 
 
 def mutate(path, change):

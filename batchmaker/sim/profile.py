@@ -80,8 +80,8 @@ class CostGrid:
         all run ``k`` steps costs ``cost(rows, k)``; with a fixed cost per plan and a cost
         per row-step the sum is exactly the plan's, and the fixed cost is paid once.
         Costing it as every row running every step (as this did) overcharged the plans a
-        saturated chain runs, whose rows end apart, by 10-40%: the simulator then
-        predicted 0.83 x the engine's capacity.
+        saturated chain runs, whose rows compute 60-90% of rows x steps: the simulator
+        then predicted 0.83 x the engine's capacity.
         """
         counts = collections.Counter(int(n) for n in steps)
         alive = sum(counts.values())

@@ -140,7 +140,7 @@ def measure_profile(
         costs[spec.name] = CostGrid(rs, ks, grid)
     return StepProfile(
         model=model.key,
-        device=device,
+        device=executor.device,
         cell_types=tuple(specs),
         pools=capacities,
         unfold=unfold,

@@ -25,7 +25,7 @@ venv: $(STAMP)
 # The wire contract. Stubs are generated into batchmaker/v1/ (the proto package's
 # path), checked in, and never edited; `proto-check` (part of lint, so CI) fails
 # when they differ from what the pinned grpcio-tools makes of proto/.
-PROTOS := $(wildcard proto/batchmaker/v1/*.proto)
+PROTOS := $(wildcard proto/batchmaker/v1/*.proto proto/batchmaker/kserve/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) $(PROTOS)
 
 proto: $(STAMP)

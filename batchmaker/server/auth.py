@@ -5,7 +5,11 @@ Two kinds of token, because the two services carry different risks:
 - an *inference* token may call ``batchmaker.v1.Inference`` (and list the model
   repository, and use server reflection);
 - an *admin* token may do that and also change what is served: ``LoadModel`` and
-  ``UnloadModel`` of ``batchmaker.v1.ModelRepository``.
+  ``UnloadModel`` of ``batchmaker.v1.ModelRepository``, and their KServe v2 twins
+  ``RepositoryModelLoad`` and ``RepositoryModelUnload``.
+
+The same tokens and the same rule guard the KServe v2 HTTP front door
+(``server/http.py``), which checks them with ``check_token`` below.
 
 A call with no token, a malformed ``authorization`` header or an unknown token is
 UNAUTHENTICATED; a valid token calling an admin RPC it is not allowed is
@@ -27,6 +31,7 @@ from typing import Any
 import grpc
 
 from batchmaker.config import AuthConfig
+from batchmaker.errors import BatchMakerError, Code
 from batchmaker.wire.metadata import bearer_token
 
 log = logging.getLogger(__name__)
@@ -37,9 +42,14 @@ ADMIN_METHODS: frozenset[str] = frozenset(
     {
         "/batchmaker.v1.ModelRepository/LoadModel",
         "/batchmaker.v1.ModelRepository/UnloadModel",
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        "/inference.GRPCInferenceService/RepositoryModelUnload",
     }
 )
 """Methods only an admin token may call: they change what the server serves."""
+
+
+KSERVE_SERVICE = "inference.GRPCInferenceService"
 
 
 def _service_of(method: str) -> str:
@@ -69,16 +79,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Checks every call's token before its handler runs; see the module docstring."""
 
     def __init__(
-        self, config: AuthConfig, *, on_refusal: Callable[[str], None] | None = None
+        self, config: AuthConfig, *, on_refusal: Callable[[str, str], None] | None = None
     ) -> None:
         self._config = config
         self._on_refusal = on_refusal
-        """Told the status name of each refused call (metrics count them as failures)."""
+        """Told the status name and protocol of each refused call (metrics count them as
+        failures)."""
 
     def _refuse(self, handler: Any, method: str, code: grpc.StatusCode, details: str) -> Any:
         log.info("refused %s: %s", method, code.name)
         if self._on_refusal is not None:
-            self._on_refusal(code.name)
+            kserve = _service_of(method) == KSERVE_SERVICE
+            self._on_refusal(code.name, "v2-grpc" if kserve else "v1")
         return _refusal(handler, code, details)
 
     async def intercept_service(
@@ -90,24 +102,31 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _service_of(method) in OPEN_SERVICES:
             return handler
-        token = bearer_token(handler_call_details.invocation_metadata)
-        if token is None:
-            return self._refuse(
-                handler,
-                method,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs a bearer token: send 'authorization: Bearer <token>'",
-            )
-        role = self._config.role(token)
-        if role is None:
-            return self._refuse(
-                handler, method, grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid"
-            )
-        if method in ADMIN_METHODS and role != "admin":
-            return self._refuse(
-                handler,
-                method,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method.rsplit('/', 1)[-1]} needs an admin token",
-            )
-        return handler
+        refusal = check_token(
+            self._config,
+            bearer_token(handler_call_details.invocation_metadata),
+            admin=method in ADMIN_METHODS,
+            action=method.rsplit("/", 1)[-1],
+        )
+        if refusal is None:
+            return handler
+        return self._refuse(handler, method, grpc.StatusCode[refusal.code.value], refusal.message)
+
+
+def check_token(
+    config: AuthConfig, token: str | None, *, admin: bool, action: str
+) -> BatchMakerError | None:
+    """Why a call carrying ``token`` may not do ``action`` (UNAUTHENTICATED or
+    PERMISSION_DENIED), or ``None`` when it may. ``admin``: the action changes what is
+    served. Every front door asks this, so one token means the same on each."""
+    if token is None:
+        return BatchMakerError(
+            "this server needs a bearer token: send 'authorization: Bearer <token>'",
+            code=Code.UNAUTHENTICATED,
+        )
+    role = config.role(token)
+    if role is None:
+        return BatchMakerError("the bearer token is not valid", code=Code.UNAUTHENTICATED)
+    if admin and role != "admin":
+        return BatchMakerError(f"{action} needs an admin token", code=Code.PERMISSION_DENIED)
+    return None

@@ -38,13 +38,13 @@ from batchmaker.repository.manager import ModelManager
 from batchmaker.runtime.engine import Engine
 from batchmaker.runtime.executor import ExecutorFactory
 from batchmaker.server.auth import BearerTokenInterceptor
+from batchmaker.server.calls import CallGate, ServiceLimits
 from batchmaker.server.metrics import ServerMetrics
 from batchmaker.server.servicers import (
     REPOSITORY_SERVICE_NAME,
     SERVICE_NAME,
     InferenceService,
     RepositoryService,
-    ServiceLimits,
 )
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc
 
@@ -91,7 +91,7 @@ class InferenceServer:
         self._executor_factory = executor_factory
         self.metrics = ServerMetrics(lambda: self._engine)
         """Always kept (a few counters); served over HTTP only with ``metrics_port``."""
-        self._service = InferenceService(
+        self._gate = CallGate(
             ServiceLimits(
                 max_receive_message_bytes=config.max_receive_message_bytes,
                 max_stream_message_bytes=config.max_stream_message_bytes,
@@ -100,6 +100,7 @@ class InferenceServer:
             ),
             self.metrics,
         )
+        """What every front door's inference calls pass: draining, limits, metrics, logs."""
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._engine: Engine | None = None
@@ -133,8 +134,8 @@ class InferenceServer:
         return self._engine
 
     @property
-    def service(self) -> InferenceService:
-        return self._service
+    def gate(self) -> CallGate:
+        return self._gate
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", SERVICE_NAME):
@@ -160,7 +161,7 @@ class InferenceServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_InferenceServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_InferenceServicer_to_server(InferenceService(self._gate), server)  # type: ignore[no-untyped-call]
         pb_grpc.add_ModelRepositoryServicer_to_server(  # type: ignore[no-untyped-call]
             RepositoryService(self.manager), server
         )
@@ -227,7 +228,7 @@ class InferenceServer:
                 await engine.shutdown(grace=0)
                 raise
         self.timings["warmup"] = time.perf_counter() - t
-        self._service.attach(engine)
+        self._gate.attach(engine)
         self.manager.attach(engine)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -243,9 +244,9 @@ class InferenceServer:
         if server is None:
             return
         deadline = time.monotonic() + grace
-        self._service.drain()
+        self._gate.drain()
         await self._health.enter_graceful_shutdown()
-        live = self._service.num_active
+        live = self._gate.num_active
         if live:
             log.info("draining %d live calls for up to %.1f s", live, grace)
         if self._engine is not None:
@@ -254,7 +255,7 @@ class InferenceServer:
         # Handlers flush what the engine produced; slow readers get the rest of the grace
         # period, and at least a moment to receive their final status.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._service.wait_idle(), max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self._gate.wait_idle(), max(1.0, deadline - time.monotonic()))
         # Not stop(0): a handler that returned may still have its last messages and its
         # status in the transport, unread by a slow client, and stop(0) cancels the call
         # under them (the client saw UNAVAILABLE "Cancelling all calls" on a stream the
@@ -269,7 +270,7 @@ class InferenceServer:
         Checked on a timer rather than on each call's end, so the hot path pays nothing;
         it wakes at most once per ``timeout``, plus once when the idle period is due.
         """
-        svc = self._service
+        svc = self._gate
         while True:
             idle_for = time.monotonic() - svc.last_active
             if svc.num_active == 0 and idle_for >= timeout:

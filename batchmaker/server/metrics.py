@@ -2,7 +2,8 @@
 
 Names and labels follow Triton's and vLLM's conventions, so their dashboards and
 alerts carry over by renaming the prefix (``docs/metrics.md`` has the mapping):
-``model`` and ``version`` label per-request metrics, as Triton's do; latencies
+``model`` and ``version`` label per-request metrics, as Triton's do, and ``protocol``
+the front door (``v1``, ``v2-grpc``, ``v2-http``); latencies
 are histograms in seconds, as vLLM's are; counters end in ``_total``.
 
 Two kinds of source, two paths, so serving pays as little as possible:
@@ -92,6 +93,8 @@ class RequestObservation:
 
     start: float
     request_id: str = ""
+    protocol: str = "v1"
+    """The front door: ``v1`` (batchmaker.v1), ``v2-grpc`` or ``v2-http`` (KServe v2)."""
     model: str = UNKNOWN_MODEL
     version: str = ""
     status: str | None = None
@@ -108,7 +111,7 @@ class ServerMetrics:
 
     def __init__(self, engine: Callable[[], Engine | None]) -> None:
         self.registry = CollectorRegistry()
-        labels = ("model", "version")
+        labels = ("model", "version", "protocol")
         self.success = Counter(
             PREFIX + "request_success",
             "Inference calls that finished without error (Triton: nv_inference_request_success).",
@@ -152,13 +155,13 @@ class ServerMetrics:
 
     # ---- per request, on the event loop -----------------------------------------------
 
-    def refused(self, status: str) -> None:
+    def refused(self, status: str, protocol: str = "v1") -> None:
         """A call refused before any handler ran (authentication): no model is known."""
-        self.failure.labels(UNKNOWN_MODEL, "", status).inc()
+        self.failure.labels(UNKNOWN_MODEL, "", protocol, status).inc()
 
     def record(self, obs: RequestObservation, end: float) -> None:
         """Count one finished call and observe its latencies (``end``: monotonic time)."""
-        labels = (obs.model, obs.version)
+        labels = (obs.model, obs.version, obs.protocol)
         if obs.status is not None:
             self.failure.labels(*labels, obs.status).inc()
         else:

@@ -175,5 +175,5 @@ class LiveServer:
     def wait_idle(self) -> None:
         """Until no request is live in the engine and no call is in progress."""
         self.wait_until(
-            lambda: self.server.engine.num_live == 0 and self.server.service.num_active == 0
+            lambda: self.server.engine.num_live == 0 and self.server.gate.num_active == 0
         )

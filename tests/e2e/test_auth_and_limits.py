@@ -118,6 +118,7 @@ def test_refusals_are_counted_and_tokens_never_logged(
         "batchmaker_request_failure_total",
         model="",
         version="",
+        protocol="v1",
         reason="UNAUTHENTICATED",
     )
     with caplog.at_level(logging.DEBUG):
@@ -131,6 +132,7 @@ def test_refusals_are_counted_and_tokens_never_logged(
         "batchmaker_request_failure_total",
         model="",
         version="",
+        protocol="v1",
         reason="UNAUTHENTICATED",
     )
     assert after == before + 1
@@ -208,7 +210,7 @@ def test_too_many_calls_in_progress_are_rejected_at_once_and_the_rest_finish() -
     with LiveServer(models, config=e2e_config(), server_config=cfg, gated=True) as live:
         client = live.client()
         held = [client.infer_stream("g", [1, 2, 3], timeout=CALL_TIMEOUT_S) for _ in range(2)]
-        live.wait_until(lambda: live.server.service.num_active == 2)
+        live.wait_until(lambda: live.server.gate.num_active == 2)
         with pytest.raises(AdmissionRejectedError, match="calls are in progress"):
             client.infer("g", [1], timeout=CALL_TIMEOUT_S)
         live.call(live.gate.open)  # type: ignore[union-attr]
@@ -240,7 +242,7 @@ def test_idle_timeout_waits_for_calls_in_progress() -> None:
     with LiveServer(models, config=e2e_config(), gated=True) as live:
         client = live.client()
         held = client.infer_stream("g", [1, 2], timeout=CALL_TIMEOUT_S)
-        live.wait_until(lambda: live.server.service.num_active == 1)
+        live.wait_until(lambda: live.server.gate.num_active == 1)
         idle = live.submit(live.server.idle_timeout(0.2))
         with pytest.raises(TimeoutError):
             idle.result(0.6)  # a call is in progress: not idle, however long it takes

@@ -63,7 +63,7 @@ def test_a_call_ended_by_the_client_leaves_the_batch_at_the_next_step(how: str) 
             leaver.cancel()
         else:
             leaver_client.close()
-        live.wait_until(lambda: live.server.service.num_active == 1)  # the handler saw it
+        live.wait_until(lambda: live.server.gate.num_active == 1)  # the handler saw it
         gate.open()
         steps = list(stayer)
         assert_matches_alone(GRU, stayer_inputs, steps)
@@ -93,7 +93,7 @@ def test_deadline_exceeded_mid_stream_frees_the_slot() -> None:
         with pytest.raises(DeadlineExceededError) as info:
             next(late_steps)
         assert info.value.code is Code.DEADLINE_EXCEEDED
-        live.wait_until(lambda: live.server.service.num_active == 1)  # the handler ended
+        live.wait_until(lambda: live.server.gate.num_active == 1)  # the handler ended
         gate.open()
         assert_matches_alone(GRU, on_time_inputs, list(on_time))
         live.wait_idle()
@@ -194,7 +194,7 @@ def test_drain_refuses_new_calls_and_finishes_live_streams() -> None:
         ]
         live.wait_until(lambda: live.server.engine.num_live == 2)
         stopping = live.submit(live.server.stop(grace=GUARD_S))
-        live.wait_until(lambda: live.server.service._draining)
+        live.wait_until(lambda: live.server.gate.draining)
         assert not client.is_serving()
         health = client._health.Check(health_pb2.HealthCheckRequest(), timeout=GUARD_S)
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -90,26 +90,26 @@ def test_calls_are_counted_by_model_version_and_status(live: LiveServer) -> None
         return value(after, name, **labels) - value(before, name, **labels)
 
     ok = "batchmaker_request_success_total"
-    assert delta(ok, model="lstm", version="2") == 3  # the latest version
-    assert delta(ok, model="lstm", version="1") == 1
+    assert delta(ok, model="lstm", version="2", protocol="v1") == 3  # the latest version
+    assert delta(ok, model="lstm", version="1", protocol="v1") == 1
     failed = FAILED
     # An unknown name is not a label: clients must not be able to mint series.
-    assert delta(failed, model="", version="", reason="NOT_FOUND") == 1
-    assert delta(failed, model="gru", version="", reason="INVALID_ARGUMENT") == 1
+    assert delta(failed, model="", version="", protocol="v1", reason="NOT_FOUND") == 1
+    assert delta(failed, model="gru", version="", protocol="v1", reason="INVALID_ARGUMENT") == 1
     assert not any("no-such-model" in str(labels) for _, labels in after)
     for hist in (
         "batchmaker_e2e_request_latency_seconds",
         "batchmaker_time_to_first_output_seconds",
         "batchmaker_request_queue_time_seconds",
     ):
-        assert delta(f"{hist}_count", model="lstm", version="2") == 3, hist
-        assert delta(f"{hist}_count", model="lstm", version="1") == 1, hist
-        assert delta(f"{hist}_sum", model="lstm", version="2") > 0, hist
-        inf = value(after, f"{hist}_bucket", model="lstm", version="2", le="+Inf")
-        assert inf == value(after, f"{hist}_count", model="lstm", version="2"), hist
+        assert delta(f"{hist}_count", model="lstm", version="2", protocol="v1") == 3, hist
+        assert delta(f"{hist}_count", model="lstm", version="1", protocol="v1") == 1, hist
+        assert delta(f"{hist}_sum", model="lstm", version="2", protocol="v1") > 0, hist
+        inf = value(after, f"{hist}_bucket", model="lstm", version="2", protocol="v1", le="+Inf")
+        assert inf == value(after, f"{hist}_count", model="lstm", version="2", protocol="v1"), hist
     # Failed calls have no latency: a fast rejection must not flatter the histogram.
     assert (
-        value(after, "batchmaker_e2e_request_latency_seconds_count", model="gru", version="") == 0
+        value(after, "batchmaker_e2e_request_latency_seconds_count", model="gru", version="", protocol="v1") == 0
     )
     assert value(after, "batchmaker_server_info", mode="cellular") == 1
 
@@ -133,10 +133,10 @@ def test_a_failed_call_is_counted_before_its_client_sees_the_error(
         client = live.client()
         with pytest.raises(ModelNotFoundError):
             client.infer_stream("no-such-model", [1], timeout=CALL_TIMEOUT_S).collect()
-        assert value(scrape(url), FAILED, model="", version="", reason="NOT_FOUND") == 1
+        assert value(scrape(url), FAILED, model="", version="", protocol="v1", reason="NOT_FOUND") == 1
         with pytest.raises(InvalidRequestError):
             client.infer("g", [10**9], timeout=CALL_TIMEOUT_S)
-        assert value(scrape(url), FAILED, model="g", version="", reason="INVALID_ARGUMENT") == 1
+        assert value(scrape(url), FAILED, model="g", version="", protocol="v1", reason="INVALID_ARGUMENT") == 1
 
 
 def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:
@@ -232,14 +232,14 @@ def test_rejections_cancellations_and_deadlines_are_failures_with_their_status()
             client.infer("m", [1], timeout=CALL_TIMEOUT_S)
         held.cancel()
         # The handler ends at once; the request leaves the engine once a step may run.
-        live.wait_until(lambda: live.server.service.num_active == 0)
+        live.wait_until(lambda: live.server.gate.num_active == 0)
         live.call(live.gate.open)
         live.wait_idle()
         live.call(live.gate.close)
         with pytest.raises(DeadlineExceededError):
             # A deadline that passes while the gate holds the request.
             client.infer_stream("m", [1, 2], timeout=0.3).collect()
-        live.wait_until(lambda: live.server.service.num_active == 0)
+        live.wait_until(lambda: live.server.gate.num_active == 0)
         live.call(live.gate.open)
         live.wait_idle()
         got = scrape(url)

@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 
 OPEN_SERVICES: frozenset[str] = frozenset({"grpc.health.v1.Health"})
 """Services anyone may call: health checks carry no secrets."""
+OPEN_METHODS: frozenset[str] = frozenset(
+    {
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    }
+)
+"""The KServe v2 health checks: open for the same reason (probes carry no token)."""
 ADMIN_METHODS: frozenset[str] = frozenset(
     {
         "/batchmaker.v1.ModelRepository/LoadModel",
@@ -100,7 +107,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or _service_of(method) in OPEN_SERVICES:
+        if handler is None or _service_of(method) in OPEN_SERVICES or method in OPEN_METHODS:
             return handler
         refusal = check_token(
             self._config,

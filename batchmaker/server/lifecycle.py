@@ -33,12 +33,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from batchmaker.config import EngineConfig, ServerConfig
+from batchmaker.kserve import open_inference_pb2_grpc as kpb_grpc
 from batchmaker.models.base import Model
 from batchmaker.repository.manager import ModelManager
 from batchmaker.runtime.engine import Engine
 from batchmaker.runtime.executor import ExecutorFactory
 from batchmaker.server.auth import BearerTokenInterceptor
 from batchmaker.server.calls import CallGate, ServiceLimits
+from batchmaker.server.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
+from batchmaker.server.kserve import KServeService
 from batchmaker.server.metrics import ServerMetrics
 from batchmaker.server.servicers import (
     REPOSITORY_SERVICE_NAME,
@@ -138,7 +141,7 @@ class InferenceServer:
         return self._gate
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
             await self._health.set(name, status)
 
     async def start(self) -> None:
@@ -165,11 +168,15 @@ class InferenceServer:
         pb_grpc.add_ModelRepositoryServicer_to_server(  # type: ignore[no-untyped-call]
             RepositoryService(self.manager), server
         )
+        kpb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            KServeService(self._gate, self.manager), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 REPOSITORY_SERVICE_NAME,
+                KSERVE_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

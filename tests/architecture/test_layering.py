@@ -86,8 +86,8 @@ BATCHMAKER_UNITS = _bm(
 
 # Rule 1: each unit, and the other units it may import (a unit may always import itself).
 # Anything else of the first party is an upward (or sideways) import. A unit that is no
-# key here (batchmaker.v1, batchmaker.kserve: generated) is not checked; a file in no unit at all is an error,
-# so a new sub-package cannot slip in unchecked.
+# key here (batchmaker.v1, batchmaker.kserve: generated) is not checked; a file in no unit
+# at all is an error, so a new sub-package cannot slip in unchecked.
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     # The scheduling policy: pure Python, simulated and tested alone. Depends on nothing.
     "scheduler": frozenset(),

@@ -109,7 +109,14 @@ def test_calls_are_counted_by_model_version_and_status(live: LiveServer) -> None
         assert inf == value(after, f"{hist}_count", model="lstm", version="2", protocol="v1"), hist
     # Failed calls have no latency: a fast rejection must not flatter the histogram.
     assert (
-        value(after, "batchmaker_e2e_request_latency_seconds_count", model="gru", version="", protocol="v1") == 0
+        value(
+            after,
+            "batchmaker_e2e_request_latency_seconds_count",
+            model="gru",
+            version="",
+            protocol="v1",
+        )
+        == 0
     )
     assert value(after, "batchmaker_server_info", mode="cellular") == 1
 
@@ -133,10 +140,17 @@ def test_a_failed_call_is_counted_before_its_client_sees_the_error(
         client = live.client()
         with pytest.raises(ModelNotFoundError):
             client.infer_stream("no-such-model", [1], timeout=CALL_TIMEOUT_S).collect()
-        assert value(scrape(url), FAILED, model="", version="", protocol="v1", reason="NOT_FOUND") == 1
+        assert (
+            value(scrape(url), FAILED, model="", version="", protocol="v1", reason="NOT_FOUND") == 1
+        )
         with pytest.raises(InvalidRequestError):
             client.infer("g", [10**9], timeout=CALL_TIMEOUT_S)
-        assert value(scrape(url), FAILED, model="g", version="", protocol="v1", reason="INVALID_ARGUMENT") == 1
+        assert (
+            value(
+                scrape(url), FAILED, model="g", version="", protocol="v1", reason="INVALID_ARGUMENT"
+            )
+            == 1
+        )
 
 
 def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:

@@ -1,4 +1,5 @@
-"""Locust load test of BatchMaker's streaming gRPC call, ``InferStream``.
+"""Locust load test of BatchMaker's streaming gRPC calls: ``InferStream`` (batchmaker.v1),
+or KServe v2's ``ModelStreamInfer`` with ``--protocol v2``.
 
 Run headless through ``loadtest/run.py`` (``make loadtest``), or with the web UI
 against a running server (``loadtest/README.md``)::
@@ -11,6 +12,15 @@ fires Locust's ``request`` event for each call, twice for a stream: request
 type ``ttft`` (time to the first output step) and ``full`` (time to the end of
 the stream), both named after the model. A failure carries its gRPC status.
 
+With ``--protocol v2`` each request is instead one ``ModelStreamInfer`` stream of its
+own (our stubs, ``batchmaker.kserve``; never ``tritonclient``'s, which define the same
+protobuf messages): the request written and the stream half-closed, so each request is
+timed and cancelled on its own as a v1 call is, with ``INPUT_IDS`` (or ``INPUT``, or
+``CHILDREN``) as raw little-endian bytes, as tritonclient sends them. The user times it
+itself (``_v2_stream``): the same two request types, named ``v2:<model>`` so Locust's
+table keeps the protocols apart; an in-band ``error_message`` is a failure with the
+status it names.
+
 The scenario flags (``--scenario``, ``--rate``, ...; ``loadtest/options.py``)
 appear in the web UI too. Every user sends its share of one open-loop arrival
 process (``loadtest/arrivals.py``) with requests from ``loadtest/workload.py``.
@@ -19,6 +29,7 @@ Loopback only: a host that is not the local machine is refused.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -45,6 +56,10 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import numpy as np  # noqa: E402
+
+from batchmaker.kserve import open_inference_pb2 as kpb  # noqa: E402
+from batchmaker.kserve import open_inference_pb2_grpc as kpb_grpc  # noqa: E402
 from batchmaker.v1 import inference_pb2 as pb  # noqa: E402
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 from loadtest.arrivals import ConstantRate, OnOffRate, Pacer, RateSchedule  # noqa: E402
@@ -63,7 +78,7 @@ from loadtest.report import (  # noqa: E402
     check_thresholds,
     exit_code,
 )
-from loadtest.timing import StreamTimingInterceptor  # noqa: E402
+from loadtest.timing import GrpcStatusError, StreamTimingInterceptor  # noqa: E402
 from loadtest.workload import ModelSpec, RequestFactory, parse_mix  # noqa: E402
 
 # Before any channel: gRPC's I/O then yields to gevent instead of blocking the process.
@@ -111,6 +126,8 @@ class Plan:
     seq_len: int
     top_k: int
     request_timeout: float
+    protocol: str = "v1"
+    """``v1`` (``InferStream``) or ``v2`` (``ModelStreamInfer``, a stream per request)."""
 
 
 _plan: Plan | None = None
@@ -183,6 +200,7 @@ def build_plan(environment: Environment) -> Plan:
         seq_len=int(opts.seq_len),
         top_k=int(opts.top_k),
         request_timeout=float(opts.request_timeout),
+        protocol=str(getattr(opts, "protocol", "v1")),
     )
 
 
@@ -210,8 +228,9 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     if isinstance(p.schedule, OnOffRate):
         rate += f" (on {p.schedule.high:.3g}, off {p.schedule.low:.3g})"
     log.info(
-        "scenario %s: %s arrivals at %s, %s lengths; models %s",
+        "scenario %s over %s: %s arrivals at %s, %s lengths; models %s",
         p.scenario,
+        p.protocol,
         p.arrival,
         rate,
         p.lengths,
@@ -242,6 +261,8 @@ class InferenceUser(User):
             channel, StreamTimingInterceptor(self.environment.events.request.fire)
         )
         self.stub = pb_grpc.InferenceStub(self.channel)
+        self.v2_stub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.send = self._v2_stream if self.plan.protocol == "v2" else self._stream
         self.in_flight = gevent.pool.Pool(MAX_IN_FLIGHT_PER_USER)
         seed = self.plan.seed * 1_000_003 + self.user_id
         self.requests = RequestFactory(
@@ -287,11 +308,115 @@ class InferenceUser(User):
             if not self.in_flight.wait_available(timeout=self.plan.request_timeout):
                 return
         _sends["sent"] += 1
-        self.in_flight.spawn(self._stream, self.requests.next(), self.plan.request_timeout)
+        self.in_flight.spawn(self.send, self.requests.next(), self.plan.request_timeout)
 
     def _stream(self, request: pb.InferRequest, timeout: float) -> None:
         for _ in self.stub.InferStream(request, timeout=timeout):
             pass  # the interceptor times the stream; a failure is reported, not raised
+
+    def _v2_stream(self, request: pb.InferRequest, timeout: float) -> None:
+        """``request`` as one v2 ``ModelStreamInfer`` stream, timed as the v1 interceptor
+        times ``InferStream``: ``ttft`` at the first response with a step, ``full`` at the
+        final one; a failure (in-band or the stream's status) is fired, not raised."""
+        fire = self.environment.events.request.fire
+        name = f"v2:{request.model_name}"
+        start_wall = time.time()
+        start = time.perf_counter()
+        steps = 0
+        first = False
+
+        def event(kind: str, length: int, error: Exception | None) -> None:
+            fire(
+                request_type=kind,
+                name=name,
+                response_time=(time.perf_counter() - start) * 1000,
+                response_length=length,
+                exception=error,
+                context={},
+                start_time=start_wall,
+                response=None,
+                url=None,
+            )
+
+        call = self.v2_stub.ModelStreamInfer(iter((v2_request(request),)), timeout=timeout)
+        error: Exception | None = None
+        final = False
+        try:
+            for message in call:
+                if message.error_message:
+                    error = v2_error(message.error_message)
+                    break
+                resp = message.infer_response
+                n = int(resp.outputs[0].shape[0]) if resp.outputs else 0
+                steps += n
+                if not first and n:
+                    first = True
+                    event(TTFT, n, None)
+                if FINAL_PARAM in resp.parameters and resp.parameters[FINAL_PARAM].bool_param:
+                    final = True
+                    break
+        except grpc.RpcError as e:
+            error = GrpcStatusError(e.code(), e.details() or "")
+        finally:
+            if not final or error is not None:
+                call.cancel()
+        if error is None and not final:
+            error = GrpcStatusError(grpc.StatusCode.INTERNAL, "stream ended with no final response")
+        if error is not None and not first:
+            event(TTFT, 0, error)
+        elif not first:
+            event(TTFT, 0, None)
+        event(FULL, steps, error)
+        if final:
+            with contextlib.suppress(grpc.RpcError):
+                for _ in call:  # the server ends the stream right after the final response
+                    pass
+
+
+# ---- KServe v2 messages ------------------------------------------------------------------------
+
+FINAL_PARAM = "triton_final_response"
+
+
+def v2_request(request: pb.InferRequest) -> kpb.ModelInferRequest:
+    """The v2 twin of a v1 request from ``RequestFactory``, as tritonclient sends it: raw
+    little-endian tensor bytes, ``top_k`` and ``max_output_length`` as parameters,
+    ``TOP_IDS`` and ``TOP_SCORES`` asked for."""
+    msg = kpb.ModelInferRequest(model_name=request.model_name)
+    msg.parameters["top_k"].int64_param = request.top_k
+    if request.max_output_length:
+        msg.parameters["max_output_length"].int64_param = request.max_output_length
+
+    def add(name: str, datatype: str, array: np.ndarray) -> None:
+        tensor = msg.inputs.add(name=name, datatype=datatype)
+        tensor.shape.extend(array.shape)
+        msg.raw_input_contents.append(array.tobytes())
+
+    kind = request.WhichOneof("input")
+    if kind == "tree":
+        nodes = request.tree.nodes
+        arity = max([2, *(len(n.children) for n in nodes)])
+        children = np.full((len(nodes), arity), -1, dtype="<i8")
+        for i, node in enumerate(nodes):
+            children[i, : len(node.children)] = node.children
+        add("INPUT_IDS", "INT64", np.array([n.token for n in nodes], dtype="<i8"))
+        add("CHILDREN", "INT64", children)
+    elif kind == "vectors":
+        values = np.array(request.vectors.values, dtype="<f4")
+        add("INPUT", "FP32", values.reshape(-1, request.vectors.dim))
+    else:
+        add("INPUT_IDS", "INT64", np.array(request.tokens.ids, dtype="<i8"))
+    msg.outputs.add(name="TOP_IDS")
+    msg.outputs.add(name="TOP_SCORES")
+    return msg
+
+
+def v2_error(text: str) -> GrpcStatusError:
+    """An in-band ``[request id: X] CODE: reason`` as the failure Locust records."""
+    rest = text.split("] ", 1)[1] if text.startswith("[request id:") else text
+    code, _, details = rest.partition(": ")
+    status = grpc.StatusCode.__members__.get(code, grpc.StatusCode.UNKNOWN)
+    return GrpcStatusError(status, details if code in grpc.StatusCode.__members__ else rest)
 
 
 # ---- results -----------------------------------------------------------------------------------

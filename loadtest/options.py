@@ -33,6 +33,9 @@ Lengths = Literal["fixed", "benchmark"]
 
 ARRIVALS: tuple[str, ...] = ("poisson", "constant", "mmpp")
 LENGTHS: tuple[str, ...] = ("fixed", "benchmark")
+PROTOCOLS: tuple[str, ...] = ("v1", "v2")
+"""What each request is sent as: ``batchmaker.v1`` ``InferStream`` or KServe v2
+``ModelStreamInfer`` (the same server, port and engine)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--seed", 0, "seeds the on/off periods and every user's requests"),
     Option("--request-timeout", 30.0, "seconds: each call's gRPC deadline"),
     Option("--top-k", 1, "top_k of each request"),
+    Option(
+        "--protocol",
+        "v1",
+        "v1: batchmaker.v1 InferStream; v2: KServe v2 ModelStreamInfer, one stream per "
+        "request, reported as v2:<model>",
+        PROTOCOLS,
+    ),
     Option("--requests-csv", "", "write every request's timings here when Locust quits"),
 )
 
@@ -169,6 +179,9 @@ def resolve(namespace: Any) -> Resolved:
             f"burst-ratio must be >= 1 and burst-period > 0, got {namespace.burst_ratio} "
             f"and {namespace.burst_period}"
         )
+    protocol = getattr(namespace, "protocol", "v1")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     arrival = namespace.arrival or preset.arrival
     lengths = namespace.lengths or preset.lengths
     if arrival not in ARRIVALS or lengths not in LENGTHS:

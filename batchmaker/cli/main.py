@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in (
             "bench",
             "bench-overhead",
+            "bench-protocols",
             "bench-coldstart",
             "bench-host",
             "bench-sim",

@@ -1,5 +1,5 @@
-"""``batchmaker bench``, ``bench-overhead`` and ``bench-coldstart``: flags here, work in
-``batchmaker.bench``.
+"""``batchmaker bench``, ``bench-overhead``, ``bench-protocols`` and the other benchmarks:
+flags here, work in ``batchmaker.bench``.
 
 The flags live here rather than in the benchmark modules, which import torch, so that
 building the parser (every ``batchmaker`` command does) stays light; and the CLI builds
@@ -126,6 +126,28 @@ def add_overhead_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results/grpc-overhead.json"))
 
 
+def add_protocols_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lstm-512", help="a built-in token model")
+    p.add_argument("--num-requests", type=int, default=400, help="requests in the trace")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per load, paths rotated")
+    p.add_argument(
+        "--mux-requests",
+        type=int,
+        default=64,
+        help="v2-mux: consecutive requests of the trace per shared ModelStreamInfer stream",
+    )
+    p.add_argument("--no-half-load", action="store_true", help="saturation only")
+    p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=1,
+        help="uncounted saturated replays down each path first (kernel trials, plan costs)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrival", choices=("poisson", "mmpp"), default="poisson")
+    p.add_argument("--out", type=Path, default=Path("bench-results/protocols.json"))
+
+
 def add_coldstart_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=7, help="cold starts; the median is reported")
     p.add_argument("--models", default="", help="models to serve (default: the demo repository's)")
@@ -201,6 +223,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     flags.add_engine_flags(overhead)
     add_overhead_flags(overhead)
+    protocols = sub.add_parser(
+        "bench-protocols",
+        parents=[common],
+        help="one trace through KServe v2 ModelStreamInfer vs batchmaker.v1 InferStream, "
+        "same server",
+    )
+    flags.add_engine_flags(protocols)
+    add_protocols_flags(protocols)
     coldstart = sub.add_parser(
         "bench-coldstart",
         parents=[common],
@@ -265,6 +295,10 @@ def run(args: argparse.Namespace) -> int:
         from batchmaker.bench.overhead import run_overhead_cli
 
         return _in_process(args, run_overhead_cli)
+    if args.command == "bench-protocols":  # its engine runs in the server it starts
+        from batchmaker.bench.protocols import run_protocols_cli
+
+        return run_protocols_cli(args, flags.engine_config(args))
     # Room for every request a sweep may keep live.
     config = flags.engine_config(
         args,

@@ -184,6 +184,10 @@ class ServerConfig:
     """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0 picks a free
     port); ``None``: no metrics endpoint. Its own port, so a scraper needs no gRPC and
     a network policy can expose one without the other."""
+    http_port: int | None = None
+    """Serve the KServe v2 REST API over HTTP/1.1 on this port (0 picks a free port;
+    HTTPS with the TLS files when they are set); ``None``: gRPC only. Its own port,
+    because gRPC's needs HTTP/2 end to end and REST clients speak HTTP/1.1."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -200,6 +204,8 @@ class ServerConfig:
             raise ValueError(f"idle_timeout_s must be in (0, 604800], got {self.idle_timeout_s}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
         if self.max_receive_message_bytes < 1024:
             raise ValueError(
                 f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"

@@ -72,6 +72,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "default: no metrics endpoint [METRICS_PORT]",
     )
     p.add_argument(
+        "--http-port",
+        type=int,
+        default=flags.env_value("HTTP_PORT", None),
+        metavar="PORT",
+        help="also serve the KServe v2 REST API (Triton's HTTP protocol) on "
+        "http://HOST:PORT/v2 (0 picks a free port); default: gRPC only [HTTP_PORT]",
+    )
+    p.add_argument(
         "--auth-tokens-file",
         default=flags.env_value("AUTH_TOKENS_FILE", None),
         metavar="FILE",
@@ -151,6 +159,7 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         tls_client_ca_file=args.tls_client_ca,
         model_repository=repository,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         auth=AuthConfig.from_sources(
             tokens_file=args.auth_tokens_file, admin_tokens_file=args.admin_tokens_file
         ),
@@ -214,6 +223,7 @@ def banner(server: InferenceServer) -> str:
     lines = [
         f"batchmaker: listening on {addr}",
         *([f"batchmaker: metrics on {server.metrics_url}"] if server.metrics_url else []),
+        *([f"batchmaker: KServe v2 REST on {server.http_url}"] if server.http_url else []),
         f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
         f"devices {', '.join(cfg.devices)}; "
         + ("TLS" if tls else "plaintext")

@@ -40,6 +40,7 @@ from batchmaker.runtime.engine import Engine
 from batchmaker.runtime.executor import ExecutorFactory
 from batchmaker.server.auth import BearerTokenInterceptor
 from batchmaker.server.calls import CallGate, ServiceLimits
+from batchmaker.server.http import HttpFrontDoor
 from batchmaker.server.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
 from batchmaker.server.kserve import KServeService
 from batchmaker.server.metrics import ServerMetrics
@@ -109,6 +110,7 @@ class InferenceServer:
         self._engine: Engine | None = None
         self._port = 0
         self._metrics_port: int | None = None
+        self._http: HttpFrontDoor | None = None
         self._stopping: asyncio.Task[None] | None = None
         self.timings: dict[str, float] = dict(startup or {})
         """Seconds spent in each start-up phase: what the caller measured before (the
@@ -129,6 +131,19 @@ class InferenceServer:
         if self._metrics_port is None:
             return None
         return f"http://{self.config.host}:{self._metrics_port}/metrics"
+
+    @property
+    def http_port(self) -> int | None:
+        """The KServe v2 REST port once started with ``http_port``; else ``None``."""
+        return None if self._http is None else self._http.port
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` (``https`` with TLS) of the REST API; else ``None``."""
+        if self._http is None:
+            return None
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self.config.host}:{self._http.port}"
 
     @property
     def engine(self) -> Engine:
@@ -196,10 +211,18 @@ class InferenceServer:
             self._metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
         self._server = server
         await server.start()
-        self.timings["bind"] = time.perf_counter() - t0
         try:
+            if cfg.http_port is not None:
+                # Before the models load too: live answers 200 and ready 400 meanwhile.
+                http = HttpFrontDoor(self._gate, self.manager, cfg, self.metrics)
+                await http.start()
+                self._http = http
+            self.timings["bind"] = time.perf_counter() - t0
             await self._load()
         except BaseException:
+            if self._http is not None:
+                await self._http.stop()
+                self._http = None
             await server.stop(0)
             self.metrics.close()
             raise
@@ -267,6 +290,9 @@ class InferenceServer:
         # status in the transport, unread by a slow client, and stop(0) cancels the call
         # under them (the client saw UNAVAILABLE "Cancelling all calls" on a stream the
         # server had finished). A grace lets finished calls flush; none is still running.
+        if self._http is not None:
+            # Drained: every HTTP call has answered (the gate is idle or out of time).
+            await self._http.stop()
         await server.stop(max(1.0, deadline - time.monotonic()))
         self.metrics.close()
         log.info("stopped")

@@ -513,10 +513,13 @@ def test_closing_a_stream_frees_its_requests_slots() -> None:
             assert first.infer_response.id == "held"
             live.wait_until(lambda: live.server.engine.num_live == 1)
             call.cancel()
-        live.wait_until(lambda: live.server.engine.num_live == 0)
+        # The handler saw it (the worker may be held inside its next step until the gate
+        # opens: the abort is applied at that step's end).
+        live.wait_until(lambda: live.server.gate.num_active == 0)
         live.gate.open()
         live.wait_idle()
         assert live.free_slots() == before
+        assert len(live.gate.steps_of("req-0")) <= 3  # left its batch at the next step
 
 
 def test_the_timeout_parameter_is_a_deadline(live: LiveServer) -> None:

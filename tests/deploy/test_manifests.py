@@ -336,6 +336,7 @@ def test_gpu_deployment() -> None:
     assert ports == {
         "grpc": int(env["BATCHMAKER_PORT"]),
         "metrics": int(env["BATCHMAKER_METRICS_PORT"]),
+        "http": int(env["BATCHMAKER_HTTP_PORT"]),
     }
 
 

@@ -78,7 +78,7 @@ from loadtest.report import (  # noqa: E402
     check_thresholds,
     exit_code,
 )
-from loadtest.timing import GrpcStatusError, StreamTimingInterceptor  # noqa: E402
+from loadtest.timing import GrpcStatusError, StreamTimer, StreamTimingInterceptor  # noqa: E402
 from loadtest.workload import ModelSpec, RequestFactory, parse_mix  # noqa: E402
 
 # Before any channel: gRPC's I/O then yields to gevent instead of blocking the process.
@@ -318,26 +318,7 @@ class InferenceUser(User):
         """``request`` as one v2 ``ModelStreamInfer`` stream, timed as the v1 interceptor
         times ``InferStream``: ``ttft`` at the first response with a step, ``full`` at the
         final one; a failure (in-band or the stream's status) is fired, not raised."""
-        fire = self.environment.events.request.fire
-        name = f"v2:{request.model_name}"
-        start_wall = time.time()
-        start = time.perf_counter()
-        steps = 0
-        first = False
-
-        def event(kind: str, length: int, error: Exception | None) -> None:
-            fire(
-                request_type=kind,
-                name=name,
-                response_time=(time.perf_counter() - start) * 1000,
-                response_length=length,
-                exception=error,
-                context={},
-                start_time=start_wall,
-                response=None,
-                url=None,
-            )
-
+        timer = StreamTimer(f"v2:{request.model_name}", self.environment.events.request.fire)
         call = self.v2_stub.ModelStreamInfer(iter((v2_request(request),)), timeout=timeout)
         error: Exception | None = None
         final = False
@@ -347,11 +328,7 @@ class InferenceUser(User):
                     error = v2_error(message.error_message)
                     break
                 resp = message.infer_response
-                n = int(resp.outputs[0].shape[0]) if resp.outputs else 0
-                steps += n
-                if not first and n:
-                    first = True
-                    event(TTFT, n, None)
+                timer.got(int(resp.outputs[0].shape[0]) if resp.outputs else 0)
                 if FINAL_PARAM in resp.parameters and resp.parameters[FINAL_PARAM].bool_param:
                     final = True
                     break
@@ -362,11 +339,7 @@ class InferenceUser(User):
                 call.cancel()
         if error is None and not final:
             error = GrpcStatusError(grpc.StatusCode.INTERNAL, "stream ended with no final response")
-        if error is not None and not first:
-            event(TTFT, 0, error)
-        elif not first:
-            event(TTFT, 0, None)
-        event(FULL, steps, error)
+        timer.end(error)
         if final:
             with contextlib.suppress(grpc.RpcError):
                 for _ in call:  # the server ends the stream right after the final response

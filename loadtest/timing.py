@@ -39,6 +39,46 @@ class GrpcStatusError(Exception):
         self.code = code
 
 
+class StreamTimer:
+    """The two events of one streamed call, fired as its steps arrive and when it ends:
+    ``ttft`` at the first message carrying a step (or at the end, if none did), ``full``
+    at the end with the number of steps. Shared by the v1 interceptor and the v2 user."""
+
+    def __init__(self, name: str, fire: Fire) -> None:
+        self._name = name
+        self._fire = fire
+        self._start_wall = time.time()
+        self._start = time.perf_counter()
+        self.num_steps = 0
+        self._first = False
+
+    def _event(self, kind: str, length: int, error: Exception | None) -> None:
+        self._fire(
+            request_type=kind,
+            name=self._name,
+            response_time=(time.perf_counter() - self._start) * 1000,
+            response_length=length,
+            exception=error,
+            context={},
+            start_time=self._start_wall,
+            response=None,
+            url=None,
+        )
+
+    def got(self, n: int) -> None:
+        """A message with ``n`` steps arrived."""
+        self.num_steps += n
+        if not self._first and n:
+            self._first = True
+            self._event(TTFT, n, None)
+
+    def end(self, error: Exception | None) -> None:
+        """The call ended, with ``error`` when it failed."""
+        if not self._first:
+            self._event(TTFT, 0, error)
+        self._event(FULL, self.num_steps, error)
+
+
 def timed_stream(call: Any, name: str, fire: Fire) -> Iterator[pb.InferResponse]:
     """Yield ``call``'s messages; fire ``ttft`` at the first step and ``full`` at the end.
 
@@ -46,43 +86,17 @@ def timed_stream(call: Any, name: str, fire: Fire) -> Iterator[pb.InferResponse]
     early (or a greenlet Locust kills) cancels the call, so the server frees the
     request's slot at its next step, and fires nothing: nobody saw the call end.
     """
-    start_wall = time.time()
-    start = time.perf_counter()
-    steps = 0
-    first = False
-
-    def event(kind: str, length: int, error: Exception | None) -> None:
-        fire(
-            request_type=kind,
-            name=name,
-            response_time=(time.perf_counter() - start) * 1000,
-            response_length=length,
-            exception=error,
-            context={},
-            start_time=start_wall,
-            response=None,
-            url=None,
-        )
-
+    timer = StreamTimer(name, fire)
     try:
         for message in call:
-            n = len(message.steps)
-            steps += n
-            if not first and n:
-                first = True
-                event(TTFT, n, None)
+            timer.got(len(message.steps))
             yield message
     except grpc.RpcError as e:
-        error = GrpcStatusError(e.code(), e.details() or "")
-        if not first:
-            event(TTFT, 0, error)
-        event(FULL, steps, error)
+        timer.end(GrpcStatusError(e.code(), e.details() or ""))
         return
     finally:
         call.cancel()  # a no-op once the call has ended
-    if not first:
-        event(TTFT, 0, None)
-    event(FULL, steps, None)
+    timer.end(None)
 
 
 class StreamTimingInterceptor(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]

@@ -46,13 +46,13 @@ import json
 import math
 import sys
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import grpc
 import numpy as np
 
-from batchmaker.bench import openloop
+from batchmaker.bench import openloop, overhead
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Send
 from batchmaker.bench.overhead import grpc_sender, serve_args
@@ -78,22 +78,11 @@ TARGET_RATIO = 0.9
 
 
 @dataclass
-class RunResult:
-    """One replay of the trace down one path at one rate."""
+class RunResult(overhead.RunResult):
+    """One replay of the trace down one path at one load, in one round."""
 
-    path: str
-    load: str
-    round: int
-    rate: float
-    num_requests: int
-    num_completed: int = 0
-    num_failed: int = 0
-    wall_s: float = 0.0
-    throughput_rps: float = 0.0
-    p50: float = 0.0
-    p99: float = 0.0
-    ttft_p50: float = 0.0
-    top1: list[list[int]] = field(default_factory=list, repr=False)
+    load: str = ""
+    round: int = 0
 
 
 @dataclass
@@ -297,27 +286,9 @@ class MuxSender:
 # ---- the benchmark --------------------------------------------------------------------
 
 
-def _top1(steps: list[StepOutput]) -> list[int]:
-    return [int(s.top_ids[0]) for s in steps if s.top_ids is not None]
-
-
 async def replay(path: str, load: str, k: int, send: Send, trace: Trace, rate: float) -> RunResult:
-    rep = await openloop.replay(send, trace.arrivals(rate), rate=rate)
-    r = RunResult(
-        path=path,
-        load=load,
-        round=k,
-        rate=rate,
-        num_requests=rep.num_requests,
-        num_completed=rep.num_completed,
-        num_failed=rep.num_failed,
-        wall_s=rep.wall_s,
-        throughput_rps=rep.throughput_rps,
-        top1=[[] if outs is None else _top1(outs) for outs in rep.outputs],
-    )
-    r.p50, r.p99 = rep.percentiles((50, 99), empty=0.0)
-    (r.ttft_p50,) = rep.percentiles((50,), first_output=True, empty=0.0)
-    return r
+    r = await overhead.replay(path, send, trace, rate)
+    return RunResult(**{f.name: getattr(r, f.name) for f in fields(r)}, load=load, round=k)
 
 
 def round_order(k: int) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ tensors mean is ``batchmaker.wire.kserve``'s, shared with the gRPC door.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -45,9 +46,16 @@ from batchmaker.errors import (
 from batchmaker.server import logs
 from batchmaker.server.auth import check_token
 from batchmaker.server.calls import CallGate, server_version, status_of
-from batchmaker.server.kserve import Admitted, admit, model_config, model_metadata, model_ready
+from batchmaker.server.kserve import (
+    Admitted,
+    admit,
+    model_config,
+    model_metadata,
+    model_ready,
+    responses,
+    whole,
+)
 from batchmaker.server.metrics import RequestObservation, ServerMetrics
-from batchmaker.types import StepBlock
 from batchmaker.wire import kserve as wire
 from batchmaker.wire import kserve_http as body
 from batchmaker.wire.metadata import bearer_token
@@ -290,18 +298,6 @@ class HttpFrontDoor:
         )
         return admit(gate, engine, obs, call, deadline=None)
 
-    async def _all_steps(self, req: Admitted, obs: RequestObservation) -> list[StepBlock]:
-        stream = req.stream
-        try:
-            blocks: list[StepBlock] = []
-            while more := await stream.next_blocks():
-                blocks += more
-        finally:
-            stream.cancel()
-            self.gate.observe_end(obs, stream)
-        obs.num_steps = sum(len(b) for b in blocks)
-        return blocks
-
     async def infer(self, request: web.Request) -> web.Response:
         gate, method = self.gate, "ModelInfer"
         header = request.headers.get(body.HEADER_LENGTH)
@@ -314,13 +310,9 @@ class HttpFrontDoor:
         with gate.active(method, "", protocol=PROTOCOL) as obs:
             try:
                 req = await self._admit(request, obs, decode)
-                blocks = await self._all_steps(req, obs)
+                tensors, params = await whole(gate, req, obs)
             except Exception as exc:
                 return error_response(gate.fail(method, obs, exc))
-            tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
-            params = wire.response_parameters(
-                req.spec, first_step=None, finish_reason=req.stream.finish_reason, final=None
-            )
             data, head = body.infer_response(
                 req.model.name, req.version, req.request_id, tensors, params, binary=req.spec.binary
             )
@@ -337,13 +329,9 @@ class HttpFrontDoor:
         with gate.active(method, "", protocol=PROTOCOL) as obs:
             try:
                 req = await self._admit(request, obs, _decode_generate)
-                blocks = await self._all_steps(req, obs)
+                tensors, params = await whole(gate, req, obs)
             except Exception as exc:
                 return error_response(gate.fail(method, obs, exc))
-            tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
-            params = wire.response_parameters(
-                req.spec, first_step=None, finish_reason=req.stream.finish_reason, final=None
-            )
             return _json(
                 body.generate_response(req.model.name, req.version, req.request_id, tensors, params)
             )
@@ -358,48 +346,17 @@ class HttpFrontDoor:
                 req = await self._admit(request, obs, _decode_generate)
             except Exception as exc:
                 return error_response(gate.fail(method, obs, exc))
-            stream = req.stream
             resp = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
-
-            async def event(tensors: body.Tensors, params: dict[str, wire.Param]) -> None:
-                doc = body.generate_response(
-                    req.model.name, req.version, req.request_id, tensors, params
-                )
-                await resp.write(body.sse_event(doc))
-
             try:
                 await resp.prepare(request)
-                budget = gate.limits.max_stream_message_bytes
-                step_bytes = wire.step_nbytes(req.spec, req.model.signature, req.top_k)
-                final_sent = False
-                while True:
-                    blocks = await stream.next_blocks()
-                    reason = stream.finish_reason if stream.done else None
-                    count = sum(len(b) for b in blocks)
-                    if count:
-                        tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
-                        starts = wire.split_steps(req.spec, count, step_bytes, budget)
-                        for i, a in enumerate(starts):
-                            b = starts[i + 1] if i + 1 < len(starts) else count
-                            last = reason is not None and b == count and not req.spec.empty_final
-                            params = wire.response_parameters(
-                                req.spec,
-                                first_step=blocks[0].first_step + a,
-                                finish_reason=reason if last else None,
-                                final=last,
-                            )
-                            await event(wire.slice_steps(tensors, a, b, req.spec.batch_dim), params)
-                            final_sent = last
-                        obs.num_steps += count
-                    if reason is not None or not blocks:
-                        break
-                if not final_sent:
-                    params = wire.response_parameters(
-                        req.spec, first_step=None, finish_reason=stream.finish_reason, final=True
-                    )
-                    await event(wire.output_tensors(req.spec, [], req.model.signature), params)
+                async with contextlib.aclosing(responses(gate, req, obs)) as steps:
+                    async for tensors, params in steps:
+                        doc = body.generate_response(
+                            req.model.name, req.version, req.request_id, tensors, params
+                        )
+                        await resp.write(body.sse_event(doc))
             except ConnectionResetError:
                 # The client went away mid-write: nobody to tell, counted as cancelled.
                 gate.fail(method, obs, RequestCancelledError("the client disconnected"))
@@ -407,11 +364,9 @@ class HttpFrontDoor:
             except Exception as exc:
                 error = gate.fail(method, obs, exc)
                 if not resp.prepared:
+                    req.stream.cancel()
                     return error_response(error)
                 await resp.write(body.sse_event({"error": error.message}))
-            finally:
-                stream.cancel()  # no-op once done; otherwise it leaves its batch
-                gate.observe_end(obs, stream)
             await resp.write_eof()
             return resp
 

@@ -24,9 +24,10 @@ Messages are built and read only in ``batchmaker.wire.kserve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -174,19 +175,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         obs: RequestObservation,
     ) -> kpb.ModelInferResponse:
         req = self._admit(request, context, obs)
-        stream = req.stream
-        try:
-            blocks: list[StepBlock] = []
-            while more := await stream.next_blocks():
-                blocks += more
-        finally:
-            stream.cancel()
-            self.gate.observe_end(obs, stream)
-        obs.num_steps = sum(len(b) for b in blocks)
-        tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
-        params = wire.response_parameters(
-            req.spec, first_step=None, finish_reason=stream.finish_reason, final=None
-        )
+        tensors, params = await whole(self.gate, req, obs)
         return wire.response_to_pb(req.model.name, req.version, req.request_id, tensors, params)
 
     async def ModelStreamInfer(  # noqa: N802
@@ -227,50 +216,15 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:
                 await write(_error(msg, "", gate.fail(name, obs, exc)))
                 return
-            stream = req.stream
             try:
-                budget = gate.limits.max_stream_message_bytes
-                step_bytes = wire.step_nbytes(req.spec, req.model.signature, req.top_k)
-                final_sent = False
-                while True:
-                    blocks = await stream.next_blocks()
-                    reason = stream.finish_reason if stream.done else None
-                    count = sum(len(b) for b in blocks)
-                    if count:
-                        tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
-                        starts = wire.split_steps(req.spec, count, step_bytes, budget)
-                        for i, a in enumerate(starts):
-                            b = starts[i + 1] if i + 1 < len(starts) else count
-                            last = reason is not None and b == count and not req.spec.empty_final
-                            params = wire.response_parameters(
-                                req.spec,
-                                first_step=blocks[0].first_step + a,
-                                finish_reason=reason if last else None,
-                                final=last,
-                            )
-                            part = wire.slice_steps(tensors, a, b, req.spec.batch_dim)
-                            resp = wire.response_to_pb(
-                                req.model.name, req.version, req.request_id, part, params
-                            )
-                            await write(kpb.ModelStreamInferResponse(infer_response=resp))
-                            final_sent = last
-                        obs.num_steps += count
-                    if reason is not None or not blocks:
-                        break
-                if not final_sent:
-                    params = wire.response_parameters(
-                        req.spec, first_step=None, finish_reason=stream.finish_reason, final=True
-                    )
-                    resp = wire.response_to_pb(
-                        req.model.name, req.version, req.request_id, [], params
-                    )
-                    await write(kpb.ModelStreamInferResponse(infer_response=resp))
+                async with contextlib.aclosing(responses(gate, req, obs)) as steps:
+                    async for tensors, params in steps:
+                        resp = wire.response_to_pb(
+                            req.model.name, req.version, req.request_id, tensors, params
+                        )
+                        await write(kpb.ModelStreamInferResponse(infer_response=resp))
             except Exception as exc:
-                error = gate.fail(name, obs, exc)
-                await write(_error(msg, req.version, error))
-            finally:
-                stream.cancel()  # no-op once done; otherwise it leaves its batch
-                gate.observe_end(obs, stream)
+                await write(_error(msg, req.version, gate.fail(name, obs, exc)))
 
 
 def _error(
@@ -322,6 +276,75 @@ def admit(
     request, spec = wire.request_from_call(call, model.signature, deadline=deadline)
     stream = gate.submit(engine, obs, request)
     return Admitted(stream, spec, model, request.top_k, call.id)
+
+
+async def whole(
+    gate: CallGate, req: Admitted, obs: RequestObservation
+) -> tuple[wire.Tensors, dict[str, wire.Param]]:
+    """Every step of an admitted request as one response's tensors and parameters, for an
+    answer in one piece (``ModelInfer``, REST ``infer`` and ``generate``). The request
+    leaves its batch if the call ends first."""
+    stream = req.stream
+    try:
+        blocks: list[StepBlock] = []
+        while more := await stream.next_blocks():
+            blocks += more
+    finally:
+        stream.cancel()
+        gate.observe_end(obs, stream)
+    obs.num_steps = sum(len(b) for b in blocks)
+    tensors = wire.output_tensors(req.spec, blocks, req.model.signature)
+    params = wire.response_parameters(
+        req.spec, first_step=None, finish_reason=stream.finish_reason, final=None
+    )
+    return tensors, params
+
+
+async def responses(
+    gate: CallGate, req: Admitted, obs: RequestObservation
+) -> AsyncGenerator[tuple[wire.Tensors, dict[str, wire.Param]], None]:
+    """A streamed request's responses, as ``(tensors, parameters)`` for a door to encode
+    and write: one per batch of steps ready when the reader asks (cut by
+    ``steps_per_response`` and the stream message budget), each with its ``first_step``,
+    the last with ``finish_reason`` and ``triton_final_response`` true, or an empty final
+    one when the request asked for it or ended with no step left to carry the flag.
+    Raises the request's error. Whatever ends the iteration, the request leaves its batch:
+    iterate it inside ``contextlib.aclosing``, so that a cancelled reader closes it at once.
+    """
+    stream, spec, signature = req.stream, req.spec, req.model.signature
+    try:
+        budget = gate.limits.max_stream_message_bytes
+        step_bytes = wire.step_nbytes(spec, signature, req.top_k)
+        final_sent = False
+        while True:
+            blocks = await stream.next_blocks()
+            reason = stream.finish_reason if stream.done else None
+            count = sum(len(b) for b in blocks)
+            if count:
+                tensors = wire.output_tensors(spec, blocks, signature)
+                starts = wire.split_steps(spec, count, step_bytes, budget)
+                for i, a in enumerate(starts):
+                    b = starts[i + 1] if i + 1 < len(starts) else count
+                    last = reason is not None and b == count and not spec.empty_final
+                    params = wire.response_parameters(
+                        spec,
+                        first_step=blocks[0].first_step + a,
+                        finish_reason=reason if last else None,
+                        final=last,
+                    )
+                    yield wire.slice_steps(tensors, a, b, spec.batch_dim), params
+                    final_sent = last
+                obs.num_steps += count
+            if reason is not None or not blocks:
+                break
+        if not final_sent:
+            params = wire.response_parameters(
+                spec, first_step=None, finish_reason=stream.finish_reason, final=True
+            )
+            yield [], params
+    finally:
+        stream.cancel()  # no-op once done; otherwise it leaves its batch
+        gate.observe_end(obs, stream)
 
 
 def model_ready(gate: CallGate, name: str, version: str) -> bool:

@@ -48,6 +48,8 @@ from batchmaker.wire.v1 import MAX_REQUEST_ID_LEN, parse_version
 
 Param = bool | int | float | str
 """A request, tensor or response parameter's value."""
+Tensors = Sequence[tuple[str, str, np.ndarray]]
+"""A response's output tensors: ``(name, datatype, array)``, in the order asked for."""
 
 INPUT_IDS = "INPUT_IDS"
 INPUT = "INPUT"

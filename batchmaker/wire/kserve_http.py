@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from batchmaker.wire.kserve import (
     INPUT,
     INPUT_IDS,
     Param,
+    Tensors,
     V2Call,
     V2Tensor,
 )
@@ -332,9 +333,6 @@ def _nested_shape(name: str, value: Any) -> tuple[int, ...]:
 
 
 # ---- encoding ----------------------------------------------------------------------
-
-
-Tensors = Sequence[tuple[str, str, np.ndarray]]
 
 
 def infer_response(

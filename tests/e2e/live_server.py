@@ -26,6 +26,8 @@ from harness import GUARD_S, GatedExecutor, engine_config, small_model
 from batchmaker import EngineConfig, Model, SequenceModel
 from batchmaker.client import Client
 from batchmaker.config import ServerConfig
+from batchmaker.models.seq2seq import seq2seq_model
+from batchmaker.models.tree import tree_model
 from batchmaker.repository.manager import ModelManager
 from batchmaker.runtime.executor import Executor
 from batchmaker.runtime.torch_executor import TorchExecutor
@@ -42,6 +44,27 @@ def e2e_models() -> list[SequenceModel]:
         small_model("gru", name="gru", seed=3),
         small_model("gru", vectors=True, name="vec", seed=4),
     ]
+
+
+def every_family() -> list[Model]:
+    """``e2e_models()`` plus a GRU seq2seq and a binary TreeLSTM: every family and input
+    path, for the tests of the protocols that must carry them all."""
+    s2s = seq2seq_model(
+        "s2s",
+        "gru",
+        source_vocab=30,
+        target_vocab=12,
+        hidden_size=24,
+        bos=1,
+        eos=0,
+        seed=0,
+        max_input_len=32,
+        max_decode_len=16,
+    )
+    tree = tree_model(
+        "tree", vocab_size=16, hidden_size=16, num_classes=10, seed=3, max_nodes=48, max_depth=12
+    )
+    return [*e2e_models(), s2s, tree]
 
 
 def e2e_config(**overrides: object) -> EngineConfig:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from live_server import LiveServer, e2e_config, e2e_models
+from live_server import LiveServer, e2e_config, e2e_models, every_family
 from reference import (
     TOL,
     assert_matches_alone,
@@ -37,45 +37,15 @@ from batchmaker.client import Client
 from batchmaker.config import AuthConfig, ServerConfig
 from batchmaker.errors import InvalidRequestError
 from batchmaker.models.base import Model
-from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
-from batchmaker.models.tree import TreeModel, tree_model
 from batchmaker.types import StepOutput, TreeInput
 
 CLIENT = Path(__file__).with_name("kserve_http_client.py")
 CALL_TIMEOUT_S = 20.0
 
 
-def s2s() -> Seq2SeqModel:
-    return seq2seq_model(
-        "s2s",
-        "gru",
-        source_vocab=30,
-        target_vocab=12,
-        hidden_size=24,
-        bos=1,
-        eos=0,
-        seed=0,
-        max_input_len=32,
-        max_decode_len=16,
-    )
-
-
-def trees() -> TreeModel:
-    return tree_model(
-        "tree", vocab_size=16, hidden_size=16, num_classes=10, seed=3, max_nodes=48, max_depth=12
-    )
-
-
-def models() -> list[Model]:
-    return [*e2e_models(), s2s(), trees()]
-
-
-MODELS = {(m.name, m.version): m for m in models()}
-LSTM = MODELS[("lstm", 2)]
-GRU = MODELS[("gru", 1)]
-VEC = MODELS[("vec", 1)]
-S2S = MODELS[("s2s", 1)]
-TREE = MODELS[("tree", 1)]
+MODELS = {(m.name, m.version): m for m in every_family()}
+LSTM, GRU, VEC = MODELS[("lstm", 2)], MODELS[("gru", 1)], MODELS[("vec", 1)]
+S2S, TREE = MODELS[("s2s", 1)], MODELS[("tree", 1)]
 
 
 def http_config(**kwargs: Any) -> ServerConfig:
@@ -85,7 +55,7 @@ def http_config(**kwargs: Any) -> ServerConfig:
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
     config = http_config(metrics_port=0)
-    with LiveServer(models, e2e_config(num_slots=128), server_config=config) as server:
+    with LiveServer(every_family, e2e_config(num_slots=128), server_config=config) as server:
         yield server
 
 

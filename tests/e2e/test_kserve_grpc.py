@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from live_server import LiveServer, e2e_config, every_family
 from reference import (
-    TOL,
     assert_matches_alone,
     assert_seq2seq_matches_alone,
     assert_tree_matches_alone,
 )
+from v2_outputs import assert_same_as_v1, steps_from, tokens_job
 
 from batchmaker.client import Client
 from batchmaker.config import AuthConfig, ServerConfig
@@ -82,15 +82,6 @@ def stock_client(job: dict[str, Any]) -> dict[str, Any]:
 # ---- requests as the stock client sends them ---------------------------------------------
 
 
-def tokens_job(rid: str, model: str, ids: Sequence[int], **extra: Any) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "model": model,
-        "inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "data": [list(ids)]}],
-        **extra,
-    }
-
-
 def vectors_job(rid: str, x: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {
         "id": rid,
@@ -118,55 +109,15 @@ def tree_job(rid: str, tree: TreeInput, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _array(outs: dict[str, Any], name: str, dtype: type) -> np.ndarray | None:
-    o = outs.get(name)
-    if o is None:
-        return None
-    a = np.array(o["data"], dtype=dtype).reshape(o["shape"])
-    return a[0] if a.ndim == 3 else a  # a leading batch dimension of 1
-
-
 def steps_of(responses: Sequence[dict[str, Any]]) -> list[StepOutput]:
-    """A request's responses, in order, as the ``StepOutput``s they carry (the batch
-    dimension dropped); checks that they start where the previous one ended."""
+    """A request's responses, in order, as the ``StepOutput``s they carry; checks that
+    each starts where the previous one ended."""
     steps: list[StepOutput] = []
     for r in responses:
-        outs = r["outputs"]
-        if not outs:
-            continue
-        assert r["parameters"]["first_step"] == len(steps)
-        ids, scores, vectors = (
-            _array(outs, "TOP_IDS", np.int64),
-            _array(outs, "TOP_SCORES", np.float32),
-            _array(outs, "OUTPUT", np.float32),
-        )
-        n = next(a for a in (ids, vectors) if a is not None).shape[0]
-        for j in range(n):
-            steps.append(
-                StepOutput(
-                    step=len(steps),
-                    vector=None if vectors is None else vectors[j],
-                    top_ids=None if ids is None else ids[j],
-                    top_scores=None if scores is None else scores[j],
-                )
-            )
+        if r["outputs"]:
+            assert r["parameters"]["first_step"] == len(steps)
+            steps += steps_from(r["outputs"], len(steps))
     return steps
-
-
-def assert_same_as_v1(got: Sequence[StepOutput], v1: Sequence[StepOutput]) -> None:
-    """The two protocols carry the same outputs: equal within the references' tolerance
-    (the two requests ran in different batches, whose sums may round apart), the same
-    top ids unless their scores tie that closely."""
-    assert len(got) == len(v1)
-    for a, b in zip(got, v1, strict=True):
-        for field in ("top_ids", "top_scores", "vector"):
-            x, y = getattr(a, field), getattr(b, field)
-            assert (x is None) == (y is None), field
-        if a.vector is not None:
-            assert np.abs(a.vector - b.vector).max() < TOL
-        if a.top_ids is not None:
-            assert np.abs(a.top_scores - b.top_scores).max() < TOL
-            assert np.array_equal(a.top_ids, b.top_ids) or np.ptp(b.top_scores) < 2 * TOL
 
 
 # ---- the stock client ---------------------------------------------------------------------

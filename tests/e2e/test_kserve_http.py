@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from live_server import LiveServer, e2e_config, e2e_models, every_family
 from reference import (
-    TOL,
     assert_matches_alone,
     assert_seq2seq_matches_alone,
     assert_tree_matches_alone,
 )
+from v2_outputs import assert_same_as_v1, nested, steps_from, tokens_job
 
 from batchmaker.client import Client
 from batchmaker.config import AuthConfig, ServerConfig
@@ -138,57 +138,6 @@ class Events:
 # ---- outputs as steps ------------------------------------------------------------------------
 
 
-def _array(outs: dict[str, Any], name: str, dtype: type) -> np.ndarray | None:
-    o = outs.get(name)
-    if o is None:
-        return None
-    a = np.array(o["data"], dtype=dtype).reshape(o["shape"])
-    return a[0] if a.ndim == 3 else a  # a leading batch dimension of 1
-
-
-def steps_from(outs: dict[str, Any], start: int) -> list[StepOutput]:
-    """Outputs ``{name: {"shape", "data"}}`` as the ``StepOutput``s they carry."""
-    ids, scores, vectors = (
-        _array(outs, "TOP_IDS", np.int64),
-        _array(outs, "TOP_SCORES", np.float32),
-        _array(outs, "OUTPUT", np.float32),
-    )
-    n = next(a for a in (ids, vectors) if a is not None).shape[0]
-    return [
-        StepOutput(
-            step=start + j,
-            vector=None if vectors is None else vectors[j],
-            top_ids=None if ids is None else ids[j],
-            top_scores=None if scores is None else scores[j],
-        )
-        for j in range(n)
-    ]
-
-
-def nested(doc: dict[str, Any]) -> dict[str, Any]:
-    """A generate response's outputs (nested lists) as ``steps_from`` reads them."""
-    out = {}
-    for name in ("TOP_IDS", "TOP_SCORES", "OUTPUT"):
-        if name in doc:
-            a = np.array(doc[name])
-            out[name] = {"shape": list(a.shape), "data": a.ravel().tolist()}
-    return out
-
-
-def assert_same_as_v1(got: Sequence[StepOutput], v1: Sequence[StepOutput]) -> None:
-    """Equal within the references' tolerance (the two requests ran in different batches),
-    the same top ids unless their scores tie that closely."""
-    assert len(got) == len(v1)
-    for a, b in zip(got, v1, strict=True):
-        for field in ("top_ids", "top_scores", "vector"):
-            assert (getattr(a, field) is None) == (getattr(b, field) is None), field
-        if a.vector is not None:
-            assert np.abs(a.vector - b.vector).max() < TOL
-        if a.top_ids is not None:
-            assert np.abs(a.top_scores - b.top_scores).max() < TOL
-            assert np.array_equal(a.top_ids, b.top_ids) or np.ptp(b.top_scores) < 2 * TOL
-
-
 # ---- the stock client ------------------------------------------------------------------------
 
 RNG = np.random.default_rng(11)
@@ -197,15 +146,6 @@ X = RNG.standard_normal((7, VEC.signature.inputs[0].shape[-1])).astype(np.float3
 SRC = RNG.integers(0, 30, 9).tolist()
 TREE_IN = TreeInput([3, 5, 7, 1, 2], [[1, 2], [3, 4], [], [], []])
 EVERYTHING = {"outputs": ["TOP_IDS", "TOP_SCORES", "OUTPUT"], "parameters": {"top_k": 3}}
-
-
-def tokens_job(rid: str, model: str, ids: Sequence[int], **extra: Any) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "model": model,
-        "inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "data": [list(ids)]}],
-        **extra,
-    }
 
 
 def jobs() -> list[dict[str, Any]]:

@@ -42,8 +42,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from batchmaker.bench.e2e_outputs import print_table, write_outputs
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Replay, Send, replay, warm_up
@@ -143,20 +141,12 @@ class E2EBench:
 
     async def run(self) -> E2EReport:
         t_start = time.monotonic()
-        lengths = self.trace.lengths
         report = E2EReport(
             config={
                 "model": self.model.name,
                 "engine": {k: v for k, v in asdict(self.config).items() if k != "mode"},
                 "modes": self.modes,
-                "trace": {
-                    "arrival": self.trace.arrival,
-                    "seed": self.trace.seed,
-                    "requests": len(self.trace),
-                    "length_median": float(np.median(lengths)),
-                    "length_p99": float(np.percentile(lengths, 99)),
-                    "length_mean": float(lengths.mean()),
-                },
+                "trace": self.trace.summary(),
                 "sweep": {
                     "min_requests": self.args.min_requests,
                     "point_seconds": self.args.point_seconds,

@@ -315,13 +315,7 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
         config={
             "model": args.model,
             "engine": {k: v for k, v in asdict(config).items() if k != "max_batch_per_cell"},
-            "trace": {
-                "arrival": trace.arrival,
-                "seed": trace.seed,
-                "requests": len(trace),
-                "length_median": float(np.median(trace.lengths)),
-                "length_p99": float(np.percentile(trace.lengths, 99)),
-            },
+            "trace": trace.summary(),
             "rounds": args.rounds,
             "warmup_rounds": args.warmup_rounds,
             "loads": list(loads),

@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -70,6 +70,18 @@ class Trace:
     def lengths(self) -> np.ndarray:
         """Tokens per request: sequence lengths, or nodes per tree."""
         return np.array([len(t) for t in self.tokens])
+
+    def summary(self) -> dict[str, Any]:
+        """What a benchmark's report records of the trace it replayed."""
+        lengths = self.lengths
+        return {
+            "arrival": self.arrival,
+            "seed": self.seed,
+            "requests": len(self),
+            "length_median": float(np.median(lengths)),
+            "length_p99": float(np.percentile(lengths, 99)),
+            "length_mean": float(lengths.mean()),
+        }
 
     def arrivals(self, rate: float, limit: int | None = None) -> np.ndarray:
         """Arrival times in seconds at ``rate`` requests/s (the first ``limit`` requests)."""

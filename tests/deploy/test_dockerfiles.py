@@ -148,7 +148,8 @@ def test_env_sets_every_listening_setting_and_no_secret(
     secrets = {k for k in ours if SECRET_LIKE.search(k)}
     assert not secrets, f"secrets (or paths to them) belong to the deployment: {secrets}"
     exposed = set(dockerfile.final.last("EXPOSE").split())
-    assert exposed == {env["BATCHMAKER_PORT"], env["BATCHMAKER_METRICS_PORT"]}, exposed
+    ports = {env["BATCHMAKER_PORT"], env["BATCHMAKER_METRICS_PORT"], env["BATCHMAKER_HTTP_PORT"]}
+    assert exposed == ports, exposed
 
 
 def test_cpu_and_cuda_images_differ_only_in_torch_and_device() -> None:
@@ -337,13 +338,15 @@ class _Lines:
 def test_entrypoint_serves_with_only_the_image_env(tmp_path: Path) -> None:
     """The CPU image's ENTRYPOINT, run as the container would run it: with exactly the ENV
     its Dockerfile sets (PATH's /opt/venv/bin is this venv's bin) and nothing else, from an
-    empty working directory. Only BATCHMAKER_PORT and BATCHMAKER_METRICS_PORT are overridden,
-    to 0, so the server picks free ports and parallel CI jobs cannot collide. Then the
-    image's HEALTHCHECK (its own command and timeout, the real port substituted) must pass,
-    /metrics must answer, and SIGTERM must end the server with status 0, after which the
-    HEALTHCHECK must fail."""
+    empty working directory. Only the three ports (gRPC, metrics, KServe v2 REST) are
+    overridden, to 0, so the server picks free ones and parallel CI jobs cannot collide. Then
+    the image's HEALTHCHECK (its own command and timeout, the real port substituted) must
+    pass, /metrics and the REST door's readiness must answer, and SIGTERM must end the
+    server with status 0, after which the HEALTHCHECK must fail."""
     image = parse_dockerfile(DOCKERFILES["cpu"])
-    env = _image_env(image.final, BATCHMAKER_PORT="0", BATCHMAKER_METRICS_PORT="0")
+    env = _image_env(
+        image.final, BATCHMAKER_PORT="0", BATCHMAKER_METRICS_PORT="0", BATCHMAKER_HTTP_PORT="0"
+    )
     proc = subprocess.Popen(
         image.entrypoint(),  # "batchmaker" is found on the image's PATH, as in the container
         env=env,
@@ -362,6 +365,9 @@ def test_entrypoint_serves_with_only_the_image_env(tmp_path: Path) -> None:
         metrics_line = out.next(timeout=10) or ""
         assert "metrics on" in metrics_line, metrics_line
         metrics_url = metrics_line.split()[-1].replace("0.0.0.0", "127.0.0.1")
+        rest_line = out.next(timeout=10) or ""
+        assert "KServe v2 REST on" in rest_line, rest_line
+        rest_url = rest_line.split()[-1].replace("0.0.0.0", "127.0.0.1")
         models_line = out.next(timeout=10) or ""
         for demo in ("arith-mod10", "counting-lm", "words-to-digits"):
             assert demo in models_line, f"the image must serve the demo models: {models_line}"
@@ -378,6 +384,8 @@ def test_entrypoint_serves_with_only_the_image_env(tmp_path: Path) -> None:
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
             body = response.read().decode()
         assert 'batchmaker_server_info{mode="cellular"} 1.0' in body
+        with urllib.request.urlopen(rest_url + "/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=float(env["BATCHMAKER_GRACE_S"]) + 10) == 0, err.seen[-20:]

@@ -37,9 +37,16 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml")) + sorted((DEPLOY / "k8s/extras").glob("*.yaml"))
 KNATIVE_FILE = DEPLOY / "knative/service.yaml"
 KSERVE_FILE = DEPLOY / "kserve/inferenceservice.yaml"
+KNATIVE_REST_FILE = DEPLOY / "knative/service-rest.yaml"
+KSERVE_REST_FILE = DEPLOY / "kserve/inferenceservice-rest.yaml"
+"""The same services on the KServe v2 REST port: Knative routes one port per container."""
 IMAGE_UID = 10001
 """USER in deploy/docker/Dockerfile.* (test_dockerfiles.py checks that side)."""
-IMAGE_ENV = {"BATCHMAKER_PORT": "50051", "BATCHMAKER_METRICS_PORT": "8002"}
+IMAGE_ENV = {
+    "BATCHMAKER_PORT": "50051",
+    "BATCHMAKER_METRICS_PORT": "8002",
+    "BATCHMAKER_HTTP_PORT": "8000",
+}
 """The images' defaults for what the manifests repeat."""
 KNATIVE_ONLY_SPEC_FIELDS = {
     "containerConcurrency",
@@ -155,17 +162,19 @@ def test_kubernetes_manifest_is_valid(doc: Doc) -> None:
     validate_any(doc)
 
 
-def test_knative_service_is_valid() -> None:
-    validate_knative_service(load_one(KNATIVE_FILE))
+@pytest.mark.parametrize("path", [KNATIVE_FILE, KNATIVE_REST_FILE], ids=lambda p: p.name)
+def test_knative_service_is_valid(path: Path) -> None:
+    validate_knative_service(load_one(path))
 
 
-def test_kserve_inference_service_is_valid() -> None:
-    validate_inference_service(load_one(KSERVE_FILE))
+@pytest.mark.parametrize("path", [KSERVE_FILE, KSERVE_REST_FILE], ids=lambda p: p.name)
+def test_kserve_inference_service_is_valid(path: Path) -> None:
+    validate_inference_service(load_one(path))
 
 
 def test_every_manifest_is_covered() -> None:
     """A new manifest under deploy/ gets validated, or this fails."""
-    covered = set(K8S_FILES) | {KNATIVE_FILE, KSERVE_FILE}
+    covered = set(K8S_FILES) | {KNATIVE_FILE, KSERVE_FILE, KNATIVE_REST_FILE, KSERVE_REST_FILE}
     found = {
         p for p in DEPLOY.rglob("*.yaml") if p.parent.name in {"k8s", "extras", "knative", "kserve"}
     }
@@ -229,8 +238,11 @@ BROKEN = [
     # ... and Kubernetes' schema of the pod inside.
     (KNATIVE_FILE, _set(f"{KN}.readinessProbe.grpc.port", "h2c"), "gRPC probe port by name"),
     (KNATIVE_FILE, _set(f"{KN}.env.0.value", 50051), "env values are strings"),
+    (KNATIVE_REST_FILE, _set(f"{KN}.ports.0.name", "http"), "port name must be http1"),
+    (KNATIVE_REST_FILE, _set(f"{KN}.livenessProbe.httpGet.port", 80.5), "a fractional port"),
     # KServe
     (KSERVE_FILE, _set(f"{KS}.minReplicas", -1), "negative replicas"),
+    (KSERVE_REST_FILE, _set(f"{KS}.containers.0.ports.0.containerPort", 8012), "queue-proxy's"),
     (KSERVE_FILE, _set(f"{KS}.scaleMetric", "latency"), "unknown scale metric"),
     (KSERVE_FILE, _rename(f"{KS}.minReplicas", "minReplica"), "misspelt predictor field"),
     (KSERVE_FILE, _set(f"{KS}.containers.0.ports.0.name", "grpc"), "the Knative Service it makes"),
@@ -417,3 +429,38 @@ def test_kserve_scales_to_zero_over_grpc() -> None:
     assert container_env(container) == container_env(knative["spec"]["containers"][0]), (
         "the two serverless paths run the server the same way"
     )
+
+
+def _rest_container(path: Path, grpc_path: Path, containers: Callable[[Doc], list[Doc]]) -> Doc:
+    """The one container of a REST variant, checked against its gRPC twin: the same server
+    and numbers, plus the HTTP port, which is the one Knative routes and probes."""
+    (container,) = containers(load_one(path))
+    (twin,) = containers(load_one(grpc_path))
+    env = container_env(container)
+    http = int(env.pop("BATCHMAKER_HTTP_PORT"))
+    assert env == container_env(twin), "the REST variant runs the server as the gRPC one does"
+    assert http not in KNATIVE_RESERVED_PORTS | {int(env.get("BATCHMAKER_PORT", "50051"))}
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http1", http)]
+    ready, live = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert (ready["path"], ready["port"]) == ("/v2/health/ready", http)
+    assert (live["path"], live["port"]) == ("/v2/health/live", http)
+    return container
+
+
+def test_knative_rest_variant_serves_the_v2_rest_port() -> None:
+    def containers(doc: Doc) -> list[Doc]:
+        return list(doc["spec"]["template"]["spec"]["containers"])
+
+    _rest_container(KNATIVE_REST_FILE, KNATIVE_FILE, containers)
+    rest, grpc = load_one(KNATIVE_REST_FILE), load_one(KNATIVE_FILE)
+    assert rest["spec"]["template"]["metadata"] == grpc["spec"]["template"]["metadata"]
+
+
+def test_kserve_rest_variant_serves_the_v2_rest_port() -> None:
+    def containers(doc: Doc) -> list[Doc]:
+        return list(doc["spec"]["predictor"]["containers"])
+
+    _rest_container(KSERVE_REST_FILE, KSERVE_FILE, containers)
+    rest, grpc = load_one(KSERVE_REST_FILE), load_one(KSERVE_FILE)
+    scaling = {k: v for k, v in grpc["spec"]["predictor"].items() if k != "containers"}
+    assert {k: v for k, v in rest["spec"]["predictor"].items() if k != "containers"} == scaling

@@ -71,6 +71,11 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+JSON_EXPANSION = 8
+"""Bytes of JSON body allowed per byte of gRPC message: a float32 (4 bytes) prints as up to
+about 20 characters with its separator (5x), an int64 (8 bytes) as up to 21; the rest is
+room for nesting and the request's own fields."""
+
 
 def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     """HTTPS from the same files as gRPC's TLS (client CA: certificates required)."""
@@ -84,9 +89,18 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+class BodyTooLargeError(BatchMakerError):
+    """A request body over the limit: RESOURCE_EXHAUSTED, as gRPC answers an oversize
+    message (and so counted in the metrics), but HTTP's own 413 on the wire."""
+
+    code = Code.RESOURCE_EXHAUSTED
+    http_status = 413
+
+
 def error_response(error: BatchMakerError) -> web.Response:
+    status = getattr(error, "http_status", None) or body.http_status(error.code)
     return web.Response(
-        status=body.http_status(error.code),
+        status=status,
         body=body.error_body(error.message),
         content_type=body.JSON_TYPE,
     )
@@ -112,10 +126,14 @@ class HttpFrontDoor:
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.max_body_bytes = JSON_EXPANSION * gate.limits.max_receive_message_bytes
+        """The largest request body: the gRPC message limit (``--max-message-bytes``) times
+        what JSON text costs over the same tensors in binary, so a tensor that fits one
+        door fits the other, and a body is still bounded."""
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.gate.limits.max_receive_message_bytes,
+            client_max_size=self.max_body_bytes,
             middlewares=[self._errors, self._auth],
         )
         model = "/v2/models/{name}"
@@ -283,10 +301,9 @@ class HttpFrontDoor:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            limit = gate.limits.max_receive_message_bytes
-            raise BatchMakerError(
-                f"request body: larger than this server's limit of {limit} bytes",
-                code=Code.RESOURCE_EXHAUSTED,
+            limit = self.max_body_bytes
+            raise BodyTooLargeError(
+                f"request body: larger than this server's limit of {limit} bytes"
             ) from None
         name, version = self._model(request)
         call = decode(raw, name, version)

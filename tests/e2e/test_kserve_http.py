@@ -582,3 +582,17 @@ def test_config_and_flag() -> None:
     args = build_parser().parse_args(["serve", "--http-port", "8123", "--model-repository=none"])
     assert serve_configs(args)[0].http_port == 8123
     assert ServerConfig().http_port is None
+
+
+def test_a_body_over_the_limit_is_413_and_the_limit_fits_json_tensors() -> None:
+    """The body limit is 8x the gRPC message limit: JSON of a tensor that fits a message
+    fits a body; past it, 413 with the limit named, counted as RESOURCE_EXHAUSTED."""
+    with LiveServer(server_config=http_config(max_receive_message_bytes=1024)) as live:
+        # 60 ids: 480 bytes as raw int64, under the 1024-byte gRPC limit; padded out to a
+        # 6000-byte JSON body (whitespace is JSON too), over it but under the body limit.
+        body = json.dumps(infer_body([1] * 60)).encode()
+        ok = post(live, "/v2/models/lstm/infer", body + b" " * (6000 - len(body)))
+        assert ok.status == 200, ok.body
+        big = post(live, "/v2/models/lstm/infer", b" " * 9000)
+        assert big.status == 413
+        assert "limit of 8192 bytes" in big.json()["error"]

@@ -8,7 +8,10 @@ certificate, all signed by it.
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,10 +53,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _tls_server(pki: Path, *, mutual: bool) -> LiveServer:
+def _tls_server(pki: Path, *, mutual: bool, http: bool = False) -> LiveServer:
     return LiveServer(
         server_config=ServerConfig(
             port=0,
+            http_port=0 if http else None,
             warmup=False,
             tls_cert_file=str(pki / "server.pem"),
             tls_key_file=str(pki / "server.key"),
@@ -103,3 +107,28 @@ def test_infer_cli_over_tls(pki: Path, capsys: pytest.CaptureFixture[str]) -> No
         args = ["infer", "--address", live.address, "--ca-cert", str(pki / "ca.pem")]
         assert main([*args, "-m", "gru", "-t", "1", "2"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == "finished: completed"
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> int:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return int(response.status)
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_the_rest_door_serves_https_from_the_same_files(pki: Path, mutual: bool) -> None:
+    """The KServe v2 REST door takes TLS from the gRPC door's files: HTTPS for a client that
+    trusts the CA (and, with a client CA, presents a certificate), nothing over plain HTTP."""
+    with _tls_server(pki, mutual=mutual, http=True) as live:
+        url = live.server.http_url
+        assert url is not None
+        assert url.startswith("https://")
+        trusting = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        if mutual:
+            # TLS 1.3 refuses a missing client certificate after the handshake: the client
+            # sees the connection closed rather than a handshake error.
+            with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+                _get(url + "/v2/health/ready", trusting)
+            trusting.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        assert _get(url + "/v2/health/ready", trusting) == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _get(url.replace("https://", "http://") + "/v2/health/ready")

@@ -176,7 +176,8 @@ def test_stock_client_outputs_equal_v1_and_plain_torch_on_every_family(
         tree_job("tree-0", tree, **everything),
     ]
     bad = tokens_job("bad", "lstm", [1, 10_000])
-    stream_jobs = [*jobs[:3], bad, *jobs[3:]]
+    per_step = tokens_job("per-step", "lstm", seqs["lstm-1"], parameters={"steps_per_response": 1})
+    stream_jobs = [*jobs[:3], bad, *jobs[3:], per_step]
     got = stock_client({"address": live.address, "infer": [*jobs, bad], "stream": stream_jobs})
 
     # The bad request fails alone, with v1's message and status, in-band on the stream.
@@ -203,6 +204,13 @@ def test_stock_client_outputs_equal_v1_and_plain_torch_on_every_family(
             job["model"], inputs, top_k=k, return_vectors=vectors, timeout=CALL_TIMEOUT_S
         )
         return list(result.steps)
+
+    # One response per step when asked, as a per-token LLM stream does.
+    one_each = got["stream"]["per-step"]
+    assert len(one_each) == len(seqs["lstm-1"])
+    assert [r["parameters"]["first_step"] for r in one_each] == list(range(len(one_each)))
+    top1 = client.infer("lstm", seqs["lstm-1"], top_k=1, timeout=CALL_TIMEOUT_S).steps
+    assert_same_as_v1(steps_of(one_each), list(top1))
 
     for job in jobs:
         rid = job["id"]

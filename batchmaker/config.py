@@ -42,6 +42,13 @@ class EngineConfig:
     fails at once with RESOURCE_EXHAUSTED."""
     num_slots: int = 1024
     """State slots per pool per device (preallocated). Also bounds admission."""
+    max_buffered_bytes_per_stream: int = 64 * 1024 * 1024
+    """Most bytes of outputs one request may hold unread (a reader that falls behind); past
+    it the request ends with RESOURCE_EXHAUSTED and frees its slot. 64 MiB holds every step
+    of a 1,000-step request with the full outputs of a 16k-vocabulary model."""
+    max_buffered_bytes: int = 1024 * 1024 * 1024
+    """Most bytes of unread outputs all requests together may hold; past it, the request
+    whose output would exceed it ends as above."""
     padded_max_batch: int = 64
     """``padded`` and ``level``: requests per batch."""
     padded_timeout_s: float = 0.005
@@ -95,6 +102,8 @@ class EngineConfig:
             _positive(f"max_batch_per_cell[{name!r}]", value)
         _positive("max_num_live_requests", self.max_num_live_requests)
         _positive("num_slots", self.num_slots)
+        _positive("max_buffered_bytes_per_stream", self.max_buffered_bytes_per_stream)
+        _positive("max_buffered_bytes", self.max_buffered_bytes)
         _positive("padded_max_batch", self.padded_max_batch)
         _positive("max_wait_steps", self.max_wait_steps)
         _positive("max_steps_per_plan", self.max_steps_per_plan)
@@ -171,6 +180,11 @@ class ServerConfig:
     auth: AuthConfig | None = None
     """Bearer tokens callers must present (``batchmaker/server/auth.py``); ``None`` or empty:
     no authentication. Built from token files and environment variables, never flags."""
+    allow_unauthenticated_admin: bool = False
+    """Let admin calls (load, unload) through without an admin token while none is
+    configured. Off by default: a server reachable from a network must not let anyone
+    change what it serves because nobody configured a token. Admin tokens, once
+    configured, always apply."""
     max_concurrent_streams: int | None = None
     """Most inference calls in progress at once, server-wide; more get RESOURCE_EXHAUSTED
     at once. ``None``: bounded only by the engine's admission limit."""

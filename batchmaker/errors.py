@@ -84,6 +84,14 @@ class ModelLoadError(BatchMakerError):
     code = Code.FAILED_PRECONDITION
 
 
+class OutputBufferFullError(BatchMakerError):
+    """The request's reader fell so far behind that its unread outputs passed the stream's
+    or the server's bound: the request was ended (its slot freed) rather than let one slow
+    client hold the server's memory."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
 class ExecutionFailedError(BatchMakerError):
     """The cell execution of this request's batch raised; other batches were unaffected."""
 

@@ -140,6 +140,34 @@ class StepBlock:
         a = self._scores
         return None if a is None else a[self._start : self._start + self.count, : self._k]
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of this block's own rows (not of the plan's arrays it may view)."""
+        n = 0
+        for a, width in ((self._outputs, None), (self._ids, self._k), (self._scores, self._k)):
+            if a is not None:
+                cols = a.shape[1] if width is None or a.ndim < 2 else min(width, a.shape[1])
+                n += self.count * cols * a.itemsize
+        return n
+
+    def owned(self) -> StepBlock:
+        """This block with its output vectors copied out of the plan's arrays.
+
+        A plan's outputs are ``[rows, width]`` (for a language model, its logits over the
+        vocabulary for every row of the batch): a view of one request's rows keeps the
+        whole array alive for as long as the block waits unread. The top-k arrays are a
+        few bytes per row and stay views."""
+        if self._outputs is None:
+            return self
+        rows = self._outputs[self._start : self._start + self.count].copy()
+        ids = None if self._ids is None else self._ids[self._start : self._start + self.count]
+        scores = (
+            None if self._scores is None else self._scores[self._start : self._start + self.count]
+        )
+        return StepBlock(
+            self.first_step, self.count, outputs=rows, top_ids=ids, top_scores=scores, k=self._k
+        )
+
     def step(self, j: int) -> StepOutput:
         """Step ``first_step + j`` as a ``StepOutput`` (views, no copies)."""
         i, k = self._start + j, self._k

@@ -19,6 +19,7 @@ import numpy as np
 from scheduler.clock import Clock
 from scheduler.graph import NodeSpec
 from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
+from scheduler.queues import COMPACT_MIN
 from scheduler.request import FinishReason, SchedRequest
 from scheduler.slots import SCRATCH_SLOT, ZERO_SLOT, SlotPool
 
@@ -64,6 +65,10 @@ class Scheduler(ABC):
         self._num_queued = 0
         self._seq = 0
         self._deadlines: list[tuple[float, int, SchedRequest]] = []
+        self._num_dead_deadlines = 0
+        """Entries of ``_deadlines`` whose request already finished: dropped lazily, and
+        all at once when they are half the heap (``_finish``), so a heap of hour-long
+        deadlines holds about as many requests as are live, not every one of the hour."""
         self._outcome = StepOutcome.make_empty()
 
     # ---- what is served (models come and go at step boundaries) ----------------
@@ -217,7 +222,11 @@ class Scheduler(ABC):
         measured yet. The SLO controller scales latency by it (``scheduler/slo.py``)."""
         return None
 
-    def _finish(self, request: SchedRequest, reason: FinishReason) -> None:
+    def _finish(
+        self, request: SchedRequest, reason: FinishReason, *, in_deadline_heap: bool = True
+    ) -> None:
+        """End ``request``; ``in_deadline_heap``: its deadline entry (if it has a deadline)
+        is still in ``_deadlines``, so it now counts as a dead one there."""
         request.finish_reason = reason
         del self._live[request.request_id]
         if not request.started:
@@ -227,13 +236,22 @@ class Scheduler(ABC):
             self.pools[pool].free([slot])
         request.slots = []
         self._outcome.finished.append(request)
+        if request.deadline is not None and in_deadline_heap:
+            self._num_dead_deadlines += 1
+            heap = self._deadlines
+            if self._num_dead_deadlines > max(COMPACT_MIN, len(heap) // 2):
+                # O(n) once per n/2 finishes: O(1) per request, amortised.
+                self._deadlines = [e for e in heap if not e[2].finished]
+                heapq.heapify(self._deadlines)
+                self._num_dead_deadlines = 0
 
     def _expire_deadlines(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, request = heapq.heappop(heap)
-            if not request.finished:
-                self._finish(request, FinishReason.DEADLINE_EXCEEDED)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, request = heapq.heappop(self._deadlines)
+            if request.finished:
+                self._num_dead_deadlines -= 1
+            else:
+                self._finish(request, FinishReason.DEADLINE_EXCEEDED, in_deadline_heap=False)
 
     def take_outcome(self) -> StepOutcome:
         """Emissions and endings not yet handed out (aborts, expiries, the last step)."""
@@ -253,6 +271,7 @@ class Scheduler(ABC):
         """Clock time at which ``schedule`` may have work without new input, if any."""
         while self._deadlines and self._deadlines[0][2].finished:
             heapq.heappop(self._deadlines)
+            self._num_dead_deadlines -= 1
         return self._deadlines[0][0] if self._deadlines else None
 
     def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:

@@ -2,8 +2,10 @@
 
 Order: requests already in flight first (so a started request never stalls
 behind new arrivals and frees its slot soonest), then higher priority, then
-admission order (oldest first). A heap gives that order in O(log n) per node;
-an aborted request's entries are dropped by one O(n) rebuild, which is rare.
+admission order (oldest first). A heap gives that order in O(log n) per node.
+An aborted request's entries stay in the heap, counted as dead, and are skipped when
+popped; the heap is rebuilt without them once they are half of it. So a cancel costs
+O(1) (amortised), and a mass disconnect of n requests O(n), not one rebuild each.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import heapq
 
 from scheduler.graph import NodeSpec
 from scheduler.request import SchedRequest
+
+COMPACT_MIN = 64
+"""Dead entries a lazily cleaned heap may hold before it is rebuilt, whatever its size:
+below this, rebuilding would cost more than the entries do."""
 
 # (not in flight, -priority, admission seq, node index, request, spec): the first
 # four are unique together, so the request and spec are never compared. The spec
@@ -22,11 +28,15 @@ _Entry = tuple[int, int, int, int, SchedRequest, NodeSpec]
 class ReadyQueue:
     """Nodes of one cell type whose dependencies are done."""
 
-    __slots__ = ("_heap", "cell_type", "last_served", "ready_since")
+    __slots__ = ("_count", "_dead", "_heap", "cell_type", "last_served", "ready_since")
 
     def __init__(self, cell_type: str) -> None:
         self.cell_type = cell_type
         self._heap: list[_Entry] = []
+        self._count: dict[int, int] = {}
+        """Live entries per request (by admission seq): what a removal marks dead."""
+        self._dead = 0
+        """Entries of finished requests still in the heap."""
         self.ready_since = 0
         """Scheduler step number at which the queue last went from empty to not empty: with
         ``last_served``, how long its nodes have waited (the policy's starvation bound)."""
@@ -35,31 +45,47 @@ class ReadyQueue:
         tie-break (a step count, not clock time, so equal timestamps cannot starve a type)."""
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """Ready nodes of live requests (dead entries excluded)."""
+        return len(self._heap) - self._dead
 
     def push(self, request: SchedRequest, node: int, spec: NodeSpec, step: int = 0) -> None:
         """Queue a ready node; ``step`` is the scheduler's step count (for ``ready_since``)."""
-        if not self._heap:
+        if len(self._heap) == self._dead:
             self.ready_since = step
+        seq = request.seq
+        self._count[seq] = self._count.get(seq, 0) + 1
         heapq.heappush(
             self._heap,
-            (0 if request.started else 1, -request.priority, request.seq, node, request, spec),
+            (0 if request.started else 1, -request.priority, seq, node, request, spec),
         )
 
     def pop(self, max_num: int) -> list[tuple[SchedRequest, int, NodeSpec]]:
-        """Take up to ``max_num`` nodes in policy order."""
-        heap = self._heap
-        out = []
-        for _ in range(min(max_num, len(heap))):
+        """Take up to ``max_num`` nodes of live requests in policy order."""
+        heap, count = self._heap, self._count
+        out: list[tuple[SchedRequest, int, NodeSpec]] = []
+        while heap and len(out) < max_num:
             e = heapq.heappop(heap)
-            out.append((e[4], e[3], e[5]))
+            request = e[4]
+            if request.finished:
+                self._dead -= 1
+                continue
+            seq = e[2]
+            left = count[seq] - 1
+            if left:
+                count[seq] = left
+            else:
+                del count[seq]
+            out.append((request, e[3], e[5]))
         return out
 
     def remove_request(self, request: SchedRequest) -> int:
-        """Drop every node of ``request``; returns how many were dropped."""
-        before = len(self._heap)
-        self._heap = [e for e in self._heap if e[4] is not request]
-        dropped = before - len(self._heap)
+        """Drop every node of ``request`` (finished: its entries are skipped from now on);
+        returns how many were dropped."""
+        dropped = self._count.pop(request.seq, 0)
         if dropped:
-            heapq.heapify(self._heap)
+            self._dead += dropped
+            if self._dead > max(COMPACT_MIN, len(self._heap) // 2):
+                self._heap = [e for e in self._heap if not e[4].finished]
+                heapq.heapify(self._heap)
+                self._dead = 0
         return dropped

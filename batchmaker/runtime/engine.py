@@ -40,7 +40,7 @@ from batchmaker.errors import (
 from batchmaker.models.base import Model
 from batchmaker.runtime import heap
 from batchmaker.runtime.executor import CellSet, Executor, ExecutorFactory
-from batchmaker.runtime.stream import RequestStream
+from batchmaker.runtime.stream import OutputBudget, RequestStream
 from batchmaker.runtime.worker import DeviceWorker, WorkerStats
 from batchmaker.types import InferRequest, StepBlock, StepOutput
 from scheduler import (
@@ -127,6 +127,10 @@ class Engine:
         for m in models:
             self._models.setdefault(m.name, {})[m.version] = m
         self._streams: dict[str, tuple[RequestStream, _Placement, SchedRequest]] = {}
+        self._output_budget = OutputBudget(
+            config.max_buffered_bytes_per_stream, config.max_buffered_bytes
+        )
+        """Unread outputs every stream together may hold (a slow reader's backlog)."""
         self._live_per_model: dict[str, int] = {}
         """Live requests per model key: what an unload waits for."""
         self._unloading: set[str] = set()
@@ -396,7 +400,9 @@ class Engine:
             self.slo.admitted(place.num_live)
         for pool, n in wanted.items():
             place.free_slots[pool] -= n
-        stream = RequestStream(request_id, model.name, model.version, self.abort)
+        stream = RequestStream(
+            request_id, model.name, model.version, self.abort, self._output_budget
+        )
         clock_now = self._clock.now()
         sreq = SchedRequest(
             request_id,
@@ -461,23 +467,30 @@ class Engine:
             loop.call_soon_threadsafe(self._deliver, outcome, error)
 
     def _deliver(self, outcome: StepOutcome, error: BaseException | None) -> None:
+        """Hand one step's outcome to its streams, on the loop. Guarded per request, as the
+        worker guards each step: whatever one stream raises fails that request alone
+        (INTERNAL; it leaves its batch at the next step), and every finished request still
+        returns its admission count and slots, so nothing else hangs or leaks."""
         for e in outcome.emissions:
             request = e.request
             stream, k = request.tag, request.top_k
             res = e.result
-            # One block per request per plan: the plan's arrays and where its rows start;
-            # nothing is sliced, and no per-step object is built, until a reader asks.
-            stream.push(
-                StepBlock(
-                    e.step,
-                    e.count,
-                    outputs=res.outputs if request.wants_outputs else None,
-                    top_ids=res.top_ids if k else None,
-                    top_scores=res.top_scores if k else None,
-                    start=e.row if res.offsets is None else int(res.offsets[e.row]),
-                    k=k,
+            try:
+                # One block per request per plan: the plan's arrays and where its rows start;
+                # nothing is sliced, and no per-step object is built, until a reader asks.
+                stream.push(
+                    StepBlock(
+                        e.step,
+                        e.count,
+                        outputs=res.outputs if request.wants_outputs else None,
+                        top_ids=res.top_ids if k else None,
+                        top_scores=res.top_scores if k else None,
+                        start=e.row if res.offsets is None else int(res.offsets[e.row]),
+                        k=k,
+                    )
                 )
-            )
+            except Exception as exc:
+                self._fail_delivery(stream, exc)
         for request in outcome.finished:
             entry = self._streams.pop(request.request_id, None)
             if entry is None:
@@ -490,15 +503,27 @@ class Engine:
                 place.free_slots[pool] += 1
             reason = request.finish_reason
             assert reason is not None, "the scheduler hands out only finished requests"
-            if self.slo is not None and not reason.is_error:
-                self.slo.finished(sreq.arrival, self._clock.now())
-            stream.finish(
-                reason,
-                _error_for(reason, error),
-                queue_time=sreq.started_at - sreq.arrival if sreq.started else None,
-            )
+            try:
+                if self.slo is not None and not reason.is_error:
+                    self.slo.finished(sreq.arrival, self._clock.now())
+                stream.finish(
+                    reason,
+                    _error_for(reason, error),
+                    queue_time=sreq.started_at - sreq.arrival if sreq.started else None,
+                )
+            except Exception as exc:
+                self._fail_delivery(stream, exc)
         if not self._streams:
             self._idle.set()
+
+    def _fail_delivery(self, stream: RequestStream, exc: Exception) -> None:
+        log.error("delivering outputs to %s failed", stream.request_id, exc_info=exc)
+        with contextlib.suppress(Exception):
+            stream.finish(
+                FinishReason.FAILED,
+                ExecutionFailedError(f"delivering this request's outputs failed ({exc!r})"),
+            )
+        self.abort(stream.request_id)
 
     # ---- the SLO controller -----------------------------------------------------------
 

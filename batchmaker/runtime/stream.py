@@ -18,8 +18,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from batchmaker.errors import BatchMakerError
+from batchmaker.errors import BatchMakerError, OutputBufferFullError
 from batchmaker.types import FinishReason, StepBlock, StepOutput
+
+
+class OutputBudget:
+    """The bytes of unread outputs the server's streams may hold: per stream and in all.
+
+    A reader that falls behind makes its request's outputs wait in its stream. Each
+    waiting block is counted here from its push until it is read; a push that would take
+    the stream or the server past its bound ends that request instead
+    (``OutputBufferFullError``, RESOURCE_EXHAUSTED), frees its buffer, and leaves the batch
+    at the next step. Blocks are counted by their own rows (``StepBlock.nbytes``): their
+    output vectors are copied out of the plan's arrays when pushed (``StepBlock.owned``), so
+    nothing beyond the count stays alive. Loop-only, like the streams: no lock.
+    """
+
+    __slots__ = ("per_stream", "total", "used")
+
+    def __init__(self, per_stream: int, total: int) -> None:
+        self.per_stream = per_stream
+        self.total = total
+        self.used = 0
 
 
 class RequestStream:
@@ -31,12 +51,16 @@ class RequestStream:
         model_name: str,
         model_version: int,
         abort: Callable[[str], None],
+        budget: OutputBudget | None = None,
     ) -> None:
         self.request_id = request_id
         self.model_name = model_name
         """The model serving the request, and below, the version it was admitted to."""
         self.model_version = model_version
         self._abort = abort
+        self._budget = budget
+        self._buffered = 0
+        """Bytes of the blocks in ``_buf``, counted against ``budget``."""
         self._buf: deque[StepBlock] = deque()
         self._head = 0
         """Steps of ``_buf[0]`` already handed out one by one (``__anext__``)."""
@@ -59,11 +83,50 @@ class RequestStream:
     # ---- the producer's side: the engine, on the event loop ----------------------
 
     def push(self, block: StepBlock) -> None:
-        """Append a block of steps; a waiting reader wakes."""
+        """Append a block of steps; a waiting reader wakes. A push past the output budget
+        ends the request instead (see ``OutputBudget``); pushes after the end are dropped."""
+        if self._done:
+            return
         if self.first_output_at is None:
             self.first_output_at = time.monotonic()
+        block = block.owned()
+        budget = self._budget
+        if budget is not None:
+            n = block.nbytes
+            if self._buffered + n > budget.per_stream or budget.used + n > budget.total:
+                self._overflow(n)
+                return
+            budget.used += n
+            self._buffered += n
         self._buf.append(block)
         self._wake()
+
+    def _overflow(self, n: int) -> None:
+        budget = self._budget
+        assert budget is not None
+        if self._buffered + n > budget.per_stream:
+            why = (
+                f"{self._buffered + n} bytes of outputs unread, over the limit of "
+                f"{budget.per_stream} per request"
+            )
+        else:
+            why = f"the server holds {budget.used} bytes of unread outputs, its limit"
+        self._release(self._buffered)
+        self._buf.clear()
+        self._head = 0
+        self.finish(
+            FinishReason.CANCELLED,
+            OutputBufferFullError(
+                f"the client read too slowly: {why}; read the stream as it arrives, or ask for "
+                "fewer outputs (top_k instead of full vectors)"
+            ),
+        )
+        self._abort(self.request_id)
+
+    def _release(self, n: int) -> None:
+        if n and self._budget is not None:
+            self._budget.used -= n
+            self._buffered -= n
 
     def finish(
         self,
@@ -104,9 +167,14 @@ class RequestStream:
         return self._error
 
     def cancel(self) -> None:
-        """Leave the batch at the next step boundary and free the slot."""
+        """Leave the batch at the next step boundary and free the slot. What was buffered
+        stays readable, but no longer counts against the output budget: the caller is done
+        with the stream (a caller that stops reading must cancel, or its unread outputs stay
+        counted), and at most the step in flight can still arrive."""
         if not self._done:
             self._abort(self.request_id)
+        self._release(self._buffered)
+        self._budget = None
 
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
@@ -137,6 +205,7 @@ class RequestStream:
             self._head = 0
         out = list(self._buf)
         self._buf.clear()
+        self._release(self._buffered)
         return out
 
     async def next_chunk(self) -> list[StepOutput]:
@@ -155,6 +224,8 @@ class RequestStream:
         if self._head == block.count:
             self._buf.popleft()
             self._head = 0
+            if self._budget is not None:
+                self._release(block.nbytes)
         return out
 
     async def collect(self) -> list[StepOutput]:

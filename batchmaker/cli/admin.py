@@ -21,7 +21,9 @@ def add_models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="list, load or unload models on a running server (its model repository)",
         description="list: every model version in the server's repository and its state. "
         "load NAME: serve its version policy's versions (or --version V ...). "
-        "unload NAME: stop serving it (or --version V ...) once in-flight requests finish.",
+        "unload NAME: stop serving it (or --version V ...) once in-flight requests finish. "
+        "load and unload need an admin token (--token-file or BATCHMAKER_TOKEN), unless the "
+        "server runs with --allow-unauthenticated-admin; else PERMISSION_DENIED.",
     )
     flags.add_client_flags(p)
     p.add_argument("action", choices=("list", "load", "unload"))
@@ -41,7 +43,12 @@ def add_import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("weights", type=Path, help="the state_dict file (.pt/.pth or .safetensors)")
     p.add_argument("--repository", type=Path, required=True, help="the model repository")
-    p.add_argument("--name", required=True, help="the model's name")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="the model's name, its folder under the repository: 1 to 128 of A-Z a-z 0-9 . _ -, "
+        "starting with a letter or digit",
+    )
     p.add_argument("--version", type=int, default=None, help="default: the next free version")
     p.add_argument(
         "--family",
@@ -93,6 +100,9 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from batchmaker.repository.importer import ImportOptions, import_state_dict
+    from batchmaker.repository.store import check_model_name
+
+    check_model_name(args.name, what="--name")  # the importer checks too; this names the flag
 
     def lines(path: Path | None) -> list[str]:
         return [] if path is None else path.read_text().splitlines()

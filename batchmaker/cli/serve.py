@@ -95,6 +95,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "BATCHMAKER_ADMIN_TOKENS [ADMIN_TOKENS_FILE]",
     )
     p.add_argument(
+        "--allow-unauthenticated-admin",
+        action="store_true",
+        default=flags.env_value("ALLOW_UNAUTHENTICATED_ADMIN", "0") not in ("0", "false", "no", ""),
+        help="let LoadModel/UnloadModel (and the v2 repository load/unload) through without "
+        "an admin token while none is configured; default: refused, so that anyone who "
+        "reaches the port cannot change what is served [ALLOW_UNAUTHENTICATED_ADMIN=1]",
+    )
+    p.add_argument(
         "--max-concurrent-streams",
         type=int,
         default=flags.env_value("MAX_CONCURRENT_STREAMS", None),
@@ -163,6 +171,7 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         auth=AuthConfig.from_sources(
             tokens_file=args.auth_tokens_file, admin_tokens_file=args.admin_tokens_file
         ),
+        allow_unauthenticated_admin=args.allow_unauthenticated_admin,
         max_concurrent_streams=args.max_concurrent_streams,
         max_request_length=args.max_request_length,
         idle_timeout_s=args.idle_timeout,
@@ -212,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
 def banner(server: InferenceServer) -> str:
     """The first line is for scripts and tests (the address is its last word), and so is
     the metrics line after it (the URL is its last word)."""
+    from batchmaker.server.auth import AccessPolicy
+    from batchmaker.server.lifecycle import exposure_warning
+
     addr = server.address
     cfg = server.engine_config
     tls = server.config.tls
@@ -227,7 +239,12 @@ def banner(server: InferenceServer) -> str:
         f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
         f"devices {', '.join(cfg.devices)}; "
         + ("TLS" if tls else "plaintext")
-        + ("; bearer-token auth" if auth else ""),
+        + ("; bearer-token auth" if auth else "")
+        + (
+            "; admin calls open to all"
+            if AccessPolicy.of(server.config).allow_unauthenticated_admin
+            else ""
+        ),
         "  try:",
     ]
     for m in {m.name: m for m in models}.values():
@@ -237,6 +254,9 @@ def banner(server: InferenceServer) -> str:
         f"    {grpcurl} {addr} grpc.health.v1.Health/Check",
         "  Ctrl-C or SIGTERM drains live streams and exits.",
     ]
+    exposed = exposure_warning(server.config)
+    if exposed is not None:
+        lines.append(f"  WARNING: {exposed}")
     return "\n".join(lines)
 
 

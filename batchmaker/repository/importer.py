@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from batchmaker.errors import ModelLoadError
 from batchmaker.repository.configs import build_model
 from batchmaker.repository.folder import load_model, load_weights, save_model
+from batchmaker.repository.store import check_model_name
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -208,7 +209,11 @@ def _pick(
 
 
 def import_state_dict(weights: str | Path, repository: str | Path, options: ImportOptions) -> Path:
-    """Write ``options.name`` as a new version of ``repository``; returns its folder."""
+    """Write ``options.name`` as a new version of ``repository``; returns its folder.
+
+    The name is checked first (``check_model_name``): it becomes a folder under the root,
+    and ``..``, ``.`` or ``a/b`` would write outside it or onto it."""
+    check_model_name(options.name)
     tensors = read_state_dict(weights)
     where = str(weights)
     root = Path(repository)

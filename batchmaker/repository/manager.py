@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from batchmaker.errors import ModelLoadError, ModelNotFoundError, UnavailableError
 from batchmaker.models.base import Model
-from batchmaker.repository.store import ModelRepository
+from batchmaker.repository.store import ModelRepository, check_model_name
 
 if TYPE_CHECKING:
     from batchmaker.runtime.engine import Engine
@@ -115,7 +115,11 @@ class ModelManager:
         return [states[k] for k in sorted(states)]
 
     async def load(self, name: str, versions: Sequence[int] = ()) -> list[VersionState]:
-        """Serve ``versions`` of ``name`` (its policy's when empty); see the proto's LoadModel."""
+        """Serve ``versions`` of ``name`` (its policy's when empty); see the proto's LoadModel.
+
+        A name that could not be a model folder (``..``, ``a/b``, an absolute path) is
+        INVALID_ARGUMENT before anything looks at the disk."""
+        check_model_name(name)
         engine = self._require_engine()
         async with self._lock:
             if name not in self._names():

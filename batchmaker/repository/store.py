@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchmaker.errors import ModelLoadError, ModelNotFoundError
+from batchmaker.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 from batchmaker.models.base import Model
 from batchmaker.repository.folder import load_model
 
@@ -41,7 +41,24 @@ log = logging.getLogger(__name__)
 
 POLICY_FILE = "model.json"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+"""What a model name may be. A name becomes a folder under the repository root, so no
+separator, no ``.``/``..`` and no absolute path: a name can never reach outside it."""
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` may name a model folder (``NAME_RULE``)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def check_model_name(name: str, *, what: str = "model name") -> str:
+    """``name``, or an ``InvalidRequestError`` (INVALID_ARGUMENT) naming ``what`` when it
+    breaks ``NAME_RULE``: checked before a name touches the filesystem, at import and at
+    load, so a caller's string is never a path."""
+    if not is_model_name(name):
+        raise InvalidRequestError(f"{what} {name!r} is not a valid model name: {NAME_RULE}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,7 @@ class ModelRepository:
         """Every model folder and its version folders (integer names), sorted."""
         out: dict[str, dict[int, Path]] = {}
         for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or not _NAME_RE.match(model_dir.name):
+            if not model_dir.is_dir() or not is_model_name(model_dir.name):
                 continue
             found = {
                 int(v.name): v

@@ -16,6 +16,15 @@ UNAUTHENTICATED; a valid token calling an admin RPC it is not allowed is
 PERMISSION_DENIED. ``grpc.health.v1.Health`` stays open: load balancers, Kubernetes
 probes and ``batchmaker health`` carry no secrets.
 
+Admin calls are closed by default. With no tokens configured, inference, metadata,
+health and the repository index stay open (a laptop, a test), but load and unload
+are PERMISSION_DENIED: the images bind every interface, and anyone who reaches the
+port must not be able to change what is served, or read any folder name they like
+into it, because nobody configured a token. Configuring admin tokens opens them to
+those tokens; ``--allow-unauthenticated-admin`` opens them on purpose (an admin
+call then needs what an inference call needs: nothing without tokens, an inference
+token with them). ``AccessPolicy`` is that rule, and every front door asks it.
+
 Secrets never come from the command line, where ``ps`` and shell history show them:
 flags take *files* of tokens (one per line, ``#`` comments), and environment
 variables may carry them directly, which is how Kubernetes secrets usually arrive.
@@ -30,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from batchmaker.config import AuthConfig
+from batchmaker.config import AuthConfig, ServerConfig
 from batchmaker.errors import BatchMakerError, Code
 from batchmaker.wire.metadata import bearer_token
 
@@ -82,13 +91,63 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
 
 
+ENABLE_ADMIN_HINT = (
+    "configure admin tokens (--admin-tokens-file or BATCHMAKER_ADMIN_TOKENS) and call with "
+    "one, or start the server with --allow-unauthenticated-admin "
+    "(BATCHMAKER_ALLOW_UNAUTHENTICATED_ADMIN=1) to let anyone who reaches it load and unload "
+    "models"
+)
+"""How to enable the admin calls: every refusal of one for want of tokens says it."""
+
+
+class AccessPolicy:
+    """Who may call what, from the server's config: tokens, and whether admin calls are
+    open without one. One object, so the gRPC and HTTP doors cannot disagree."""
+
+    def __init__(self, auth: AuthConfig | None, *, allow_unauthenticated_admin: bool) -> None:
+        self.auth = auth if auth is not None and auth.enabled else None
+        self.allow_unauthenticated_admin = allow_unauthenticated_admin and (
+            self.auth is None or not self.auth.admin
+        )
+        """Admin tokens, once configured, are the rule: the flag never weakens them."""
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> AccessPolicy:
+        return cls(config.auth, allow_unauthenticated_admin=config.allow_unauthenticated_admin)
+
+    @property
+    def open(self) -> bool:
+        """Nothing to check on any call: no tokens, and admin calls allowed without one.
+        The gRPC server then runs without an interceptor (nothing on the hot path)."""
+        return self.auth is None and self.allow_unauthenticated_admin
+
+    def check(self, token: str | None, *, admin: bool, action: str) -> BatchMakerError | None:
+        """Why a call carrying ``token`` may not do ``action``, or ``None`` when it may."""
+        if self.auth is None:
+            if admin and not self.allow_unauthenticated_admin:
+                return BatchMakerError(
+                    f"{action} is disabled: this server has no admin tokens; {ENABLE_ADMIN_HINT}",
+                    code=Code.PERMISSION_DENIED,
+                )
+            return None
+        return check_token(
+            self.auth, token, admin=admin and not self.allow_unauthenticated_admin, action=action
+        )
+
+    @property
+    def tokens(self) -> bool:
+        """Whether any bearer token is configured (the banner and the bind warning ask)."""
+        return self.auth is not None
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Checks every call's token before its handler runs; see the module docstring."""
+    """Checks every call against the ``AccessPolicy`` before its handler runs; see the
+    module docstring."""
 
     def __init__(
-        self, config: AuthConfig, *, on_refusal: Callable[[str, str], None] | None = None
+        self, policy: AccessPolicy, *, on_refusal: Callable[[str, str], None] | None = None
     ) -> None:
-        self._config = config
+        self._policy = policy
         self._on_refusal = on_refusal
         """Told the status name and protocol of each refused call (metrics count them as
         failures)."""
@@ -109,10 +168,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _service_of(method) in OPEN_SERVICES or method in OPEN_METHODS:
             return handler
-        refusal = check_token(
-            self._config,
+        admin = method in ADMIN_METHODS
+        if not admin and self._policy.auth is None:
+            return handler  # no tokens: only admin calls are checked
+        refusal = self._policy.check(
             bearer_token(handler_call_details.invocation_metadata),
-            admin=method in ADMIN_METHODS,
+            admin=admin,
             action=method.rsplit("/", 1)[-1],
         )
         if refusal is None:
@@ -135,5 +196,6 @@ def check_token(
     if role is None:
         return BatchMakerError("the bearer token is not valid", code=Code.UNAUTHENTICATED)
     if admin and role != "admin":
-        return BatchMakerError(f"{action} needs an admin token", code=Code.PERMISSION_DENIED)
+        hint = "" if config.admin else f"; this server has none: {ENABLE_ADMIN_HINT}"
+        return BatchMakerError(f"{action} needs an admin token{hint}", code=Code.PERMISSION_DENIED)
     return None

@@ -17,8 +17,9 @@ between them; an inference call here is counted, limited, drained, measured
 - A client that disconnects cancels its handler (``handler_cancellation``), whose
   ``finally`` cancels the engine stream, so the request leaves its batch at the next
   step boundary, as a cancelled gRPC call does.
-- Bearer tokens as on gRPC (``check_token``): health stays open, repository load and
-  unload need an admin token, the rest an inference token.
+- Bearer tokens as on gRPC (the same ``AccessPolicy``): health stays open, repository
+  load and unload need an admin token (or ``--allow-unauthenticated-admin``; without
+  either they are 403), the rest an inference token when tokens are configured.
 
 Bodies are decoded and encoded only in ``batchmaker.wire.kserve_http``; what the
 tensors mean is ``batchmaker.wire.kserve``'s, shared with the gRPC door.
@@ -44,7 +45,7 @@ from batchmaker.errors import (
     RequestCancelledError,
 )
 from batchmaker.server import logs
-from batchmaker.server.auth import check_token
+from batchmaker.server.auth import AccessPolicy
 from batchmaker.server.calls import CallGate, server_version, status_of
 from batchmaker.server.kserve import (
     Admitted,
@@ -124,6 +125,7 @@ class HttpFrontDoor:
         self._manager = manager
         self._config = config
         self._metrics = metrics
+        self._policy = AccessPolicy.of(config)
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.max_body_bytes = JSON_EXPANSION * gate.limits.max_receive_message_bytes
@@ -199,14 +201,15 @@ class HttpFrontDoor:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        auth = self._config.auth
-        if auth is None or not auth.enabled or request.path in OPEN_PATHS:
+        policy = self._policy
+        if policy.open or request.path in OPEN_PATHS:
             return await handler(request)
-        admin = request.path.endswith(("/load", "/unload")) and request.path.startswith(
-            "/v2/repository/"
-        )
-        refusal = check_token(
-            auth,
+        # By the route matched, not by the path's text: whatever spelling of a path
+        # reaches the load or unload handler is an admin call.
+        admin = request.match_info.route.handler in (self.load, self.unload)
+        if not admin and policy.auth is None:
+            return await handler(request)  # no tokens: only admin calls are checked
+        refusal = policy.check(
             bearer_token(request.headers.items()),
             admin=admin,
             action=f"{request.method} {request.path}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
@@ -38,7 +39,7 @@ from batchmaker.models.base import Model
 from batchmaker.repository.manager import ModelManager
 from batchmaker.runtime.engine import Engine
 from batchmaker.runtime.executor import ExecutorFactory
-from batchmaker.server.auth import BearerTokenInterceptor
+from batchmaker.server.auth import AccessPolicy, BearerTokenInterceptor
 from batchmaker.server.calls import CallGate, ServiceLimits
 from batchmaker.server.http import HttpFrontDoor
 from batchmaker.server.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
@@ -72,6 +73,37 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine: 127.0.0.0/8, ::1, localhost."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name we cannot vouch for without resolving it
+
+
+def exposure_warning(config: ServerConfig) -> str | None:
+    """What to warn of when the server binds an address other machines can reach without
+    any bearer token (the images bind 0.0.0.0: that is how a server ends up open to a
+    network by accident); ``None`` when there is nothing to warn of. ``start`` logs it
+    once, and ``batchmaker serve``'s banner repeats it where a person reads."""
+    if is_loopback(config.host) or AccessPolicy.of(config).tokens:
+        return None
+    return (
+        f"binding {config.host}, reachable from other machines, with no auth tokens: anyone "
+        "who reaches the port may call inference"
+        + (
+            " and load and unload models (--allow-unauthenticated-admin)"
+            if config.allow_unauthenticated_admin
+            else ""
+        )
+        + "; set --auth-tokens-file/--admin-tokens-file (or BATCHMAKER_AUTH_TOKENS/"
+        "BATCHMAKER_ADMIN_TOKENS), or bind 127.0.0.1"
+    )
 
 
 class InferenceServer:
@@ -165,12 +197,16 @@ class InferenceServer:
         A failure after binding stops the gRPC server before it propagates.
         """
         t0 = time.perf_counter()
-        auth = self.config.auth
+        policy = AccessPolicy.of(self.config)
+        exposed = exposure_warning(self.config)
+        if exposed is not None:
+            log.warning(exposed)
         server = grpc.aio.server(
+            # Also without tokens, unless admin calls are allowed: it refuses them.
             interceptors=(
-                [BearerTokenInterceptor(auth, on_refusal=self.metrics.refused)]
-                if auth is not None and auth.enabled
-                else None
+                None
+                if policy.open
+                else [BearerTokenInterceptor(policy, on_refusal=self.metrics.refused)]
             ),
             options=[
                 ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),

@@ -30,6 +30,8 @@ import pytest
 import yaml
 from build_context import REPO_ROOT
 
+from batchmaker.config import AuthConfig
+
 DEPLOY = REPO_ROOT / "deploy"
 SCHEMAS = Path(__file__).parent / "schemas"
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
@@ -350,6 +352,71 @@ def test_gpu_deployment() -> None:
         "metrics": int(env["BATCHMAKER_METRICS_PORT"]),
         "http": int(env["BATCHMAKER_HTTP_PORT"]),
     }
+
+
+TOKEN_VARS = {"BATCHMAKER_AUTH_TOKENS": "auth-tokens", "BATCHMAKER_ADMIN_TOKENS": "admin-tokens"}
+"""The Deployment's token variables (``AuthConfig.from_sources``) and their Secret keys."""
+
+
+def token_refusals(container: Doc, secret: Doc) -> list[str]:
+    """Why ``container`` does not take its tokens from ``secret`` safely: each token variable
+    must come from a ``secretKeyRef`` into a key the Secret has, and no variable that names a
+    token may carry a literal value (a manifest is read by everyone with the repository)."""
+    why: list[str] = []
+    env = {e["name"]: e for e in container.get("env", [])}
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    for name, key in TOKEN_VARS.items():
+        ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            why.append(f"{name} does not come from a secretKeyRef")
+        elif (ref.get("name"), ref.get("key")) != (secret["metadata"]["name"], key):
+            why.append(f"{name} reads {ref}, not {secret['metadata']['name']}/{key}")
+        elif key not in keys or ref.get("optional"):
+            why.append(f"{name}: the Secret has no key {key!r}, or the ref is optional")
+    why += [
+        f"{e['name']} has a literal value"
+        for e in env.values()
+        if "TOKEN" in e["name"] and not e["name"].endswith("_FILE") and "value" in e
+    ]
+    return why
+
+
+def test_the_deployment_reads_its_tokens_from_the_secret(server_env_vars: frozenset[str]) -> None:
+    secret = load_one(DEPLOY / "k8s/secret.yaml")
+    deployment = load_one(DEPLOY / "k8s/deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert token_refusals(container, secret) == []
+    assert set(TOKEN_VARS) <= server_env_vars
+    assert secret["metadata"]["labels"].items() <= deployment["metadata"]["labels"].items()
+    # The placeholders are refused by the server: an unedited Secret cannot serve behind a
+    # token everyone can read in this repository.
+    for key in TOKEN_VARS.values():
+        with pytest.raises(ValueError, match="whitespace"):
+            AuthConfig.from_sources(env={"BATCHMAKER_AUTH_TOKENS": secret["stringData"][key]})
+    # The check fails on a copy that puts a token in the manifest, or reads the wrong key.
+    literal = copy.deepcopy(container)
+    literal["env"] = [
+        {"name": n, "value": "0123456789abcdef0123"} if n in TOKEN_VARS else e
+        for e in literal["env"]
+        for n in [e["name"]]
+    ]
+    assert len(token_refusals(literal, secret)) == 4
+    wrong = copy.deepcopy(container)
+    for e in wrong["env"]:
+        if e["name"] == "BATCHMAKER_ADMIN_TOKENS":
+            e["valueFrom"]["secretKeyRef"]["key"] = "auth-tokens"
+    assert token_refusals(wrong, secret) == [
+        "BATCHMAKER_ADMIN_TOKENS reads {'name': 'batchmaker-tokens', 'key': 'auth-tokens'}, "
+        "not batchmaker-tokens/admin-tokens"
+    ]
+
+
+@pytest.mark.parametrize(("spec", "annotations"), list(all_pods()))
+def test_no_manifest_carries_a_literal_token(spec: Doc, annotations: dict[str, str]) -> None:
+    for container in spec["containers"]:
+        for e in container.get("env", []):
+            if "TOKEN" in e["name"] and not e["name"].endswith("_FILE"):
+                assert "value" not in e, f"{e['name']}: a literal token in a manifest"
 
 
 def test_services_reach_the_deployment() -> None:

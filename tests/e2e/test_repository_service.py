@@ -21,6 +21,7 @@ from reference import assert_matches_alone
 from batchmaker import BatchMakerError, Code, InferRequest, ModelNotFoundError, UnavailableError
 from batchmaker.cli.main import main
 from batchmaker.client import Client
+from batchmaker.config import ServerConfig
 from batchmaker.models.seq2seq import seq2seq_model
 from batchmaker.repository.folder import save_model
 from batchmaker.repository.manager import ModelManager
@@ -44,12 +45,15 @@ def repo(tmp_path: Path) -> Path:
 
 
 def _server(repo: Path, *, grace: float = 30.0) -> LiveServer:
+    """Admin calls opened with the flag: these tests are about loading, not about who may
+    (``test_admin_access.py``)."""
     manager = ModelManager(ModelRepository(repo), unload_grace_s=grace)
     return LiveServer(
         lambda: manager.initial_models(["lm"]),
         e2e_config(),
         gated=True,
         manager=manager,
+        server_config=ServerConfig(port=0, warmup=False, allow_unauthenticated_admin=True),
     )
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from batchmaker.cli.main import main
-from batchmaker.errors import Code, ModelLoadError
+from batchmaker.errors import Code, InvalidRequestError, ModelLoadError
 from batchmaker.models.base import Model
 from batchmaker.models.seq2seq import Seq2SeqModel
 from batchmaker.models.sequence import SequenceModel
@@ -639,6 +639,36 @@ def test_cli_import_writes_the_version_and_prints_its_folder(
     assert model.signature.input_vocabulary == tuple(f"w{i}" for i in range(11))
     assert model.signature.max_input_length == 50
     assert_lm_matches(model, user)
+
+
+def _tree(base: Path) -> set[Path]:
+    return {p.relative_to(base) for p in base.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../escape", "ABSOLUTE", "", "-x", "lm\n"])
+def test_a_name_that_is_not_a_folder_name_is_refused_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """The name becomes ``<repository>/<name>/``: ``..`` or an absolute path would write
+    outside the repository, ``.`` onto its root. Nothing is written anywhere."""
+    base = tmp_path / "base"
+    root = base / "sub" / "repo"
+    root.mkdir(parents=True)
+    weights = save_pt(seeded(0, LM, nn.GRU).state_dict(), tmp_path / "lm.pt")
+    name = str(base / "abs") if name == "ABSOLUTE" else name
+    before = _tree(base)
+
+    code = main(
+        ["import", str(weights), "--repository", str(root), f"--name={name}", "--family", "gru"]
+    )
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"--name {name!r} is not a valid model name" in err
+    assert _tree(base) == before
+    with pytest.raises(InvalidRequestError, match="not a valid model name"):
+        import_state_dict(weights, root, ImportOptions(name, "gru"))
+    assert _tree(base) == before
 
 
 def test_cli_import_of_a_seq2seq_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,6 +83,20 @@ def add_engine_flags(
         help="state slots per pool per device [NUM_SLOTS]",
     )
     p.add_argument(
+        "--max-unread-bytes",
+        type=int,
+        default=default("MAX_UNREAD_BYTES", d.max_buffered_bytes),
+        help="outputs all requests together may hold unread (slow readers); a request that "
+        "would pass it ends with RESOURCE_EXHAUSTED [MAX_UNREAD_BYTES]",
+    )
+    p.add_argument(
+        "--max-unread-bytes-per-request",
+        type=int,
+        default=default("MAX_UNREAD_BYTES_PER_REQUEST", d.max_buffered_bytes_per_stream),
+        help="outputs one request may hold unread before it ends with RESOURCE_EXHAUSTED "
+        "[MAX_UNREAD_BYTES_PER_REQUEST]",
+    )
+    p.add_argument(
         "--no-finishing-first",
         dest="finishing_first",
         action="store_false",
@@ -152,6 +166,8 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "max_batch_per_cell": dict(per_cell or []),
         "max_num_live_requests": args.max_live,
         "num_slots": args.num_slots,
+        "max_buffered_bytes": args.max_unread_bytes,
+        "max_buffered_bytes_per_stream": args.max_unread_bytes_per_request,
         "padded_max_batch": args.padded_max_batch,
         "padded_timeout_s": args.padded_timeout_ms / 1e3,
         "num_threads": args.threads,

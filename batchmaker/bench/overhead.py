@@ -15,7 +15,10 @@ time to first output). Rounds alternate the paths, so drift in this machine's
 speed hits both; medians over rounds are reported, and the headline is the
 ratio of median throughputs, gRPC over in-process (target >= 0.8).
 
-Every request's top-1 ids over gRPC must equal the in-process ones (``valid``).
+Every request's outputs, in every round down either path, must match the first run's:
+each step's top-1 id equal and its score close, and as many steps (``reference.compare``;
+top-1 only is asked, as a client would, so no tie is told from a wrong id). Otherwise,
+or if any request failed, the report is not ``valid``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from batchmaker.bench import openloop
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Send
+from batchmaker.bench.reference import Fingerprint, compare, fingerprint
 from batchmaker.bench.trace import Trace, make_trace
 from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
@@ -59,6 +63,7 @@ class RunResult:
     p99: float = 0.0
     ttft_p50: float = 0.0
     top1: list[list[int]] = field(default_factory=list, repr=False)
+    """Each request's top-1 ids per step (``bench-protocols`` compares these)."""
 
 
 @dataclass
@@ -69,10 +74,16 @@ class OverheadReport:
     throughput_ratio: float = 0.0
     """Median gRPC saturation throughput over median in-process: the headline."""
     valid: bool = True
+    mismatches: list[str] = field(default_factory=list)
+    """Runs and requests whose outputs differ from the first run's (the first 20)."""
     server_exit_code: int | None = None
+    outputs: list[list[Fingerprint]] = field(default_factory=list, repr=False)
+    """Per run (as ``runs``), each request's top-1 ids and scores per step (no steps for
+    a request that failed): what ``check_outputs`` compares."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["outputs"]
         for r in d["runs"]:
             del r["top1"]
         return d
@@ -81,6 +92,14 @@ class OverheadReport:
 async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
     """The whole trace down one path at ``rate``, open loop (``openloop.replay``, no SLO:
     every request is sent and awaited)."""
+    result, _ = await replay_outputs(path, send, trace, rate)
+    return result
+
+
+async def replay_outputs(
+    path: str, send: Send, trace: Trace, rate: float
+) -> tuple[RunResult, list[Fingerprint]]:
+    """``replay``, and each request's fingerprint (top-1 ids and scores per step)."""
     rep = await openloop.replay(send, trace.arrivals(rate), rate=rate)
     result = RunResult(
         path=path,
@@ -94,7 +113,7 @@ async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
     )
     result.p50, result.p99 = rep.percentiles((50, 99), empty=0.0)
     (result.ttft_p50,) = rep.percentiles((50,), first_output=True, empty=0.0)
-    return result
+    return result, [fingerprint(outs or []) for outs in rep.outputs]
 
 
 def _top1(steps: list[StepOutput]) -> list[int]:
@@ -142,23 +161,21 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
             for load in ("saturation", "half"):
                 for k in range(args.rounds):
                     for path in PATHS if k % 2 == 0 else PATHS[::-1]:
-                        if load == "saturation":
-                            r = await replay(path, sends[path], trace, SATURATION_RATE)
-                        else:
-                            r = await replay(path, sends[path], trace, half_rate)
+                        rate = SATURATION_RATE if load == "saturation" else half_rate
+                        r, outputs = await replay_outputs(path, sends[path], trace, rate)
                         _log(
                             f"{load:10s} {path:10s} {r.rate if load == 'half' else 0:7.1f} req/s "
                             f"offered: {r.throughput_rps:6.1f} req/s, p50 {r.p50 * 1e3:7.1f} ms,"
                             f" p99 {r.p99 * 1e3:7.1f} ms, ttft {r.ttft_p50 * 1e3:6.1f} ms"
                         )
                         report.runs.append(r)
+                        report.outputs.append(outputs)
                         report.valid &= r.num_failed == 0 and r.num_completed == len(trace)
                 if load == "saturation":
                     half_rate = 0.5 * _median(report.runs, "saturation", "in-process")
     finally:
         report.server_exit_code = server.stop()
-    reference = report.runs[0].top1
-    report.valid &= all(r.top1 == reference for r in report.runs)
+    check_outputs(report)
     report.valid &= report.server_exit_code == 0
     for load in ("saturation", "half"):
         for path in PATHS:
@@ -175,11 +192,29 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
     return report
 
 
-def grpc_sender(client: AsyncClient, model: str, tokens: Sequence[np.ndarray]) -> Send:
-    """Request ``i``: ``tokens[i]`` streamed through ``client``, top-1 per step."""
+def check_outputs(report: OverheadReport) -> None:
+    """Every run's outputs against the first run's, request by request: top-1 ids equal,
+    scores close, as many steps (``compare``); ``valid`` false on any difference."""
+    reference = report.outputs[0] if report.outputs else []
+    for k, (r, outputs) in enumerate(zip(report.runs, report.outputs, strict=True)):
+        if len(outputs) != len(reference):
+            report.valid = False
+            report.mismatches.append(f"run {k} ({r.path}): {len(outputs)} requests")
+            continue
+        for i, (want, got) in enumerate(zip(reference, outputs, strict=True)):
+            if compare(want, got, feeds_back=False) == "differ":
+                report.valid = False
+                if len(report.mismatches) < 20:
+                    report.mismatches.append(f"run {k} ({r.path}): request {i}")
+
+
+def grpc_sender(
+    client: AsyncClient, model: str, tokens: Sequence[np.ndarray], *, top_k: int = 1
+) -> Send:
+    """Request ``i``: ``tokens[i]`` streamed through ``client``, the best ``top_k`` per step."""
 
     async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
-        stream = client.infer_stream(model, tokens[i], top_k=1)
+        stream = client.infer_stream(model, tokens[i], top_k=top_k)
         try:
             async for chunk in stream.messages():
                 yield chunk
@@ -241,6 +276,8 @@ def print_table(report: OverheadReport) -> None:
         f"half load {m['half/in-process']['rate']:.1f} req/s, valid: {report.valid}, "
         f"server exit code {report.server_exit_code}"
     )
+    for mismatch in report.mismatches:
+        print(f"  outputs differ: {mismatch}")
 
 
 def run_overhead_cli(args: argparse.Namespace, config: EngineConfig) -> int:

@@ -14,7 +14,13 @@ server, the runtime or torch.
 """
 
 from batchmaker.client.aio import AsyncClient, AsyncInferStream
-from batchmaker.client.channel import DEFAULT_ADDRESS, InferResult, RequestOptions, TLSConfig
+from batchmaker.client.channel import (
+    DEFAULT_ADDRESS,
+    InferResult,
+    RequestOptions,
+    RetryPolicy,
+    TLSConfig,
+)
 from batchmaker.client.sync import Client, InferStream
 
 __all__ = [
@@ -25,5 +31,6 @@ __all__ = [
     "InferResult",
     "InferStream",
     "RequestOptions",
+    "RetryPolicy",
     "TLSConfig",
 ]

@@ -6,6 +6,7 @@ the ``StreamState`` here, so they differ only in how they call: blocking or awai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -71,6 +72,65 @@ class TLSConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """gRPC's own retries of a call that failed before any output reached the client.
+
+    Meant for several replicas behind one channel (``load_balancing="round_robin"`` over
+    a static list of addresses or a ``dns:///`` name): a replica that dies, or drains and
+    answers UNAVAILABLE, has its calls retried on another, after a backoff. gRPC commits a
+    call once the client has received anything from the server, and never retries a
+    committed call: a stream that had already delivered steps fails with UNAVAILABLE, so
+    no step reaches the caller twice. Only ``batchmaker.v1.Inference`` calls are retried
+    (not admin calls), and only on ``codes``: UNAVAILABLE (a replica starting, draining or
+    gone), and CANCELLED, which a replica's gRPC server answered, rarely, to a call that
+    reached it as it stopped (a client's own cancellation is never retried).
+    """
+
+    max_attempts: int = 3
+    """Attempts in all, the first included (gRPC caps this at 5)."""
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    backoff_multiplier: float = 2.0
+    codes: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED")
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.max_attempts <= 5:
+            raise ValueError(f"max_attempts must be in [2, 5], got {self.max_attempts}")
+        if self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("backoffs must be positive, the max at least the initial")
+        if self.backoff_multiplier < 1:
+            raise ValueError(f"backoff_multiplier must be >= 1, got {self.backoff_multiplier}")
+        unknown = [c for c in self.codes if c not in grpc.StatusCode.__members__]
+        if unknown or not self.codes:
+            raise ValueError(f"codes must name gRPC status codes, got {list(self.codes)}")
+
+
+def service_config(retry: RetryPolicy | None, load_balancing: str | None) -> str | None:
+    """The channel's gRPC service config (JSON) for ``retry`` and ``load_balancing``."""
+    config: dict[str, Any] = {}
+    if load_balancing is not None:
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+        # Client-side health checking: the balancer skips a replica whose grpc.health.v1
+        # Watch says NOT_SERVING, which a server says from the moment it starts draining
+        # (and until its models are loaded), so new calls go to the others at once.
+        config["healthCheckConfig"] = {"serviceName": ""}
+    if retry is not None:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": "batchmaker.v1.Inference"}],
+                "retryPolicy": {
+                    "maxAttempts": retry.max_attempts,
+                    "initialBackoff": f"{retry.initial_backoff_s}s",
+                    "maxBackoff": f"{retry.max_backoff_s}s",
+                    "backoffMultiplier": retry.backoff_multiplier,
+                    "retryableStatusCodes": list(retry.codes),
+                },
+            }
+        ]
+    return json.dumps(config) if config else None
+
+
 def translate(exc: grpc.RpcError) -> BatchMakerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -85,10 +145,17 @@ def open_channel(
     max_receive_message_bytes: int,
     extra: Sequence[tuple[str, Any]],
     token: str | None,
+    *,
+    retry: RetryPolicy | None = None,
+    load_balancing: str | None = None,
 ) -> Any:
     """A channel from ``grpc`` or ``grpc.aio`` (same call shapes), with TLS if asked, that
-    sends ``token`` as ``authorization: Bearer`` on every call when given."""
+    sends ``token`` as ``authorization: Bearer`` on every call when given, and retries and
+    balances calls as ``retry`` and ``load_balancing`` say (``RetryPolicy``)."""
     opts = [("grpc.max_receive_message_length", max_receive_message_bytes), *extra]
+    config = service_config(retry, load_balancing)
+    if config is not None:
+        opts += [("grpc.service_config", config), ("grpc.enable_retries", 1)]
     aio = module is grpc.aio
     kwargs: dict[str, Any] = {"options": opts}
     if aio and token:
@@ -167,11 +234,23 @@ class ClientBase:
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
         token: str | None = None,
+        retry: RetryPolicy | None = None,
+        load_balancing: str | None = None,
     ) -> None:
         """``token``: the bearer token a server with authentication wants (read it from a
-        file or the environment, never from a command line)."""
+        file or the environment, never from a command line). ``address`` may name several
+        replicas (``ipv4:10.0.0.1:50051,10.0.0.2:50051``, or ``dns:///name:50051``), with
+        ``load_balancing="round_robin"`` to spread calls over them and ``retry`` to retry
+        a call a replica could not take (``RetryPolicy``)."""
         self._channel = open_channel(
-            self._grpc, address, tls, max_receive_message_bytes, options, token
+            self._grpc,
+            address,
+            tls,
+            max_receive_message_bytes,
+            options,
+            token,
+            retry=retry,
+            load_balancing=load_balancing,
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self._repo = pb_grpc.ModelRepositoryStub(self._channel)  # type: ignore[no-untyped-call]

@@ -262,6 +262,18 @@ class EngineCollector(Collector):
             "Ready cell nodes waiting for a batch, per cell type.",
             labels=cell,
         )
+        limit = GaugeMetricFamily(
+            PREFIX + "admission_limit",
+            "Live requests a device admits before RESOURCE_EXHAUSTED: --max-live, or what "
+            "the SLO controller set.",
+            labels=dev,
+        )
+        headroom = GaugeMetricFamily(
+            PREFIX + "admission_headroom",
+            "Requests a device would still admit now (admission_limit minus live requests): "
+            "what an autoscaler scales on, e.g. add a replica when the sum nears zero.",
+            labels=dev,
+        )
         free = GaugeMetricFamily(
             PREFIX + "free_slots",
             "Free state slots per pool (a live request holds one; a tree, one per leaf).",
@@ -272,7 +284,7 @@ class EngineCollector(Collector):
         )
         families: list[Metric] = [info, executions, timesteps, steps_per_plan, steps, padding]
         families += [batch_size, busy]
-        families += [failed_steps, running, waiting, depth, free, capacity]
+        families += [failed_steps, running, waiting, limit, headroom, depth, free, capacity]
         if engine is None:
             yield from families
             return
@@ -301,6 +313,11 @@ class EngineCollector(Collector):
             snap = worker.snapshot()
             running.add_metric([d], snap.num_live - snap.num_queued)
             waiting.add_metric([d], snap.num_queued)
+            admits = (
+                engine.config.max_num_live_requests if engine.slo is None else engine.slo.live_limit
+            )
+            limit.add_metric([d], admits)
+            headroom.add_metric([d], max(0, admits - snap.num_live))
             for name, n in snap.queue_depths.items():
                 depth.add_metric([d, *split_qualified(name)], n)
             for name, n in snap.free_slots.items():

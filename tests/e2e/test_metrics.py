@@ -176,6 +176,9 @@ def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:
         assert value(held, "batchmaker_ready_queue_depth", **cell) == 1
         assert value(held, "batchmaker_slots_capacity", **pool) == 16
         assert value(held, "batchmaker_free_slots", **pool) == 13
+        limit = config.max_num_live_requests
+        assert value(held, "batchmaker_admission_limit", **dev) == limit
+        assert value(held, "batchmaker_admission_headroom", **dev) == limit - 3
 
         live.call(live.gate.open)
         for s in streams:
@@ -186,6 +189,7 @@ def test_gauges_show_requests_in_flight_and_every_slot_back_after() -> None:
         assert value(done, "batchmaker_num_requests_waiting", **dev) == 0
         assert value(done, "batchmaker_ready_queue_depth", **cell) == 0
         assert value(done, "batchmaker_free_slots", **pool) == 16
+        assert value(done, "batchmaker_admission_headroom", **dev) == limit
 
         # Executions, rows and the batch-size histogram match the executor's own log.
         sizes = [len(s.request_ids) for s in live.call(lambda: list(live.gate.steps))]  # type: ignore[union-attr]

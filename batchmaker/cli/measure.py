@@ -205,6 +205,16 @@ def add_slobench_flags(p: argparse.ArgumentParser) -> None:
         help="what 100%% is: the fixed limits' throughput overloaded, or their sustainable "
         "rate at the target",
     )
+    p.add_argument(
+        "--phases",
+        help="load steps as comma-separated percentages of capacity, each with an optional "
+        ":SECONDS (else --phase-s), e.g. 50:20,200:120,50:40; default 25,50,100,150,100,50,25",
+    )
+    p.add_argument(
+        "--configs",
+        default="fixed,controller",
+        help="which to run, comma-separated: fixed (the --max-live limit) and/or controller",
+    )
     p.add_argument("--seed", type=int, default=0, help="the trace's")
     p.add_argument("--out", type=Path, default=Path("bench-results/slo.json"))
     p.add_argument("--plot", type=Path, help="also draw load, p99 and the limit over time (PNG)")

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchmaker.bench.slobench import PHASES, bench, per_phase, plot, summarize
+from batchmaker.bench.slobench import (
+    PHASES,
+    bench,
+    parse_phases,
+    per_phase,
+    phased_arrivals,
+    plot,
+    recovery,
+    summarize,
+)
 from batchmaker.bench.trace import stepped_arrivals
 from batchmaker.cli.main import main
 from batchmaker.config import EngineConfig
@@ -79,3 +88,81 @@ def test_the_command_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["bench-slo", "--tiny"])
     assert "--slo-p99-ms" in capsys.readouterr().err
+
+
+def test_phases_parse_percent_and_optional_seconds() -> None:
+    assert parse_phases("50:20,200:120,50", 7.0) == [(0.5, 20.0), (2.0, 120.0), (0.5, 7.0)]
+    for bad in ("50:x", "fifty", "50,,25", "0:10", "50:-1", ""):
+        with pytest.raises(ValueError, match="--phases"):
+            parse_phases(bad, 20.0)
+
+
+def test_the_command_names_bad_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench-slo", "--tiny", "--slo-p99-ms", "200", "--phases", "50:abc"])
+    assert "--phases: '50:abc'" in capsys.readouterr().err
+
+
+def test_phased_arrivals_give_each_phase_its_own_length() -> None:
+    offsets = np.arange(100, dtype=np.float64) + 0.5  # one a second at unit rate
+    t = phased_arrivals(offsets, [(1.0, 10.0), (4.0, 5.0), (1.0, 10.0)], 1.0)
+    assert np.histogram(t, [0, 10, 15, 25])[0].tolist() == [10, 20, 10]
+    assert np.all(np.diff(t) > 0)
+
+
+def test_recovery_is_the_first_window_back_in_the_idle_band() -> None:
+    # Phases 50% for 4 s, 200% for 4 s, 50% for 8 s; ten requests a second. Idle latency
+    # 0.1 s; after the drop, requests arriving in the first 3 s still take 1 s.
+    phases = [(0.5, 4.0), (2.0, 4.0), (0.5, 8.0)]
+    # Those arriving from 5 s to 6 s were refused (no latency).
+    arrival = np.arange(160) / 10
+    latency: list[float | None] = [
+        None if 5.0 <= a < 6.0 else 1.0 if 4.0 <= a < 11.0 else 0.1 for a in arrival
+    ]
+    rec = recovery({"arrival_s": arrival.tolist(), "latency_s": latency}, phases)
+    assert rec is not None
+    assert rec["idle_p99_s"] == pytest.approx(0.1)
+    assert rec["recovery_s"] == pytest.approx(3.0)
+    assert rec["windows_out_after"] == 0
+    assert "1.2 x the p99 of phase 0" in rec["definition"]
+    assert recovery({"arrival_s": [], "latency_s": []}, [(0.5, 1.0), (1.0, 1.0)]) is None
+
+
+def test_an_overload_run_reports_refusals_rss_and_recovery(tmp_path: Path) -> None:
+    # A live limit of 4 with 30 req/s offered at 4x: some are refused at once.
+    config = EngineConfig(max_batch=4, max_num_live_requests=4, num_slots=4)
+    phases = [(0.5, 1.0), (4.0, 1.0), (0.5, 1.5)]
+    report = asyncio.run(
+        bench(
+            "chain",
+            config,
+            slo_s=0.2,
+            phase_s=1.0,
+            runs=1,
+            capacity=30.0,
+            tiny=True,
+            phases=phases,
+            configs=("fixed",),
+            log=print,
+        )
+    )
+    (run,) = [r["fixed"] for r in report["runs"]]
+    assert report["phase_seconds"] == [1.0, 1.0, 1.5]
+    assert [p["load"] for p in run["phases"]] == [0.5, 4.0, 0.5]
+    for p in run["phases"]:
+        assert p["completed"] + p["refused"] + p["other_failures"] == p["offered"]
+        assert p["other_failures"] == 0
+        assert p["wrong"] == 0  # every completed request had all its steps, in order
+        assert p["rss_max_bytes"] is None or p["rss_max_bytes"] > 0
+    assert sum(p["offered"] for p in run["phases"]) == report["requests"]
+    refused = sum(p["refused"] for p in run["phases"])
+    assert refused == len(run["failures"]["index"])
+    for p in run["phases"]:  # a refusal's time to it is reported where there were some
+        assert (p["max_refusal_s"] is None) == (p["refused"] == 0)
+    assert len(run["rss"]["t_s"]) >= 2
+    assert min(run["rss"]["bytes"]) > 0
+    assert run["recovery"] is not None
+    assert "idle band" in run["recovery"]["definition"]
+    out = tmp_path / "overload.png"
+    plot(report, out)
+    assert out.stat().st_size > 10_000

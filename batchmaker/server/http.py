@@ -41,7 +41,6 @@ from batchmaker.errors import (
     BatchMakerError,
     Code,
     InvalidRequestError,
-    ModelNotFoundError,
     RequestCancelledError,
 )
 from batchmaker.server import logs
@@ -53,6 +52,7 @@ from batchmaker.server.kserve import (
     model_config,
     model_metadata,
     model_ready,
+    repository_model,
     responses,
     whole,
 )
@@ -117,7 +117,7 @@ class HttpFrontDoor:
     def __init__(
         self,
         gate: CallGate,
-        manager: ModelManager | None,
+        manager: ModelManager,
         config: ServerConfig,
         metrics: ServerMetrics | None = None,
     ) -> None:
@@ -248,11 +248,6 @@ class HttpFrontDoor:
 
     # ---- the repository -----------------------------------------------------------
 
-    def _repository(self) -> ModelManager:
-        if self._manager is None:
-            raise ModelNotFoundError("this server has no model repository")
-        return self._manager
-
     async def _optional_object(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         if not raw.strip():
@@ -267,28 +262,23 @@ class HttpFrontDoor:
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequestError(f"ready: must be a boolean, got {ready!r}")
-        return _json(wire.repository_index(self._repository().index(), ready_only=ready))
+        return _json(wire.repository_index(self._manager.index(), ready_only=ready))
 
     async def _admin_model(self, request: web.Request, *, allowed: tuple[str, ...]) -> str:
         doc = await self._optional_object(request)
-        for key in body.parameters(doc.get("parameters"), "parameters"):
-            if key not in allowed:
-                raise InvalidRequestError(
-                    f"parameters.{key}: not supported here (models load from the server's "
-                    "repository folder, with their own config.json)"
-                )
-        return request.match_info["name"]
+        params = body.parameters(doc.get("parameters"), "parameters")
+        return repository_model(request.match_info["name"], params, allowed=allowed)
 
     async def load(self, request: web.Request) -> web.Response:
         name = await self._admin_model(request, allowed=())
         log.info("admin (v2 http): load %s (default versions)", name)
-        await self._repository().load(name, ())
+        await self._manager.load(name, ())
         return web.Response()
 
     async def unload(self, request: web.Request) -> web.Response:
         name = await self._admin_model(request, allowed=("unload_dependents",))
         log.info("admin (v2 http): unload %s (every version)", name)
-        await self._repository().unload(name, ())
+        await self._manager.unload(name, ())
         return web.Response()
 
     # ---- inference ----------------------------------------------------------------

@@ -75,7 +75,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     protocol = PROTOCOL
 
-    def __init__(self, gate: CallGate, manager: ModelManager | None = None) -> None:
+    def __init__(self, gate: CallGate, manager: ModelManager) -> None:
         self.gate = gate
         self._manager = manager
 
@@ -122,16 +122,11 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     # ---- the model repository -------------------------------------------------------
 
-    def _repository(self) -> ModelManager:
-        if self._manager is None:
-            raise ModelNotFoundError("this server has no model repository")
-        return self._manager
-
     @rpc
     async def RepositoryIndex(  # noqa: N802
         self, request: kpb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> kpb.RepositoryIndexResponse:
-        index = wire.repository_index(self._repository().index(), ready_only=request.ready)
+        index = wire.repository_index(self._manager.index(), ready_only=request.ready)
         return wire.metadata_to_pb(  # type: ignore[no-any-return]
             {"models": index}, kpb.RepositoryIndexResponse()
         )
@@ -140,20 +135,20 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(  # noqa: N802
         self, request: kpb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> kpb.RepositoryModelLoadResponse:
-        name = _repository_model(request.model_name, request.parameters, allowed=())
+        name = repository_model(request.model_name, request.parameters, allowed=())
         log.info("admin (v2): load %s (default versions)", name)
-        await self._repository().load(name, ())
+        await self._manager.load(name, ())
         return kpb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(  # noqa: N802
         self, request: kpb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> kpb.RepositoryModelUnloadResponse:
-        name = _repository_model(
+        name = repository_model(
             request.model_name, request.parameters, allowed=("unload_dependents",)
         )
         log.info("admin (v2): unload %s (every version)", name)
-        await self._repository().unload(name, ())
+        await self._manager.unload(name, ())
         return kpb.RepositoryModelUnloadResponse()
 
     # ---- inference ------------------------------------------------------------------
@@ -245,7 +240,9 @@ def _error(
     )
 
 
-def _repository_model(name: str, parameters: Iterable[str], *, allowed: tuple[str, ...]) -> str:
+def repository_model(name: str, parameters: Iterable[str], *, allowed: tuple[str, ...]) -> str:
+    """The model a v2 load or unload names, refusing the parameters this server does not
+    take (both v2 doors ask it)."""
     if not name:
         raise InvalidRequestError("model_name: required")
     for key in parameters:

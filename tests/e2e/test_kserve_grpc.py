@@ -37,6 +37,7 @@ from batchmaker.errors import InvalidRequestError
 from batchmaker.kserve import open_inference_pb2 as kpb
 from batchmaker.kserve import open_inference_pb2_grpc as kpb_grpc
 from batchmaker.types import StepOutput, TreeInput
+from batchmaker.wire.kserve import param_to_pb
 
 CLIENT = Path(__file__).with_name("kserve_grpc_client.py")
 CALL_TIMEOUT_S = 20.0
@@ -300,13 +301,7 @@ def v2_request(
         msg.inputs.add(name=name, datatype=datatype, shape=list(shape or arr.shape))
         msg.raw_input_contents.append(arr.tobytes())
     for k, v in (params or {}).items():
-        p = msg.parameters[k]
-        if isinstance(v, bool):
-            p.bool_param = v
-        elif isinstance(v, int):
-            p.int64_param = v
-        else:
-            p.string_param = v
+        param_to_pb(v, msg.parameters[k])
     for o in outputs:
         msg.outputs.add(name=o)
     return msg

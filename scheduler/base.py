@@ -210,8 +210,9 @@ class Scheduler(ABC):
     def plan_seconds(self, live: int, steps: int) -> float | None:
         """What a plan of ``steps`` steps should take with ``live`` requests in the batch, for
         the slowest cell type that runs several steps per plan; ``None`` when this policy
-        does not choose plan lengths or nothing of that size was measured yet. The SLO
-        controller bounds plan length by it (``scheduler/slo.py``)."""
+        does not choose plan lengths or that length (in its power-of-two bucket) is
+        outside the lengths measured at that batch: the SLO controller sizes plans by it
+        (``scheduler/slo.py``), and a guess outside them would mislead it."""
         return None
 
     def step_seconds(self, live: int) -> float | None:

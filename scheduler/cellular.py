@@ -217,7 +217,8 @@ class CellularScheduler(Scheduler):
         for spec in list(self.cell_types.values()):
             if not spec.runs:
                 continue
-            cost = self.costs.estimate(spec.name, max(1, min(live, spec.max_batch)), steps)
+            rows = max(1, min(live, spec.max_batch))
+            cost = self.costs.estimate(spec.name, rows, steps, guess=False)
             if cost is None:
                 return None
             worst = cost if worst is None else max(worst, cost)

@@ -16,6 +16,7 @@ short scan of at most one point per power-of-two plan length.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,17 +64,29 @@ class PlanCosts:
         point.rows += _SMOOTHING * (rows - point.rows)
         point.count += 1
 
-    def estimate(self, cell_type: str, rows: int, steps: int) -> float | None:
+    def estimate(
+        self, cell_type: str, rows: int, steps: int, *, guess: bool = True
+    ) -> float | None:
         """Seconds a plan of ``rows`` rows and ``steps`` steps should take; ``None`` when no
-        plan of this cell type and batch-size bucket has been seen.
+        plan of this cell type and batch-size bucket has been seen, or (``guess=False``)
+        when ``steps`` (in its power-of-two bucket) is outside the plan lengths seen.
 
         Between two seen plan lengths, linear. Below the shortest, in proportion to it
         (no fixed cost assumed, so short plans are never made to look cheap). Above the
         longest, along the line through the two longest, never cheaper than the longest
-        and never falling: a guess, which the plans it leads to then measure.
+        and never falling: a guess, which the plans it leads to then measure. A caller
+        that compares lengths by their whole cost (the SLO controller) asks without the
+        guesses: below the shortest length seen they drop the plan's fixed cost, and past
+        the longest they favour the lengths already known.
         """
         points = self._sorted.get((cell_type, pow2_bucket(rows)))
         if not points:
+            return None
+        if not guess and not (
+            pow2_bucket(math.ceil(points[0].steps))
+            <= pow2_bucket(steps)
+            <= pow2_bucket(math.ceil(points[-1].steps))
+        ):
             return None
         return along([p.steps for p in points], [p.seconds for p in points], steps)
 

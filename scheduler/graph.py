@@ -84,6 +84,13 @@ class RequestGraph(ABC):
 
     # ---- runs: several steps in one plan --------------------------------------------
 
+    @property
+    def longest_run(self) -> int:
+        """The most steps one row of this request could run in a single plan with no cap:
+        its longest stretch of nodes whose inputs are known ahead. The SLO controller
+        sizes plans by it (``scheduler/slo.py``)."""
+        return 1
+
     def run_length(self, index: int, max_steps: int) -> int:
         """How many consecutive nodes from the ready node ``index`` one plan may run, at
         most ``max_steps``: 1 unless the graph knows the inputs ahead (chains, encoders)."""
@@ -151,6 +158,10 @@ class ChainGraph(RequestGraph):
 
     @property
     def num_steps_hint(self) -> int:
+        return self._n
+
+    @property
+    def longest_run(self) -> int:
         return self._n
 
     def run_length(self, index: int, max_steps: int) -> int:
@@ -233,6 +244,10 @@ class Seq2SeqGraph(RequestGraph):
     @property
     def num_steps_hint(self) -> int:
         return self._max
+
+    @property
+    def longest_run(self) -> int:
+        return self._n  # the encoder; each decoder step waits for the last token
 
     def run_length(self, index: int, max_steps: int) -> int:
         # The encoder's inputs are the source; each decoder step's is the last token.

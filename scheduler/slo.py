@@ -33,16 +33,28 @@ What it turns, and why these:
     predict the aim still holds.
   Each limit is judged only by the requests admitted under it, so a cut is not repeated
   while the slow requests admitted before it drain.
-- **Steps per plan.** A request that arrives during a plan of K steps waits for it to end
-  before its first step runs, so a plan may take at most ``plan_share`` of the target, by
-  the plans' measured costs at the batch now running (``scheduler/cost.py``). Light load
-  runs long plans, which are cheap per step; heavy load, short ones.
+- **Steps per plan.** The cap on the plan length that the slowest requests finish
+  soonest with, by the plans' measured costs at the batch now running
+  (``scheduler/cost.py``). A request waits for the plan in progress before its first
+  step, and then runs its steps in plans of up to K: a request of S steps (the p99 of
+  the completed requests' longest runs) takes about ``C(K) * (1 + ceil(S / K))``. Short
+  plans shorten the wait; long ones pay a plan's fixed cost (the host's work, a fused
+  kernel's set-up, the first layer's table) over more steps. Which wins is the device's
+  and the model's. This knob's first rule, a plan may take a tenth of the target, held
+  on a fast host; on a slower one, where a plan of the benchmark model at a few rows
+  cost 15 ms for 2 steps and 20 ms for 16, it cut plans to 2-4 steps, made every long
+  request slower and late, and the admission limit then refused half of a load the
+  server could serve. Costs are compared only within the lengths measured: outside
+  them the estimate is a guess (``PlanCosts.estimate``). Under the cap the
+  scheduler still shortens plans that arriving requests would wait for
+  (``scheduler/cellular.py``).
 - **Max batch: not turned.** With the two knobs above, it changes neither the tail nor
   the throughput: in the simulator, on this project's CPU profile at 1.5 x capacity, max
   batches of 16, 32 and 64 served 194, 193 and 195 requests/s with 1.0-1.5% late
-  (docs/slo.md). Without the controller a smaller batch does shorten the tail on a CPU,
-  where a row costs about the same in any batch past 16; the plan-length cap gets the
-  same by shortening the plans instead, which keeps the wide batch a GPU needs.
+  (docs/slo.md; under the first plan-length rule). Without the controller a smaller
+  batch does shorten the tail on a CPU, where a row costs about the same in any batch
+  past 16; the plan-length cap shortens plans instead where that helps the slowest
+  requests, which keeps the wide batch a GPU needs.
 """
 
 from __future__ import annotations
@@ -77,9 +89,10 @@ class SloConfig:
     delay (a cut acts only on the requests admitted after it)."""
     raise_below: float = 0.6
     """It raises a binding limit only while the p99 is under this share of the target."""
-    plan_share: float = 0.1
-    """The longest a plan may take, as a share of the target: what a request arriving
-    mid-plan waits before its first step."""
+    plan_margin: float = 0.1
+    """The plan length changes only for a predicted p99 this much shorter than the current
+    length's: the costs are noisy running means, and a cap that flips every update would
+    keep the scheduler from learning either length's cost."""
     min_samples: int = 20
     """Latencies needed (since the last change) before the p99 is trusted."""
 
@@ -93,8 +106,8 @@ class SloConfig:
                 f"slo shares must satisfy 0 < raise_below < aim <= 1, got "
                 f"{self.raise_below} and {self.aim}"
             )
-        if not 0 < self.plan_share <= 1:
-            raise ValueError(f"slo plan_share must be in (0, 1], got {self.plan_share}")
+        if not 0 <= self.plan_margin < 1:
+            raise ValueError(f"slo plan_margin must be in [0, 1), got {self.plan_margin}")
         if self.min_samples < 1:
             raise ValueError(f"slo min_samples must be >= 1, got {self.min_samples}")
 
@@ -145,8 +158,8 @@ class SloController:
         self.out_of_reach = ""
         """Why the p99 is over the aim but cutting admission would not help; empty when it
         would (or the p99 is under the aim)."""
-        self._done: deque[tuple[float, float]] = deque()
-        """(arrival, latency) of completions, oldest first."""
+        self._done: deque[tuple[float, float, int]] = deque()
+        """(arrival, latency, longest run) of completions, oldest first (run 0: not told)."""
         self._changed_at = -math.inf
         self._last_update = now
         self._started = now
@@ -172,10 +185,12 @@ class SloController:
         self._rejected_since += 1
         self._bound = True
 
-    def finished(self, arrival: float, now: float) -> None:
-        """A request admitted at ``arrival`` completed at ``now``."""
+    def finished(self, arrival: float, now: float, run: int = 0) -> None:
+        """A request admitted at ``arrival`` completed at ``now``. ``run``: the most steps
+        one plan could have run of it (``RequestGraph.longest_run``), which sizes the plan
+        length; 0 when the owner does not say (the plan length is then left alone)."""
         latency = now - arrival
-        self._done.append((arrival, latency))
+        self._done.append((arrival, latency, run))
         self.num_finished += 1
         if latency > self.config.p99_s:
             self.num_over += 1
@@ -210,7 +225,7 @@ class SloController:
         while done and done[0][0] < now - cfg.window_s:
             done.popleft()
         since = max(self._changed_at, now - cfg.window_s)
-        samples = [lat for arr, lat in done if arr >= since]
+        samples = [lat for arr, lat, _ in done if arr >= since]
         late = [now - a for a in arrivals if a >= since and now - a > cfg.aim * target]
         samples += late
         p99 = float(np.percentile(samples, 99)) if samples else math.nan
@@ -228,8 +243,13 @@ class SloController:
         history.append((now, n_live))
         while history[0][0] < now - _RATE_SPAN_S:
             history.popleft()
-        mean_live = sum(n for _, n in history) / len(history)
-        rate, recent_mean, recent = self._recent(now)
+        sampled_live = sum(n for _, n in history) / len(history)
+        rate, recent_mean, recent, busy = self._recent(now, arrivals)
+        # The time-weighted live count, from every request's own times, when they were
+        # given: sampled four times a second, the count swings with each plan's
+        # completions, and at a steady load one update in ten read a crowd of 1.28 or more
+        # (a 20 s run at half of capacity on this project's CPU).
+        mean_live = busy if arrivals or not n_live else sampled_live
         signal, at = p99, -1
         if trusted and recent >= cfg.min_samples and recent_mean > 0:
             # Only a crowd well past Little's count of what completed counts (the same
@@ -239,7 +259,7 @@ class SloController:
             # multiplies the noise).
             crowd = mean_live / (rate * recent_mean)
             if crowd > _CROWD:
-                signal, at = p99 * crowd, max(1, round(mean_live))
+                signal, at = p99 * crowd, max(1, round(sampled_live))
         mean = float(np.mean(samples)) if samples else 0.0
         # The live count the samples were served at: the crowd's, or Little's.
         served = at if at >= 0 else max(1, round(min(float(peak), rate * mean)))
@@ -265,7 +285,7 @@ class SloController:
             self.out_of_reach = ""
         # A limit's p99 is known once its longest requests could have completed: until
         # then its samples lean to the short ones.
-        settle = min(target, float(np.percentile([lat for _, lat in done], 99)) if done else target)
+        settle = min(target, float(np.percentile([d[1] for d in done], 99)) if done else target)
         if (
             trusted
             and signal < cfg.raise_below * target
@@ -284,14 +304,10 @@ class SloController:
             self.live_limit = limit
             self._changed_at = now
             self._bound = False
-        steps = self._plan_length(plan_cost)
-        if steps != self.max_steps_per_plan:
-            cost = plan_cost(steps) if plan_cost is not None else None
-            changes.append(
-                f"steps per plan {self.max_steps_per_plan} -> {steps}: a plan may take "
-                f"{1e3 * cfg.plan_share * target:.1f} ms"
-                + (f" ({steps} steps: {1e3 * cost:.1f} ms)" if cost is not None else "")
-            )
+        plan = self._plan_length(plan_cost, [run for _, _, run in done if run > 0])
+        if plan is not None:
+            steps, why = plan
+            changes.append(f"steps per plan {self.max_steps_per_plan} -> {steps}: {why}")
             self.max_steps_per_plan = steps
         self.num_changes += len(changes)
         self._last_update = now
@@ -393,52 +409,56 @@ class SloController:
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
         return lo + math.ceil(2 * math.sqrt(lo))
 
-    def _recent(self, now: float) -> tuple[float, float, int]:
+    def _recent(self, now: float, live_arrivals: list[float]) -> tuple[float, float, int, float]:
         """Completions per second over the last ``_RATE_SPAN_S`` seconds (or since the
         start, if that is shorter: a rate over time not yet served would read low), their
-        mean latency, and how many."""
+        mean latency, how many, and the mean live count over the same seconds: the time
+        each request, completed or still live (``live_arrivals``), spent live in them."""
         span = min(_RATE_SPAN_S, now - self._started)
         if span < 0.5 * _RATE_SPAN_S:
-            return 0.0, 0.0, 0
-        n, total = 0, 0.0
-        for arrival, latency in reversed(self._done):
-            if arrival + latency < now - span:
+            return 0.0, 0.0, 0, 0.0
+        start = now - span
+        n, total, busy = 0, 0.0, 0.0
+        for arrival, latency, _ in reversed(self._done):  # newest completion first
+            end = arrival + latency
+            if end < start:
                 break
             n += 1
             total += latency
-        return n / span, total / n if n else 0.0, n
+            busy += end - max(arrival, start)
+        busy += sum(now - max(a, start) for a in live_arrivals)
+        return n / span, total / n if n else 0.0, n, busy / span
 
-    def _plan_length(self, plan_cost: Callable[[int], float | None] | None) -> int:
-        """The longest plan within the plan budget; lengthened only with room to spare
-        (30%), so that noise in the measured costs does not flip it back and forth."""
-        if plan_cost is None:
-            return self.max_steps_per_plan
-        budget = self.config.plan_share * self.config.p99_s
-        steps = self._longest_within(plan_cost, budget)
-        if steps is None:
-            return self.max_steps_per_plan
-        if steps > self.max_steps_per_plan:
-            roomy = self._longest_within(plan_cost, 0.7 * budget)
-            steps = max(self.max_steps_per_plan, roomy or 1)
-        return steps
+    def _plan_length(
+        self, plan_cost: Callable[[int], float | None] | None, runs: list[int]
+    ) -> tuple[int, str] | None:
+        """A new cap on the plan length and why, or ``None`` to keep it: the length (a power
+        of two, or the p99 run) that minimises the predicted latency of a request of the
+        p99 of ``runs`` steps, ``C(K) * (1 + ceil(S / K))`` (the module docstring), when
+        that beats the current length's by ``plan_margin``. Kept while the current
+        length's cost is not measured or no completed request said its run; a length
+        whose cost is not measured is not a candidate."""
+        if plan_cost is None or not runs:
+            return None
+        longest = min(self.max_steps_cap, max(1, math.ceil(float(np.percentile(runs, 99)))))
+        current = min(self.max_steps_per_plan, longest)
 
-    def _longest_within(
-        self, plan_cost: Callable[[int], float | None], budget: float
-    ) -> int | None:
-        """The longest plan (a power of two, or the cap) costing at most ``budget``;
-        ``None`` when a cost is not known yet."""
-        best = 1
-        k = 2
-        while k <= self.max_steps_cap:
+        def predicted(k: int) -> float | None:
             cost = plan_cost(k)
-            if cost is None:
-                return None
-            if cost > budget:
-                break
-            best = k
-            k *= 2
-        if best * 2 > self.max_steps_cap and self.max_steps_cap > best:
-            cost = plan_cost(self.max_steps_cap)
-            if cost is not None and cost <= budget:
-                best = self.max_steps_cap
-        return best
+            return None if cost is None else cost * (1 + math.ceil(longest / k))
+
+        now_s = predicted(current)
+        if now_s is None:
+            return None
+        best, best_s = current, now_s
+        lengths = [1 << i for i in range(longest.bit_length()) if 1 << i < longest]
+        for k in [*lengths, longest]:
+            k_s = predicted(k)
+            if k_s is not None and k_s < best_s:
+                best, best_s = k, k_s
+        if best == current or best_s > (1 - self.config.plan_margin) * now_s:
+            return None
+        return best, (
+            f"a request of {longest} steps (the p99 of the runs) predicted "
+            f"{1e3 * best_s:.0f} ms, against {1e3 * now_s:.0f} ms at {current} steps"
+        )

@@ -505,7 +505,7 @@ class Engine:
             assert reason is not None, "the scheduler hands out only finished requests"
             try:
                 if self.slo is not None and not reason.is_error:
-                    self.slo.finished(sreq.arrival, self._clock.now())
+                    self.slo.finished(sreq.arrival, self._clock.now(), sreq.graph.longest_run)
                 stream.finish(
                     reason,
                     _error_for(reason, error),

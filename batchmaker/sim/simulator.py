@@ -253,7 +253,7 @@ def simulate(
             if control is not None:
                 del live_arrivals[i]
                 if req.finish_reason in (FinishReason.COMPLETED, FinishReason.LENGTH):
-                    control.finished(req.arrival, now)
+                    control.finished(req.arrival, now, req.graph.longest_run)
 
     while True:
         clock.set(now)

@@ -104,19 +104,25 @@ def test_the_plan_length_it_allows_reaches_the_device() -> None:
             sched = engine.workers[0].scheduler
             assert isinstance(sched, CellularScheduler)
             (cell,) = sched.cell_types
-            # The executor's costs, scripted: 40 ms a step at batch 1. A plan may take a
-            # tenth of the 1 s target: 2 steps (80 ms), not 4 (160 ms).
+            # Requests of 40 tokens complete: the engine tells the controller their runs.
+            long = INPUTS[0] * 14
+            for x in (long, long[:-1], long[:-2]):
+                assert_matches_alone(LM, x, await collect(engine.submit(InferRequest("lm", x))))
+            # The executor's costs, scripted: 40 ms a step at batch 1 in any plan, so a
+            # long plan only makes arrivals wait. For a request of 32 steps (the cap), one
+            # step a plan predicts 40 ms x 33 = 1.32 s, 32 steps 1.28 s x 2 = 2.56 s.
+            sched.costs.forget(cell)
             sched.costs.observe(cell, 1, 1, 0.04)
             sched.costs.observe(cell, 1, 32, 1.28)
             advance(engine, 1.0)
             decision = engine.control_slo()
             assert decision is not None
-            assert decision.max_steps_per_plan == 2
+            assert decision.max_steps_per_plan == 1
             for _ in range(int(GUARD_S / 0.01)):
-                if sched.max_steps_per_plan == 2:
+                if sched.max_steps_per_plan == 1:
                     break
                 await asyncio.sleep(0.01)
-            assert sched.max_steps_per_plan == 2
+            assert sched.max_steps_per_plan == 1
             x = INPUTS[0] * 4
             assert_matches_alone(LM, x, await collect(engine.submit(InferRequest("lm", x))))
 

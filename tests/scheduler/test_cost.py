@@ -57,6 +57,20 @@ def test_above_the_longest_seen_plan_the_last_segment_goes_on_but_never_falls():
     assert falling.estimate("lstm", 64, 32) == pytest.approx(0.010)
 
 
+def test_without_guesses_only_lengths_within_those_seen_are_estimated():
+    """The SLO controller compares lengths by their whole cost: below the shortest seen
+    the proportional guess drops the fixed cost, past the longest the line is a guess."""
+    costs = costs_with({4: 0.012, 16: 0.020})
+    assert costs.estimate("lstm", 64, 2, guess=False) is None
+    assert costs.estimate("lstm", 64, 3, guess=False) == pytest.approx(
+        costs.estimate("lstm", 64, 3)
+    )
+    assert costs.estimate("lstm", 64, 8, guess=False) == pytest.approx(0.012 + 4 * 0.008 / 12)
+    assert costs.estimate("lstm", 64, 16, guess=False) == pytest.approx(0.020)
+    assert costs.estimate("lstm", 64, 17, guess=False) is None
+    assert costs.estimate("lstm", 64, 17) is not None
+
+
 def test_a_point_is_a_running_mean_that_moves_toward_new_plans():
     costs = costs_with({8: 0.010})
     for _ in range(50):

@@ -31,6 +31,7 @@ from scheduler import (
     AdmissionError,
     CellTypeSpec,
     CellularScheduler,
+    ChainGraph,
     Emission,
     FinishReason,
     ManualClock,
@@ -70,6 +71,14 @@ def trees(max_nodes: int = 60) -> st.SearchStrategy[list[list[int]]]:
 
 def s2s_graph(src: Sequence[int], max_steps: int = 10) -> Seq2SeqGraph:
     return Seq2SeqGraph(ENC, DEC, src, S2S_POOL, bos=BOS, eos=EOS, max_steps=max_steps)
+
+
+def test_longest_run_is_what_one_plan_could_run_of_a_request():
+    """The SLO controller sizes plans by it: a chain's whole length, a seq2seq's source
+    (each decoder step waits for the last token), one node of a tree."""
+    assert ChainGraph("lm", [3, 4, 5, 6], "h").longest_run == 4
+    assert s2s_graph([7, 8, 9], max_steps=50).longest_run == 3
+    assert tree_graph([[1, 2], [], []], [0, 1, 2]).longest_run == 1
 
 
 def test_seq2seq_encoder_reads_zero_then_its_slot_and_streams_nothing():

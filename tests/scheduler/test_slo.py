@@ -15,7 +15,7 @@ from scheduler import SloConfig, SloController
 
 TARGET = 1.0
 """Seconds: round numbers, so every threshold below is easy to check by hand
-(aim 0.8 s, raise below 0.6 s, a plan may take 0.1 s)."""
+(aim 0.8 s, raise below 0.6 s)."""
 
 
 def controller(live_limit: int = 100, steps: int = 32, **config: float) -> SloController:
@@ -222,29 +222,93 @@ def test_old_completions_leave_the_window() -> None:
     assert d.live_limit == 100
 
 
-def test_plans_may_take_a_tenth_of_the_target() -> None:
+def told_runs(c: SloController, run: int, *, at: float, n: int = 50) -> None:
+    """``n`` quick completions at ``at`` whose longest run was ``run`` steps."""
+    for _ in range(n):
+        c.finished(at - 0.1, at, run)
+
+
+def test_plan_length_is_the_one_the_longest_requests_finish_soonest_with() -> None:
+    """A request of S steps waits for the plan in progress, then runs S / K plans:
+    ``C(K) * (1 + ceil(S / K))``. With a plan's fixed cost, long plans win; with none,
+    every step costs the same in any plan, and only the wait grows with K."""
     c = controller(steps=32)
-    # 10 ms a step: 8 steps (80 ms) fit in 0.1 s, 16 do not.
-    d = c.update(1.0, live=4, plan_cost=lambda k: 0.01 * k)
-    assert d.max_steps_per_plan == 8
-    assert "steps per plan 32 -> 8" in d.changes[0]
-    # Lengthened only with 30% to spare: 16 steps at 4 ms is 64 ms, over 70 ms of room? no
-    # (64 <= 70): allowed; at 5 ms it would be 80 ms, not.
-    assert c.update(2.0, live=4, plan_cost=lambda k: 0.005 * k).max_steps_per_plan == 8
-    assert c.update(3.0, live=4, plan_cost=lambda k: 0.004 * k).max_steps_per_plan == 16
-    # Shortened at once when over the budget.
-    assert c.update(4.0, live=4, plan_cost=lambda k: 0.03 * k).max_steps_per_plan == 2
-    # Even one step over the budget leaves one step per plan (never zero).
-    assert c.update(5.0, live=4, plan_cost=lambda k: 0.2 * k).max_steps_per_plan == 1
-    # A cost not measured yet keeps the current length.
-    assert c.update(6.0, live=4, plan_cost=lambda k: None).max_steps_per_plan == 1
+    told_runs(c, 64, at=1.0)  # S = 64, capped at 32
+    fixed_cost = lambda k: 0.02 + 0.001 * k  # noqa: E731
+    # 32 steps: 52 ms x (1 + 1) = 104 ms, the least of all: kept.
+    assert c.update(1.0, live=4, plan_cost=fixed_cost).changes == ()
+    d = c.update(2.0, live=4, plan_cost=lambda k: 0.01 * k)
+    # 1 step: 10 ms x 33 = 330 ms, against 320 ms x 2 = 640 ms at 32.
+    assert d.max_steps_per_plan == 1
+    assert d.changes == (
+        "steps per plan 32 -> 1: a request of 32 steps (the p99 of the runs) predicted "
+        "330 ms, against 640 ms at 32 steps",
+    )
+    # And back, once the fixed cost makes long plans cheaper again.
+    assert c.update(3.0, live=4, plan_cost=fixed_cost).max_steps_per_plan == 32
 
 
-def test_a_cap_that_is_not_a_power_of_two_is_reached() -> None:
-    c = controller(steps=20)
-    assert c.update(1.0, live=1, plan_cost=lambda k: 0.001 * k).max_steps_per_plan == 20
-    c = controller(steps=20)
-    assert c.update(1.0, live=1, plan_cost=lambda k: 0.006 * k).max_steps_per_plan == 16
+def test_plan_length_candidates_stop_at_the_longest_run() -> None:
+    """Past the p99 run every cap is the same to the requests: the candidates are the
+    powers of two below it and the run itself (10 here, with a cap of 32)."""
+    c = controller(steps=32)
+    told_runs(c, 10, at=1.0)
+    asked: list[int] = []
+
+    def cost(k: int) -> float:
+        asked.append(k)
+        return 0.01 * k
+
+    d = c.update(1.0, live=4, plan_cost=cost)
+    assert sorted(set(asked)) == [1, 2, 4, 8, 10]
+    assert d.max_steps_per_plan == 1  # 110 ms, against 200 ms at 10
+
+
+def test_plan_length_changes_only_for_a_clear_gain() -> None:
+    c = controller(steps=32)
+    told_runs(c, 32, at=1.0)
+    costs = {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 0.0633, 32: 0.1}
+    # 16 steps: 63.3 ms x 3 = 190 ms, 5% under 200 ms at 32: within the noise, kept.
+    assert c.update(1.0, live=4, plan_cost=costs.__getitem__).changes == ()
+    costs[16] = 0.059  # 177 ms: more than 10% under
+    assert c.update(2.0, live=4, plan_cost=costs.__getitem__).max_steps_per_plan == 16
+
+
+def test_plan_length_is_judged_on_measured_costs_only() -> None:
+    c = controller(steps=32)
+    told_runs(c, 32, at=1.0)
+    linear = lambda k: 0.01 * k  # noqa: E731 - favours one step
+    # The current length's cost not measured yet (None): kept, whatever the others say.
+    assert c.update(1.0, live=4, plan_cost=lambda k: None if k == 32 else linear(k)).changes == ()
+    # Lengths not measured are not candidates: only 32 and 16 are known here.
+    d = c.update(2.0, live=4, plan_cost=lambda k: linear(k) if k >= 16 else None)
+    assert d.max_steps_per_plan == 16  # 160 ms x 3 = 480 ms, against 640 ms at 32
+    # Without runs (a caller that does not say them), the length is left alone.
+    c2 = controller(steps=32)
+    complete(c2, [0.1] * 50, at=1.0)
+    assert c2.update(1.0, live=4, plan_cost=linear).max_steps_per_plan == 32
+
+
+def test_a_live_count_sampled_at_its_peaks_is_not_a_crowd() -> None:
+    """Little's law holds (50/s for 0.5 s each: 25 live), but the four samples a second
+    of the live count caught a peak of 50: sampled, that reads a crowd of 2 and the p99
+    of 0.5 s as 1.0 s ahead, over the aim; the time each request spent live reads 25."""
+
+    def steady(c: SloController) -> None:
+        for i in range(100):  # completions ending evenly over the last 2 s
+            end = 8.0 + 2.0 * (i + 0.5) / 100
+            c.finished(end - 0.5, end)
+
+    live_arrivals = [9.5 + 0.5 * (i + 0.5) / 25 for i in range(25)]
+    c = controller(live_limit=1024)
+    steady(c)
+    d = c.update(10.0, live=50, live_arrivals=live_arrivals)
+    assert (d.live_limit, d.changes) == (1024, ())
+    # Told only the sampled count, the controller sees the crowd (the case above, before
+    # it was told the live requests' own times).
+    c = controller(live_limit=1024)
+    steady(c)
+    assert c.update(10.0, live=50).live_limit < 50
 
 
 def test_counts_for_the_metrics() -> None:
@@ -261,7 +325,7 @@ def test_counts_for_the_metrics() -> None:
         ({"p99_s": float("nan")}, "positive number"),
         ({"p99_s": 1.0, "window_s": 0.0}, "window"),
         ({"p99_s": 1.0, "aim": 0.5, "raise_below": 0.6}, "raise_below < aim"),
-        ({"p99_s": 1.0, "plan_share": 0.0}, "plan_share"),
+        ({"p99_s": 1.0, "plan_margin": 1.0}, "plan_margin"),
         ({"p99_s": 1.0, "min_samples": 0}, "min_samples"),
     ],
 )
@@ -274,8 +338,9 @@ def test_reset_forgets_the_past_and_restores_the_configured_limits() -> None:
     c = controller(live_limit=64, steps=32)
     complete(c, [5.0] * 40, at=10.0)
     c.rejected()
+    told_runs(c, 32, at=10.0)
     c.update(10.0, live=60, plan_cost=lambda k: 0.05 * k)
-    assert (c.live_limit, c.max_steps_per_plan) == (30, 2)
+    assert (c.live_limit, c.max_steps_per_plan) == (30, 1)
     c.reset(20.0)
     assert (c.live_limit, c.max_steps_per_plan) == (64, 32)
     assert (c.num_finished, c.num_over, c.num_rejected, c.num_changes) == (0, 0, 0, 0)

@@ -35,7 +35,7 @@ import numpy as np
 from batchmaker.bench import openloop
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Send
-from batchmaker.bench.reference import Fingerprint, compare, fingerprint
+from batchmaker.bench.reference import Fingerprint, check_runs, fingerprint
 from batchmaker.bench.trace import Trace, make_trace
 from batchmaker.client import AsyncClient
 from batchmaker.config import EngineConfig
@@ -62,8 +62,6 @@ class RunResult:
     p50: float = 0.0
     p99: float = 0.0
     ttft_p50: float = 0.0
-    top1: list[list[int]] = field(default_factory=list, repr=False)
-    """Each request's top-1 ids per step (``bench-protocols`` compares these)."""
 
 
 @dataclass
@@ -84,22 +82,15 @@ class OverheadReport:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         del d["outputs"]
-        for r in d["runs"]:
-            del r["top1"]
         return d
-
-
-async def replay(path: str, send: Send, trace: Trace, rate: float) -> RunResult:
-    """The whole trace down one path at ``rate``, open loop (``openloop.replay``, no SLO:
-    every request is sent and awaited)."""
-    result, _ = await replay_outputs(path, send, trace, rate)
-    return result
 
 
 async def replay_outputs(
     path: str, send: Send, trace: Trace, rate: float
 ) -> tuple[RunResult, list[Fingerprint]]:
-    """``replay``, and each request's fingerprint (top-1 ids and scores per step)."""
+    """The whole trace down one path at ``rate``, open loop (``openloop.replay``, no SLO:
+    every request is sent and awaited), and each request's fingerprint (its best ids and
+    scores per step)."""
     rep = await openloop.replay(send, trace.arrivals(rate), rate=rate)
     result = RunResult(
         path=path,
@@ -109,15 +100,10 @@ async def replay_outputs(
         num_failed=rep.num_failed,
         wall_s=rep.wall_s,
         throughput_rps=rep.throughput_rps,
-        top1=[[] if outs is None else _top1(outs) for outs in rep.outputs],
     )
     result.p50, result.p99 = rep.percentiles((50, 99), empty=0.0)
     (result.ttft_p50,) = rep.percentiles((50,), first_output=True, empty=0.0)
     return result, [fingerprint(outs or []) for outs in rep.outputs]
-
-
-def _top1(steps: list[StepOutput]) -> list[int]:
-    return [int(s.top_ids[0]) for s in steps if s.top_ids is not None]
 
 
 async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> OverheadReport:
@@ -194,18 +180,15 @@ async def run_overhead(args: argparse.Namespace, config: EngineConfig) -> Overhe
 
 def check_outputs(report: OverheadReport) -> None:
     """Every run's outputs against the first run's, request by request: top-1 ids equal,
-    scores close, as many steps (``compare``); ``valid`` false on any difference."""
+    scores close, as many steps (``check_runs``); ``valid`` false on any difference."""
     reference = report.outputs[0] if report.outputs else []
-    for k, (r, outputs) in enumerate(zip(report.runs, report.outputs, strict=True)):
-        if len(outputs) != len(reference):
-            report.valid = False
-            report.mismatches.append(f"run {k} ({r.path}): {len(outputs)} requests")
-            continue
-        for i, (want, got) in enumerate(zip(reference, outputs, strict=True)):
-            if compare(want, got, feeds_back=False) == "differ":
-                report.valid = False
-                if len(report.mismatches) < 20:
-                    report.mismatches.append(f"run {k} ({r.path}): request {i}")
+    labelled = (
+        (f"run {k} ({r.path})", outputs)
+        for k, (r, outputs) in enumerate(zip(report.runs, report.outputs, strict=True))
+    )
+    found = check_runs(reference, labelled)
+    report.valid &= not found
+    report.mismatches += found[:20]
 
 
 def grpc_sender(

@@ -6,7 +6,8 @@ its servicer and how a client drives it. One recorded trace is replayed open-loo
 (``openloop.replay``) down three paths, in one run:
 
 - ``v1``: ``batchmaker.v1.Inference/InferStream``, one server-streaming call per request,
-  top-1 per step, through the asyncio client (as ``bench-overhead``'s gRPC path);
+  the best two ids per step, through the asyncio client (as ``bench-overhead``'s gRPC
+  path);
 - ``v2-stream``: ``inference.GRPCInferenceService/ModelStreamInfer`` with one
   bidirectional stream per request: the request written, the stream half-closed, the
   responses read until ``triton_final_response`` (what a client does that opens a
@@ -20,7 +21,7 @@ its servicer and how a client drives it. One recorded trace is replayed open-loo
   still several streams (seven for 400 requests), as a pool of client workers has.
 
 v2 requests are what ``tritonclient`` sends: ``INPUT_IDS`` INT64 ``[T]`` as raw
-little-endian bytes, ``top_k`` 1, outputs ``TOP_IDS`` and ``TOP_SCORES``; responses
+little-endian bytes, ``top_k`` 2, outputs ``TOP_IDS`` and ``TOP_SCORES``; responses
 are read from ``raw_output_contents``. Each v2 client builds its message inside the
 send, as the v1 client does, so both pay their client's encoding and decoding in the
 timed replay (client and server share this machine's cores).
@@ -33,8 +34,10 @@ order rotated by one per round, so each path takes each position once every thre
 and drift in this machine's speed is shared. The headline is the per-round ratio of each
 v2 path's saturation throughput over v1's in the same round: median and range.
 
-Every request's top-1 ids must be identical on every path and round (``valid``); the
-command fails otherwise.
+Every response, on every path and round, is checked against its request run alone in
+plain torch (``reference.check_runs``): each step's best id and the scores of the best
+two, and as many steps; the second id tells a tie from a wrong id. The report is
+``valid`` only if all match and nothing failed; the command fails otherwise.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from batchmaker.bench import openloop, overhead
 from batchmaker.bench.launcher import ServerProcess
 from batchmaker.bench.openloop import Send
 from batchmaker.bench.overhead import grpc_sender, serve_args
+from batchmaker.bench.reference import TOP_K, Fingerprint, check_runs, plain_reference
 from batchmaker.bench.trace import Trace, make_trace
 from batchmaker.client import AsyncClient
 from batchmaker.client.channel import DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, open_channel
@@ -96,14 +100,15 @@ class ProtocolsReport:
     """``"v2-stream/v1"`` and ``"v2-mux/v1"``: saturation throughput over v1's in the same
     round, ``median``, ``min``, ``max`` and ``per_round``; the headline."""
     mismatches: list[str] = field(default_factory=list)
-    """Which path, round and request differed from the reference top-1 ids (first 20)."""
+    """Which load, round, path and request differed from plain torch (the first 20)."""
     valid: bool = True
     server_exit_code: int | None = None
+    outputs: list[list[Fingerprint]] = field(default_factory=list, repr=False)
+    """Per run (as ``runs``), each request's best ids and scores per step."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for r in d["runs"]:
-            del r["top1"]
+        del d["outputs"]
         return d
 
 
@@ -114,7 +119,7 @@ def v2_request(model: str, tokens: np.ndarray, request_id: str) -> kpb.ModelInfe
     """A token request as ``tritonclient`` sends it: raw little-endian INT64 bytes."""
     ids = np.ascontiguousarray(tokens, dtype="<i8")
     msg = kpb.ModelInferRequest(model_name=model, id=request_id)
-    msg.parameters["top_k"].int64_param = 1
+    msg.parameters["top_k"].int64_param = TOP_K
     tensor = msg.inputs.add(name=INPUT_IDS, datatype="INT64")
     tensor.shape.append(len(ids))
     msg.outputs.add(name=TOP_IDS)
@@ -286,9 +291,11 @@ class MuxSender:
 # ---- the benchmark --------------------------------------------------------------------
 
 
-async def replay(path: str, load: str, k: int, send: Send, trace: Trace, rate: float) -> RunResult:
-    r = await overhead.replay(path, send, trace, rate)
-    return RunResult(**{f.name: getattr(r, f.name) for f in fields(r)}, load=load, round=k)
+async def replay(
+    path: str, load: str, k: int, send: Send, trace: Trace, rate: float
+) -> tuple[RunResult, list[Fingerprint]]:
+    r, outputs = await overhead.replay_outputs(path, send, trace, rate)
+    return RunResult(**{f.name: getattr(r, f.name) for f in fields(r)}, load=load, round=k), outputs
 
 
 def round_order(k: int) -> tuple[str, ...]:
@@ -321,7 +328,7 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
             "loads": list(loads),
             "mux_requests": args.mux_requests,
             "mux_streams": math.ceil(len(trace) / args.mux_requests),
-            "v2_request": "INPUT_IDS INT64 raw bytes, top_k 1, outputs TOP_IDS and TOP_SCORES",
+            "v2_request": "INPUT_IDS INT64 raw bytes, top_k 2, outputs TOP_IDS and TOP_SCORES",
         }
     )
     server = ServerProcess(serve_args(args.model, config))
@@ -332,10 +339,12 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
             )
             try:
                 stub = kpb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-                v1 = grpc_sender(client, model.name, trace.tokens)
+                v1 = grpc_sender(client, model.name, trace.tokens, top_k=TOP_K)
                 per_request = stream_sender(stub, model.name, trace.tokens)
 
-                async def run_path(path: str, load: str, k: int, rate: float) -> RunResult:
+                async def run_path(
+                    path: str, load: str, k: int, rate: float
+                ) -> tuple[RunResult, list[Fingerprint]]:
                     if path != V2_MUX:
                         send = v1 if path == V1 else per_request
                         return await replay(path, load, k, send, trace, rate)
@@ -353,13 +362,13 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
                 # would otherwise slow whichever path ran first.
                 for _ in range(args.warmup_rounds):
                     for path in PATHS:
-                        r = await run_path(path, "warm-up", -1, SATURATION_RATE)
+                        r, _ = await run_path(path, "warm-up", -1, SATURATION_RATE)
                         _log(f"warm-up    {path:9s} {r.throughput_rps:6.1f} req/s (not counted)")
                 rate = SATURATION_RATE
                 for load in loads:
                     for k in range(args.rounds):
                         for path in round_order(k):
-                            r = await run_path(path, load, k, rate)
+                            r, outputs = await run_path(path, load, k, rate)
                             _log(
                                 f"{load:10s} round {k} {path:9s} "
                                 f"{r.rate if load == 'half' else 0:7.1f} req/s offered: "
@@ -368,6 +377,7 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
                                 + (f", {r.num_failed} failed" if r.num_failed else "")
                             )
                             report.runs.append(r)
+                            report.outputs.append(outputs)
                             report.valid &= r.num_failed == 0 and r.num_completed == len(trace)
                     # Half load: half what v1 sustains, so every path has room to spare.
                     rate = 0.5 * float(
@@ -377,7 +387,7 @@ async def run_protocols(args: argparse.Namespace, config: EngineConfig) -> Proto
                 await channel.close()
     finally:
         report.server_exit_code = server.stop()
-    _check_outputs(report)
+    _check_outputs(report, plain_reference(model, trace.tokens))
     report.valid &= report.server_exit_code == 0
     _summarize(report, loads)
     return report
@@ -387,15 +397,17 @@ def _select(report: ProtocolsReport, load: str, path: str) -> list[RunResult]:
     return [r for r in report.runs if r.load == load and r.path == path]
 
 
-def _check_outputs(report: ProtocolsReport) -> None:
-    """Every request's top-1 ids equal on every path and round: the first run's."""
-    reference = report.runs[0].top1
-    for r in report.runs:
-        for i, (got, want) in enumerate(zip(r.top1, reference, strict=True)):
-            if got != want:
-                report.valid = False
-                if len(report.mismatches) < 20:
-                    report.mismatches.append(f"{r.load} round {r.round} {r.path}: request {i}")
+def _check_outputs(report: ProtocolsReport, reference: list[Fingerprint]) -> None:
+    """Every run's responses against plain torch's (``reference``), request by request."""
+    found = check_runs(
+        reference,
+        (
+            (f"{r.load} round {r.round} {r.path}", outputs)
+            for r, outputs in zip(report.runs, report.outputs, strict=True)
+        ),
+    )
+    report.valid &= not found
+    report.mismatches += found[:20]
 
 
 def _summarize(report: ProtocolsReport, loads: Sequence[str]) -> None:

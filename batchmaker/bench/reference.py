@@ -22,6 +22,7 @@ Nothing here runs a request: the benchmarks do, and hand their outputs in.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -155,6 +156,31 @@ def check_reference(
         expect = top_of(plain_torch(model, request))
         if compare(expect, reference[i], feeds_back=feeds_back) == "differ":
             raise RuntimeError(f"idle run disagrees with plain torch on request {i}")
+
+
+def check_runs(
+    reference: Sequence[Fingerprint], runs: Iterable[tuple[str, Sequence[Fingerprint]]]
+) -> list[str]:
+    """Each run's outputs against ``reference``, request by request (``compare``, no
+    feedback: the benchmarks that use this send token chains): the runs and requests
+    that differ, or whose number of requests does."""
+    mismatches: list[str] = []
+    for label, outputs in runs:
+        if len(outputs) != len(reference):
+            mismatches.append(f"{label}: {len(outputs)} requests")
+            continue
+        for i, (want, got) in enumerate(zip(reference, outputs, strict=True)):
+            if compare(want, got, feeds_back=False) == "differ":
+                mismatches.append(f"{label}: request {i}")
+    return mismatches
+
+
+def plain_reference(model: Model, tokens: Sequence[np.ndarray]) -> list[Fingerprint]:
+    """The best ``TOP_K`` per step of each token request, run alone in plain torch."""
+    return [
+        top_of(plain_torch(model, InferRequest(model.name, t, top_k=TOP_K, return_vectors=False)))
+        for t in tokens
+    ]
 
 
 def idle_stats(latencies: list[float]) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """The gRPC benchmarks' output checks (issue 17): ``bench-overhead`` compares each
 request's ids and scores in every run with the first run's (it compared top-1 ids only),
-and ``bench --e2e`` asks the servers for the best two per step, as its reference and
-``compare`` need to tell a tie from a wrong id (it asked for one)."""
+``bench-protocols`` every path's responses with plain torch's best two (it compared the
+paths' top-1 ids with each other), and ``bench --e2e`` asks the servers for the best two
+per step, as its reference and ``compare`` need to tell a tie from a wrong id (it asked
+for one)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from batchmaker.bench import protocols
 from batchmaker.bench.e2e import E2EBench
 from batchmaker.bench.overhead import OverheadReport, RunResult, check_outputs
 from batchmaker.bench.reference import TOP_K, Fingerprint
@@ -28,9 +31,7 @@ def _fp(seed: int, steps: int) -> Fingerprint:
 
 
 def _run(path: str, outputs: list[Fingerprint]) -> RunResult:
-    # The same top-1 ids on every run: what the check compared before issue 17.
-    top1 = [[int(i) for i in f.ids[:, 0]] for f in REF]
-    return RunResult(path=path, rate=1.0, num_requests=len(outputs), top1=top1)
+    return RunResult(path=path, rate=1.0, num_requests=len(outputs))
 
 
 REF = [_fp(i, 3 + i) for i in range(4)]
@@ -79,6 +80,24 @@ def test_a_corrupted_run_is_invalid(corrupt: str) -> None:
     assert report.mismatches[0].startswith("run 1 (grpc)")
 
 
+@pytest.mark.parametrize("corrupt", [None, "score", "id", "missing step", "missing request"])
+def test_protocols_checks_every_path_against_plain_torch(corrupt: str | None) -> None:
+    """The reference is plain torch's, not a path's: all three paths agreeing on a wrong
+    answer is still wrong."""
+    wrong = _report(corrupt).outputs[1]
+    report = protocols.ProtocolsReport(config={})
+    report.runs = [
+        protocols.RunResult(path=p, rate=1.0, num_requests=4, load="saturation", round=0)
+        for p in protocols.PATHS
+    ]
+    report.outputs = [_copy(wrong) for _ in protocols.PATHS]
+    protocols._check_outputs(report, REF)
+    assert report.valid is (corrupt is None)
+    if corrupt is not None:
+        assert report.mismatches[0].startswith("saturation round 0 v1: ")
+        assert len(report.mismatches) == 3
+
+
 class _FakeStream:
     async def messages(self) -> AsyncIterator[list[StepOutput]]:
         yield [
@@ -119,5 +138,4 @@ def test_the_report_writes_as_json_without_the_outputs() -> None:
     report = _report(None)
     d = report.to_json()
     assert "outputs" not in d
-    assert all("top1" not in r for r in d["runs"])
     json.dumps(d)

@@ -38,6 +38,8 @@ VENV_BIN = Path(sys.executable).parent
 IMAGE_UID = 10001
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|_KEY$|_CERT$|_CA$")
 START_TIMEOUT_S = 90.0
+ENTRYPOINT_SCRIPT = REPO_ROOT / "deploy/docker/entrypoint.sh"
+ENTRYPOINT_IN_IMAGE = "/opt/venv/bin/batchmaker-entrypoint"
 
 
 # ---- structure -------------------------------------------------------------------------
@@ -126,7 +128,13 @@ def test_runs_as_a_fixed_non_root_user(dockerfile: Dockerfile) -> None:
 
 
 def test_entrypoint_healthcheck_and_stop_signal(dockerfile: Dockerfile) -> None:
-    assert dockerfile.entrypoint() == ["batchmaker", "serve"]
+    # deploy/docker/entrypoint.sh, which the builder installs there: it execs `batchmaker
+    # serve` (the server stays PID 1), or `batchmaker serve --sagemaker` for SageMaker's `serve`.
+    assert dockerfile.entrypoint() == [ENTRYPOINT_IN_IMAGE]
+    assert any(ENTRYPOINT_IN_IMAGE in run for run in dockerfile.stages[0].values("RUN"))
+    script = ENTRYPOINT_SCRIPT.read_text()
+    assert 'exec batchmaker serve "$@"' in script
+    assert 'exec batchmaker serve --sagemaker "$@"' in script
     assert not dockerfile.final.values("CMD"), "flags after the image name go to `serve`"
     assert dockerfile.final.last("STOPSIGNAL") == "SIGTERM"
     options, argv = dockerfile.healthcheck()
@@ -348,7 +356,9 @@ def test_entrypoint_serves_with_only_the_image_env(tmp_path: Path) -> None:
         image.final, BATCHMAKER_PORT="0", BATCHMAKER_METRICS_PORT="0", BATCHMAKER_HTTP_PORT="0"
     )
     proc = subprocess.Popen(
-        image.entrypoint(),  # "batchmaker" is found on the image's PATH, as in the container
+        # The entrypoint script from the repository; the "batchmaker" it execs is found on
+        # the image's PATH, as in the container.
+        [str(ENTRYPOINT_SCRIPT) if a == ENTRYPOINT_IN_IMAGE else a for a in image.entrypoint()],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

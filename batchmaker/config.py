@@ -16,7 +16,15 @@ from pathlib import Path
 
 from scheduler import MODES, Mode, PolicyConfig, SchedulerConfig
 
-__all__ = ["MODES", "AuthConfig", "EngineConfig", "Mode", "ServerConfig", "read_tokens"]
+__all__ = [
+    "MODES",
+    "AuthConfig",
+    "EngineConfig",
+    "Mode",
+    "SageMakerConfig",
+    "ServerConfig",
+    "read_tokens",
+]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -151,6 +159,49 @@ def _positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+SAGEMAKER_BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
+
+
+@dataclass(frozen=True)
+class SageMakerConfig:
+    """The SageMaker hosting contract (``batchmaker serve --sagemaker``): ``/ping``,
+    ``/invocations`` and ``/execution-parameters`` on the HTTP port
+    (``batchmaker/server/sagemaker.py``, docs/sagemaker.md)."""
+
+    max_payload_mb: int = 6
+    """Largest ``/invocations`` body, in MB (MiB); a larger one is 413. Also what
+    ``/execution-parameters`` asks batch transform for (``MaxPayloadInMB``). 6 is
+    SageMaker's default and real-time ``InvokeEndpoint``'s limit; batch transform passes
+    its job's value as ``SAGEMAKER_MAX_PAYLOAD_IN_MB``; async endpoints may send up to
+    1 GB, so raise it for them."""
+    batch_strategy: str = "MULTI_RECORD"
+    """What ``/execution-parameters`` asks batch transform for: ``MULTI_RECORD`` (as many
+    lines per call as fit the payload: one call keeps hundreds of records in flight, which
+    is what fills cellular batches) or ``SINGLE_RECORD``. Either is answered."""
+    max_concurrent_transforms: int = 4
+    """What ``/execution-parameters`` asks batch transform for: calls open at once per
+    instance. A few overlap one call's upload and download with another's compute."""
+    max_records_in_flight: int = 256
+    """Records of one JSON Lines call running at once (the rest wait their turn): four
+    times a cell type's default max batch, so one call alone fills the batches, and four
+    calls together stay within the default admission limit (1024)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_payload_mb <= 1024:
+            raise ValueError(f"max_payload_mb must be in [1, 1024], got {self.max_payload_mb}")
+        if self.batch_strategy not in SAGEMAKER_BATCH_STRATEGIES:
+            raise ValueError(
+                f"batch_strategy must be one of {', '.join(SAGEMAKER_BATCH_STRATEGIES)}, "
+                f"got {self.batch_strategy!r}"
+            )
+        _positive("max_concurrent_transforms", self.max_concurrent_transforms)
+        _positive("max_records_in_flight", self.max_records_in_flight)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where the server listens and what it lets through. Built once at the entry point."""
@@ -202,6 +253,9 @@ class ServerConfig:
     """Serve the KServe v2 REST API over HTTP/1.1 on this port (0 picks a free port;
     HTTPS with the TLS files when they are set); ``None``: gRPC only. Its own port,
     because gRPC's needs HTTP/2 end to end and REST clients speak HTTP/1.1."""
+    sagemaker: SageMakerConfig | None = None
+    """Also serve the SageMaker hosting contract on the HTTP port (``http_port``, which
+    ``batchmaker serve --sagemaker`` sets to 8080); ``None``: not."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -220,6 +274,8 @@ class ServerConfig:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
+        if self.sagemaker is not None and self.http_port is None:
+            raise ValueError("sagemaker needs http_port: its routes are on the HTTP port")
         if self.max_receive_message_bytes < 1024:
             raise ValueError(
                 f"max_receive_message_bytes must be >= 1024, got {self.max_receive_message_bytes}"

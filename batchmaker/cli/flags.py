@@ -8,13 +8,16 @@ builds ``EngineConfig`` once for whichever command runs. Nothing here imports to
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from batchmaker.config import MODES, EngineConfig
 
 if TYPE_CHECKING:
-    from batchmaker.client import Client
+    from batchmaker.client import AsyncClient, Client
 
 ENV_PREFIX = "BATCHMAKER_"
 
@@ -22,6 +25,67 @@ ENV_PREFIX = "BATCHMAKER_"
 def env_value(name: str, default: Any) -> Any:
     """argparse parses string defaults with the flag's type, so variables are checked too."""
     return os.environ.get(ENV_PREFIX + name, default)
+
+
+# A variable as a command's help names it: a flag's help ends with it in brackets
+# (``[PORT]``, ``[DEVICES, comma-separated]``, ``[FINISHING_FIRST=0]``), and a variable
+# without a flag is named in full (``BATCHMAKER_TOKEN``).
+_HELP_ENV_NAME = re.compile(r"\[([A-Z][A-Z0-9_]*)[],=]|\bBATCHMAKER_([A-Z][A-Z0-9_]*)")
+# What Kubernetes injects into every pod for each Service of its namespace (service links),
+# e.g. for a Service named batchmaker: BATCHMAKER_SERVICE_HOST, BATCHMAKER_SERVICE_PORT_GRPC,
+# BATCHMAKER_PORT_50051_TCP_ADDR, and BATCHMAKER_PORT=tcp://10.0.0.1:50051 (which a pod's
+# own BATCHMAKER_PORT overrides); Docker's legacy links use the same names.
+_SERVICE_LINK = re.compile(
+    r"BATCHMAKER_(?:\w+_)?(?:SERVICE_(?:HOST|PORT)(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)"
+)
+_SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+")
+
+
+def known_env_vars(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """Every ``BATCHMAKER_*`` variable that some command of ``parser`` reads, as its help
+    names it: the help is where each variable is documented, so a variable read but not
+    documented there shows up as unknown in the tests. All commands count, not only
+    ``serve``: one shell may hold the client's ``BATCHMAKER_TOKEN`` or ``BATCHMAKER_ADDRESS``
+    and start a server too."""
+    names: set[str] = set()
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                for bracketed, prefixed in _HELP_ENV_NAME.findall(action.help):
+                    names.add(ENV_PREFIX + (bracketed or prefixed))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(parser)
+    return frozenset(names)
+
+
+def refuse_unknown_env(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """Raise ``ValueError`` naming the first ``BATCHMAKER_*`` variable in ``environ`` that no
+    command reads. Why: every setting falls back to a variable, so a misspelt one
+    (``BATCHMAKER_MAX_BATCHES=8``, ``BATCHMAKER_METRIC_PORT``) would otherwise be ignored
+    without a word and the server would run with the default. Kubernetes' service-link
+    variables are not settings and pass."""
+    environ = os.environ if environ is None else environ
+    known = known_env_vars(parser)
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if _SERVICE_LINK.fullmatch(name) or (
+            name.endswith("_PORT") and _SERVICE_LINK_URL.fullmatch(environ[name])
+        ):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(
+            f"unknown environment variable {name}{hint}: no setting reads it; the variables "
+            "are the bracketed names in `batchmaker serve --help`, with the BATCHMAKER_ "
+            "prefix (docs/configuration.md)"
+        )
 
 
 def env_list(name: str) -> list[str] | None:
@@ -205,7 +269,21 @@ def add_client_flags(p: argparse.ArgumentParser, *, timeout: float | None = None
 
 
 def open_client(args: argparse.Namespace) -> Client:
-    from batchmaker.client import Client, TLSConfig
+    from batchmaker.client import Client
+
+    return Client(args.address, **client_options(args))
+
+
+def open_async_client(args: argparse.Namespace) -> AsyncClient:
+    """``open_client``'s asyncio twin (``batchmaker transform --address``)."""
+    from batchmaker.client import AsyncClient
+
+    return AsyncClient(args.address, **client_options(args))
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TLS and bearer-token options of ``add_client_flags``' flags, files read now."""
+    from batchmaker.client import TLSConfig
     from batchmaker.config import read_tokens
 
     def read(path: str | None) -> bytes | None:
@@ -223,7 +301,7 @@ def open_client(args: argparse.Namespace) -> Client:
         if len(tokens) != 1:
             raise bad_input(f"--token-file: expected one token, found {len(tokens)}")
         token = tokens[0]
-    return Client(args.address, tls=tls, token=token)
+    return {"tls": tls, "token": token}
 
 
 def bad_input(message: str) -> Exception:

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from batchmaker.cli import admin, calls, demo, flags, measure, plan, serve, simulate
+from batchmaker.cli import admin, calls, demo, flags, measure, plan, serve, simulate, transform
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_parsers(sub, common)
     simulate.add_parsers(sub, common)
     plan.add_parsers(sub, common)
+    transform.add_parsers(sub, common)
     # No abbreviations: `--auth-token SECRET` must be an error, not a prefix of
     # `--auth-tokens-file` that takes the secret for a path.
     parser.allow_abbrev = False
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level, args.log_format)
     try:
         if args.command == "serve":
+            # A misspelt BATCHMAKER_* variable would be ignored without a word: refuse it
+            # (exit 2, naming it) before anything starts.
+            flags.refuse_unknown_env(parser)
             return serve.run(args)
         if args.command == "demo":
             return demo.run(args)
@@ -82,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return simulate.run_simulate(args)
         if args.command == "plan":
             return plan.run_plan(args)
+        if args.command == "transform":
+            return transform.run(args)
+        if args.command == "bench-transform":
+            return transform.run_bench(args)
         from batchmaker.errors import BatchMakerError
 
         command = {

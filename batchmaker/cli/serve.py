@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from batchmaker.cli import flags
+from batchmaker.config import SAGEMAKER_BATCH_STRATEGIES, SageMakerConfig
 
 if TYPE_CHECKING:
     from batchmaker.config import EngineConfig, ServerConfig
+    from batchmaker.models.base import Model
     from batchmaker.repository.manager import ModelManager
     from batchmaker.server.lifecycle import InferenceServer
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     from batchmaker.config import ServerConfig
-    from batchmaker.demos import DEMO_REPOSITORY
     from batchmaker.models.builtin import BUILTIN_MODELS
 
     d = ServerConfig()
@@ -38,10 +40,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-repository",
-        default=flags.env_value("MODEL_REPOSITORY", str(DEMO_REPOSITORY)),
+        default=flags.env_value("MODEL_REPOSITORY", None),
         metavar="DIR",
         help="directory of <model>/<version>/ folders; default: the trained demo models "
-        "shipped with the server; 'none' for built-in models only [MODEL_REPOSITORY]",
+        f"shipped with the server ({SAGEMAKER_MODEL_DIR} with --sagemaker); 'none' for "
+        "built-in models only [MODEL_REPOSITORY]",
     )
     p.add_argument(
         "--models",
@@ -144,16 +147,87 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="require client certificates signed by this CA: mutual TLS [TLS_CLIENT_CA]",
     )
+    _add_sagemaker_flags(p)
     flags.add_engine_flags(p, env=True)
+
+
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+"""Where SageMaker unpacks a model's ``model.tar.gz`` (``ModelDataUrl``) in the container."""
+SAGEMAKER_PORT = 8080
+
+
+def _sagemaker_env(name: str, default: Any) -> Any:
+    """A variable SageMaker itself sets in the container (not one of ours)."""
+    return os.environ.get(name, default)
+
+
+def _add_sagemaker_flags(p: argparse.ArgumentParser) -> None:
+    d = SageMakerConfig()
+    p.add_argument(
+        "--sagemaker",
+        action="store_true",
+        default=flags.env_value("SAGEMAKER", "0") not in ("0", "false", "no", ""),
+        help="also serve the SageMaker hosting contract (/ping, /invocations, "
+        f"/execution-parameters) on port {SAGEMAKER_PORT} (--sagemaker-port), beside the "
+        f"KServe v2 REST API; models from {SAGEMAKER_MODEL_DIR} unless --model-repository "
+        "says otherwise (docs/sagemaker.md). `docker run IMAGE serve` runs this [SAGEMAKER=1]",
+    )
+    p.add_argument(
+        "--sagemaker-port",
+        type=int,
+        default=_sagemaker_env("SAGEMAKER_BIND_TO_PORT", SAGEMAKER_PORT),
+        metavar="PORT",
+        help=f"--sagemaker: the HTTP port, instead of --http-port; default {SAGEMAKER_PORT}, "
+        "or SageMaker's SAGEMAKER_BIND_TO_PORT when it sets one (0 picks a free port)",
+    )
+    p.add_argument(
+        "--sagemaker-max-payload-mb",
+        type=int,
+        default=_sagemaker_env("SAGEMAKER_MAX_PAYLOAD_IN_MB", d.max_payload_mb),
+        metavar="MB",
+        help="--sagemaker: largest /invocations body (larger: 413), and the MaxPayloadInMB "
+        f"/execution-parameters asks for; default {d.max_payload_mb}, or SageMaker's "
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB (batch transform sets it)",
+    )
+    p.add_argument(
+        "--sagemaker-batch-strategy",
+        choices=SAGEMAKER_BATCH_STRATEGIES,
+        type=str.upper,
+        default=_sagemaker_env("SAGEMAKER_BATCH_STRATEGY", d.batch_strategy),
+        help="--sagemaker: the BatchStrategy /execution-parameters asks for; default "
+        f"{d.batch_strategy}, or SageMaker's SAGEMAKER_BATCH_STRATEGY",
+    )
+    p.add_argument(
+        "--sagemaker-max-concurrent-transforms",
+        type=int,
+        default=_sagemaker_env("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", d.max_concurrent_transforms),
+        metavar="N",
+        help="--sagemaker: the MaxConcurrentTransforms /execution-parameters asks for; "
+        f"default {d.max_concurrent_transforms}, or SageMaker's "
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+    )
 
 
 def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig, list[str]]:
     """The server's and the engine's config, and the models to load at start (empty: every
     model in the repository), from ``serve``'s flags."""
     from batchmaker.config import AuthConfig, ServerConfig
+    from batchmaker.demos import DEMO_REPOSITORY
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    repository = None if args.model_repository.lower() == "none" else args.model_repository
+    folder = args.model_repository or (
+        SAGEMAKER_MODEL_DIR if args.sagemaker else str(DEMO_REPOSITORY)
+    )
+    repository = None if folder.lower() == "none" else folder
+    sagemaker = None
+    http_port = args.http_port
+    if args.sagemaker:
+        sagemaker = SageMakerConfig(
+            max_payload_mb=args.sagemaker_max_payload_mb,
+            batch_strategy=args.sagemaker_batch_strategy,
+            max_concurrent_transforms=args.sagemaker_max_concurrent_transforms,
+        )
+        http_port = args.sagemaker_port
     manager = model_manager(repository, grace_s=args.grace)
     manager.check_names(names)
     config = ServerConfig(
@@ -167,7 +241,8 @@ def serve_configs(args: argparse.Namespace) -> tuple[ServerConfig, EngineConfig,
         tls_client_ca_file=args.tls_client_ca,
         model_repository=repository,
         metrics_port=args.metrics_port,
-        http_port=args.http_port,
+        http_port=http_port,
+        sagemaker=sagemaker,
         auth=AuthConfig.from_sources(
             tokens_file=args.auth_tokens_file, admin_tokens_file=args.admin_tokens_file
         ),
@@ -206,11 +281,26 @@ def run(args: argparse.Namespace) -> int:
     def ready(server: InferenceServer) -> None:
         print(banner(server), flush=True)
 
+    def initial_models() -> list[Model]:
+        """A folder that fails is logged and skipped, so the rest still serve; but when
+        every model to start with fails, the server would say SERVING with nothing to
+        serve and pass its probes. Exit instead (status 2), naming each failure."""
+        from batchmaker.repository.manager import UNAVAILABLE
+
+        models = manager.initial_models(names)
+        failed = [s for s in manager.index() if s.state == UNAVAILABLE]
+        if failed and not models:
+            raise ValueError(
+                f"no model could be loaded from {config.model_repository}: "
+                + "; ".join(f"{s.name}@{s.version}: {s.reason}" for s in failed)
+            )
+        return models
+
     return uvloop.run(
         serve(
             config,
             engine_cfg,
-            lambda: manager.initial_models(names),
+            initial_models,
             manager=manager,
             on_ready=ready,
             startup={"imports": imports},
@@ -236,6 +326,11 @@ def banner(server: InferenceServer) -> str:
         f"batchmaker: listening on {addr}",
         *([f"batchmaker: metrics on {server.metrics_url}"] if server.metrics_url else []),
         *([f"batchmaker: KServe v2 REST on {server.http_url}"] if server.http_url else []),
+        *(
+            [f"batchmaker: SageMaker /ping, /invocations on {server.http_url}"]
+            if server.config.sagemaker is not None
+            else []
+        ),
         f"  models {', '.join(m.key for m in models) or '(none)'}; mode {cfg.mode}; "
         f"devices {', '.join(cfg.devices)}; "
         + ("TLS" if tls else "plaintext")

@@ -57,6 +57,8 @@ from batchmaker.server.kserve import (
     whole,
 )
 from batchmaker.server.metrics import RequestObservation, ServerMetrics
+from batchmaker.server.sagemaker import OPEN_PATHS as SAGEMAKER_OPEN_PATHS
+from batchmaker.server.sagemaker import SageMakerDoor
 from batchmaker.wire import kserve as wire
 from batchmaker.wire import kserve_http as body
 from batchmaker.wire.metadata import bearer_token
@@ -67,8 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROTOCOL = "v2-http"
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
-"""Probes carry no token."""
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *SAGEMAKER_OPEN_PATHS})
+"""Probes (and SageMaker's own calls) carry no token."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -153,6 +155,9 @@ class HttpFrontDoor:
         app.router.add_post("/v2/repository/index", self.repository_index)
         app.router.add_post("/v2/repository/models/{name}/load", self.load)
         app.router.add_post("/v2/repository/models/{name}/unload", self.unload)
+        if self._config.sagemaker is not None:
+            # SageMaker's contract on the same port, loop and gate (server/sagemaker.py).
+            SageMakerDoor(self.gate, self._config.sagemaker, error_response).add_routes(app)
         return app
 
     async def start(self) -> int:

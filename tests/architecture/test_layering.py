@@ -79,6 +79,7 @@ BATCHMAKER_UNITS = _bm(
     "client",
     "demos",
     "server",
+    "transform",
     "bench",
     "sim",
     "cli",
@@ -119,6 +120,13 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "batchmaker.server": (
         _bm("runtime", "models", "repository", "wire", "types", "errors", "config", "v1")
         | _bm("kserve")
+        | {"scheduler", "cells"}
+    ),
+    # The offline transform (files of requests -> files of answers): in-process on the
+    # engine, or on a server through the client; shares the record window with the server.
+    "batchmaker.transform": (
+        _bm("server", "client", "runtime", "repository", "models", "wire", "types", "errors")
+        | _bm("config")
         | {"scheduler", "cells"}
     ),
     # The simulator: the real scheduler on simulated time, with measured step costs. No

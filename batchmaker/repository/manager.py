@@ -5,7 +5,8 @@ here. Loading reads a version folder off the event loop, then hands the model to
 the engine, whose device threads take it between two steps; unloading lets the
 version's live requests finish first. One change at a time (a lock), so two
 admins loading the same model cannot race. A folder that fails to load is
-remembered with its reason (state UNAVAILABLE) and never takes the server down.
+remembered with its reason (state UNAVAILABLE) and never takes the server down (``serve``
+exits at start only when every model to start with failed: ``cli/serve.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv proto proto-check serve demo test test-all test-gpu bench bench-e2e bench-host bench-gpu loadtest soak lint format check clean
+.PHONY: venv proto proto-check serve demo test test-all test-gpu bench bench-e2e bench-host bench-gpu loadtest soak replicas lint format check clean image image-base image-test
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,11 +90,49 @@ loadtest: $(STAMP)
 	$(BIN)/python loadtest/run.py --rate 20 --max-fail-ratio 0.01 --max-p99-ms 5000 $(LOADTEST_ARGS)
 
 # The 10-minute soak: steady load at about 70% of capacity (50 req/s of lstm-512 on a
-# 2-core machine; measure yours, loadtest/README.md) and its failures, p99 drift and
-# server RSS (docs/benchmarks.md). Another rate: make soak SOAK_ARGS="--rate 20"
+# 2-core machine; measure yours, loadtest/README.md), 5% of it from slow readers and 5%
+# from clients that cancel, and its failures, p99 drift and server RSS minute by minute
+# (docs/benchmarks.md). Another rate: make soak SOAK_ARGS="--rate 20"
 SOAK_ARGS ?=
 soak: $(STAMP)
-	$(BIN)/python loadtest/run.py --soak --scenario lengths --rate 50 --run-time 10m $(SOAK_ARGS)
+	$(BIN)/python loadtest/run.py --soak --scenario lengths --rate 50 --run-time 10m --slow-share 0.05 --cancel-share 0.05 $(SOAK_ARGS)
+
+# Replica failure: three servers behind one round-robin, retrying client channel, one
+# SIGKILLed mid-run; every request accounted for from the client's records and the
+# servers' logs (loadtest/README.md). Flags after these win: REPLICAS_ARGS="--rate 20"
+REPLICAS_ARGS ?=
+replicas: $(STAMP)
+	$(BIN)/python loadtest/run.py --replicas 3 --kill-one-at 40s --run-time 2m --scenario lengths --model lstm-512 --rate 30 --serve-args "--threads 1" $(REPLICAS_ARGS)
+
+# The container image, with docker or podman, whichever answers (deploy/image/build.sh).
+# With no settings this is `docker build -f deploy/docker/Dockerfile.cpu -t batchmaker:cpu .`.
+# Air-gapped hosts (no registry, a TLS proxy; docs/deploy.md, "Building without a registry"):
+#   make image-base
+#   make image IMAGE_BASE=localhost/batchmaker-python:3.11-bookworm \
+#     IMAGE_TORCH_WHEELS=/path/to/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl IMAGE_CA_BUNDLE=auto
+# IMAGE_FLAVOUR=cuda builds Dockerfile.cuda (its wheelhouse: torch and every wheel it needs).
+IMAGE_FLAVOUR ?= cpu
+IMAGE ?= batchmaker:$(IMAGE_FLAVOUR)
+IMAGE_BASE ?=
+IMAGE_TORCH_WHEELS ?=
+IMAGE_CA_BUNDLE ?=
+IMAGE_BUILD_ARGS ?=
+IMAGE_BASE_TAG ?= localhost/batchmaker-python:3.11-bookworm
+image:
+	IMAGE='$(IMAGE)' FLAVOUR='$(IMAGE_FLAVOUR)' BASE='$(IMAGE_BASE)' TORCH_WHEELS='$(IMAGE_TORCH_WHEELS)' \
+	  CA_BUNDLE='$(IMAGE_CA_BUNDLE)' BUILD_ARGS='$(IMAGE_BUILD_ARGS)' deploy/image/build.sh
+
+# A Python 3.11 base from Debian packages (debootstrap), for hosts with no registry; root.
+image-base:
+	deploy/image/base.sh '$(IMAGE_BASE_TAG)'
+
+# Runs the built image as containers and checks it as a user would (deploy/image/
+# check_image.py): answers, metrics, health, SIGTERM, read-only root, the manifests' probes,
+# bad input, SageMaker's entry, size and cold start. Needs the engine (and root for podman);
+# not part of `make test`.
+IMAGE_TEST_ARGS ?=
+image-test: $(STAMP)
+	$(BIN)/python deploy/image/check_image.py --image '$(IMAGE)' --ca-bundle '$(IMAGE_CA_BUNDLE)' $(IMAGE_TEST_ARGS)
 
 lint: $(STAMP) proto-check
 	$(BIN)/ruff check .

@@ -17,9 +17,17 @@ own (our stubs, ``batchmaker.kserve``; never ``tritonclient``'s, which define th
 protobuf messages): the request written and the stream half-closed, so each request is
 timed and cancelled on its own as a v1 call is, with ``INPUT_IDS`` (or ``INPUT``, or
 ``CHILDREN``) as raw little-endian bytes, as tritonclient sends them. The user times it
-itself (``_v2_stream``): the same two request types, named ``v2:<model>`` so Locust's
+itself (``v2.v2_stream``): the same two request types, named ``v2:<model>`` so Locust's
 table keeps the protocols apart; an in-band ``error_message`` is a failure with the
 status it names.
+
+Every v1 stream is checked as it is read (``timing.StepCheck``): each step once, in order,
+its own request id, and as many steps as its input asks for; a wrong stream fails as
+``WRONG_STEPS``. ``--slow-share`` and ``--cancel-share`` make some clients slow readers
+or cancel mid-stream (``loadtest/readers.py``), reported as ``slow:<model>`` and
+``cancel:<model>``. The channel is ``batchmaker.client``'s own: with a host that names
+several replicas (``ipv4:127.0.0.1:A,127.0.0.1:B``), ``--load-balancing round_robin``
+and ``--retry-attempts N`` give it the client's balancing and ``RetryPolicy``.
 
 The scenario flags (``--scenario``, ``--rate``, ...; ``loadtest/options.py``)
 appear in the web UI too. Every user sends its share of one open-loop arrival
@@ -29,7 +37,6 @@ Loopback only: a host that is not the local machine is refused.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import json
@@ -37,7 +44,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +63,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import numpy as np  # noqa: E402
-
-from batchmaker.kserve import open_inference_pb2 as kpb  # noqa: E402
+from batchmaker.client import RetryPolicy  # noqa: E402
+from batchmaker.client.channel import DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, open_channel  # noqa: E402
 from batchmaker.kserve import open_inference_pb2_grpc as kpb_grpc  # noqa: E402
 from batchmaker.v1 import inference_pb2 as pb  # noqa: E402
 from batchmaker.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
@@ -69,6 +75,7 @@ from loadtest.options import (  # noqa: E402
     parse_duration,
     resolve,
 )
+from loadtest.readers import NORMAL, Clock, ReaderMix, expected_steps, stream_as  # noqa: E402
 from loadtest.report import (  # noqa: E402
     FULL,
     REQUESTS_CSV_COLUMNS,
@@ -78,7 +85,10 @@ from loadtest.report import (  # noqa: E402
     check_thresholds,
     exit_code,
 )
-from loadtest.timing import GrpcStatusError, StreamTimer, StreamTimingInterceptor  # noqa: E402
+from loadtest.timing import (  # noqa: E402
+    StreamTimingInterceptor,
+)
+from loadtest.v2 import v2_stream  # noqa: E402
 from loadtest.workload import ModelSpec, RequestFactory, parse_mix  # noqa: E402
 
 # Before any channel: gRPC's I/O then yields to gevent instead of blocking the process.
@@ -128,11 +138,17 @@ class Plan:
     request_timeout: float
     protocol: str = "v1"
     """``v1`` (``InferStream``) or ``v2`` (``ModelStreamInfer``, a stream per request)."""
+    readers: ReaderMix = field(default_factory=ReaderMix)
+    """Shares of slow and cancelling readers."""
+    retry: RetryPolicy | None = None
+    """``batchmaker.client``'s retry policy for the users' channels, if any."""
+    load_balancing: str | None = None
+    """gRPC's load balancing policy over a host that names several replicas."""
 
 
 _plan: Plan | None = None
 _user_ids = itertools.count()
-_sends = {"sent": 0, "late": 0, "unrecorded": 0}
+_sends = {"sent": 0, "late": 0, "unrecorded": 0, "cancelled": 0, "finished_before_cancel": 0}
 
 
 def _horizon(environment: Environment) -> float:
@@ -177,6 +193,7 @@ def build_plan(environment: Environment) -> Plan:
             for n, w in wanted
             if w > 0
         ]
+    attempts = int(getattr(opts, "retry_attempts", 0))
     schedule: RateSchedule
     if scenario.arrival == "mmpp":
         schedule = OnOffRate.draw(
@@ -201,6 +218,15 @@ def build_plan(environment: Environment) -> Plan:
         top_k=int(opts.top_k),
         request_timeout=float(opts.request_timeout),
         protocol=str(getattr(opts, "protocol", "v1")),
+        readers=ReaderMix(
+            slow_share=float(getattr(opts, "slow_share", 0.0)),
+            cancel_share=float(getattr(opts, "cancel_share", 0.0)),
+            slow_read_s=float(getattr(opts, "slow_read_ms", 50.0)) / 1000,
+            slow_vectors=bool(int(getattr(opts, "slow_vectors", 1))),
+            cancel_within_s=float(getattr(opts, "cancel_within_ms", 200.0)) / 1000,
+        ),
+        retry=RetryPolicy(max_attempts=attempts) if attempts else None,
+        load_balancing=str(getattr(opts, "load_balancing", "")) or None,
     )
 
 
@@ -208,7 +234,7 @@ def build_plan(environment: Environment) -> Plan:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     global _plan, _recording
     _plan = None
-    _sends.update(sent=0, late=0, unrecorded=0)
+    _sends.update(sent=0, late=0, unrecorded=0, cancelled=0, finished_before_cancel=0)
     _records.clear()
     _recording = bool(getattr(environment.parsed_options, "requests_csv", ""))
     environment.process_exit_code = None
@@ -256,11 +282,26 @@ class InferenceUser(User):
         if self.plan is None:  # the test start failed and said why; the task stops the user
             return
         self.user_id = next(_user_ids)
-        channel = grpc.insecure_channel(self.plan.host)
+        self.num_sent = 0
+        # batchmaker.client's channel: its message limit (vectors), balancing and retries.
+        self.raw_channel = open_channel(
+            grpc,
+            self.plan.host,
+            None,
+            DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+            (),
+            None,
+            retry=self.plan.retry,
+            load_balancing=self.plan.load_balancing,
+        )
+        self.specs = {m.name: m for m, _ in self.plan.models}
+        fire = self.environment.events.request.fire
+        expect = lambda r: expected_steps(r, self.specs.get(r.model_name))  # noqa: E731
         self.channel = grpc.intercept_channel(
-            channel, StreamTimingInterceptor(self.environment.events.request.fire)
+            self.raw_channel, StreamTimingInterceptor(fire, expect=expect)
         )
         self.stub = pb_grpc.InferenceStub(self.channel)
+        self.raw_stub = pb_grpc.InferenceStub(self.raw_channel)
         self.v2_stub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
         self.send = self._v2_stream if self.plan.protocol == "v2" else self._stream
         self.in_flight = gevent.pool.Pool(MAX_IN_FLIGHT_PER_USER)
@@ -275,6 +316,7 @@ class InferenceUser(User):
         self.pacer = Pacer(
             self.plan.schedule, random.Random(seed), poisson=self.plan.arrival != "constant"
         )
+        self.reader_rng = random.Random(seed + 1)
         self.wait()  # the first send is paced too
 
     def on_stop(self) -> None:
@@ -308,88 +350,29 @@ class InferenceUser(User):
             if not self.in_flight.wait_available(timeout=self.plan.request_timeout):
                 return
         _sends["sent"] += 1
-        self.in_flight.spawn(self.send, self.requests.next(), self.plan.request_timeout)
+        request = self.requests.next()
+        self.num_sent += 1
+        request.id = f"u{self.user_id}-{self.num_sent}"  # unique: the servers' logs name it
+        self.in_flight.spawn(self.send, request, self.plan.request_timeout)
 
     def _stream(self, request: pb.InferRequest, timeout: float) -> None:
-        for _ in self.stub.InferStream(request, timeout=timeout):
-            pass  # the interceptor times the stream; a failure is reported, not raised
+        assert self.plan is not None
+        reader = self.plan.readers.draw(self.reader_rng)
+        if reader == NORMAL:
+            for _ in self.stub.InferStream(request, timeout=timeout):
+                pass  # the interceptor times and checks the stream; a failure is fired
+            return
+        fire = self.environment.events.request.fire
+        expected = expected_steps(request, self.specs.get(request.model_name))
+        outcome = stream_as(
+            reader, self.raw_stub, request, timeout, fire, self.plan.readers, self.reader_rng,
+            expected, Clock(gevent.sleep, gevent.spawn_later),
+        )  # fmt: skip
+        if outcome in _sends:
+            _sends[outcome] += 1
 
     def _v2_stream(self, request: pb.InferRequest, timeout: float) -> None:
-        """``request`` as one v2 ``ModelStreamInfer`` stream, timed as the v1 interceptor
-        times ``InferStream``: ``ttft`` at the first response with a step, ``full`` at the
-        final one; a failure (in-band or the stream's status) is fired, not raised."""
-        timer = StreamTimer(f"v2:{request.model_name}", self.environment.events.request.fire)
-        call = self.v2_stub.ModelStreamInfer(iter((v2_request(request),)), timeout=timeout)
-        error: Exception | None = None
-        final = False
-        try:
-            for message in call:
-                if message.error_message:
-                    error = v2_error(message.error_message)
-                    break
-                resp = message.infer_response
-                timer.got(int(resp.outputs[0].shape[0]) if resp.outputs else 0)
-                if FINAL_PARAM in resp.parameters and resp.parameters[FINAL_PARAM].bool_param:
-                    final = True
-                    break
-        except grpc.RpcError as e:
-            error = GrpcStatusError(e.code(), e.details() or "")
-        finally:
-            if not final or error is not None:
-                call.cancel()
-        if error is None and not final:
-            error = GrpcStatusError(grpc.StatusCode.INTERNAL, "stream ended with no final response")
-        timer.end(error)
-        if final:
-            with contextlib.suppress(grpc.RpcError):
-                for _ in call:  # the server ends the stream right after the final response
-                    pass
-
-
-# ---- KServe v2 messages ------------------------------------------------------------------------
-
-FINAL_PARAM = "triton_final_response"
-
-
-def v2_request(request: pb.InferRequest) -> kpb.ModelInferRequest:
-    """The v2 twin of a v1 request from ``RequestFactory``, as tritonclient sends it: raw
-    little-endian tensor bytes, ``top_k`` and ``max_output_length`` as parameters,
-    ``TOP_IDS`` and ``TOP_SCORES`` asked for."""
-    msg = kpb.ModelInferRequest(model_name=request.model_name)
-    msg.parameters["top_k"].int64_param = request.top_k
-    if request.max_output_length:
-        msg.parameters["max_output_length"].int64_param = request.max_output_length
-
-    def add(name: str, datatype: str, array: np.ndarray) -> None:
-        tensor = msg.inputs.add(name=name, datatype=datatype)
-        tensor.shape.extend(array.shape)
-        msg.raw_input_contents.append(array.tobytes())
-
-    kind = request.WhichOneof("input")
-    if kind == "tree":
-        nodes = request.tree.nodes
-        arity = max([2, *(len(n.children) for n in nodes)])
-        children = np.full((len(nodes), arity), -1, dtype="<i8")
-        for i, node in enumerate(nodes):
-            children[i, : len(node.children)] = node.children
-        add("INPUT_IDS", "INT64", np.array([n.token for n in nodes], dtype="<i8"))
-        add("CHILDREN", "INT64", children)
-    elif kind == "vectors":
-        values = np.array(request.vectors.values, dtype="<f4")
-        add("INPUT", "FP32", values.reshape(-1, request.vectors.dim))
-    else:
-        add("INPUT_IDS", "INT64", np.array(request.tokens.ids, dtype="<i8"))
-    msg.outputs.add(name="TOP_IDS")
-    msg.outputs.add(name="TOP_SCORES")
-    return msg
-
-
-def v2_error(text: str) -> GrpcStatusError:
-    """An in-band ``[request id: X] CODE: reason`` as the failure Locust records."""
-    rest = text.split("] ", 1)[1] if text.startswith("[request id:") else text
-    code, _, details = rest.partition(": ")
-    status = grpc.StatusCode.__members__.get(code, grpc.StatusCode.UNKNOWN)
-    return GrpcStatusError(status, details if code in grpc.StatusCode.__members__ else rest)
+        v2_stream(self.v2_stub, request, timeout, self.environment.events.request.fire)
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -398,7 +381,7 @@ MAX_RECORDS = 5_000_000
 """Events ``--requests-csv`` keeps at most (about an hour at 700 requests/s); later ones
 are counted, not kept."""
 
-_records: list[tuple[float, str, str, float, int, int, str]] = []
+_records: list[tuple[float, str, str, float, int, int, str, str]] = []
 _recording = False
 
 
@@ -410,6 +393,7 @@ def _record(
     response_length: int,
     exception: Exception | None = None,
     start_time: float | None = None,
+    context: dict[str, Any] | None = None,
     **_: Any,
 ) -> None:
     if not _recording or request_type not in (TTFT, FULL):
@@ -430,6 +414,7 @@ def _record(
             response_length,
             int(exception is None),
             error,
+            str((context or {}).get("request_id", "")),
         )
     )
 
@@ -483,6 +468,8 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
             "sends": _sends["sent"],
             "late_sends": _sends["late"],
             "unrecorded_events": _sends["unrecorded"],
+            "cancelled": _sends["cancelled"],
+            "finished_before_cancel": _sends["finished_before_cancel"],
         }
         Path(path).with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     if _sends["late"]:

@@ -117,6 +117,44 @@ OPTIONS: tuple[Option, ...] = (
         PROTOCOLS,
     ),
     Option("--requests-csv", "", "write every request's timings here when Locust quits"),
+    Option(
+        "--slow-share",
+        0.0,
+        "share of slow readers: each pauses --slow-read-ms per step read, reported as "
+        "slow:<model> (v1 only)",
+    ),
+    Option("--slow-read-ms", 50.0, "a slow reader's pause per step read, in ms"),
+    Option(
+        "--slow-vectors",
+        1,
+        "1: slow readers ask for every step's output vector, so their unread outputs fill "
+        "the flow-control window; 0: top_k only",
+    ),
+    Option(
+        "--cancel-share",
+        0.0,
+        "share of requests their client cancels at a random time, reported as cancel:<model> "
+        "(v1 only)",
+    ),
+    Option(
+        "--cancel-within-ms",
+        200.0,
+        "a cancelling client cancels at a time uniform in [0, this] after sending (near the "
+        "server's p50, so that most cancel a live request)",
+    ),
+    Option(
+        "--load-balancing",
+        "",
+        "the channel's gRPC load balancing over a host that names several replicas "
+        "(ipv4:A,B,C): round_robin; empty: gRPC's default, pick_first",
+        ("", "round_robin", "pick_first"),
+    ),
+    Option(
+        "--retry-attempts",
+        0,
+        "attempts in all of batchmaker.client's RetryPolicy (2 to 5): a call refused or "
+        "lost before any output is retried, on another replica; 0: no retry",
+    ),
 )
 
 
@@ -182,6 +220,25 @@ def resolve(namespace: Any) -> Resolved:
     protocol = getattr(namespace, "protocol", "v1")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    for name in ("slow_share", "cancel_share"):
+        share = float(getattr(namespace, name, 0.0))
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {share}")
+        if share > 0 and protocol != "v1":
+            raise ValueError(f"{name.replace('_', '-')} needs --protocol v1")
+    if (
+        float(getattr(namespace, "slow_share", 0.0))
+        + float(getattr(namespace, "cancel_share", 0.0))
+        > 1.0
+    ):
+        raise ValueError("slow-share + cancel-share must be at most 1")
+    for name, limit in (("slow_read_ms", 10_000.0), ("cancel_within_ms", 600_000.0)):
+        ms = float(getattr(namespace, name, 1.0))
+        if not 0.0 < ms <= limit:
+            raise ValueError(f"{name.replace('_', '-')} must be in (0, {limit:g}], got {ms}")
+    attempts = int(getattr(namespace, "retry_attempts", 0))
+    if attempts != 0 and not 2 <= attempts <= 5:
+        raise ValueError(f"retry-attempts must be 0 (none) or in [2, 5], got {attempts}")
     arrival = namespace.arrival or preset.arrival
     lengths = namespace.lengths or preset.lengths
     if arrival not in ARRIVALS or lengths not in LENGTHS:
@@ -208,10 +265,19 @@ def parse_duration(text: str) -> float:
 
 def check_loopback(host: str) -> str:
     """``host`` as a gRPC target (``HOST:PORT``; a ``grpc://`` or ``dns:///`` prefix is
-    dropped) if every address it names is this machine's; ``ValueError`` otherwise.
+    dropped) if every address it names is this machine's; ``ValueError`` otherwise. A
+    static list of replicas, ``ipv4:127.0.0.1:A,127.0.0.1:B`` (or ``ipv6:``), is checked
+    address by address and kept as it is: gRPC balances over it.
 
     The load test never leaves loopback: a typo must not aim it at another machine.
     """
+    scheme, sep, addresses = host.strip().partition(":")
+    if sep and scheme in ("ipv4", "ipv6") and not addresses.startswith("//"):
+        if not addresses:
+            raise ValueError(f"host {host!r} names no address")
+        for address in addresses.split(","):
+            check_loopback(address)
+        return host.strip()
     target = host.split("://", 1)[-1].strip().strip("/")
     name = target.rsplit(":", 1)[0] if target.count(":") == 1 or "]:" in target else target
     name = name.strip("[]")

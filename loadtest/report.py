@@ -6,8 +6,13 @@ Two sources, both files a run leaves behind:
   ``full`` per model) with counts, failures and percentiles, what the thresholds
   are checked against;
 - the locustfile's ``<prefix>_requests.csv``: every request's start time, type,
-  model, time and outcome, for what Locust does not report: the p99 of a time
-  window (the soak's first and last minute) and the rate achieved.
+  model, time, outcome and id, for what Locust does not report: the p99 of a time
+  window (the soak's first and last minute, and each minute), the rate achieved,
+  and which request ended how (``accounting``, for the replica-failure run).
+
+Slow readers and cancelling clients (``readers``) are reported under their own names,
+``slow:<model>`` and ``cancel:<model>``: their time is the client's, not the server's,
+so no p99 threshold or latency window reads them, while their failures still count.
 
 Pure Python: the locustfile checks thresholds at quit with the same functions.
 """
@@ -35,7 +40,23 @@ REQUESTS_CSV_COLUMNS = (
     "response_length",
     "ok",
     "error",
+    "request_id",
 )
+
+SLOW_PREFIX = "slow:"
+"""Names of the requests of slow readers: ``slow:<model>``."""
+CANCEL_PREFIX = "cancel:"
+"""Names of the requests their client cancels mid-stream: ``cancel:<model>``."""
+
+
+def reader_of(name: str) -> str:
+    """``"slow"``, ``"cancel"`` or ``"normal"``: how the client of a request named
+    ``name`` read its stream."""
+    if name.startswith(SLOW_PREFIX):
+        return "slow"
+    if name.startswith(CANCEL_PREFIX):
+        return "cancel"
+    return "normal"
 
 
 class ExitCode(enum.IntEnum):
@@ -57,11 +78,16 @@ class ExitCode(enum.IntEnum):
     """Locust crashed, overran its time, or completed no request."""
     SOAK = 6
     """Soak: RSS growth or first-to-last-minute p99 drift over the limits given."""
+    REPLICAS = 7
+    """Replica failure (``--replicas``): a request failed other than with UNAVAILABLE after
+    its first output, came back with wrong steps, or the servers' logs and the client's
+    records do not account for each other."""
 
 
 PRECEDENCE: tuple[ExitCode, ...] = (
     ExitCode.LOCUST,
     ExitCode.SERVER,
+    ExitCode.REPLICAS,
     ExitCode.FAIL_RATIO,
     ExitCode.P99,
     ExitCode.SOAK,
@@ -140,7 +166,8 @@ def totals(rows: Sequence[StatRow], request_type: str = FULL) -> tuple[int, int]
 
 def check_thresholds(rows: Sequence[StatRow], limits: Thresholds) -> list[Violation]:
     """Every limit ``rows`` break: the failure ratio over all ``full`` requests, and each
-    model's ``full`` and ``ttft`` p99. No requests at all is a violation in itself."""
+    model's ``full`` and ``ttft`` p99 (not of slow readers' or cancelled requests: their
+    times are the client's). No requests at all is a violation in itself."""
     out: list[Violation] = []
     count, failures = totals(rows)
     if count == 0:
@@ -161,7 +188,8 @@ def check_thresholds(rows: Sequence[StatRow], limits: Thresholds) -> list[Violat
         if limit is None:
             continue
         for r in rows:
-            if r.request_type == kind and r.count and r.p99 > limit:
+            normal = reader_of(r.name) == "normal"
+            if r.request_type == kind and normal and r.count and r.p99 > limit:
                 out.append(
                     Violation(
                         ExitCode.P99,
@@ -198,6 +226,7 @@ class RequestRecord:
     response_length: int
     ok: bool
     error: str
+    request_id: str = ""
 
 
 def read_requests_csv(path: str | Path) -> list[RequestRecord]:
@@ -211,6 +240,7 @@ def read_requests_csv(path: str | Path) -> list[RequestRecord]:
                 response_length=int(r["response_length"]),
                 ok=r["ok"] == "1",
                 error=r["error"],
+                request_id=r.get("request_id") or "",
             )
             for r in csv.DictReader(f)
         ]
@@ -236,14 +266,38 @@ class Window:
     p99_ms: float
 
 
-def window(records: Sequence[RequestRecord], start_s: float, end_s: float) -> Window:
-    """``start_s``/``end_s`` are seconds since the first request was sent."""
+def window(
+    records: Sequence[RequestRecord], start_s: float, end_s: float, t0: float | None = None
+) -> Window:
+    """``start_s``/``end_s`` are seconds since ``t0`` (default: the first request sent)."""
     fulls = [r for r in records if r.request_type == FULL]
     if not fulls:
         return Window(start_s, end_s, 0, math.nan, math.nan)
-    t0 = min(r.start_time for r in fulls)
+    t0 = min(r.start_time for r in fulls) if t0 is None else t0
     times = [r.response_time_ms for r in fulls if r.ok and start_s <= r.start_time - t0 < end_s]
     return Window(start_s, end_s, len(times), percentile(times, 50), percentile(times, 99))
+
+
+@dataclass(frozen=True)
+class MinuteRow:
+    """One window of a soak (a minute of the 10-minute one), every reader apart: the
+    table that shows drift, minute by minute."""
+
+    start_s: float
+    end_s: float
+    normal: Window
+    """The normal readers' successful requests: the server's latency."""
+    slow: Window
+    """The slow readers' successful requests (their time is mostly their own reading)."""
+    cancelled: int
+    """Requests their client cancelled mid-stream, as it meant to."""
+    failures: int
+    """Failed requests of every kind sent in the window."""
+    rss_mib: float = math.nan
+    """The mean of the server's RSS samples within the window (``summary`` fills it)."""
+    rss_max_mib: float = math.nan
+    """Their largest: a leak shows as a rising floor and maximum, minute after minute,
+    where one sample moves by tens of MiB with the buffers in use at that instant."""
 
 
 MAX_WINDOWS = 1440
@@ -273,6 +327,13 @@ class SoakFigures:
     ``max``; ``growth`` is end minus after the first window (warm-up excluded)."""
     rss_samples: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since the load started, MiB) every ``--rss-interval``."""
+    minutes: list[MinuteRow] = field(default_factory=list)
+    """The same windows as ``windows``, with slow readers, cancellations, failures and
+    the server's RSS apart."""
+    readers: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per reader (``normal``, ``slow``, ``cancel``): requests, failures."""
+    t0: float = 0.0
+    """Unix time of the first request sent: the windows' time 0."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,35 +343,55 @@ def soak_figures(records: Sequence[RequestRecord], window_s: float = 60.0) -> So
     """Failures, rate and the first and last ``window_s`` of a run's ``full`` requests.
 
     A run shorter than three windows uses windows of a third of it, so the short
-    version (the test suite's) computes the same figures.
+    version (the test suite's) computes the same figures. Latency windows read the
+    normal readers' requests only (``requests`` counts those); failures, errors and the
+    rate count every reader's, and ``minutes`` shows each reader apart.
     """
-    fulls = [r for r in records if r.request_type == FULL]
-    if not fulls:
+    every = [r for r in records if r.request_type == FULL]
+    if not every:
         nan = math.nan
         empty = Window(0.0, 0.0, 0, nan, nan)
         return SoakFigures(0.0, 0, 0, {}, 0.0, empty, empty, nan)
-    t0 = min(r.start_time for r in fulls)
-    span = max(r.start_time for r in fulls) - t0
+    by_reader: dict[str, list[RequestRecord]] = {"normal": [], "slow": [], "cancel": []}
+    for r in every:
+        by_reader[reader_of(r.name)].append(r)
+    fulls = by_reader["normal"]
+    t0 = min(r.start_time for r in every)
+    span = max(r.start_time for r in every) - t0
     w = min(window_s, span / 3) if span > 0 else 0.0
     errors: dict[str, int] = {}
-    for r in fulls:
+    for r in every:
         if not r.ok:
             errors[r.error] = errors.get(r.error, 0) + 1
-    first = window(fulls, 0.0, w)
-    last = window(fulls, span - w, span + 1e-9)
+    first = window(fulls, 0.0, w, t0)
+    last = window(fulls, span - w, span + 1e-9, t0)
     drift = last.p99_ms / first.p99_ms if first.p99_ms and first.p99_ms > 0 else math.nan
     count = min(MAX_WINDOWS, math.ceil(span / w)) if w > 0 else 0
+    bounds = [(i * w, (i + 1) * w if i < count - 1 else span + 1e-9) for i in range(count)]
     return SoakFigures(
         duration_s=span,
         requests=len(fulls),
-        failures=sum(not r.ok for r in fulls),
+        failures=sum(not r.ok for r in every),
         errors=errors,
-        rate_achieved=(len(fulls) - 1) / span if span > 0 else 0.0,
+        rate_achieved=(len(every) - 1) / span if span > 0 else 0.0,
         first=first,
         last=last,
         p99_drift=drift,
-        windows=[
-            window(fulls, i * w, (i + 1) * w if i < count - 1 else span + 1e-9)
-            for i in range(count)
+        windows=[window(fulls, a, b, t0) for a, b in bounds],
+        minutes=[
+            MinuteRow(
+                start_s=a,
+                end_s=b,
+                normal=window(fulls, a, b, t0),
+                slow=window(by_reader["slow"], a, b, t0),
+                cancelled=sum(r.ok and a <= r.start_time - t0 < b for r in by_reader["cancel"]),
+                failures=sum(not r.ok and a <= r.start_time - t0 < b for r in every),
+            )
+            for a, b in bounds
         ],
+        readers={
+            k: {"requests": len(v), "failures": sum(not r.ok for r in v)}
+            for k, v in by_reader.items()
+        },
+        t0=t0,
     )

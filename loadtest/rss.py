@@ -25,6 +25,8 @@ class RssSampler:
         self._interval = interval
         self._stop = threading.Event()
         self._t0 = time.monotonic()
+        self.started_at = time.time()
+        """Unix time of the samples' time 0, to line them up with the requests' times."""
         self.samples: list[tuple[float, float]] = []
         self._thread = threading.Thread(target=self._run, name="loadtest-rss", daemon=True)
 
@@ -42,6 +44,7 @@ class RssSampler:
 
     def start(self) -> None:
         self._t0 = time.monotonic()
+        self.started_at = time.time()
         self._thread.start()
 
     def stop(self) -> None:
@@ -52,3 +55,7 @@ class RssSampler:
     def at(self, t: float) -> float:
         """The sample nearest ``t`` seconds after start."""
         return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else math.nan
+
+    def at_time(self, unix: float) -> float:
+        """The sample nearest the Unix time ``unix`` (a request's clock)."""
+        return self.at(unix - self.started_at)

@@ -13,17 +13,16 @@
    failed (``report.ExitCode``): 1 failure ratio, 3 p99, 4 server, 5 Locust, 6 soak.
 
 ``--soak`` also samples the server's RSS every ``--rss-interval`` seconds (``rss``) and
-compares the p99 of the first and last minute (``loadtest/README.md``).
+compares the p99 of the first and last minute (``loadtest/README.md``). ``--replicas 3
+--kill-one-at 20s`` runs the replica-failure test instead (``replicas``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,41 +30,34 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the ``loadtest`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.arrivals import OnOffRate, default_num_users
+from loadtest.arrivals import default_num_users
+from loadtest.launch import (
+    OUTPUTS,
+    locust_command,
+    peak_rate,
+    served_models,
+    wait_serving,
+)
 from loadtest.options import (
-    Resolved,
     add_scenario_arguments,
     check_loopback,
     parse_duration,
     resolve,
-    scenario_argv,
 )
 from loadtest.report import ExitCode, Violation
 from loadtest.rss import RssSampler
 from loadtest.summary import conclude
 
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_MODEL = "lstm-512"
 """The engine benchmark's model: what steady, bursty and lengths load by default."""
 DEFAULT_MIX = "counting-lm,words-to-digits,arith-mod10,lstm-512"
 """Every model family: the three trained demo models and the benchmark model."""
-OUTPUTS = (
-    "_stats.csv",
-    "_stats_final.csv",
-    "_stats_history.csv",
-    "_failures.csv",
-    "_exceptions.csv",
-    "_requests.csv",
-    "_requests.json",
-    "_summary.json",
-)
-"""The files a run writes after its ``--csv-prefix``."""
 MAX_RUN_TIME_S = 24 * 3600.0
 MAX_USERS = 1000
 LOCUST_START_SLACK_S = 60.0
 """Seconds Locust may take beyond its run and stop time before it is killed."""
 IDLE_TIMEOUT_S = 15.0
-HEALTH_TIMEOUT_S = 60.0
+MAX_REPLICAS = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-p99-drift", type=float, default=None, help="6: last window's p99 over the first's"
     )
+    g = p.add_argument_group("replica failure (loadtest/replicas.py)")
+    g.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="start this many servers and balance over them with batchmaker.client's "
+        "round_robin and RetryPolicy (default: 1)",
+    )
+    g.add_argument(
+        "--kill-one-at",
+        default="",
+        help="with --replicas: SIGKILL one replica this long after Locust starts (30s, 1m)",
+    )
     return p
 
 
@@ -170,6 +175,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"users must be in [0, {MAX_USERS}], got {args.users}")
     if args.rss_interval <= 0 or args.window <= 0:
         parser.error("rss-interval and window must be > 0")
+    args.kill_one_at_s = 0.0
+    if args.kill_one_at:
+        try:
+            args.kill_one_at_s = parse_duration(args.kill_one_at)
+        except ValueError as e:
+            parser.error(f"kill-one-at: {e}")
+        if args.replicas < 2 or not 0 < args.kill_one_at_s < args.run_time_s:
+            parser.error("--kill-one-at needs --replicas >= 2 and a time within --run-time")
+    if not 1 <= args.replicas <= MAX_REPLICAS:
+        parser.error(f"replicas must be in [1, {MAX_REPLICAS}], got {args.replicas}")
+    if args.replicas > 1:
+        if args.address or args.no_metrics or args.soak:
+            parser.error("--replicas starts its own servers, with metrics, and is no soak")
+        args.load_balancing = args.load_balancing or "round_robin"
+        args.retry_attempts = args.retry_attempts or 3  # RetryPolicy's default
     if args.address:
         try:
             args.address = check_loopback(args.address)
@@ -189,68 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def served_models(args: argparse.Namespace) -> list[str]:
-    """The models the server this starts must load for the scenario."""
-    if args.resolved.mix:
-        return [part.split("=", 1)[0].strip() for part in args.mix.split(",") if part.strip()]
-    return [args.model] if args.model else []
-
-
-def peak_rate(args: argparse.Namespace) -> float:
-    """The highest rate the users must keep up with: the on-period rate when bursty."""
-    r: Resolved = args.resolved
-    if r.arrival != "mmpp":
-        return r.rate
-    schedule = OnOffRate.draw(
-        r.rate,
-        burst_ratio=args.burst_ratio,
-        mean_period_s=args.burst_period,
-        horizon_s=args.run_time_s,
-        seed=args.seed,
-    )
-    return schedule.peak_rate
-
-
-def locust_command(args: argparse.Namespace, address: str, num_users: int) -> list[str]:
-    """The Locust command line for this run (a subprocess of this interpreter)."""
-    stop_timeout = math.ceil(args.request_timeout) + 5  # lets in-flight requests finish
-    cmd = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", address, "--users", str(num_users), "--spawn-rate", str(min(num_users, 100)),
-        "--run-time", f"{math.ceil(args.run_time_s)}s", "--stop-timeout", str(stop_timeout),
-        "--csv", args.csv_prefix, "--requests-csv", f"{args.csv_prefix}_requests.csv",
-    ]  # fmt: skip
-    if args.soak:
-        cmd.append("--csv-full-history")
-    if args.html:
-        cmd += ["--html", args.html]
-    if not args.verbose:
-        cmd.append("--only-summary")
-    return cmd + scenario_argv(args)
-
-
 # ---- the server ---------------------------------------------------------------------------------
-
-
-def wait_serving(address: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    """Block until the server's health service says SERVING (it loads models first)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(int(timeout / 0.2) + 1):
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5.0).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
-    raise RuntimeError(f"the server at {address} was not SERVING within {timeout:g} s")
 
 
 def start_server(args: argparse.Namespace) -> Any:
@@ -322,11 +281,15 @@ def run(args: argparse.Namespace) -> int:
             violations.append(Violation(ExitCode.LOCUST, f"Locust exited {locust_rc}"))
 
         if metrics_url:
-            from loadtest.scrape import wait_until_idle
+            from loadtest.scrape import outcomes, wait_until_idle
 
             idle, load = wait_until_idle(metrics_url, IDLE_TIMEOUT_S)
             summary["server_idle"] = {"idle": idle, "load": load.describe()}
             print(f"loadtest: server after the run: {load.describe()}", flush=True)
+            # The server's own count of how calls ended: a client's cancellation shows as
+            # CANCELLED there (or OK, when the server had finished first).
+            summary["server_outcomes"] = outcomes(metrics_url)
+            print(f"loadtest: server's calls by status: {summary['server_outcomes']}")
             if not idle:
                 violations.append(
                     Violation(
@@ -358,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replicas > 1:
+        from loadtest.replicas import run_replicas
+
+        return run_replicas(args)
     return run(args)
 
 

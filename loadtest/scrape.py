@@ -72,6 +72,29 @@ def parse(text: str) -> ServerLoad:
     return ServerLoad(free, cap, running, waiting)
 
 
+SUCCESS = "batchmaker_request_success_total"
+FAILURE = "batchmaker_request_failure_total"
+
+
+def parse_outcomes(text: str) -> dict[str, float]:
+    """Inference calls ended, by status (``OK`` or the failure's ``reason``), summed over
+    models and protocols: the server's own count, to check a client's or a log's by."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == SUCCESS:
+                out["OK"] = out.get("OK", 0.0) + s.value
+            elif s.name == FAILURE:
+                reason = s.labels.get("reason", "")
+                out[reason] = out.get(reason, 0.0) + s.value
+    return out
+
+
+def outcomes(url: str, timeout: float = 5.0) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return parse_outcomes(resp.read().decode())
+
+
 def scrape(url: str, timeout: float = 5.0) -> ServerLoad:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return parse(resp.read().decode())

@@ -10,6 +10,7 @@ with the same functions at quit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from typing import Any
 from loadtest.report import (
     FULL,
     ExitCode,
+    MinuteRow,
     SoakFigures,
     StatRow,
     Thresholds,
@@ -96,7 +98,10 @@ def judge(
         return None
     figures = soak_figures(read_requests_csv(requests_path), args.window)
     if sampler is not None and rss:
-        rss["after_first_window"] = sampler.at(figures.first.end_s) if args.soak else math.nan
+        # The windows count from the first request sent, the samples from before Locust
+        # started: line them up on the wall clock.
+        first_end = figures.t0 + figures.first.end_s
+        rss["after_first_window"] = sampler.at_time(first_end) if args.soak else math.nan
         rss["max"] = max(
             [rss.get("start", 0.0), rss.get("end", 0.0)] + [mib for _, mib in sampler.samples]
         )
@@ -104,6 +109,9 @@ def judge(
         rss["growth"] = rss.get("end", math.nan) - base
         figures.rss_mib = {k: round(v, 1) for k, v in rss.items()}
         figures.rss_samples = list(sampler.samples)
+        summary["rss_started_at"] = sampler.started_at
+        offset = figures.t0 - sampler.started_at  # the windows' time 0 on the samples' clock
+        figures.minutes = minute_rss(figures.minutes, sampler.samples, offset)
     summary["figures"] = figures.to_json()
     if args.soak:
         growth = figures.rss_mib.get("growth", math.nan)
@@ -146,8 +154,9 @@ def print_report(
         print(line)
     if args.soak and figures is not None:
         f = figures
+        total = sum(n["requests"] for n in f.readers.values()) or f.requests
         print(
-            f"soak: {f.requests} requests in {f.duration_s:.0f} s, {f.failures} failures "
+            f"soak: {total} requests in {f.duration_s:.0f} s, {f.failures} failures "
             f"{f.errors or ''}\n"
             f"  p99 first {f.first.end_s - f.first.start_s:.0f} s: {f.first.p99_ms:.1f} ms "
             f"({f.first.count} requests); last: {f.last.p99_ms:.1f} ms ({f.last.count}); "
@@ -160,6 +169,23 @@ def print_report(
                 f"min {min(p99s):.0f}, median {sorted(p99s)[len(p99s) // 2]:.0f}, "
                 f"max {max(p99s):.0f}"
             )
+        if any(n["requests"] for k, n in f.readers.items() if k != "normal"):
+            print(
+                "  readers: "
+                + ", ".join(
+                    f"{k} {n['requests']} ({n['failures']} failed)" for k, n in f.readers.items()
+                )
+            )
+        info = summary.get("locust", {})
+        if info.get("cancelled") or info.get("finished_before_cancel"):
+            server = summary.get("server_outcomes", {}).get("CANCELLED", math.nan)
+            print(
+                f"  cancels: {info['cancelled']} ended by the client's cancel, "
+                f"{info['finished_before_cancel']} finished first; the server counted "
+                f"{server:.0f} CANCELLED"
+            )
+        if len(f.minutes) > 1:
+            print(minute_table(f))
         if f.rss_mib:
             r = f.rss_mib
             print(
@@ -172,3 +198,37 @@ def print_report(
             print(f"loadtest: FAIL ({int(v.code)} {v.code.name}): {v.message}")
     else:
         print("loadtest: PASS")
+
+
+def minute_table(f: SoakFigures) -> str:
+    """The soak minute by minute: the normal readers' p50 and p99 and the p99 over the
+    first window's (the drift), the slow readers' p99, cancellations, failures of every
+    reader, and the mean and largest of the server's RSS samples within the window."""
+    first = f.minutes[0].normal.p99_ms
+    head = (
+        f"  {'window':>9} {'normal':>7} {'p50 ms':>7} {'p99 ms':>7} {'x first':>7} "
+        f"{'slow':>5} {'slow p99':>8} {'cancel':>6} {'failed':>6} {'RSS MiB':>8} {'max':>6}"
+    )
+    lines = [head]
+    for m in f.minutes:
+        drift = m.normal.p99_ms / first if first and first > 0 else math.nan
+        lines.append(
+            f"  {m.start_s:>4.0f}-{m.end_s:<4.0f} {m.normal.count:>7} {m.normal.p50_ms:>7.0f} "
+            f"{m.normal.p99_ms:>7.0f} {drift:>7.2f} {m.slow.count:>5} {m.slow.p99_ms:>8.0f} "
+            f"{m.cancelled:>6} {m.failures:>6} {m.rss_mib:>8.1f} {m.rss_max_mib:>6.0f}"
+        )
+    return "\n".join(lines)
+
+
+def minute_rss(
+    minutes: list[MinuteRow], samples: list[tuple[float, float]], offset: float
+) -> list[MinuteRow]:
+    """``minutes`` with the mean and largest RSS sample within each; ``samples`` are
+    (seconds, MiB) on a clock where the windows start at ``offset``."""
+    out = []
+    for m in minutes:
+        a, b = offset + m.start_s, offset + m.end_s
+        inside = [mib for t, mib in samples if a <= t < b] or [math.nan]
+        mean = sum(inside) / len(inside)
+        out.append(dataclasses.replace(m, rss_mib=mean, rss_max_mib=max(inside)))
+    return out

@@ -8,6 +8,7 @@ multi-replica behaviour, with a replica drained and one killed, is test_replicas
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +66,13 @@ def test_a_stream_that_delivered_a_step_is_not_retried() -> None:
             live.gate.allow(2)  # a step's outputs reach the loop as the next one launches
             assert next(stream).step == 0
             # Shut the engine down under it (it ends with UNAVAILABLE at the next step
-            # boundary), then let the held step go.
+            # boundary), then let the held step go: once the worker has been told to stop,
+            # or the remaining steps may all run first (it failed about one run in ten).
             done = live.submit(live.server.engine.shutdown(grace=0))
+            deadline = time.monotonic() + CALL_TIMEOUT_S
+            while not all(w.stopping for w in live.server.engine.workers):
+                assert time.monotonic() < deadline, "the engine never stopped its workers"
+                time.sleep(0.001)
             live.gate.open()
             with pytest.raises(UnavailableError, match="shut down before the request finished"):
                 list(stream)

@@ -28,6 +28,15 @@ __all__ = [
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
+LIVE_PER_BATCH = 4
+"""The default admission limit per device, in max batches. In cellular batching every live
+request runs in each step of its cell type up to the max batch, so with ``n`` live a
+request's steps come round every ``n / max_batch`` batches: at four, every batch is full
+whenever the load could fill it, and a request admitted into an overload is at most about
+four times slower than in a full batch. A limit of 1,024 at the max batch of 64 queued
+about 9 s of work on the benchmark model and took 16.5 s to drain after an overload
+(docs/benchmarks.md, "Overload")."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -45,9 +54,10 @@ class EngineConfig:
     max_batch_per_cell: Mapping[str, int] = field(default_factory=dict)
     """Per cell type overrides of ``max_batch``, keyed by cell type: ``model@version/cell``
     for one version, or ``model/cell`` for every version of the model."""
-    max_num_live_requests: int = 1024
+    max_num_live_requests: int | None = None
     """Admission limit per device: admitted requests not yet finished. Beyond it, submit
-    fails at once with RESOURCE_EXHAUSTED."""
+    fails at once with RESOURCE_EXHAUSTED. ``None``: ``LIVE_PER_BATCH`` times the largest
+    max batch configured (``live_limit``): 256 at the default max batch."""
     num_slots: int = 1024
     """State slots per pool per device (preallocated). Also bounds admission."""
     max_buffered_bytes_per_stream: int = 64 * 1024 * 1024
@@ -87,7 +97,7 @@ class EngineConfig:
     slo_p99_s: float | None = None
     """A latency target: the p99 of completed requests, admission to last output. With it,
     the SLO controller (``scheduler/slo.py``) adapts the admission limit (up to
-    ``max_num_live_requests``) and the steps per plan (up to ``max_steps_per_plan``) while
+    ``live_limit``) and the steps per plan (up to ``max_steps_per_plan``) while
     serving, to hold it and serve as much as it allows; requests beyond what it allows
     get RESOURCE_EXHAUSTED at once. ``None``: fixed limits."""
     num_threads: int | None = None
@@ -108,7 +118,8 @@ class EngineConfig:
         _positive("max_batch", self.max_batch)
         for name, value in self.max_batch_per_cell.items():
             _positive(f"max_batch_per_cell[{name!r}]", value)
-        _positive("max_num_live_requests", self.max_num_live_requests)
+        if self.max_num_live_requests is not None:
+            _positive("max_num_live_requests", self.max_num_live_requests)
         _positive("num_slots", self.num_slots)
         _positive("max_buffered_bytes_per_stream", self.max_buffered_bytes_per_stream)
         _positive("max_buffered_bytes", self.max_buffered_bytes)
@@ -129,11 +140,21 @@ class EngineConfig:
                 f"max_batch ({self.max_batch})"
             )
 
+    @property
+    def live_limit(self) -> int:
+        """The admission limit per device: ``max_num_live_requests`` when set, else
+        ``LIVE_PER_BATCH`` times the largest of ``max_batch`` and its per-cell overrides.
+        (A model whose own config sets a larger max batch for a cell type does not raise
+        it: set ``max_num_live_requests`` for such a model.)"""
+        if self.max_num_live_requests is not None:
+            return self.max_num_live_requests
+        return LIVE_PER_BATCH * max([self.max_batch, *self.max_batch_per_cell.values()])
+
     def scheduler_config(self) -> SchedulerConfig:
         """What the scheduler of every device needs of this config."""
         return SchedulerConfig(
             mode=self.mode,
-            max_num_live_requests=self.max_num_live_requests,
+            max_num_live_requests=self.live_limit,
             policy=PolicyConfig(
                 finishing_first=self.finishing_first, max_wait_steps=self.max_wait_steps
             ),
@@ -181,10 +202,11 @@ class SageMakerConfig:
     max_concurrent_transforms: int = 4
     """What ``/execution-parameters`` asks batch transform for: calls open at once per
     instance. A few overlap one call's upload and download with another's compute."""
-    max_records_in_flight: int = 256
-    """Records of one JSON Lines call running at once (the rest wait their turn): four
-    times a cell type's default max batch, so one call alone fills the batches, and four
-    calls together stay within the default admission limit (1024)."""
+    max_records_in_flight: int = 64
+    """Records of one JSON Lines call running at once (the rest wait their turn): a cell
+    type's default max batch, so that the ``max_concurrent_transforms`` calls asked for
+    together fill the default admission limit (4 x 64) and no record waits at admission
+    (``records.patiently``) while a call of the same job holds its place."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_payload_mb <= 1024:

@@ -216,7 +216,7 @@ def serve_args(model: str, config: EngineConfig) -> list[str]:
         f"--mode={config.mode}",
         f"--max-batch={config.max_batch}",
         *(f"--max-batch-per-cell={c}={n}" for c, n in config.max_batch_per_cell.items()),
-        f"--max-live={config.max_num_live_requests}",
+        f"--max-live={config.live_limit}",
         f"--num-slots={config.num_slots}",
         f"--padded-max-batch={config.padded_max_batch}",
         f"--padded-timeout-ms={config.padded_timeout_s * 1e3}",

@@ -113,7 +113,7 @@ async def check(
         config,
         mode="cellular",
         num_slots=max(config.num_slots, slots),
-        max_num_live_requests=max(config.max_num_live_requests, len(trace)),
+        max_num_live_requests=max(config.live_limit, len(trace)),
     )
     t0 = time.perf_counter()
     executor = TorchExecutor(config.devices[0])

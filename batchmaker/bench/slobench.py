@@ -165,7 +165,7 @@ async def find_saturation(
     room = replace(
         config,
         slo_p99_s=None,
-        max_num_live_requests=max(config.max_num_live_requests, n),
+        max_num_live_requests=max(config.live_limit, n),
         num_slots=max(config.num_slots, n),
     )
     async with _serving(room, model, specs) as (_, send):
@@ -242,7 +242,7 @@ async def stepped(
                     (
                         time.monotonic(),
                         engine.num_live,
-                        config.max_num_live_requests if slo is None else slo.live_limit,
+                        config.live_limit if slo is None else slo.live_limit,
                         int(getattr(sched, "max_steps_per_plan", 1)),
                         float("nan") if slo is None else slo.p99_s,
                     )
@@ -448,7 +448,7 @@ async def bench(
         "capacity_rps": capacity,
         "capacity_from": capacity_from if given is None else "given",
         "requests": len(arrivals),
-        "config": {"max_live": fixed.max_num_live_requests, "max_steps": fixed.max_steps_per_plan},
+        "config": {"max_live": fixed.live_limit, "max_steps": fixed.max_steps_per_plan},
         "rss_sample_s": RSS_SAMPLE_S,
         "runs": [],
     }

@@ -143,7 +143,7 @@ async def bench(args: argparse.Namespace, base: EngineConfig, workdir: Path) -> 
     await padded.start()
     try:
         batch = max(cellular.max_batch_for(model, c) for c in model.cells)
-        concurrency = min(4 * batch, base.max_num_live_requests)
+        concurrency = min(4 * batch, base.live_limit)
         # One uncounted pass each: the CPU kernel trials and the plan costs are learned.
         warm = tokens[: min(len(tokens), 1000)]
         await closed_loop(cellular, model, warm, concurrency)

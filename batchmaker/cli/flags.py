@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from batchmaker.config import MODES, EngineConfig
+from batchmaker.config import LIVE_PER_BATCH, MODES, EngineConfig
 
 if TYPE_CHECKING:
     from batchmaker.client import AsyncClient, Client
@@ -138,7 +138,8 @@ def add_engine_flags(
         "--max-live",
         type=int,
         default=default("MAX_LIVE", d.max_num_live_requests),
-        help="admission limit: live requests per device; beyond it RESOURCE_EXHAUSTED [MAX_LIVE]",
+        help="admission limit: live requests per device; beyond it RESOURCE_EXHAUSTED at once "
+        f"(default: {LIVE_PER_BATCH} x the largest max batch) [MAX_LIVE]",
     )
     p.add_argument(
         "--num-slots",

@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     # Room for every request a sweep may keep live.
     config = flags.engine_config(
         args,
-        max_num_live_requests=max(args.max_live, 4096),
+        max_num_live_requests=max(args.max_live or 0, 4096),
         num_slots=max(args.num_slots, 4096),
     )
     if args.runs < 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchmaker.cli import flags
-from batchmaker.config import MODES
+from batchmaker.config import LIVE_PER_BATCH, MODES
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -48,7 +48,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument("--mode", choices=MODES, default="cellular")
     sim.add_argument("--replicas", type=int, default=1, help="devices, each with the profile")
     sim.add_argument("--max-steps-per-plan", type=int, default=128)
-    sim.add_argument("--max-live", type=int, default=1024, help="live requests per replica")
+    sim.add_argument(
+        "--max-live",
+        type=int,
+        default=None,
+        help="live requests per replica (default: the server's, "
+        f"{LIVE_PER_BATCH} x the profile's largest max batch)",
+    )
     sim.add_argument("--padded-max-batch", type=int, default=64)
     sim.add_argument("--padded-timeout-ms", type=float, default=5.0)
     sim.add_argument("--limit", type=int, help="the trace's first N requests only")
@@ -106,7 +112,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         )
     config = SchedulerConfig(
         mode=args.mode,
-        max_num_live_requests=args.max_live,
+        max_num_live_requests=args.max_live
+        or LIVE_PER_BATCH * max(s.max_batch for s in profile.cell_types),
         max_steps_per_plan=args.max_steps_per_plan,
         max_batch_requests=args.padded_max_batch,
         batch_timeout_s=args.padded_timeout_ms / 1000,

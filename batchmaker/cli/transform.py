@@ -232,7 +232,7 @@ async def _engine(args: argparse.Namespace) -> tuple[Any, Any, int]:
     await engine.start()
     manager.attach(engine)
     batch = max(engine.max_batch_for(m, c) for m in models for c in m.cells)
-    return engine, manager, min(4 * batch, config.max_num_live_requests)
+    return engine, manager, min(4 * batch, config.live_limit)
 
 
 def _progress_bar(total: int, initial: int) -> Any:

@@ -148,7 +148,7 @@ class Engine:
         if config.slo_p99_s is not None:
             self.slo = SloController(
                 SloConfig(config.slo_p99_s),
-                live_limit=config.max_num_live_requests,
+                live_limit=config.live_limit,
                 max_steps_per_plan=config.max_steps_per_plan,
                 now=self._clock.now(),
             )
@@ -421,7 +421,7 @@ class Engine:
 
     def _place(self, wanted: dict[str, int]) -> _Placement:
         slo = self.slo
-        limit = self.config.max_num_live_requests if slo is None else slo.live_limit
+        limit = self.config.live_limit if slo is None else slo.live_limit
         best: _Placement | None = None
         reason = ""
         for p in self._placements:
@@ -429,7 +429,7 @@ class Engine:
                 reason = (
                     f"{p.num_live} live requests on {self.config.devices[p.index]}, limit {limit}"
                 )
-                if slo is not None and limit < self.config.max_num_live_requests:
+                if slo is not None and limit < self.config.live_limit:
                     reason += f" (set by the SLO controller for p99 <= {slo.config.p99_s:g} s)"
                 continue
             short = [pool for pool, n in wanted.items() if p.free_slots[pool] < n]

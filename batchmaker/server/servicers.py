@@ -220,7 +220,7 @@ class InferenceService(pb_grpc.InferenceServicer):
             version=server_version(),
             batching_mode=cfg.mode,
             devices=cfg.devices,
-            max_live_requests=cfg.max_num_live_requests,
+            max_live_requests=cfg.live_limit,
             max_receive_message_bytes=self.gate.limits.max_receive_message_bytes,
             models=versions,
         )

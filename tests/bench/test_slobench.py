@@ -78,7 +78,7 @@ def test_a_short_run_of_the_whole_benchmark_writes_its_report_and_plot(tmp_path:
         assert run["num_failed"] == 0
         assert sum(p["offered"] for p in run["phases"]) == report["requests"]
         assert run["series"]["t_s"]
-    assert pair["controller"]["series"]["live_limit"][0] == config.max_num_live_requests
+    assert pair["controller"]["series"]["live_limit"][0] == config.live_limit == 64
     out = tmp_path / "slo.png"
     plot(report, out)
     assert out.stat().st_size > 10_000

@@ -33,6 +33,7 @@ from transform_files import (
     subprocess_env,
 )
 
+from batchmaker.config import SageMakerConfig
 from batchmaker.demos import DEMO_REPOSITORY
 
 START_S = 90.0
@@ -279,17 +280,21 @@ def test_sigterm_during_an_invocation_lets_it_finish(tmp_path: Path) -> None:
     the invocation's records all finish and are answered, then the server exits 0."""
     repo = tmp_path / "model"
     shutil.copytree(DEMO_REPOSITORY / "counting-lm", repo / "counting-lm")
-    # One row and one step per plan: the invocation takes seconds, not milliseconds.
+    # One row and one step per plan: the invocation takes seconds, not milliseconds. Room
+    # for every record live (the default limit would be 4 x the max batch of 1), and no
+    # more records than a call runs at once, so every one has started at the SIGTERM.
     s = SageMakerServer(
         repo,
         tmp_path / "log",
         BATCHMAKER_MAX_BATCH="1",
+        BATCHMAKER_MAX_LIVE="256",
         BATCHMAKER_MAX_STEPS_PER_PLAN="1",
         BATCHMAKER_GRACE_S="60",
     )
     try:
         s.wait_ready()
-        records = [{"id": i, "tokens": [(i + j) % 31 for j in range(100)]} for i in range(120)]
+        n = SageMakerConfig().max_records_in_flight
+        records = [{"id": i, "tokens": [(i + j) % 31 for j in range(100)]} for i in range(n)]
         body = "\n".join(json.dumps(r) for r in records).encode()
         result: dict[str, Any] = {}
         call = threading.Thread(target=lambda: result.update(r=s.post(body, JSONL)))

@@ -76,6 +76,33 @@ def test_beyond_the_limit_submit_is_refused_at_once_and_nothing_is_lost(
     asyncio.run(main())
 
 
+def test_the_default_limit_is_four_max_batches_of_the_widest_cell_type() -> None:
+    # A limit sized to the batch, not a fixed count: at 1,024 live and a max batch of 64,
+    # an overload queued about 9 s of work and the p99 took 16.5 s to recover
+    # (docs/benchmarks.md, "Overload").
+    assert EngineConfig().live_limit == 4 * 64
+    assert EngineConfig(max_batch=16).live_limit == 64
+    assert EngineConfig(max_batch=16, max_batch_per_cell={"lm/step": 32}).live_limit == 128
+    assert EngineConfig(max_batch=16, max_num_live_requests=7).live_limit == 7
+    assert EngineConfig().scheduler_config().max_num_live_requests == 256
+    with pytest.raises(ValueError, match="max_num_live_requests"):
+        EngineConfig(max_num_live_requests=0)
+
+    config = engine_config(max_batch=2, max_num_live_requests=None)
+    assert config.live_limit == 8 < config.num_slots
+
+    async def main() -> None:
+        async with serving(config, [LM], gated=True) as (engine, gate):
+            streams = [engine.submit(InferRequest("lm", [1, 2, 3])) for _ in range(8)]
+            with pytest.raises(AdmissionRejectedError, match=r"8 live requests.*limit 8"):
+                engine.submit(InferRequest("lm", [1, 2, 3]))
+            gate.open()
+            for stream in streams:
+                assert_matches_alone(LM, [1, 2, 3], await collect(stream))
+
+    asyncio.run(main())
+
+
 def test_room_comes_back_one_finished_request_at_a_time() -> None:
     config = engine_config(max_num_live_requests=2)
 

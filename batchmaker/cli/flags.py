@@ -247,14 +247,27 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
     return EngineConfig(**fields)  # type: ignore[arg-type]
 
 
-def add_client_flags(p: argparse.ArgumentParser, *, timeout: float | None = None) -> None:
+def add_client_flags(
+    p: argparse.ArgumentParser, *, timeout: float | None = None, in_process: bool = False
+) -> None:
+    """The flags of a command that calls a server. ``in_process``: the command runs the
+    engine itself unless ``--address`` is given, and ``BATCHMAKER_ADDRESS`` (a client's
+    default) is no reason to leave it."""
     from batchmaker.client import DEFAULT_ADDRESS
 
-    p.add_argument(
-        "--address",
-        default=env_value("ADDRESS", DEFAULT_ADDRESS),
-        help="server host:port [ADDRESS]",
-    )
+    if in_process:
+        p.add_argument(
+            "--address",
+            default=None,
+            help="a running server's host:port to send the lines to (default: run the engine "
+            "in this process; BATCHMAKER_ADDRESS does not apply)",
+        )
+    else:
+        p.add_argument(
+            "--address",
+            default=env_value("ADDRESS", DEFAULT_ADDRESS),
+            help="server host:port [ADDRESS]",
+        )
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca-cert", metavar="PEM", help="CA bundle that signed the server's cert")
     p.add_argument("--client-cert", metavar="PEM", help="client certificate, for mutual TLS")

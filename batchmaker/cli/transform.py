@@ -82,10 +82,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="in-process: where the model is read from; default: the demo models; 'none' "
         "for built-in models only [MODEL_REPOSITORY]",
     )
-    flags.add_client_flags(p)
-    # In-process unless --address is given (BATCHMAKER_ADDRESS is a client's default,
-    # not a reason to leave the engine).
-    p.set_defaults(address=None)
+    flags.add_client_flags(p, in_process=True)
     flags.add_engine_flags(p)
 
     b = sub.add_parser(

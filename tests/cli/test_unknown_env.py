@@ -78,3 +78,20 @@ def test_serve_exits_2_naming_the_variable_before_starting(
     err = capsys.readouterr().err
     assert "unknown environment variable BATCHMAKER_GRACE_SECONDS" in err
     assert "BATCHMAKER_GRACE_S?" in err
+
+
+def test_transform_runs_in_process_whatever_batchmaker_address_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shell that holds a client's ``BATCHMAKER_ADDRESS`` must not send a transform to
+    that server, and the help must not say the variable applies (it said ``[ADDRESS]``)."""
+    monkeypatch.setenv("BATCHMAKER_ADDRESS", "10.0.0.1:50051")
+    parser = build_parser()
+    args = parser.parse_args(["transform", "in.jsonl", "out.jsonl", "-m", "counting-lm"])
+    assert args.address is None
+    args = parser.parse_args(["--log-level", "INFO", "infer", "-m", "m", "--text", "a"])
+    assert args.address == "10.0.0.1:50051"  # a client command still honours it
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    address = next(a for a in sub.choices["transform"]._actions if "--address" in a.option_strings)
+    assert address.help is not None
+    assert "[ADDRESS]" not in address.help

@@ -10,6 +10,8 @@ model load (``EngineConfig.freeze_heap``). A frozen object that later becomes cy
 garbage is never collected, so after an unload the engine thaws, collects and freezes
 again: the built-in models leave no cycles when dropped, but a user's model code may,
 weights included. That is one full pass, paid by an admin call instead of a request.
+The engine's own cycle (its workers call back into it) is broken when its workers are
+joined at shutdown (``DeviceWorker.join``), so a shut-down engine is freed without a pass.
 """
 
 from __future__ import annotations

@@ -33,30 +33,39 @@ import argparse
 import functools
 import json
 import os
-import queue
 import secrets
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import manifests
 import yaml
+from containers import (
+    REPO,
+    SCORE_TOLERANCE,
+    START_TIMEOUT_S,
+    VENV_BIN,
+    Container,
+    Engine,
+    Report,
+    Runner,
+    banner_requests,
+    compare,
+    demo_models,
+    host_ports,
+    http_get,
+    infer_json,
+    metric_total,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-"""The host's ``batchmaker``: the client, and the reference the container is compared to."""
 MANIFESTS = [
     "deploy/k8s/deployment.yaml",
     "deploy/knative/service.yaml",
@@ -64,7 +73,6 @@ MANIFESTS = [
     "deploy/kserve/inferenceservice.yaml",
     "deploy/kserve/inferenceservice-rest.yaml",
 ]
-START_TIMEOUT_S = 120.0
 GROUPS = [
     "image",
     "serving",
@@ -76,289 +84,6 @@ GROUPS = [
     "build-secrets",
     "cold-start",
 ]
-SCORE_TOLERANCE = 1e-4
-"""Same torch wheel inside and out; the tolerance only absorbs the CLI's 6-digit rounding."""
-PODMAN_NOISE = "unable to get systemd connection"
-"""podman without systemd cannot schedule its periodic healthchecks; `healthcheck run` works."""
-
-
-# ---- reporting ---------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    """Every check's outcome, printed as it happens."""
-
-    results: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def add(self, status: str, name: str, detail: str = "") -> None:
-        self.results.append((status, name, detail))
-        print(f"{status:<8}{name}" + (f": {detail}" if detail else ""), flush=True)
-
-    def check(self, ok: bool, name: str, detail: str = "") -> bool:
-        self.add("PASS" if ok else "FAIL", name, detail)
-        return ok
-
-    def info(self, name: str, detail: str) -> None:
-        self.add("INFO", name, detail)
-
-    def run(self, name: str, fn: Callable[[], None]) -> None:
-        """One group of checks; an exception in it is one FAIL, and the others still run."""
-        print(f"-- {name}", flush=True)
-        try:
-            fn()
-        except Exception as exc:  # reported as one FAIL, and the run goes on
-            self.add("FAIL", name, f"{type(exc).__name__}: {exc}")
-
-    def summary(self) -> int:
-        count = {s: sum(1 for r in self.results if r[0] == s) for s in ("PASS", "FAIL", "SKIPPED")}
-        print(
-            f"image-test: {count['PASS']} passed, {count['FAIL']} failed, "
-            f"{count['SKIPPED']} skipped",
-            flush=True,
-        )
-        for status, name, detail in self.results:
-            if status == "FAIL":
-                print(f"  FAIL {name}: {detail}", flush=True)
-        return 1 if count["FAIL"] else 0
-
-
-# ---- the engine and containers -----------------------------------------------------------
-
-
-class Lines:
-    """A child's pipe, read on a thread so neither pipe can fill and block the container."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self.queue: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, pipe: IO[str]) -> None:
-        with pipe:
-            for line in pipe:
-                if PODMAN_NOISE not in line:
-                    self.seen.append(line.rstrip("\n"))
-                    self.queue.put(line.rstrip("\n"))
-        self.queue.put(None)
-
-    def wait_for(self, text: str, timeout: float) -> str | None:
-        """The first line (new or already seen) that holds ``text``; None at EOF or timeout."""
-        for line in list(self.seen):
-            if text in line:
-                return line
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                item = self.queue.get(timeout=left)
-            except queue.Empty:
-                return None
-            if item is None:
-                return None
-            if text in item:
-                return item
-        return None
-
-    def text(self) -> str:
-        return "\n".join(self.seen)
-
-
-@dataclass
-class Engine:
-    """docker or podman, with the flags each needs on this kind of host."""
-
-    name: str
-
-    @property
-    def podman(self) -> bool:
-        return self.name == "podman"
-
-    def argv(self, *args: str) -> list[str]:
-        # runc: crun fails on cgroups here; podman reads --runtime for every command.
-        return [self.name, *(["--runtime", "runc"] if self.podman else []), *args]
-
-    def run_flags(self) -> list[str]:
-        # Unset, the containers' RLIMIT_NPROC is too low for torch's and gRPC's threads.
-        if self.podman:
-            return ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
-        return []
-
-    def __call__(
-        self, *args: str, timeout: float = 120.0, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(
-            self.argv(*args), capture_output=True, text=True, timeout=timeout, check=False
-        )
-        out.stderr = "\n".join(ln for ln in out.stderr.splitlines() if PODMAN_NOISE not in ln)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:3])}...: exit {out.returncode}: {out.stderr}")
-        return out
-
-
-@dataclass
-class Container:
-    """One ``run`` of the image, attached: its output is read as it comes."""
-
-    engine: Engine
-    name: str
-    proc: subprocess.Popen[str]
-    out: Lines
-    err: Lines
-    started: float
-
-    def log(self) -> str:
-        return self.out.text() + "\n" + self.err.text()
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> str:
-        """The banner's first line: printed once the server says SERVING."""
-        line = self.out.wait_for("batchmaker: listening on", timeout)
-        if line is None:
-            raise RuntimeError(f"{self.name} did not start; its log:\n{self.log()[-3000:]}")
-        return line
-
-    def exec(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return self.engine("exec", self.name, *argv, timeout=timeout, check=False)
-
-    def exit_code(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def remove(self) -> None:
-        self.engine("rm", "-f", "-t", "0", self.name, check=False)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-class Runner:
-    """Starts containers of one image and removes every one of them at the end."""
-
-    def __init__(self, engine: Engine, image: str) -> None:
-        self.engine = engine
-        self.image = image
-        self.prefix = f"bm-imagetest-{os.getpid()}"
-        self.count = 0
-        self.names: list[str] = []
-
-    def start(self, *options: str, args: Sequence[str] = ()) -> Container:
-        self.count += 1
-        name = f"{self.prefix}-{self.count}"
-        self.names.append(name)
-        argv = self.engine.argv(
-            "run", "--rm", "--name", name, *self.engine.run_flags(), *options, self.image, *args
-        )
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        return Container(self.engine, name, proc, Lines(proc.stdout), Lines(proc.stderr), started)
-
-    @contextmanager
-    def container(self, *options: str, args: Sequence[str] = ()) -> Iterator[Container]:
-        c = self.start(*options, args=args)
-        try:
-            yield c
-        finally:
-            c.remove()
-
-    def cleanup(self) -> None:
-        for name in self.names:
-            self.engine("rm", "-f", "-t", "0", name, check=False, timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def host_ports() -> tuple[list[str], dict[str, int]]:
-    """Free host ports for gRPC, metrics and REST, as the image's variables."""
-    ports = {"grpc": free_port(), "metrics": free_port(), "http": free_port()}
-    env = [
-        "-e",
-        f"BATCHMAKER_PORT={ports['grpc']}",
-        "-e",
-        f"BATCHMAKER_METRICS_PORT={ports['metrics']}",
-        "-e",
-        f"BATCHMAKER_HTTP_PORT={ports['http']}",
-    ]
-    return ["--network", "host", *env], ports
-
-
-# ---- answers -----------------------------------------------------------------------------
-
-
-def infer_json(address: str, request: Sequence[str]) -> list[dict[str, Any]]:
-    """``batchmaker infer --json`` with the host's CLI: one object per step, then the end."""
-    out = subprocess.run(
-        [str(VENV_BIN / "batchmaker"), "infer", "--address", address, "--json", *request],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"infer {' '.join(request)}: {out.stderr.strip()}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def compare(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:
-    """Why ``got`` is not ``want`` (ids and text exactly, scores within tolerance), or None."""
-    if len(got) != len(want):
-        return f"{len(got)} lines, expected {len(want)}"
-    for g, w in zip(got, want, strict=True):
-        if set(g) != set(w):
-            return f"fields {sorted(g)} != {sorted(w)}"
-        for key in w:
-            if key == "top_scores":
-                diff = [abs(a - b) for a, b in zip(g[key], w[key], strict=False)]
-                if len(g[key]) != len(w[key]) or max(diff, default=0.0) > SCORE_TOLERANCE:
-                    return f"step {w.get('step')}: scores {g[key]} != {w[key]}"
-            elif g[key] != w[key]:
-                return f"step {w.get('step')}: {key} {g[key]!r} != {w[key]!r}"
-    return None
-
-
-def banner_requests(banner: str) -> dict[str, list[str]]:
-    """The banner's example request per model: ``--model NAME <input flags>``."""
-    requests = {}
-    for line in banner.splitlines():
-        words = shlex.split(line.strip())
-        if words[:2] == ["batchmaker", "infer"] and "--model" in words:
-            i = words.index("--model")
-            requests[words[i + 1]] = words[i:]
-    return requests
-
-
-def demo_models() -> list[str]:
-    """The demo models as the package on this host holds them."""
-    from batchmaker.demos import DEMO_REPOSITORY
-
-    return sorted(p.name for p in Path(DEMO_REPOSITORY).iterdir() if p.is_dir())
-
-
-def metric_total(body: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
-
-
-def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-# ---- the checks --------------------------------------------------------------------------
 
 
 class ImageTest:
@@ -660,10 +385,10 @@ class ImageTest:
     def _manifest(self, path: str) -> None:
         r = self.report
         doc = next(d for d in yaml.safe_load_all((REPO / path).read_text()) if d)
-        pod = _pod_spec(doc)
+        pod = manifests.pod_spec(doc)
         (spec,) = pod["containers"]
         security = {**(pod.get("securityContext") or {}), **(spec.get("securityContext") or {})}
-        env = _service_links(path) | _knative_env(doc, spec)
+        env = manifests.service_links(path) | manifests.knative_env(doc, spec)
         notes = []
         for item in spec.get("env", []):
             if "value" in item:
@@ -694,7 +419,7 @@ class ImageTest:
         with self.runner.container(*options, *entry, args=args) as c:
             first = spec.get("startupProbe") or spec.get("readinessProbe")
             deadline = time.monotonic() + START_TIMEOUT_S
-            while not (ok := _probe(c, first)[0]) and time.monotonic() < deadline:
+            while not (ok := manifests.probe(c, first)[0]) and time.monotonic() < deadline:
                 if c.proc.poll() is not None:
                     break
                 time.sleep(0.5)
@@ -704,22 +429,22 @@ class ImageTest:
                 return
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if kind in spec:
-                    passed, what = _probe(c, spec[kind])
+                    passed, what = manifests.probe(c, spec[kind])
                     r.check(passed, f"{path}: {kind}", what)
             for port in spec.get("ports", []):
-                passed, what = _port_speaks(c, port)
+                passed, what = manifests.port_speaks(c, port)
                 r.check(passed, f"{path}: port {port.get('name')} {port['containerPort']}", what)
-            annotations = _annotations(doc)
+            annotations = manifests.annotations(doc)
             if "prometheus.io/port" in annotations:
                 p = int(annotations["prometheus.io/port"])
                 url = f"http://127.0.0.1:{p}{annotations.get('prometheus.io/path', '/metrics')}"
-                passed, what = _http_inside(c, url, "batchmaker_server_info")
+                passed, what = manifests.http_inside(c, url, "batchmaker_server_info")
                 r.check(passed, f"{path}: prometheus.io annotations scrape", what)
             if path == MANIFESTS[0]:
                 # Negative controls for the probe runner itself.
                 grpc_port = spec["readinessProbe"]["grpc"]["port"]
-                wrong_grpc = _probe(c, {"grpc": {"port": grpc_port + 1}})[0]
-                wrong_path = _probe(c, {"httpGet": {"path": "/nope", "port": 8000}})[0]
+                wrong_grpc = manifests.probe(c, {"grpc": {"port": grpc_port + 1}})[0]
+                wrong_path = manifests.probe(c, {"httpGet": {"path": "/nope", "port": 8000}})[0]
                 r.check(
                     not wrong_grpc and not wrong_path,
                     "control: a probe on a wrong port or path fails",
@@ -789,7 +514,7 @@ class ImageTest:
                 deadline = time.monotonic() + START_TIMEOUT_S
                 ok, what = False, "no answer"
                 while time.monotonic() < deadline and c.proc.poll() is None:
-                    ok, what = _http_inside(c, "http://127.0.0.1:8080/ping", "")
+                    ok, what = manifests.http_inside(c, "http://127.0.0.1:8080/ping", "")
                     if ok:
                         break
                     time.sleep(0.5)
@@ -860,117 +585,6 @@ def _pem_blocks(text: str) -> list[str]:
         else:
             current.append(line.strip())
     return blocks
-
-
-def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec of a Deployment, a Knative Service or an InferenceService's predictor."""
-    if doc["kind"] == "InferenceService":
-        spec: dict[str, Any] = doc["spec"]["predictor"]
-        return spec
-    pod: dict[str, Any] = doc["spec"]["template"]["spec"]
-    return pod
-
-
-def _annotations(doc: dict[str, Any]) -> dict[str, str]:
-    if doc["kind"] == "InferenceService":
-        found: dict[str, str] = doc["spec"]["predictor"].get("annotations", {})
-        return found
-    template: dict[str, str] = doc["spec"]["template"]["metadata"].get("annotations", {})
-    return template
-
-
-def _knative_env(doc: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
-    """What Knative sets in every serving container (KServe's predictor is one)."""
-    if doc["kind"] not in ("Service", "InferenceService") or "serving" not in doc["apiVersion"]:
-        return {}
-    name = doc["metadata"]["name"]
-    port = str(spec["ports"][0]["containerPort"])
-    return {"PORT": port, "K_SERVICE": name, "K_CONFIGURATION": name, "K_REVISION": f"{name}-1"}
-
-
-def _service_links(path: str) -> dict[str, str]:
-    """The service-link variables Kubernetes puts in a pod for each Service of its
-    namespace with a cluster IP (deploy/k8s/service.yaml's, for the Deployment)."""
-    if not path.startswith("deploy/k8s/"):
-        return {}
-    env: dict[str, str] = {}
-    docs = yaml.safe_load_all((REPO / "deploy/k8s/service.yaml").read_text())
-    for i, svc in enumerate(d for d in docs if d and d["kind"] == "Service"):
-        if svc["spec"].get("clusterIP") == "None":
-            continue
-        name = svc["metadata"]["name"].upper().replace("-", "_")
-        ip = f"10.96.0.{10 + i}"
-        ports = svc["spec"]["ports"]
-        env[f"{name}_SERVICE_HOST"] = ip
-        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
-        env[f"{name}_PORT"] = f"tcp://{ip}:{ports[0]['port']}"
-        for p in ports:
-            proto, number = p.get("protocol", "TCP"), p["port"]
-            env[f"{name}_SERVICE_PORT_{p['name'].upper().replace('-', '_')}"] = str(number)
-            base = f"{name}_PORT_{number}_{proto}"
-            env[base] = f"{proto.lower()}://{ip}:{number}"
-            env[f"{base}_PROTO"] = proto.lower()
-            env[f"{base}_PORT"] = str(number)
-            env[f"{base}_ADDR"] = ip
-    return env
-
-
-_HTTP_INSIDE = (
-    "import sys, urllib.request, urllib.error\n"
-    "try:\n"
-    "    r = urllib.request.urlopen(sys.argv[1], timeout=3)\n"
-    "    body = r.read().decode()\n"
-    "    code = r.status\n"
-    "except urllib.error.HTTPError as e:\n"
-    "    code, body = e.code, ''\n"
-    "print(code)\n"
-    "sys.exit(0 if 200 <= code < 400 and sys.argv[2] in body else 1)\n"
-)
-
-
-def _http_inside(c: Container, url: str, must_hold: str) -> tuple[bool, str]:
-    out = c.exec("python", "-c", _HTTP_INSIDE, url, must_hold, timeout=30)
-    detail = out.stdout.strip() or out.stderr.strip().splitlines()[-1:]
-    return out.returncode == 0, f"GET {url} -> {detail}"
-
-
-def _probe(c: Container, probe: dict[str, Any] | None) -> tuple[bool, str]:
-    """A Kubernetes probe, run inside the container as the kubelet would run it at the pod
-    IP: gRPC health, HTTP GET (200-399), TCP connect, or the exec command."""
-    if probe is None:
-        return False, "no probe"
-    if "grpc" in probe:
-        port = probe["grpc"]["port"]
-        argv = ["batchmaker", "health", "--address", f"127.0.0.1:{port}", "--timeout", "3"]
-        if probe["grpc"].get("service"):
-            argv += ["--service", probe["grpc"]["service"]]
-        out = c.exec(*argv, timeout=30)
-        return out.returncode == 0, f"grpc :{port} -> {out.stdout.strip() or out.stderr.strip()}"
-    if "httpGet" in probe:
-        get = probe["httpGet"]
-        return _http_inside(c, f"http://127.0.0.1:{get['port']}{get.get('path', '/')}", "")
-    if "tcpSocket" in probe:
-        port = probe["tcpSocket"]["port"]
-        code = f"import socket; socket.create_connection(('127.0.0.1', {port}), 3)"
-        out = c.exec("python", "-c", code, timeout=30)
-        return out.returncode == 0, f"tcp :{port}"
-    if "exec" in probe:
-        out = c.exec(*probe["exec"]["command"], timeout=30)
-        return out.returncode == 0, f"exec {probe['exec']['command']} -> exit {out.returncode}"
-    return False, f"unknown probe {sorted(probe)}"
-
-
-def _port_speaks(c: Container, port: dict[str, Any]) -> tuple[bool, str]:
-    """A declared port serves what its name says: gRPC (h2c, grpc), HTTP/1.1 (http1, http:
-    the v2 REST door) or Prometheus (metrics)."""
-    number, name = port["containerPort"], port.get("name", "")
-    if name in ("h2c", "grpc"):
-        return _probe(c, {"grpc": {"port": number}})
-    if name in ("http1", "http"):
-        return _http_inside(c, f"http://127.0.0.1:{number}/v2/health/live", "")
-    if name == "metrics":
-        return _http_inside(c, f"http://127.0.0.1:{number}/metrics", "batchmaker_server_info")
-    return _probe(c, {"tcpSocket": {"port": number}})
 
 
 def _other_input(request: list[str]) -> list[str]:

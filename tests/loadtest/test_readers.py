@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from rpc_fakes import FakeRpcError
 
 from batchmaker.v1 import inference_pb2 as pb
 from loadtest.readers import (
@@ -77,17 +78,6 @@ class FakeCall:
     def cancel(self) -> None:
         if self.cancelled_after is None:
             self.cancelled_after = self.read
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return "from the fake"
 
 
 def events_of(run: Any) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from rpc_fakes import FakeRpcError
 
 from batchmaker.v1 import inference_pb2 as pb
 from loadtest.report import FULL, TTFT
@@ -24,21 +25,10 @@ class FakeCall:
         for n in self._steps:
             yield pb.InferResponse(steps=[pb.Step(index=i) for i in range(n)])
         if self._error is not None:
-            raise FakeRpcError(self._error)
+            raise FakeRpcError(self._error, "admission limit reached")
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return "admission limit reached"
 
 
 def consume(call: FakeCall) -> list[dict[str, Any]]:

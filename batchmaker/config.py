@@ -38,6 +38,12 @@ about 9 s of work on the benchmark model and took 16.5 s to drain after an overl
 (docs/benchmarks.md, "Overload")."""
 
 
+def default_live_limit(max_batches: Iterable[int]) -> int:
+    """The admission limit when none is set: ``LIVE_PER_BATCH`` times the largest of
+    ``max_batches`` (the server's, and the simulator's for a profile's cell types)."""
+    return LIVE_PER_BATCH * max(max_batches)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine batches and where it runs."""
@@ -148,7 +154,7 @@ class EngineConfig:
         it: set ``max_num_live_requests`` for such a model.)"""
         if self.max_num_live_requests is not None:
             return self.max_num_live_requests
-        return LIVE_PER_BATCH * max([self.max_batch, *self.max_batch_per_cell.values()])
+        return default_live_limit([self.max_batch, *self.max_batch_per_cell.values()])
 
     def scheduler_config(self) -> SchedulerConfig:
         """What the scheduler of every device needs of this config."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchmaker.cli import flags
-from batchmaker.config import LIVE_PER_BATCH, MODES
+from batchmaker.config import LIVE_PER_BATCH, MODES, default_live_limit
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -113,7 +113,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SchedulerConfig(
         mode=args.mode,
         max_num_live_requests=args.max_live
-        or LIVE_PER_BATCH * max(s.max_batch for s in profile.cell_types),
+        or default_live_limit(s.max_batch for s in profile.cell_types),
         max_steps_per_plan=args.max_steps_per_plan,
         max_batch_requests=args.padded_max_batch,
         batch_timeout_s=args.padded_timeout_ms / 1000,

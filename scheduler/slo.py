@@ -15,11 +15,16 @@ What it turns, and why these:
   where the target holds, and the excess gets RESOURCE_EXHAUSTED at once instead of
   queueing without bound. The limit is set by feedback on the measured p99, the way TCP
   and Netflix's concurrency limiters set a window, sized by a model where one is known:
-  - *when to cut*: the rolling p99 is over the aim (a margin under the target for the
-    feedback's delay), counting live requests already older than the aim at their age,
-    or Little's law says the crowd now live will be (the mean live count over the
-    completion rate is the latency of what is being served; after a step up in load it
-    rises within a second or two, long before slow requests complete);
+  - *when to cut*: Little's law says the crowd now live will be over the aim (a margin
+    under the target for the feedback's delay; the mean live count over the completion
+    rate is the latency of what is being served, and after a step up in load it rises
+    within a second or two, long before slow requests complete); or the limit binds and
+    the measured p99 (live requests already older than the aim counted at their age) is
+    over the aim; or, where it does not bind, the latencies measured hold more at or
+    over the target than a p99 held at the target would show but rarely. There a p99
+    between the aim and the target breaks no promise and is not cut: at half of
+    capacity on this project's CPU it sat there, and cutting on it refused 2-5% of a
+    load served within the target;
   - *how far*: in a crowd (the device saturated), to Little's live count at the aim,
     the completion rate times the latency the aim allows; at a steady load, to the
     largest live count the measured step costs predict holds the aim (latency scales
@@ -27,10 +32,12 @@ What it turns, and why these:
     the p99's ratio to the aim and Little's law. Where even one live request would be
     over the aim at a steady load, the latency is the requests' own length, and
     refusing others would not shorten it: the limit stays, and says so;
-  - *when to raise*: the limit held requests back, the p99 is well under the target,
-    and its longest requests have had time to complete since it was set (until then
-    its samples lean to short requests); by a tenth, or up to a half where the costs
-    predict the aim still holds.
+  - *when to raise*: the limit held requests back, and its longest requests have had
+    time to complete since it was set (until then its samples lean to short requests);
+    if it refused few (``few_refused``), from anywhere under the aim, by a tenth, or up
+    to a half where the p99 is well under the target and the costs predict the aim
+    still holds; if it refused many (an overload), by a tenth, from well under the
+    target.
   Each limit is judged only by the requests admitted under it, so a cut is not repeated
   while the slow requests admitted before it drain.
 - **Steps per plan.** The cap on the plan length that the slowest requests finish
@@ -59,6 +66,7 @@ What it turns, and why these:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -72,6 +80,27 @@ _RATE_SPAN_S = 2.0
 _CROWD = 1.25
 """The look-ahead counts when the mean live count is this many times Little's count of
 the requests completing (their rate times their mean latency)."""
+
+
+_P99_SHARE = 0.01
+"""The share of latencies a p99 target allows over it."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _over_share(n: int, alpha: float) -> int:
+    """The fewest of ``n`` latencies at or over the target that a p99 held at the target
+    (each over with probability ``_P99_SHARE``) shows with probability at most ``alpha``:
+    the binomial tail, summed in logs so that a large ``n`` does not underflow."""
+    if n < 1:
+        return 1
+    p = _P99_SHARE
+    log_pmf, step = n * math.log1p(-p), math.log(p / (1 - p))
+    tail, k = 1.0, 0  # P(K >= k)
+    while k <= n and tail > alpha * (1 + 1e-9):
+        tail -= math.exp(log_pmf)
+        log_pmf += math.log((n - k) / (k + 1)) + step if k < n else -math.inf
+        k += 1
+    return k
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +122,21 @@ class SloConfig:
     """The plan length changes only for a predicted p99 this much shorter than the current
     length's: the costs are noisy running means, and a cap that flips every update would
     keep the scheduler from learning either length's cost."""
+    few_refused: float = 0.1
+    """A binding limit that refused at most this share of the requests since it was set
+    is raised from anywhere under the aim, and by up to a half where the step costs allow;
+    one that refused more (an overload it is holding back) by a tenth, from under
+    ``raise_below``. At half of capacity on this project's CPU, after an overload or a
+    burst had cut the limit, the p99 sat between ``raise_below`` and the aim, and a limit
+    raised only under ``raise_below`` kept refusing 3-5% of the load."""
     min_samples: int = 20
     """Latencies needed (since the last change) before the p99 is trusted."""
+    cut_alpha: float = 0.01
+    """Without a crowd ahead, a cut needs more latencies at or over the target than a p99
+    held at the target (1% of them over) would show with this probability: a p99 over a
+    few dozen latencies is their largest, and at half of capacity on this project's CPU,
+    where 0.5% of requests were over the target and 2% over the aim, cutting on it refused
+    2-5% of a load the server held within the target."""
 
     def __post_init__(self) -> None:
         if not self.p99_s > 0 or not math.isfinite(self.p99_s):
@@ -110,6 +152,10 @@ class SloConfig:
             raise ValueError(f"slo plan_margin must be in [0, 1), got {self.plan_margin}")
         if self.min_samples < 1:
             raise ValueError(f"slo min_samples must be >= 1, got {self.min_samples}")
+        if not 0 <= self.few_refused < 1:
+            raise ValueError(f"slo few_refused must be in [0, 1), got {self.few_refused}")
+        if not 0 < self.cut_alpha < 1:
+            raise ValueError(f"slo cut_alpha must be in (0, 1), got {self.cut_alpha}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +215,15 @@ class SloController:
         """(time, live count) at each update over the last ``_RATE_SPAN_S``."""
         self._bound = False
         """Whether the limit held a request back (or was reached) since it was set."""
+        self._admitted_under = 0
+        self._refused_under = 0
+        """Requests admitted and refused since the limit was set."""
 
     # ---- what happened -----------------------------------------------------------
 
     def admitted(self, live: int) -> None:
         """A request was admitted; ``live`` requests are now on its device."""
+        self._admitted_under += 1
         if live > self._peak_live:
             self._peak_live = live
         if live >= self.live_limit:
@@ -183,6 +233,7 @@ class SloController:
         """A request was refused by the limit."""
         self.num_rejected += 1
         self._rejected_since += 1
+        self._refused_under += 1
         self._bound = True
 
     def finished(self, arrival: float, now: float, run: int = 0) -> None:
@@ -264,9 +315,27 @@ class SloController:
         # The live count the samples were served at: the crowd's, or Little's.
         served = at if at >= 0 else max(1, round(min(float(peak), rate * mean)))
         aim = cfg.aim * target
-        if trusted and signal > aim:
+        # Ahead (a crowd), and wherever the limit binds, admission is what holds the load,
+        # and it steers the p99 to the aim: the requests a crowd will make late are
+        # admitted already. Where it does not bind, the offered load is what it is, and a
+        # cut would start refusing requests: only a share at or over the target that a p99
+        # held there would rarely show (``cut_alpha``) cuts. A p99 between the aim and the
+        # target breaks no promise, and over a few dozen latencies it is their largest,
+        # which noise alone puts over the aim.
+        # Few refused under the limit (bursts of a load that mostly fits) against many (a
+        # load past what the limit holds, which pins the live count at the limit).
+        refused = self._refused_under
+        few = refused <= cfg.few_refused * (refused + self._admitted_under)
+        if at >= 0 or self._bound or peak >= limit:
+            cut = signal > aim
+        else:
+            at_risk = sum(1 for x in samples if x >= target)
+            cut = at_risk >= _over_share(len(samples), cfg.cut_alpha)
+        if trusted and cut:
             base = max(1, min(limit, peak))
-            new, why, futile = self._cut(base, signal, p99, mean, rate, served, at >= 0, step_cost)
+            new, why, futile = self._cut(
+                base, signal, p99, mean, rate, served, at >= 0, step_cost, bursts=few
+            )
             if new < limit:
                 seen = f"p99 {1e3 * p99:.0f} ms" + (
                     f", {1e3 * signal:.0f} ms ahead with {at} live at {rate:.0f}/s"
@@ -286,24 +355,30 @@ class SloController:
         # A limit's p99 is known once its longest requests could have completed: until
         # then its samples lean to the short ones.
         settle = min(target, float(np.percentile([d[1] for d in done], 99)) if done else target)
+        # A limit that refused few may be raised boldly, and from anywhere under the aim;
+        # one that refused many only by a tenth, from well under it.
         if (
             trusted
-            and signal < cfg.raise_below * target
             and now - self._changed_at >= settle
             and limit < self.max_live_limit
             and (self._bound or peak >= limit)
+            and (signal < cfg.raise_below * target or (few and at < 0 and signal < aim))
         ):
-            new = self._raise(limit, p99, served, step_cost)
+            bold = few and signal < cfg.raise_below * target
+            new = self._raise(limit, p99, served, step_cost if bold else None)
+            share = refused / max(1, refused + self._admitted_under)
             changes.append(
                 f"live limit {limit} -> {new}: p99 {1e3 * p99:.0f} ms under "
-                f"{1e3 * cfg.raise_below * target:.0f} ms and the limit binds "
-                f"({self._rejected_since} rejected since the last update)"
+                f"{1e3 * (cfg.raise_below * target if not few else aim):.0f} ms and the "
+                f"limit binds ({self._rejected_since} rejected since the last update, "
+                f"{100 * share:.1f}% since it was set)"
             )
             limit = new
         if limit != self.live_limit:
             self.live_limit = limit
             self._changed_at = now
             self._bound = False
+            self._admitted_under = self._refused_under = 0
         plan = self._plan_length(plan_cost, [run for _, _, run in done if run > 0])
         if plan is not None:
             steps, why = plan
@@ -325,9 +400,13 @@ class SloController:
         served: int,
         crowd: bool,
         step_cost: Callable[[int], float | None] | None,
+        *,
+        bursts: bool = True,
     ) -> tuple[int, str, bool]:
         """The live limit that brings ``signal`` (the p99 now or ahead) to the aim, cutting
-        from ``base`` (the live count); how it was chosen; whether cutting is futile."""
+        from ``base`` (the live count); how it was chosen; whether cutting is futile.
+        ``bursts``: whether the live count varies under the limit (``_fit``), or the limit
+        refused many and pins it there."""
         aim = self.config.aim * self.config.p99_s
         # Little's live count at the aim: the completion rate times the latency the aim
         # allows at the p99's measured share of the mean.
@@ -338,7 +417,7 @@ class SloController:
             # the step time. At most to a quarter at once: the rate is a few seconds'.
             new = max(0.25 * base, min(0.9 * base, little))
             return max(1, math.floor(new)), f"by Little's law, {rate:.0f}/s completing", False
-        fit = self._fit(signal, served, base, step_cost=step_cost)
+        fit = self._fit(signal, served, base, step_cost=step_cost, bursts=bursts)
         if fit is None:
             # No costs yet: by the p99's ratio to the aim, or to Little's count if lower;
             # at most by half.
@@ -375,6 +454,7 @@ class SloController:
         upto: int,
         *,
         step_cost: Callable[[int], float | None] | None,
+        bursts: bool = True,
     ) -> int | None:
         """The largest live limit, up to ``upto``, predicted to hold the p99 at the aim,
         given ``p99`` measured with ``served`` live; 0 when not even one live request
@@ -385,7 +465,8 @@ class SloController:
         rounds of waiting for a seat beyond the max batch), so the p99 scales with it.
         The fit is a mean live count, which at a steady load varies around its mean
         (about Poisson: two standard deviations cover the bursts), so the limit is the
-        fit plus that, or it would refuse every burst. Where even one live request is
+        fit plus that, or it would refuse every burst; unless ``bursts`` is false: a limit
+        that refuses many requests holds the live count at itself. Where even one live request is
         predicted over the aim, the latency is the requests' own length, not the load:
         cutting would refuse requests for nothing (and, the completion rate falling with
         each cut, cut again). (A crowd is Little's law's, not this.)
@@ -407,7 +488,7 @@ class SloController:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-        return lo + math.ceil(2 * math.sqrt(lo))
+        return lo + math.ceil(2 * math.sqrt(lo)) if bursts else lo
 
     def _recent(self, now: float, live_arrivals: list[float]) -> tuple[float, float, int, float]:
         """Completions per second over the last ``_RATE_SPAN_S`` seconds (or since the

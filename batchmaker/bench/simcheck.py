@@ -3,7 +3,9 @@
 For one model family, in one process on one device:
 
 1. profile the model on the real executor (``bench.stepcost``), top-2 per step as the
-   benchmark's requests ask;
+   benchmark's requests ask: its grid, its ragged factors, and its host factor, from
+   the engine serving a synthetic trace of other requests (seed 1) at half of the
+   predicted capacity (``measure_host``), never the trace compared below;
 2. capacity: replay the whole trace open-loop at an overload (``--overload`` times the
    simulator's own capacity estimate) through the in-process engine, and through the
    simulator; throughput is completed requests over the span;
@@ -15,8 +17,9 @@ simulator, from the profile's grid, has nothing to learn. A fresh plan shape cos
 CPU kernel chooser's trials (each kernel three times, the slow ones too): at half of
 capacity a quarter of a replay's cell-steps were still trials after three replays at
 the overload, and six more did not settle all 56 buckets of the chain. So the engine
-starts with the kernels the profile's warm-up chose (``_share_kernel_choices``), which
-are also the ones the profile's costs were timed on. And the scheduler, which learns
+starts with the kernels the profile's warm-up chose
+(``stepcost.share_kernel_choices``), which are also the ones the profile's costs were
+timed on. And the scheduler, which learns
 plan costs only from plans run on a chosen kernel, reaches the longer plans that pay
 at 64 rows over a few replays (the chain's first three at the overload did 157, 179
 and 201 req/s, against the simulator's 203). So before each compared replay the engine
@@ -48,7 +51,12 @@ import numpy as np
 
 from batchmaker.bench.openloop import replay
 from batchmaker.bench.reference import TOP_K
-from batchmaker.bench.stepcost import SpeedProbe, measure_profile
+from batchmaker.bench.stepcost import (
+    SpeedProbe,
+    measure_host,
+    measure_profile,
+    share_kernel_choices,
+)
 from batchmaker.bench.trace import Trace
 from batchmaker.bench.workloads import engine_sender, make_workload
 from batchmaker.config import EngineConfig
@@ -57,7 +65,6 @@ from batchmaker.runtime.executor import CellSet
 from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.sim.profile import StepProfile
 from batchmaker.sim.simulator import requests_from_trace, simulate
-from cells.recurrent import KernelChooser
 
 TRACES = {
     "chain": "docs/bench/trace-poisson-seed0.json",
@@ -119,12 +126,14 @@ async def check(
     executor = TorchExecutor(config.devices[0])
     executor.load_cells(CellSet.of([model], config.num_slots))()
     profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats, executor=executor)
-    log(f"{family}: profiled in {time.perf_counter() - t0:.1f} s")
+    host = await measure_host(workload, config, profile, executor=executor)
+    profile = replace(profile, host=host)
+    log(f"{family}: profiled in {time.perf_counter() - t0:.1f} s; host factor {host:.3f}")
     probe = SpeedProbe(model, config, profile, executor, top_k=TOP_K, repeats=repeats)
     sched = config.scheduler_config()
     engine = Engine(config, [model])
     await engine.start()
-    _share_kernel_choices(executor, engine)
+    share_kernel_choices(executor, engine)
     speeds: list[float] = []
     try:
 
@@ -201,24 +210,6 @@ async def check(
         "speed_factors": speeds,
         "p99_ratios": p99_ratios,
     }
-
-
-def _share_kernel_choices(profiled: TorchExecutor, engine: Engine) -> None:
-    """Start the engine's cells with the CPU kernels the profile's cells chose, bucket by
-    bucket (``cells.recurrent.KernelChooser``): the profile's grid was timed on those, and
-    its warm-up tried every bucket the grid covers, which a replay of a few hundred
-    requests does not (56 buckets of nine trial calls each for the chain; six replays
-    at the overload still ran trials). So the engine runs the kernels the simulator's
-    costs were measured on, as a server would once it had met every shape."""
-    for worker in engine.workers:
-        assert isinstance(worker.executor, TorchExecutor)
-        for name, cell in worker.executor.cells.items():
-            mine, theirs = (
-                getattr(cell, "kernels", None),
-                getattr(profiled.cells[name], "kernels", None),
-            )
-            if isinstance(mine, KernelChooser) and isinstance(theirs, KernelChooser):
-                mine.chosen.update(theirs.chosen)
 
 
 def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:

@@ -13,6 +13,16 @@ decoder steps of ``rows``; one-node trees make one plan of ``rows`` leaves. Warm
 rounds come first, so the CPU kernel chooser (``cells.recurrent.KernelChooser``) has
 settled each bucket before anything is kept.
 
+Then, for cell types that run several steps per plan, the same grid again with rows that
+end apart (``ragged_lengths``): measured over what the first grid's staircase charges
+such a plan, a factor per point (``CostGrid.ragged``), since a kernel that drops rows is
+not always the kernel that runs rows ending together.
+
+Last, ``measure_host``: the engine serving a synthetic Poisson load at half the capacity
+the grid predicts, its plans' times over the grid's cost of the same plans
+(``StepProfile.host``), since the grid times each plan alone and a server runs it beside
+its event loop.
+
 The result is a ``batchmaker.sim.profile.StepProfile``: JSON the simulator reads with no
 model and no torch.
 """
@@ -20,30 +30,35 @@ model and no torch.
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from batchmaker.bench.openloop import replay
+from batchmaker.bench.workloads import Workload, engine_sender
 from batchmaker.config import EngineConfig
 from batchmaker.models.base import Model
 from batchmaker.models.seq2seq import Seq2SeqModel
 from batchmaker.models.sequence import SequenceModel
 from batchmaker.models.tree import TreeModel
-from batchmaker.runtime.engine import scheduler_parts
+from batchmaker.runtime.engine import Engine, scheduler_parts
 from batchmaker.runtime.executor import CellSet
 from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.sim.profile import CostGrid, StepProfile, Unfold
-from batchmaker.sim.simulator import SimRequest, graph_of
+from batchmaker.sim.simulator import SimRequest, graph_of, requests_from_trace, simulate
+from cells.recurrent import KERNEL_TRIALS, KernelChooser
 from scheduler import CellTypeSpec, ManualClock, SchedRequest, SchedulerConfig, make_scheduler
 
-WARMUP = 6
-"""Rounds thrown away per grid point: the kernel chooser times both CPU kernels three
-times each on a bucket's first calls."""
+WARMUP = 3 * KERNEL_TRIALS
+"""Rounds thrown away per grid point: the kernel chooser times each of the three CPU
+kernels ``KERNEL_TRIALS`` times on a bucket's first calls."""
 
 
 def unfold_of(model: Model) -> Unfold:
@@ -75,13 +90,20 @@ def _axis(top: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _requests(unfold: Unfold, rows: int, steps: int) -> list[SimRequest]:
-    """``rows`` requests whose first plan of each cell type is ``rows`` x ``steps``."""
-    tokens = np.ones(steps, dtype=np.int64)
+def ragged_lengths(rows: int, steps: int) -> list[int]:
+    """A ragged probe's runs: the longest ``steps``, the others spread down to about half
+    of it, as a saturated batch's rows end apart (each row a different step where it can)."""
+    return [steps - math.ceil(i * steps / (2 * rows)) for i in range(rows)]
+
+
+def _requests(unfold: Unfold, rows: int, steps: int, *, ragged: bool = False) -> list[SimRequest]:
+    """``rows`` requests whose first plan of each cell type is ``rows`` x ``steps``; with
+    ``ragged``, whose runs in it are ``ragged_lengths`` (the decoder's steps stay whole)."""
     if unfold.family == "tree":
         leaf = np.full((1, 2), -1, dtype=np.int64)
         return [SimRequest(0.0, np.ones(1, dtype=np.int64), children=leaf)] * rows
-    return [SimRequest(0.0, tokens, output_length=steps)] * rows
+    lengths = ragged_lengths(rows, steps) if ragged else [steps] * rows
+    return [SimRequest(0.0, np.ones(n, dtype=np.int64), output_length=steps) for n in lengths]
 
 
 def measure_profile(
@@ -120,7 +142,7 @@ def measure_profile(
             if not any(rows in rs and steps in ks for rs, ks in axes.values()):
                 continue
             for round_ in range(WARMUP + repeats):
-                for name, k, dt in _run(
+                for name, k, dt, _ in _run(
                     executor, specs, capacities, unfold, rows, steps, cap, top_k
                 ):
                     rs, ks = axes[name]
@@ -138,6 +160,39 @@ def measure_profile(
         rs, ks = axes[spec.name]
         grid = tuple(tuple(statistics.median(seconds[(spec.name, r, k)]) for k in ks) for r in rs)
         costs[spec.name] = CostGrid(rs, ks, grid)
+    # Plans whose rows end apart, over what the grid's staircase charges them (the
+    # ``CostGrid.ragged`` factors): for cell types that run runs, at two rows and steps up.
+    ragged: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    for rows in _axis(max(max(r) for r, _ in axes.values()))[1:]:
+        for steps in _axis(max(max(k) for _, k in axes.values()))[1:]:
+            if not any(rows in rs and steps in ks[1:] for rs, ks in axes.values()):
+                continue
+            for round_ in range(WARMUP + repeats):
+                for name, k, dt, runs in _run(
+                    executor, specs, capacities, unfold, rows, steps, cap, top_k, ragged=True
+                ):
+                    rs, ks = axes[name]
+                    if round_ >= WARMUP and rows in rs and k in ks and runs and min(runs) < k:
+                        ragged[(name, rows, k)].append(dt / costs[name].ragged_cost(runs))
+            if log is not None:
+                got = [
+                    f"{name.rsplit('/', 1)[-1]} x {statistics.median(f):.2f}"
+                    for (name, r, k), f in sorted(ragged.items())
+                    if r == rows and k == steps
+                ]
+                log(f"rows {rows:4d} steps {steps:3d}, ragged: {', '.join(got)}")
+    for name, grid in list(costs.items()):
+        if any(n == name for n, _, _ in ragged):
+            costs[name] = replace(
+                grid,
+                ragged=tuple(
+                    tuple(
+                        statistics.median(ragged[(name, r, k)]) if (name, r, k) in ragged else 1.0
+                        for k in grid.steps
+                    )
+                    for r in grid.rows
+                ),
+            )
     return StepProfile(
         model=model.key,
         device=executor.device,
@@ -202,7 +257,7 @@ class SpeedProbe:
     def _times(self) -> list[list[float]]:
         got: list[list[float]] = [[] for _ in self._points]
         for i, (name, rows, steps) in enumerate(self._points):
-            for cell, k, dt in _run(
+            for cell, k, dt, _ in _run(
                 self._executor,
                 self._specs,
                 self._capacities,
@@ -245,15 +300,18 @@ def _run(
     steps: int,
     cap: int,
     top_k: int,
-) -> list[tuple[str, int, float]]:
-    """Every plan of one synthetic batch, as (cell type, steps, seconds), timed alone."""
+    *,
+    ragged: bool = False,
+) -> list[tuple[str, int, float, tuple[int, ...] | None]]:
+    """Every plan of one synthetic batch (``_requests``), as (cell type, steps, seconds,
+    each row's steps or ``None`` for one each), timed alone."""
     sched = make_scheduler(
         SchedulerConfig(max_steps_per_plan=cap, max_num_live_requests=rows),
         specs,
         capacities,
         ManualClock(),
     )
-    for i, r in enumerate(_requests(unfold, rows, steps)):
+    for i, r in enumerate(_requests(unfold, rows, steps, ragged=ragged)):
         graph = graph_of(unfold, r)
         sched.add_request(SchedRequest(str(i), graph, top_k=top_k, wants_outputs=not top_k))
     out = []
@@ -270,5 +328,79 @@ def _run(
         sched.update_from_output(plan, result)
         dt = time.perf_counter() - t0
         if plan.num_real == rows:
-            out.append((plan.cell_type, plan.num_steps, dt))
+            runs = None if plan.steps is None else tuple(int(n) for n in plan.steps.tolist())
+            out.append((plan.cell_type, plan.num_steps, dt, runs))
     return out
+
+
+HOST_REQUESTS = 400
+"""Requests ``measure_host`` replays, after as many uncounted."""
+HOST_LOAD = 0.5
+"""Its load, as a share of the capacity the grid predicts for the same requests."""
+
+
+async def measure_host(
+    workload: Workload,
+    config: EngineConfig,
+    profile: StepProfile,
+    *,
+    executor: TorchExecutor | None = None,
+    requests: int = HOST_REQUESTS,
+    load: float = HOST_LOAD,
+) -> float:
+    """The served engine's plans over what ``profile``'s grid charges them (the
+    ``StepProfile.host`` factor): an in-process engine replays a synthetic Poisson trace
+    of ``requests`` requests at ``load`` times the simulator's capacity for it, once
+    uncounted, then once with each plan's step timed (``DeviceWorker.plan_times``, plans
+    run on a chosen kernel only). ``executor``: the one the profile was measured on, whose
+    kernel choices the engine starts with, as ``bench-sim`` does."""
+    if requests < 1 or not load > 0:
+        raise ValueError("measure_host needs requests >= 1 and a positive load")
+    model = workload.model
+    trace = workload.make_trace(requests, seed=1, arrival="poisson")
+    sched = config.scheduler_config()
+    capacity = simulate(profile, requests_from_trace(trace, 1e6), sched).summary()["throughput_rps"]
+    rate = load * capacity
+    slots = workload.max_slots_per_request(trace) * len(trace)
+    config = replace(
+        config,
+        mode="cellular",
+        num_slots=max(config.num_slots, slots),
+        max_num_live_requests=max(config.live_limit, len(trace)),
+    )
+    engine = Engine(config, [model])
+    await engine.start()
+    try:
+        if executor is not None:
+            share_kernel_choices(executor, engine)
+        top_k = int(profile.meta.get("top_k", 0))  # the requests the grid was timed for
+        send = engine_sender(engine, model, workload.specs(trace), top_k=top_k, vectors=not top_k)
+        await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+        (worker,) = engine.workers
+        worker.plan_times = []
+        await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+        times, worker.plan_times = worker.plan_times, None
+    finally:
+        await engine.shutdown(grace=0)
+    if not times:
+        raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
+    unit = replace(profile, host=1.0)
+    return sum(t for _, t in times) / sum(unit.cost(plan) for plan, _ in times)
+
+
+def share_kernel_choices(profiled: TorchExecutor, engine: Engine) -> None:
+    """Start the engine's cells with the CPU kernels the profile's cells chose, bucket by
+    bucket (``cells.recurrent.KernelChooser``): the profile's grid was timed on those, and
+    its warm-up tried every bucket the grid covers, which a replay of a few hundred
+    requests does not (56 buckets of nine trial calls each for the chain; six replays
+    at the overload still ran trials). So the engine runs the kernels the simulator's
+    costs were measured on, as a server would once it had met every shape."""
+    for worker in engine.workers:
+        assert isinstance(worker.executor, TorchExecutor)
+        for name, cell in worker.executor.cells.items():
+            mine, theirs = (
+                getattr(cell, "kernels", None),
+                getattr(profiled.cells[name], "kernels", None),
+            )
+            if isinstance(mine, KernelChooser) and isinstance(theirs, KernelChooser):
+                mine.chosen.update(theirs.chosen)

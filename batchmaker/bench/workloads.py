@@ -58,15 +58,20 @@ class RequestSpec:
 
 
 def engine_sender(
-    engine: Engine, model: Model, specs: Sequence[RequestSpec], *, top_k: int = TOP_K
+    engine: Engine,
+    model: Model,
+    specs: Sequence[RequestSpec],
+    *,
+    top_k: int = TOP_K,
+    vectors: bool = False,
 ) -> Send:
     """Request ``i`` of ``specs`` to an in-process engine, for an open-loop replay
     (``openloop.replay``): its steps as they arrive, cancelled if the replay stops it.
 
-    Each asks for its top ``top_k`` ids and scores only, not the output vectors, as the
-    step-cost profiles are measured (``stepcost.measure_profile``): a vector of the
-    benchmark LM is 40 KB a step, which the device would copy out and a replay of
-    thousands of requests would keep."""
+    Each asks for its top ``top_k`` ids and scores only, not the output vectors (unless
+    ``vectors``), as the step-cost profiles are measured (``stepcost.measure_profile``):
+    a vector of the benchmark LM is 40 KB a step, which the device would copy out and a
+    replay of thousands of requests would keep."""
 
     async def send(i: int) -> AsyncGenerator[list[StepOutput], None]:
         spec = specs[i]
@@ -75,7 +80,7 @@ def engine_sender(
             spec.inputs,
             top_k=top_k,
             max_output_length=spec.max_output_length,
-            return_vectors=False,
+            return_vectors=vectors,
         )
         stream = engine.submit(request)
         try:

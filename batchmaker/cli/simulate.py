@@ -8,6 +8,8 @@ reads the JSON it wrote and a trace, and needs neither (``batchmaker.sim``).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +35,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default=0,
         help="requests ask for the top K ids per step (0: full output vectors), as the "
         "traffic will: it changes what each step copies off the device",
+    )
+    prof.add_argument(
+        "--host-requests",
+        type=int,
+        default=400,
+        help="requests of a synthetic load at half the predicted capacity that the engine "
+        "serves, to measure its plans' times served against the grid's (the profile's "
+        "host factor); 0: skip it, and the factor is 1",
     )
     prof.add_argument(
         "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"
@@ -62,9 +72,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from batchmaker.bench.stepcost import measure_profile
+    from batchmaker.bench.stepcost import measure_host, measure_profile
     from batchmaker.bench.workloads import make_workload
-    from batchmaker.runtime.torch_executor import set_cpu_threads
+    from batchmaker.runtime.executor import CellSet
+    from batchmaker.runtime.torch_executor import TorchExecutor, set_cpu_threads
 
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
@@ -74,9 +85,14 @@ def run_profile(args: argparse.Namespace) -> int:
     (device,) = config.devices if len(config.devices) == 1 else (None,)
     if device is None:
         raise ValueError("--device: a profile is of one device; give one")
+    if args.host_requests < 0:
+        raise ValueError("--host-requests must be >= 0")
     set_cpu_threads(config)
-    model = make_workload(args.family, tiny=args.tiny).model
+    workload = make_workload(args.family, tiny=args.tiny)
+    model = workload.model
     out = args.out or Path("profiles") / f"{args.family}-{device.replace(':', '')}.json"
+    executor = TorchExecutor(device)
+    executor.load_cells(CellSet.of([model], config.num_slots))()
     profile = measure_profile(
         model,
         config,
@@ -84,7 +100,14 @@ def run_profile(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         top_k=args.top_k,
         log=lambda s: print(s, flush=True),
+        executor=executor,
     )
+    if args.host_requests:
+        host = asyncio.run(
+            measure_host(workload, config, profile, executor=executor, requests=args.host_requests)
+        )
+        profile = dataclasses.replace(profile, host=host)
+        print(f"host factor {host:.3f}: the served engine's plans over the grid's", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     print(f"wrote {out}")

@@ -126,6 +126,10 @@ class DeviceWorker:
             target=self._run, name=f"batchmaker-{self.device}", daemon=True
         )
         self.stats = WorkerStats()
+        self.plan_times: list[tuple[StepPlan, float]] | None = None
+        """When a list, each plan run on a chosen kernel (no trial) and the seconds of its
+        whole step (schedule, execute, update), as ``batchmaker profile`` times its grid:
+        how the served engine's plans compare with the profile's (``measure_host``)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -297,6 +301,7 @@ class DeviceWorker:
         with no next step to carry it, the outcome goes at once.
         """
         sched = self.scheduler
+        t_step = time.perf_counter()
         plan = sched.schedule()
         if plan is None:
             self._deliver_pending()
@@ -325,6 +330,8 @@ class DeviceWorker:
         else:
             sched.observe(plan, sched.clock.now() - c0)
         outcome = sched.update_from_output(plan, result)
+        if self.plan_times is not None and not result.kernel_trial:
+            self.plan_times.append((plan, time.perf_counter() - t_step))
         if outcome:
             self._pending = outcome
         if not sched.has_ready_work:

@@ -518,7 +518,7 @@ class _Planner:
         per_step = {}
         for spec in p.cell_types:
             g = p.costs[spec.name]
-            per_step[spec.name] = min(
+            per_step[spec.name] = p.host * min(
                 g.seconds[i][j] / (r * s)
                 for i, r in enumerate(g.rows)
                 for j, s in enumerate(g.steps)

@@ -7,7 +7,9 @@ included). A plan between grid points costs the bilinear interpolation; beyond t
 largest batch, in proportion to the rows; beyond the longest plan, along the last
 segment (never falling). A multi-step plan whose rows run different numbers of steps
 costs what its rows compute: each row drops out after its last step, as the step loop
-and the packed kernels run it (``CostGrid.ragged_cost``).
+and the packed kernels run it (``CostGrid.ragged_cost``), times a factor measured for
+such plans, since the kernel that runs them is not always the one that runs rows that
+all end together.
 """
 
 from __future__ import annotations
@@ -43,20 +45,31 @@ class CostGrid:
     steps: tuple[int, ...]
     seconds: tuple[tuple[float, ...], ...]
     """``seconds[i][j]``: a plan of ``rows[i]`` rows and ``steps[j]`` steps."""
+    ragged: tuple[tuple[float, ...], ...] | None = None
+    """``ragged[i][j]``: a plan of ``rows[i]`` rows whose longest run is ``steps[j]`` and
+    whose rows end apart, measured over what ``ragged_cost``'s staircase charges it; 1
+    where a plan cannot be ragged (one row, one step). ``None`` (a profile from before
+    it was measured): 1 everywhere. The CPU kernel chooser keeps a kernel per bucket
+    for ragged runs apart (``cells.recurrent.KernelChooser``), and oneDNN's fused kernel,
+    often the fastest when rows end together, cannot drop rows. For the chain benchmark
+    model on this project's CPU the factors were 0.87-1.23 (2026-12-05); without them,
+    the served engine's ragged plans of 17-64 rows took 1.43 x what the staircase
+    charged in one replay, against 1.09 x for plans whose rows ended together."""
 
     def __post_init__(self) -> None:
         for name, axis in (("rows", self.rows), ("steps", self.steps)):
             if not axis or axis[0] < 1 or any(b <= a for a, b in itertools.pairwise(axis)):
                 raise ProfileError(f"{name}: must be ascending integers from 1, got {list(axis)}")
-        if len(self.seconds) != len(self.rows) or any(
-            len(r) != len(self.steps) for r in self.seconds
-        ):
-            raise ProfileError(
-                f"seconds: must be {len(self.rows)} rows of {len(self.steps)} values "
-                f"(one per batch size, one per steps per plan)"
-            )
-        if any(not (s > 0.0) for r in self.seconds for s in r):
-            raise ProfileError("seconds: every value must be a positive number")
+        for name, values in (("seconds", self.seconds), ("ragged", self.ragged)):
+            if values is None:
+                continue
+            if len(values) != len(self.rows) or any(len(r) != len(self.steps) for r in values):
+                raise ProfileError(
+                    f"{name}: must be {len(self.rows)} rows of {len(self.steps)} values "
+                    f"(one per batch size, one per steps per plan)"
+                )
+            if any(not (s > 0.0) for r in values for s in r):
+                raise ProfileError(f"{name}: every value must be a positive number")
 
     def cost(self, rows: int, steps: int = 1) -> float:
         """Seconds of a plan of ``rows`` rows and ``steps`` steps."""
@@ -84,24 +97,53 @@ class CostGrid:
         then predicted 0.83 x the engine's capacity.
         """
         counts = collections.Counter(int(n) for n in steps)
-        alive = sum(counts.values())
+        rows = alive = sum(counts.values())
         total, before = 0.0, 0
         for n in sorted(counts):
             total += self.cost(alive, n) - (self.cost(alive, before) if before else 0.0)
             alive -= counts[n]
             before = n
+        if len(counts) > 1 and self.ragged is not None:
+            total *= self.ragged_factor(rows, before)
         return total
 
+    def ragged_factor(self, rows: int, steps: int) -> float:
+        """``ragged`` at ``rows`` x ``steps``: bilinear between grid points, the edge's
+        value beyond them (a ratio, not a cost: it does not grow with the rows)."""
+        if self.ragged is None:
+            return 1.0
+        i, w = _between(self.rows, rows)
+        j, v = _between(self.steps, steps)
+        g = self.ragged
+
+        def at(r: int) -> float:
+            return g[r][j] if v == 0.0 else g[r][j] + v * (g[r][j + 1] - g[r][j])
+
+        return at(i) if w == 0.0 else at(i) + w * (at(i + 1) - at(i))
+
+    def scaled(self, factor: float) -> CostGrid:
+        """Every cost ``factor`` times; the ragged factors, ratios, as they are."""
+        return replace(self, seconds=tuple(tuple(x * factor for x in r) for r in self.seconds))
+
     def to_json(self) -> dict[str, Any]:
-        return {"rows": list(self.rows), "steps": list(self.steps), "seconds": self.seconds}
+        out: dict[str, Any] = {
+            "rows": list(self.rows),
+            "steps": list(self.steps),
+            "seconds": self.seconds,
+        }
+        if self.ragged is not None:
+            out["ragged"] = self.ragged
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> CostGrid:
         try:
+            ragged = d.get("ragged")
             return cls(
                 tuple(int(r) for r in d["rows"]),
                 tuple(int(s) for s in d["steps"]),
                 tuple(tuple(float(x) for x in r) for r in d["seconds"]),
+                None if ragged is None else tuple(tuple(float(x) for x in r) for r in ragged),
             )
         except KeyError as exc:
             raise ProfileError(f"missing field {exc.args[0]!r}") from None
@@ -114,6 +156,15 @@ class CostGrid:
 def _segment(axis: Sequence[int], x: int) -> int:
     """Index ``i`` with ``axis[i] <= x < axis[i + 1]`` (clamped to the axis)."""
     return max(0, min(len(axis) - 1, bisect.bisect_right(axis, x) - 1))
+
+
+def _between(axis: Sequence[int], x: int) -> tuple[int, float]:
+    """``(i, w)``: ``x`` lies ``w`` of the way from ``axis[i]`` to ``axis[i + 1]``; ``w`` is 0
+    at or beyond either end."""
+    i = _segment(axis, x)
+    if x <= axis[0] or i + 1 == len(axis):
+        return i, 0.0
+    return i, (x - axis[i]) / (axis[i + 1] - axis[i])
 
 
 @dataclass(frozen=True)
@@ -152,8 +203,16 @@ class StepProfile:
     """Cell type -> its grid."""
     meta: dict[str, Any] = field(default_factory=dict)
     """How it was measured: date, torch version, threads, command. Carried, not read."""
+    host: float = 1.0
+    """The served engine's plans over what the grid charges them (``measure_host``): the
+    grid times each plan alone, and a serving engine runs it beside its event loop (the
+    streams' outputs, admissions, the clients), which shares the host and, in Python, the
+    GIL. Every plan costs the grid's cost times this. 1 for a profile from before it was
+    measured."""
 
     def __post_init__(self) -> None:
+        if not self.host > 0.0:
+            raise ProfileError(f"host: must be a positive number, got {self.host}")
         names = {spec.name for spec in self.cell_types}
         for spec in self.cell_types:
             if spec.name not in self.costs:
@@ -172,8 +231,8 @@ class StepProfile:
         plan is padded to its longest row, as the request-level baselines are)."""
         grid = self.costs[plan.cell_type]
         if plan.steps is None or plan.pad_to_longest:
-            return grid.cost(plan.batch_size, plan.num_steps)
-        return grid.ragged_cost(plan.steps.tolist())
+            return self.host * grid.cost(plan.batch_size, plan.num_steps)
+        return self.host * grid.ragged_cost(plan.steps.tolist())
 
     def scaled(self, factor: float) -> StepProfile:
         """The same profile on a device ``factor`` times slower (> 1) or faster: every
@@ -182,10 +241,7 @@ class StepProfile:
         whose costs change shape as well as scale: profile that one."""
         if not factor > 0.0:
             raise ValueError(f"factor must be a positive number, got {factor}")
-        costs = {
-            name: CostGrid(g.rows, g.steps, tuple(tuple(x * factor for x in r) for r in g.seconds))
-            for name, g in self.costs.items()
-        }
+        costs = {name: g.scaled(factor) for name, g in self.costs.items()}
         meta = {**self.meta, "scaled": factor * float(self.meta.get("scaled", 1.0))}
         return replace(self, costs=costs, meta=meta)
 
@@ -216,6 +272,7 @@ class StepProfile:
                 "arity": self.unfold.arity,
             },
             "costs": {name: grid.to_json() for name, grid in self.costs.items()},
+            "host": self.host,
             "meta": self.meta,
         }
 
@@ -261,6 +318,7 @@ class StepProfile:
                 unfold=unfold,
                 costs=costs,
                 meta=dict(d.get("meta", {})),
+                host=float(d.get("host", 1.0)),
             )
         except KeyError as exc:
             raise ProfileError(f"missing field {exc.args[0]!r}") from None

@@ -9,12 +9,13 @@ Bad input to ``simulate`` is a usage error naming the flag or field.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
-from batchmaker.bench.stepcost import measure_profile
+from batchmaker.bench.stepcost import measure_host, measure_profile
 from batchmaker.bench.workloads import make_workload
 from batchmaker.cli.main import main
 from batchmaker.config import EngineConfig
@@ -36,12 +37,39 @@ def test_a_profile_covers_the_grid_and_runs_its_familys_trace(family: str) -> No
         assert grid.rows == (1, 2, 4, 8)
         assert grid.steps == ((1, 2, 4) if spec.runs else (1,))
         assert all(s > 0 for row in grid.seconds for s in row)
+        if not spec.runs:
+            assert grid.ragged is None  # one step a plan: never ragged
+            continue
+        # Measured from two rows and two steps; a plan of one row or one step is never
+        # ragged, and its factor is 1.
+        assert grid.ragged is not None
+        assert grid.ragged[0] == (1.0,) * len(grid.steps)
+        assert [r[0] for r in grid.ragged] == [1.0] * len(grid.rows)
+        assert all(f > 0 and f != 1.0 for r in grid.ragged[1:] for f in r[1:])
     again = StepProfile.from_json(json.loads(json.dumps(profile.to_json())))
     assert again == profile
     trace = workload.make_trace(40, seed=0, arrival="poisson")
     result = simulate(profile, requests_from_trace(trace, rate=50.0), SchedulerConfig())
     assert set(result.reasons) <= {"completed", "length"}
     assert result.summary()["num_completed"] == 40
+
+
+@pytest.mark.parametrize("family", ["chain", "tree"])
+def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str) -> None:
+    """``measure_host`` serves a synthetic load on a real engine and divides its plans'
+    timed steps by the grid's cost of the same plans; the figure is the machine's, so
+    what is pinned is that it was measured (a positive ratio of many plans, the worker's
+    timing switched off again)."""
+    workload = make_workload(family, tiny=True)
+    config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
+    profile = measure_profile(workload.model, config, repeats=1, top_k=1)
+    host = asyncio.run(measure_host(workload, config, profile, requests=60))
+    assert 0.1 < host < 10.0
+    # The grid scaled tenfold: the same engine measures about a tenth the factor.
+    slow = profile.scaled(10.0)
+    assert asyncio.run(measure_host(workload, config, slow, requests=60)) < host / 3
+    with pytest.raises(ValueError, match="requests"):
+        asyncio.run(measure_host(workload, config, profile, requests=0))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +80,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert main([*argv, "--max-steps-per-plan", "2", "--repeats", "1", "--out", str(profile)]) == 0
     make_workload("chain", tiny=True).make_trace(30, seed=1, arrival="mmpp").save(trace)
     return profile, trace
+
+
+def test_profile_measures_ragged_factors_and_the_host_factor(files) -> None:
+    d = json.loads(files[0].read_text())
+    assert d["host"] > 0 and d["host"] != 1.0
+    (grid,) = d["costs"].values()
+    assert len(grid["ragged"]) == len(grid["rows"])
 
 
 def test_simulate_prints_and_writes_its_summary(files, tmp_path, capsys) -> None:

@@ -25,7 +25,12 @@ def flat_grid(seconds: float, *, per_step: float = 0.0, max_rows: int = 64) -> C
 
 
 def chain_profile(
-    grid: CostGrid, *, max_batch: int = 64, slots: int = 1024, meta: dict[str, Any] | None = None
+    grid: CostGrid,
+    *,
+    max_batch: int = 64,
+    slots: int = 1024,
+    meta: dict[str, Any] | None = None,
+    host: float = 1.0,
 ) -> StepProfile:
     return StepProfile(
         model="toy",
@@ -35,6 +40,7 @@ def chain_profile(
         unfold=Unfold("chain", CELL, POOL),
         costs={CELL: grid},
         meta=meta or {},
+        host=host,
     )
 
 

@@ -98,6 +98,55 @@ def test_rows_that_end_early_drop_out_of_a_plans_cost():
     assert grid.ragged_cost(ragged) < grid.cost(4, 8)
 
 
+def test_a_ragged_plan_costs_its_staircase_times_the_measured_factor():
+    """Rows that end apart run on a kernel that can drop rows, not always the one that
+    ran the grid: the staircase times the factor measured at the plan's rows and longest
+    run (bilinear between points, the edge's beyond them); a plan whose rows all end
+    together pays no factor."""
+    rows, steps = (1, 2, 4, 8), (1, 2, 4, 8)
+    fixed, per_row_step = 0.001, 0.0001
+    seconds = tuple(tuple(fixed + per_row_step * n * k for k in steps) for n in rows)
+    factors = (
+        (1.0, 1.0, 1.0, 1.0),
+        (1.0, 1.1, 1.2, 1.3),
+        (1.0, 1.2, 1.4, 1.6),
+        (1.0, 1.3, 1.6, 1.9),
+    )
+    grid = CostGrid(rows, steps, seconds, factors)
+    staircase = fixed + per_row_step * 19
+    assert grid.ragged_cost([8, 8, 2, 1]) == pytest.approx(1.6 * staircase)  # 4 rows, 8 steps
+    assert grid.ragged_cost([4, 1]) == pytest.approx(1.2 * (fixed + per_row_step * 5))
+    assert grid.ragged_factor(3, 6) == pytest.approx((1.2 + 1.3 + 1.4 + 1.6) / 4)
+    assert grid.ragged_factor(64, 100) == pytest.approx(1.9)
+    assert grid.ragged_cost([4, 4, 4]) == pytest.approx(grid.cost(3, 4))
+    assert CostGrid(rows, steps, seconds).ragged_factor(4, 8) == 1.0  # not measured
+    scaled = grid.scaled(2.0)
+    assert scaled.ragged == factors, "a factor is a ratio: the machine's speed leaves it"
+    assert scaled.ragged_cost([8, 8, 2, 1]) == pytest.approx(2 * 1.6 * staircase)
+    profile = chain_profile(grid)
+    assert StepProfile.from_json(json.loads(json.dumps(profile.to_json()))) == profile
+    assert profile.cost(_plan([8, 8, 2, 1])) == pytest.approx(1.6 * staircase)
+    with pytest.raises(ProfileError, match="ragged"):
+        CostGrid(rows, steps, seconds, factors[:3])
+
+
+def test_the_host_factor_multiplies_every_plan():
+    """A served engine's plans take ``host`` times the grid's (its event loop beside
+    them); a profile from before it was measured reads as 1."""
+    grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
+    base = chain_profile(grid)
+    served = chain_profile(grid, host=1.1)
+    for plan in (_plan([8, 8, 2, 1]), _plan([3]), _plan([8, 8], pad_to_longest=True)):
+        assert served.cost(plan) == pytest.approx(1.1 * base.cost(plan))
+    assert served.scaled(2.0).cost(_plan([3])) == pytest.approx(2.2 * base.cost(_plan([3])))
+    assert StepProfile.from_json(served.to_json()) == served
+    old = served.to_json()
+    del old["host"]
+    assert StepProfile.from_json(old).host == 1.0
+    with pytest.raises(ProfileError, match="host"):
+        chain_profile(grid, host=0.0)
+
+
 def test_a_scaled_profile_costs_every_plan_that_many_times_more():
     """``bench-sim`` scales a profile by the machine's drift since it was measured."""
     grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
@@ -128,6 +177,8 @@ def mutate(path, change):
         (lambda d: d.update(version=99), "version"),
         (lambda d: d["costs"].pop("lstm"), "lstm"),
         (lambda d: d["costs"]["lstm"].update(seconds=[[1.0]]), "costs.lstm: seconds"),
+        (lambda d: d["costs"]["lstm"].update(ragged=[[0.0]]), "costs.lstm: ragged"),
+        (lambda d: d.update(host=-1), "host"),
         (lambda d: d["unfold"].update(family="graph"), "unfold.family"),
         (lambda d: d["unfold"].update(cell="gru"), "unfold"),
         (lambda d: d["cell_types"][0].update(pool="elsewhere"), "pool"),

@@ -18,10 +18,11 @@ What it turns, and why these:
   - *when to cut*: Little's law says the crowd now live will be over the aim (a margin
     under the target for the feedback's delay; the mean live count over the completion
     rate is the latency of what is being served, and after a step up in load it rises
-    within a second or two, long before slow requests complete); or the limit binds and
-    the measured p99 (live requests already older than the aim counted at their age) is
-    over the aim; or, where it does not bind, the latencies measured hold more at or
-    over the target than a p99 held at the target would show but rarely. There a p99
+    within a second or two, long before slow requests complete); or the limit refuses
+    many of the requests (an overload) and the measured p99 (live requests already
+    older than the aim counted at their age) is over the aim; or, where it refuses few
+    or none, the latencies measured hold more at or over the target than a p99 held at
+    the target would show but rarely. There a p99
     between the aim and the target breaks no promise and is not cut: at half of
     capacity on this project's CPU it sat there, and cutting on it refused 2-5% of a
     load served within the target;
@@ -34,10 +35,10 @@ What it turns, and why these:
     refusing others would not shorten it: the limit stays, and says so;
   - *when to raise*: the limit held requests back, and its longest requests have had
     time to complete since it was set (until then its samples lean to short requests);
-    if it refused few (``few_refused``), from anywhere under the aim, by a tenth, or up
-    to a half where the p99 is well under the target and the costs predict the aim
-    still holds; if it refused many (an overload), by a tenth, from well under the
-    target.
+    if it refuses few of the last seconds' requests (``few_refused``), from anywhere
+    under the aim, by a tenth, or up to a half where the p99 is well under the target
+    and the costs predict the aim still holds; if it refuses many (an overload), by a
+    tenth, from well under the target.
   Each limit is judged only by the requests admitted under it, so a cut is not repeated
   while the slow requests admitted before it drain.
 - **Steps per plan.** The cap on the plan length that the slowest requests finish
@@ -123,12 +124,14 @@ class SloConfig:
     length's: the costs are noisy running means, and a cap that flips every update would
     keep the scheduler from learning either length's cost."""
     few_refused: float = 0.1
-    """A binding limit that refused at most this share of the requests since it was set
-    is raised from anywhere under the aim, and by up to a half where the step costs allow;
-    one that refused more (an overload it is holding back) by a tenth, from under
-    ``raise_below``. At half of capacity on this project's CPU, after an overload or a
-    burst had cut the limit, the p99 sat between ``raise_below`` and the aim, and a limit
-    raised only under ``raise_below`` kept refusing 3-5% of the load."""
+    """The share of the requests of the last seconds a binding limit may refuse and still
+    count as holding back only bursts of a load that mostly fits: such a limit is cut
+    only as one that does not bind is (on a share over the target), and raised from
+    anywhere under the aim. One that refuses more holds back an overload: it steers to
+    the aim, and rises by a tenth from under ``raise_below``. At half of capacity on this
+    project's CPU, after an overload had cut the limit, the p99 sat between
+    ``raise_below`` and the aim, and a limit raised only under ``raise_below`` and cut
+    on every p99 over the aim kept refusing 4-10% of the load."""
     min_samples: int = 20
     """Latencies needed (since the last change) before the p99 is trusted."""
     cut_alpha: float = 0.01
@@ -215,15 +218,15 @@ class SloController:
         """(time, live count) at each update over the last ``_RATE_SPAN_S``."""
         self._bound = False
         """Whether the limit held a request back (or was reached) since it was set."""
-        self._admitted_under = 0
-        self._refused_under = 0
-        """Requests admitted and refused since the limit was set."""
+        self._admitted_since = 0
+        self._arrivals: deque[tuple[float, int, int]] = deque()
+        """(time, admitted, refused) between updates over the last ``_RATE_SPAN_S``."""
 
     # ---- what happened -----------------------------------------------------------
 
     def admitted(self, live: int) -> None:
         """A request was admitted; ``live`` requests are now on its device."""
-        self._admitted_under += 1
+        self._admitted_since += 1
         if live > self._peak_live:
             self._peak_live = live
         if live >= self.live_limit:
@@ -233,7 +236,6 @@ class SloController:
         """A request was refused by the limit."""
         self.num_rejected += 1
         self._rejected_since += 1
-        self._refused_under += 1
         self._bound = True
 
     def finished(self, arrival: float, now: float, run: int = 0) -> None:
@@ -322,11 +324,16 @@ class SloController:
         # held there would rarely show (``cut_alpha``) cuts. A p99 between the aim and the
         # target breaks no promise, and over a few dozen latencies it is their largest,
         # which noise alone puts over the aim.
-        # Few refused under the limit (bursts of a load that mostly fits) against many (a
-        # load past what the limit holds, which pins the live count at the limit).
-        refused = self._refused_under
-        few = refused <= cfg.few_refused * (refused + self._admitted_under)
-        if at >= 0 or self._bound or peak >= limit:
+        # Few refused over the last seconds (bursts of a load that mostly fits) against
+        # many (a load past what the limit holds, which pins the live count at it).
+        arrivals_ = self._arrivals
+        arrivals_.append((now, self._admitted_since, self._rejected_since))
+        while arrivals_[0][0] < now - _RATE_SPAN_S:
+            arrivals_.popleft()
+        refused = sum(r for _, _, r in arrivals_)
+        offered = refused + sum(a for _, a, _ in arrivals_)
+        few = refused <= cfg.few_refused * offered
+        if at >= 0 or (not few and (self._bound or peak >= limit)):
             cut = signal > aim
         else:
             at_risk = sum(1 for x in samples if x >= target)
@@ -366,19 +373,18 @@ class SloController:
         ):
             bold = few and signal < cfg.raise_below * target
             new = self._raise(limit, p99, served, step_cost if bold else None)
-            share = refused / max(1, refused + self._admitted_under)
+            share = refused / max(1, offered)
             changes.append(
                 f"live limit {limit} -> {new}: p99 {1e3 * p99:.0f} ms under "
                 f"{1e3 * (cfg.raise_below * target if not few else aim):.0f} ms and the "
                 f"limit binds ({self._rejected_since} rejected since the last update, "
-                f"{100 * share:.1f}% since it was set)"
+                f"{100 * share:.1f}% over the last {_RATE_SPAN_S:.0f} s)"
             )
             limit = new
         if limit != self.live_limit:
             self.live_limit = limit
             self._changed_at = now
             self._bound = False
-            self._admitted_under = self._refused_under = 0
         plan = self._plan_length(plan_cost, [run for _, _, run in done if run > 0])
         if plan is not None:
             steps, why = plan
@@ -387,7 +393,7 @@ class SloController:
         self.num_changes += len(changes)
         self._last_update = now
         self._peak_live = live if live is not None else len(arrivals)
-        self._rejected_since = 0
+        self._rejected_since = self._admitted_since = 0
         return SloDecision(limit, self.max_steps_per_plan, p99, len(samples), tuple(changes))
 
     def _cut(

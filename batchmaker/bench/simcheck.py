@@ -163,11 +163,21 @@ async def check(
             the machine's speed around it (``SpeedProbe``: the mean of before and after)."""
             await warm(rate)
             before, trials = probe.factor(), trial_plans()
+            (worker,) = engine.workers
+            worker.plan_times = []
             m = await measured(rate)
+            served, worker.plan_times = worker.plan_times, None
             m["trial_plans"] = trial_plans() - trials
             speed = (before + probe.factor()) / 2
             speeds.append(speed)
-            return m, predicted(rate, profile.scaled(speed))
+            scaled = profile.scaled(speed)
+            # Where the model is wrong, plan by plan: the served plans' steps over what
+            # the simulator charges the same plans (1 where the grid, its ragged factors
+            # and its host factor are right; the rest is the scheduler's, which both run).
+            m["plans_over_model"] = sum(t for _, t in served) / sum(
+                scaled.cost(plan) for plan, _ in served
+            )
+            return m, predicted(rate, scaled)
 
         def predicted(rate: float, profile: StepProfile = profile) -> dict[str, float]:
             result = simulate(profile, requests_from_trace(trace, rate), sched)
@@ -183,7 +193,8 @@ async def check(
         log(
             f"{family}: capacity measured {cap_m['throughput_rps']:.1f}, "
             f"predicted {cap_p['throughput_rps']:.1f} req/s (offered {rate:.1f}; "
-            f"the machine at {speeds[-1]:.2f} x the profile's time)"
+            f"the machine at {speeds[-1]:.2f} x the profile's time; plans "
+            f"{cap_m['plans_over_model']:.2f} x the model's)"
         )
         points: list[dict[str, Any]] = []
         p99_ratios: list[float] = []
@@ -195,7 +206,8 @@ async def check(
             ms = {k: f"{1e3 * m[k]:.1f} / {1e3 * p[k]:.1f} ms" for k in ("p50_s", "p99_s")}
             log(
                 f"{family}: {f:.2f} x capacity ({r:.1f} req/s): p50 {ms['p50_s']}, "
-                f"p99 {ms['p99_s']} (measured / predicted; speed {speeds[-1]:.2f})"
+                f"p99 {ms['p99_s']} (measured / predicted; speed {speeds[-1]:.2f}; "
+                f"plans {m['plans_over_model']:.2f} x the model's)"
             )
     finally:
         await engine.shutdown(grace=0)
@@ -229,6 +241,11 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
             + ", ".join(
                 f"{p['load']:.2f}: {q:.2f}"
                 for p, q in zip(r["points"], r["p99_ratios"], strict=True)
+            )
+            + f"; host factor {r['profile']['host']:.2f}, served plans over the model's at "
+            + ", ".join(
+                f"{m['plans_over_model']:.2f}"
+                for m in [r["capacity"]["measured"], *(p["measured"] for p in r["points"])]
             )
         )
     if args.out:

@@ -100,7 +100,9 @@ class CostGrid:
         rows = alive = sum(counts.values())
         total, before = 0.0, 0
         for n in sorted(counts):
-            total += self.cost(alive, n) - (self.cost(alive, before) if before else 0.0)
+            # A measured grid can dip between neighbouring points (noise on a plan of a
+            # few microseconds); running further never costs less.
+            total += max(0.0, self.cost(alive, n) - (self.cost(alive, before) if before else 0.0))
             alive -= counts[n]
             before = n
         if len(counts) > 1 and self.ragged is not None:

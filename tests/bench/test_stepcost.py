@@ -84,7 +84,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_profile_measures_ragged_factors_and_the_host_factor(files) -> None:
     d = json.loads(files[0].read_text())
-    assert d["host"] > 0 and d["host"] != 1.0
+    assert d["host"] > 0
+    assert d["host"] != 1.0  # measured, not the default
     (grid,) = d["costs"].values()
     assert len(grid["ragged"]) == len(grid["rows"])
 
@@ -151,6 +152,8 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     assert len(run["p99_ratios"]) == 3
     for measured in [run["capacity"]["measured"], *(p["measured"] for p in run["points"])]:
         assert isinstance(measured["trial_plans"], int)
+        assert 0 < measured["plans_over_model"] < 100
+    assert run["profile"]["host"] > 0
     # The machine's speed against the profile's, around the capacity replay and each load.
     assert len(run["speed_factors"]) == 4
     assert all(0 < f < 100 for f in run["speed_factors"])

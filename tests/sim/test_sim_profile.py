@@ -128,6 +128,10 @@ def test_a_ragged_plan_costs_its_staircase_times_the_measured_factor():
     assert profile.cost(_plan([8, 8, 2, 1])) == pytest.approx(1.6 * staircase)
     with pytest.raises(ProfileError, match="ragged"):
         CostGrid(rows, steps, seconds, factors[:3])
+    # A measured grid that dips (noise): running further never costs less.
+    dipping = CostGrid((1, 2), (1, 2, 4), ((1e-5, 2e-5, 3e-5), (4e-5, 5e-5, 3e-5)))
+    # Three rows for one step (1.5 x two rows'), then two rows from step 1 to 4: -1e-5.
+    assert dipping.ragged_cost([4, 4, 1]) == pytest.approx(1.5 * 4e-5)
 
 
 def test_the_host_factor_multiplies_every_plan():

@@ -55,6 +55,7 @@ from batchmaker.bench.stepcost import (
     SpeedProbe,
     measure_host,
     measure_profile,
+    room_for,
     share_kernel_choices,
 )
 from batchmaker.bench.trace import Trace
@@ -114,14 +115,7 @@ async def check(
     if trace.kind != family:
         raise ValueError(f"--trace: a {trace.kind} trace, but --family is {family}")
     specs = workload.specs(trace)
-    # Room for the whole trace live at once: an overloaded replay queues, never refuses.
-    slots = workload.max_slots_per_request(trace) * len(trace)
-    config = replace(
-        config,
-        mode="cellular",
-        num_slots=max(config.num_slots, slots),
-        max_num_live_requests=max(config.live_limit, len(trace)),
-    )
+    config = room_for(config, workload, trace)
     t0 = time.perf_counter()
     executor = TorchExecutor(config.devices[0])
     executor.load_cells(CellSet.of([model], config.num_slots))()

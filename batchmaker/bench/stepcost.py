@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from batchmaker.bench.openloop import replay
+from batchmaker.bench.trace import Trace
 from batchmaker.bench.workloads import Workload, engine_sender
 from batchmaker.config import EngineConfig
 from batchmaker.models.base import Model
@@ -136,61 +137,65 @@ def measure_profile(
         s.name: (_axis(min(s.max_batch, config.num_slots)), _axis(cap) if s.runs else (1,))
         for s in specs
     }
-    seconds: dict[tuple[str, int, int], list[float]] = defaultdict(list)
-    for rows in _axis(max(max(r) for r, _ in axes.values())):
-        for steps in _axis(max(max(k) for _, k in axes.values())):
-            if not any(rows in rs and steps in ks for rs, ks in axes.values()):
-                continue
-            for round_ in range(WARMUP + repeats):
-                for name, k, dt, _ in _run(
-                    executor, specs, capacities, unfold, rows, steps, cap, top_k
-                ):
-                    rs, ks = axes[name]
-                    if round_ >= WARMUP and rows in rs and k in ks:
-                        seconds[(name, rows, k)].append(dt)
-            if log is not None:
-                got = [
-                    f"{name.rsplit('/', 1)[-1]} {1e3 * statistics.median(times):.2f} ms"
-                    for (name, r, k), times in sorted(seconds.items())
-                    if r == rows and k == steps
-                ]
-                log(f"rows {rows:4d} steps {steps:3d}: {', '.join(got)}")
+
+    def grid(
+        ragged: bool,
+        value: Callable[[str, float, tuple[int, ...] | None], float],
+        show: Callable[[float], str],
+    ) -> dict[tuple[str, int, int], list[float]]:
+        """``value(cell type, seconds, runs)`` of each timed plan, by (cell type, rows,
+        steps), over the axes (from two rows and two steps for ``ragged`` plans)."""
+        first = 1 if ragged else 0
+        out: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+        for rows in _axis(max(max(r) for r, _ in axes.values()))[first:]:
+            for steps in _axis(max(max(k) for _, k in axes.values()))[first:]:
+                if not any(rows in rs and steps in ks[first:] for rs, ks in axes.values()):
+                    continue
+                for round_ in range(WARMUP + repeats):
+                    for name, k, dt, runs in _run(
+                        executor, specs, capacities, unfold, rows, steps, cap, top_k, ragged=ragged
+                    ):
+                        rs, ks = axes[name]
+                        apart = not ragged or (runs is not None and min(runs) < k)
+                        if round_ >= WARMUP and rows in rs and k in ks and apart:
+                            out[(name, rows, k)].append(value(name, dt, runs))
+                if log is not None:
+                    got = [
+                        f"{name.rsplit('/', 1)[-1]} {show(statistics.median(v))}"
+                        for (name, r, k), v in sorted(out.items())
+                        if r == rows and k == steps
+                    ]
+                    log(
+                        f"rows {rows:4d} steps {steps:3d}{', ragged' if ragged else ''}: "
+                        + ", ".join(got)
+                    )
+        return out
+
+    seconds = grid(False, lambda _name, dt, _runs: dt, lambda v: f"{1e3 * v:.2f} ms")
     costs = {}
     for spec in specs:
         rs, ks = axes[spec.name]
-        grid = tuple(tuple(statistics.median(seconds[(spec.name, r, k)]) for k in ks) for r in rs)
-        costs[spec.name] = CostGrid(rs, ks, grid)
+        medians = tuple(
+            tuple(statistics.median(seconds[(spec.name, r, k)]) for k in ks) for r in rs
+        )
+        costs[spec.name] = CostGrid(rs, ks, medians)
     # Plans whose rows end apart, over what the grid's staircase charges them (the
     # ``CostGrid.ragged`` factors): for cell types that run runs, at two rows and steps up.
-    ragged: dict[tuple[str, int, int], list[float]] = defaultdict(list)
-    for rows in _axis(max(max(r) for r, _ in axes.values()))[1:]:
-        for steps in _axis(max(max(k) for _, k in axes.values()))[1:]:
-            if not any(rows in rs and steps in ks[1:] for rs, ks in axes.values()):
-                continue
-            for round_ in range(WARMUP + repeats):
-                for name, k, dt, runs in _run(
-                    executor, specs, capacities, unfold, rows, steps, cap, top_k, ragged=True
-                ):
-                    rs, ks = axes[name]
-                    if round_ >= WARMUP and rows in rs and k in ks and runs and min(runs) < k:
-                        ragged[(name, rows, k)].append(dt / costs[name].ragged_cost(runs))
-            if log is not None:
-                got = [
-                    f"{name.rsplit('/', 1)[-1]} x {statistics.median(f):.2f}"
-                    for (name, r, k), f in sorted(ragged.items())
-                    if r == rows and k == steps
-                ]
-                log(f"rows {rows:4d} steps {steps:3d}, ragged: {', '.join(got)}")
-    for name, grid in list(costs.items()):
+    ragged = grid(
+        True,
+        lambda name, dt, runs: dt / costs[name].ragged_cost(runs or ()),
+        lambda v: f"x {v:.2f}",
+    )
+    for name, g in list(costs.items()):
         if any(n == name for n, _, _ in ragged):
             costs[name] = replace(
-                grid,
+                g,
                 ragged=tuple(
                     tuple(
                         statistics.median(ragged[(name, r, k)]) if (name, r, k) in ragged else 1.0
-                        for k in grid.steps
+                        for k in g.steps
                     )
-                    for r in grid.rows
+                    for r in g.rows
                 ),
             )
     return StepProfile(
@@ -361,14 +366,7 @@ async def measure_host(
     sched = config.scheduler_config()
     capacity = simulate(profile, requests_from_trace(trace, 1e6), sched).summary()["throughput_rps"]
     rate = load * capacity
-    slots = workload.max_slots_per_request(trace) * len(trace)
-    config = replace(
-        config,
-        mode="cellular",
-        num_slots=max(config.num_slots, slots),
-        max_num_live_requests=max(config.live_limit, len(trace)),
-    )
-    engine = Engine(config, [model])
+    engine = Engine(room_for(config, workload, trace), [model])
     await engine.start()
     try:
         if executor is not None:
@@ -386,6 +384,19 @@ async def measure_host(
         raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
     unit = replace(profile, host=1.0)
     return sum(t for _, t in times) / sum(unit.cost(plan) for plan, _ in times)
+
+
+def room_for(config: EngineConfig, workload: Workload, trace: Trace) -> EngineConfig:
+    """``config``, cellular, with room for the whole of ``trace`` live at once (slots and
+    the admission limit): a replay that compares the engine with the simulator queues
+    when overloaded, and never refuses."""
+    slots = workload.max_slots_per_request(trace) * len(trace)
+    return replace(
+        config,
+        mode="cellular",
+        num_slots=max(config.num_slots, slots),
+        max_num_live_requests=max(config.live_limit, len(trace)),
+    )
 
 
 def share_kernel_choices(profiled: TorchExecutor, engine: Engine) -> None:

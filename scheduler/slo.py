@@ -22,10 +22,9 @@ What it turns, and why these:
     many of the requests (an overload) and the measured p99 (live requests already
     older than the aim counted at their age) is over the aim; or, where it refuses few
     or none, the latencies measured hold more at or over the target than a p99 held at
-    the target would show but rarely. There a p99
-    between the aim and the target breaks no promise and is not cut: at half of
-    capacity on this project's CPU it sat there, and cutting on it refused 2-5% of a
-    load served within the target;
+    the target would show but rarely. There a p99 between the aim and the target
+    breaks no promise and is not cut: at half of capacity on this project's CPU it sat
+    there, and cutting on it refused 2-5% of a load served within the target;
   - *how far*: in a crowd (the device saturated), to Little's live count at the aim,
     the completion rate times the latency the aim allows; at a steady load, to the
     largest live count the measured step costs predict holds the aim (latency scales
@@ -317,15 +316,15 @@ class SloController:
         # The live count the samples were served at: the crowd's, or Little's.
         served = at if at >= 0 else max(1, round(min(float(peak), rate * mean)))
         aim = cfg.aim * target
-        # Ahead (a crowd), and wherever the limit binds, admission is what holds the load,
-        # and it steers the p99 to the aim: the requests a crowd will make late are
-        # admitted already. Where it does not bind, the offered load is what it is, and a
-        # cut would start refusing requests: only a share at or over the target that a p99
-        # held there would rarely show (``cut_alpha``) cuts. A p99 between the aim and the
-        # target breaks no promise, and over a few dozen latencies it is their largest,
-        # which noise alone puts over the aim.
         # Few refused over the last seconds (bursts of a load that mostly fits) against
-        # many (a load past what the limit holds, which pins the live count at it).
+        # many (a load past what the limit holds, which pins the live count at it). Ahead
+        # (a crowd), and where the limit holds back an overload, admission is what holds
+        # the load, and it steers the p99 to the aim: the requests a crowd will make late
+        # are admitted already. Elsewhere the offered load is what it is, and a cut would
+        # start refusing it: only a share at or over the target that a p99 held there
+        # would rarely show (``cut_alpha``) cuts. A p99 between the aim and the target
+        # breaks no promise, and over a few dozen latencies it is their largest, which
+        # noise alone puts over the aim.
         arrivals_ = self._arrivals
         arrivals_.append((now, self._admitted_since, self._rejected_since))
         while arrivals_[0][0] < now - _RATE_SPAN_S:
@@ -472,8 +471,8 @@ class SloController:
         The fit is a mean live count, which at a steady load varies around its mean
         (about Poisson: two standard deviations cover the bursts), so the limit is the
         fit plus that, or it would refuse every burst; unless ``bursts`` is false: a limit
-        that refuses many requests holds the live count at itself. Where even one live request is
-        predicted over the aim, the latency is the requests' own length, not the load:
+        that refuses many requests holds the live count at itself. Where even one live
+        request is predicted over the aim, the latency is the requests' own length, not the load:
         cutting would refuse requests for nothing (and, the completion rate falling with
         each cut, cut again). (A crowd is Little's law's, not this.)
         """

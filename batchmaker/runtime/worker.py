@@ -330,8 +330,9 @@ class DeviceWorker:
         else:
             sched.observe(plan, sched.clock.now() - c0)
         outcome = sched.update_from_output(plan, result)
-        if self.plan_times is not None and not result.kernel_trial:
-            self.plan_times.append((plan, time.perf_counter() - t_step))
+        times = self.plan_times  # read once: another thread may swap it out
+        if times is not None and not result.kernel_trial:
+            times.append((plan, time.perf_counter() - t_step))
         if outcome:
             self._pending = outcome
         if not sched.has_ready_work:

@@ -350,6 +350,7 @@ async def measure_host(
     profile: StepProfile,
     *,
     executor: TorchExecutor | None = None,
+    speed: Callable[[], float] | None = None,
     requests: int = HOST_REQUESTS,
     load: float = HOST_LOAD,
 ) -> float:
@@ -358,7 +359,14 @@ async def measure_host(
     of ``requests`` requests at ``load`` times the simulator's capacity for it, once
     uncounted, then once with each plan's step timed (``DeviceWorker.plan_times``, plans
     run on a chosen kernel only). ``executor``: the one the profile was measured on, whose
-    kernel choices the engine starts with, as ``bench-sim`` does."""
+    kernel choices the engine starts with, as ``bench-sim`` does.
+
+    ``speed``: how much slower the device runs now than when the grid was timed
+    (``SpeedProbe.factor``), asked before and after the timed replay; the ratio is divided
+    by their mean, so that the factor is the host's and not the machine's drift since the
+    grid. Without it a shared machine's drift went into the factor: a seq2seq profile
+    read 0.93, and the simulator, which scales by the drift again when it compares,
+    predicted 1.33 x the engine's capacity."""
     if requests < 1 or not load > 0:
         raise ValueError("measure_host needs requests >= 1 and a positive load")
     model = workload.model
@@ -375,15 +383,17 @@ async def measure_host(
         send = engine_sender(engine, model, workload.specs(trace), top_k=top_k, vectors=not top_k)
         await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
         (worker,) = engine.workers
+        before = 1.0 if speed is None else speed()
         worker.plan_times = []
         await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
         times, worker.plan_times = worker.plan_times, None
+        drift = (before + (1.0 if speed is None else speed())) / 2
     finally:
         await engine.shutdown(grace=0)
     if not times:
         raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
     unit = replace(profile, host=1.0)
-    return sum(t for _, t in times) / sum(unit.cost(plan) for plan, _ in times)
+    return sum(t for _, t in times) / sum(unit.cost(plan) for plan, _ in times) / drift
 
 
 def room_for(config: EngineConfig, workload: Workload, trace: Trace) -> EngineConfig:

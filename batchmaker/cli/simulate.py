@@ -72,7 +72,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from batchmaker.bench.stepcost import measure_host, measure_profile
+    from batchmaker.bench.stepcost import SpeedProbe, measure_host, measure_profile
     from batchmaker.bench.workloads import make_workload
     from batchmaker.runtime.executor import CellSet
     from batchmaker.runtime.torch_executor import TorchExecutor, set_cpu_threads
@@ -103,8 +103,16 @@ def run_profile(args: argparse.Namespace) -> int:
         executor=executor,
     )
     if args.host_requests:
+        probe = SpeedProbe(model, config, profile, executor, top_k=args.top_k, repeats=args.repeats)
         host = asyncio.run(
-            measure_host(workload, config, profile, executor=executor, requests=args.host_requests)
+            measure_host(
+                workload,
+                config,
+                profile,
+                executor=executor,
+                speed=probe.factor,
+                requests=args.host_requests,
+            )
         )
         profile = dataclasses.replace(profile, host=host)
         print(f"host factor {host:.3f}: the served engine's plans over the grid's", flush=True)

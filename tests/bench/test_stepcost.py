@@ -68,6 +68,10 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
     # The grid scaled tenfold: the same engine measures about a tenth the factor.
     slow = profile.scaled(10.0)
     assert asyncio.run(measure_host(workload, config, slow, requests=60)) < host / 3
+    # A machine ten times slower than when the grid was timed: the drift is divided out,
+    # not taken for the host's.
+    drifted = asyncio.run(measure_host(workload, config, profile, speed=lambda: 10.0, requests=60))
+    assert drifted < host / 3
     with pytest.raises(ValueError, match="requests"):
         asyncio.run(measure_host(workload, config, profile, requests=0))
 

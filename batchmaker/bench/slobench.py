@@ -242,7 +242,7 @@ async def stepped(
                     (
                         time.monotonic(),
                         engine.num_live,
-                        config.live_limit if slo is None else slo.live_limit,
+                        engine.live_limit,
                         int(getattr(sched, "max_steps_per_plan", 1)),
                         float("nan") if slo is None else slo.p99_s,
                     )

@@ -421,7 +421,7 @@ class Engine:
 
     def _place(self, wanted: dict[str, int]) -> _Placement:
         slo = self.slo
-        limit = self.config.live_limit if slo is None else slo.live_limit
+        limit = self.live_limit
         best: _Placement | None = None
         reason = ""
         for p in self._placements:
@@ -576,6 +576,12 @@ class Engine:
     @property
     def num_live(self) -> int:
         return len(self._streams)
+
+    @property
+    def live_limit(self) -> int:
+        """The admission limit in force per device: the SLO controller's where it runs,
+        else the configured one (``EngineConfig.live_limit``)."""
+        return self.config.live_limit if self.slo is None else self.slo.live_limit
 
     def device_stats(self) -> list[DeviceStats]:
         return [

@@ -313,7 +313,7 @@ class EngineCollector(Collector):
             snap = worker.snapshot()
             running.add_metric([d], snap.num_live - snap.num_queued)
             waiting.add_metric([d], snap.num_queued)
-            admits = engine.config.live_limit if engine.slo is None else engine.slo.live_limit
+            admits = engine.live_limit
             limit.add_metric([d], admits)
             headroom.add_metric([d], max(0, admits - snap.num_live))
             for name, n in snap.queue_depths.items():

@@ -56,7 +56,9 @@ from batchmaker.bench.stepcost import (
     measure_host,
     measure_profile,
     room_for,
+    served_over_model,
     share_kernel_choices,
+    timing_plans,
 )
 from batchmaker.bench.trace import Trace
 from batchmaker.bench.workloads import engine_sender, make_workload
@@ -158,9 +160,8 @@ async def check(
             await warm(rate)
             before, trials = probe.factor(), trial_plans()
             (worker,) = engine.workers
-            worker.plan_times = []
-            m = await measured(rate)
-            served, worker.plan_times = worker.plan_times, None
+            with timing_plans(worker) as served:
+                m = await measured(rate)
             m["trial_plans"] = trial_plans() - trials
             speed = (before + probe.factor()) / 2
             speeds.append(speed)
@@ -168,9 +169,7 @@ async def check(
             # Where the model is wrong, plan by plan: the served plans' steps over what
             # the simulator charges the same plans (1 where the grid, its ragged factors
             # and its host factor are right; the rest is the scheduler's, which both run).
-            m["plans_over_model"] = sum(t for _, t in served) / sum(
-                scaled.cost(plan) for plan, _ in served
-            )
+            m["plans_over_model"] = served_over_model(served, scaled)
             return m, predicted(rate, scaled)
 
         def predicted(rate: float, profile: StepProfile = profile) -> dict[str, float]:

@@ -29,13 +29,14 @@ model and no torch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import platform
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -52,10 +53,18 @@ from batchmaker.models.tree import TreeModel
 from batchmaker.runtime.engine import Engine, scheduler_parts
 from batchmaker.runtime.executor import CellSet
 from batchmaker.runtime.torch_executor import TorchExecutor
+from batchmaker.runtime.worker import DeviceWorker
 from batchmaker.sim.profile import CostGrid, StepProfile, Unfold
 from batchmaker.sim.simulator import SimRequest, graph_of, requests_from_trace, simulate
 from cells.recurrent import KERNEL_TRIALS, KernelChooser
-from scheduler import CellTypeSpec, ManualClock, SchedRequest, SchedulerConfig, make_scheduler
+from scheduler import (
+    CellTypeSpec,
+    ManualClock,
+    SchedRequest,
+    SchedulerConfig,
+    StepPlan,
+    make_scheduler,
+)
 
 WARMUP = 3 * KERNEL_TRIALS
 """Rounds thrown away per grid point: the kernel chooser times each of the three CPU
@@ -384,16 +393,32 @@ async def measure_host(
         await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
         (worker,) = engine.workers
         before = 1.0 if speed is None else speed()
-        worker.plan_times = []
-        await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-        times, worker.plan_times = worker.plan_times, None
+        with timing_plans(worker) as times:
+            await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
         drift = (before + (1.0 if speed is None else speed())) / 2
     finally:
         await engine.shutdown(grace=0)
     if not times:
         raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
-    unit = replace(profile, host=1.0)
-    return sum(t for _, t in times) / sum(unit.cost(plan) for plan, _ in times) / drift
+    return served_over_model(times, replace(profile, host=1.0)) / drift
+
+
+@contextlib.contextmanager
+def timing_plans(worker: DeviceWorker) -> Iterator[list[tuple[StepPlan, float]]]:
+    """The plans ``worker`` runs on a chosen kernel while the block runs, each with its
+    whole step's seconds (``DeviceWorker.plan_times``)."""
+    times: list[tuple[StepPlan, float]] = []
+    worker.plan_times = times
+    try:
+        yield times
+    finally:
+        worker.plan_times = None
+
+
+def served_over_model(times: Sequence[tuple[StepPlan, float]], profile: StepProfile) -> float:
+    """Served plans' seconds over what ``profile`` charges the same plans: 1 where the
+    model of them is right."""
+    return sum(t for _, t in times) / sum(profile.cost(plan) for plan, _ in times)
 
 
 def room_for(config: EngineConfig, workload: Workload, trace: Trace) -> EngineConfig:

@@ -332,7 +332,8 @@ class SloController:
         refused = sum(r for _, _, r in arrivals_)
         offered = refused + sum(a for _, a, _ in arrivals_)
         few = refused <= cfg.few_refused * offered
-        if at >= 0 or (not few and (self._bound or peak >= limit)):
+        binds = self._bound or peak >= limit
+        if at >= 0 or (not few and binds):
             cut = signal > aim
         else:
             at_risk = sum(1 for x in samples if x >= target)
@@ -367,7 +368,7 @@ class SloController:
             trusted
             and now - self._changed_at >= settle
             and limit < self.max_live_limit
-            and (self._bound or peak >= limit)
+            and binds
             and (signal < cfg.raise_below * target or (few and at < 0 and signal < aim))
         ):
             bold = few and signal < cfg.raise_below * target

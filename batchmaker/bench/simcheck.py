@@ -4,7 +4,7 @@ For one model family, in one process on one device:
 
 1. profile the model on the real executor (``bench.stepcost``), top-2 per step as the
    benchmark's requests ask: its grid, its ragged factors, and its host factor, from
-   the engine serving a synthetic trace of other requests (seed 1) at half of the
+   the engine serving a synthetic trace of other requests (seed 1) at three times the
    predicted capacity (``measure_host``), never the trace compared below;
 2. capacity: replay the whole trace open-loop at an overload (``--overload`` times the
    simulator's own capacity estimate) through the in-process engine, and through the
@@ -31,7 +31,7 @@ The engine is cellular with its defaults; the simulator runs the same scheduler
 configuration. Absolute figures drift with this machine's speed, so the profile is
 measured in the same run, just before the replays, and the order of the loads is the
 same each run. Even so the machine can run 2 x slower or faster a few minutes later,
-so two of the profile's grid points are timed again before and after each compared
+so two grid points of each cell type are timed again before and after each compared
 replay (``stepcost.SpeedProbe``), and the simulator runs the profile scaled by the
 mean ratio: what is compared is the model of the engine, not the machine's drift.
 """

@@ -40,9 +40,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--host-requests",
         type=int,
         default=400,
-        help="requests of a synthetic load at half the predicted capacity that the engine "
-        "serves, to measure its plans' times served against the grid's (the profile's "
-        "host factor); 0: skip it, and the factor is 1",
+        help="requests of a synthetic overload (3 x the predicted capacity) that the "
+        "engine serves, to measure its plans' times served, at saturation, against the "
+        "grid's (the profile's host factor); 0: skip it, and the factor is 1",
     )
     prof.add_argument(
         "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"

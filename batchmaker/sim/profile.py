@@ -209,7 +209,8 @@ class StepProfile:
     """The served engine's plans over what the grid charges them (``measure_host``): the
     grid times each plan alone, and a serving engine runs it beside its event loop (the
     streams' outputs, admissions, the clients), which shares the host and, in Python, the
-    GIL. Every plan costs the grid's cost times this. 1 for a profile from before it was
+    GIL. Every plan costs the grid's cost times this. Measured at saturation, where
+    capacity is decided (``stepcost.HOST_LOAD``); 1 for a profile from before it was
     measured."""
 
     def __post_init__(self) -> None:

@@ -10,15 +10,18 @@ Bad input to ``simulate`` is a usage error naming the flag or field.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from batchmaker.bench.stepcost import measure_host, measure_profile
+from batchmaker.bench.stepcost import SpeedProbe, measure_host, measure_profile
 from batchmaker.bench.workloads import make_workload
 from batchmaker.cli.main import main
 from batchmaker.config import EngineConfig
+from batchmaker.runtime.executor import CellSet
+from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.sim.profile import StepProfile
 from batchmaker.sim.simulator import requests_from_trace, simulate
 from scheduler import SchedulerConfig
@@ -74,6 +77,27 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
     assert drifted < host / 3
     with pytest.raises(ValueError, match="requests"):
         asyncio.run(measure_host(workload, config, profile, requests=0))
+
+
+def test_the_speed_probe_times_every_cell_type() -> None:
+    """A profile whose decoder grid alone reads ten times slower: the probe, timing the
+    same machine against it, reads the machine faster. A probe of the encoder alone (as
+    it was) read the same figure against both, and took a decoder-bound model's drift
+    from the fifth of its time the encoder runs."""
+    workload = make_workload("seq2seq", tiny=True)
+    config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
+    executor = TorchExecutor("cpu")
+    executor.load_cells(CellSet.of([workload.model], config.num_slots))()
+    profile = measure_profile(workload.model, config, repeats=1, executor=executor)
+    decoder = profile.unfold.decoder
+    slow = dataclasses.replace(
+        profile,
+        costs={**profile.costs, decoder: profile.costs[decoder].scaled(10.0)},
+    )
+    now = SpeedProbe(workload.model, config, profile, executor, repeats=1).factor()
+    against_slow = SpeedProbe(workload.model, config, slow, executor, repeats=1).factor()
+    # Two of the four points read a tenth: the mean falls by about 45%.
+    assert against_slow < 0.75 * now
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -124,8 +123,11 @@ async def check(
     profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats, executor=executor)
     probe = SpeedProbe(model, config, profile, executor, top_k=TOP_K, repeats=repeats)
     host = await measure_host(workload, config, profile, executor=executor, speed=probe.factor)
-    profile = replace(profile, host=host)
-    log(f"{family}: profiled in {time.perf_counter() - t0:.1f} s; host factor {host:.3f}")
+    profile = profile.with_host(host)
+    log(
+        f"{family}: profiled in {time.perf_counter() - t0:.1f} s; host factor "
+        + ", ".join(f"{h:.3f} at {u:.0f} cell-steps/s" for u, h in profile.host_by_load)
+    )
     sched = config.scheduler_config()
     engine = Engine(config, [model])
     await engine.start()
@@ -136,7 +138,10 @@ async def check(
         async def measured(rate: float) -> dict[str, float]:
             send = engine_sender(engine, model, specs)
             rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-            return _stats(rep.latency_s, rep.throughput_rps, rep.num_completed)
+            return {
+                **_stats(rep.latency_s, rep.throughput_rps, rep.num_completed),
+                "wall_s": rep.wall_s,
+            }
 
         def trial_plans() -> int:
             return sum(w.stats.num_trial_plans for w in engine.workers)
@@ -169,7 +174,9 @@ async def check(
             # Where the model is wrong, plan by plan: the served plans' steps over what
             # the simulator charges the same plans (1 where the grid, its ragged factors
             # and its host factor are right; the rest is the scheduler's, which both run).
-            m["plans_over_model"] = served_over_model(served, scaled)
+            # At the replay's cell-steps per second: its host factor there.
+            m["steps_per_s"] = sum(plan.num_cell_steps for plan, _ in served) / m["wall_s"]
+            m["plans_over_model"] = served_over_model(served, scaled, m["steps_per_s"])
             return m, predicted(rate, scaled)
 
         def predicted(rate: float, profile: StepProfile = profile) -> dict[str, float]:
@@ -235,7 +242,8 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
                 f"{p['load']:.2f}: {q:.2f}"
                 for p, q in zip(r["points"], r["p99_ratios"], strict=True)
             )
-            + f"; host factor {r['profile']['host']:.2f}, served plans over the model's at "
+            + f"; host factor {r['profile']['host']:.2f} saturated, served plans over the "
+            "model's at "
             + ", ".join(
                 f"{m['plans_over_model']:.2f}"
                 for m in [r["capacity"]["measured"], *(p["measured"] for p in r["points"])]

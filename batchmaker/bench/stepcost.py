@@ -18,10 +18,10 @@ end apart (``ragged_lengths``): measured over what the first grid's staircase ch
 such a plan, a factor per point (``CostGrid.ragged``), since a kernel that drops rows is
 not always the kernel that runs rows ending together.
 
-Last, ``measure_host``: the engine serving a synthetic Poisson load at half the capacity
-the grid predicts, its plans' times over the grid's cost of the same plans
-(``StepProfile.host``), since the grid times each plan alone and a server runs it beside
-its event loop.
+Last, ``measure_host``: the engine serving a synthetic Poisson load at a quarter of the
+capacity the grid predicts and at an overload, its plans' times over the grid's cost of
+the same plans at each (``StepProfile.host_by_load``), since the grid times each plan
+alone and a server runs it beside its event loop, whose work grows with the load.
 
 The result is a ``batchmaker.sim.profile.StepProfile``: JSON the simulator reads with no
 model and no torch.
@@ -351,16 +351,15 @@ def _run(
 
 HOST_REQUESTS = 400
 """Requests ``measure_host`` replays, after as many uncounted."""
-HOST_LOAD = 3.0
-"""Its load, as a share of the capacity the grid predicts for the same requests: an
-overload, as ``bench-sim`` finds capacity, so that the device runs saturated.
+HOST_LOADS = (0.25, 3.0)
+"""Its loads, as shares of the capacity the grid predicts for the same requests: a light
+one, and an overload (as ``bench-sim`` finds capacity), where the device runs saturated.
 
-Saturation, because the host's share grows with load: the served plans took 0.92-0.97 x
-what a factor measured at half load charged them at a quarter of capacity, about 1.0 at
-half, and 1.05-1.18 x at capacity (``bench-sim``, seq2seq and trees, three runs each,
-2026-12-05). Capacity is what sizes replicas (``batchmaker plan``), so the factor is
-right there, and below saturation the simulator charges plans up to about a tenth too
-much: its p99 errs high, on the safe side."""
+Two, because the host's toll grows with load. One factor measured at half load charged
+the served plans 0.92-0.97 x their time at a quarter of capacity, about 1.0 at half, and
+1.05-1.18 x at capacity, and the capacity prediction was as far off; one measured at
+saturation over-charged a quarter load by 18%, and its p99 by 23% (``bench-sim``, seq2seq
+and trees, 2026-12-05)."""
 
 
 async def measure_host(
@@ -371,46 +370,52 @@ async def measure_host(
     executor: TorchExecutor | None = None,
     speed: Callable[[], float] | None = None,
     requests: int = HOST_REQUESTS,
-    load: float = HOST_LOAD,
-) -> float:
-    """The served engine's plans over what ``profile``'s grid charges them (the
-    ``StepProfile.host`` factor): an in-process engine replays a synthetic Poisson trace
-    of ``requests`` requests at ``load`` times the simulator's capacity for it, once
-    uncounted, then once with each plan's step timed (``DeviceWorker.plan_times``, plans
-    run on a chosen kernel only). ``executor``: the one the profile was measured on, whose
-    kernel choices the engine starts with, as ``bench-sim`` does.
+    loads: Sequence[float] = HOST_LOADS,
+) -> list[tuple[float, float]]:
+    """The served engine's plans over what ``profile``'s grid charges them, at each of
+    ``loads`` (the ``StepProfile.host_by_load`` points: cell-steps served per second, factor):
+    an in-process engine replays a synthetic Poisson trace of ``requests`` requests at
+    each load times the simulator's capacity for it, once uncounted, then once with each
+    plan's step timed (``DeviceWorker.plan_times``, plans run on a chosen kernel only).
+    ``executor``: the one the profile was measured on, whose kernel choices the engine
+    starts with, as ``bench-sim`` does.
 
     ``speed``: how much slower the device runs now than when the grid was timed
-    (``SpeedProbe.factor``), asked before and after the timed replay; the ratio is divided
-    by their mean, so that the factor is the host's and not the machine's drift since the
-    grid. Without it a shared machine's drift went into the factor: a seq2seq profile
-    read 0.93, and the simulator, which scales by the drift again when it compares,
-    predicted 1.33 x the engine's capacity."""
-    if requests < 1 or not load > 0:
-        raise ValueError("measure_host needs requests >= 1 and a positive load")
+    (``SpeedProbe.factor``), asked before and after each timed replay; the ratio is
+    divided by their mean, so that the factor is the host's and not the machine's drift
+    since the grid. Without it a shared machine's drift went into the factor: a seq2seq
+    profile read 0.93, and the simulator, which scales by the drift again when it
+    compares, predicted 1.33 x the engine's capacity."""
+    if requests < 1 or not loads or not all(f > 0 for f in loads):
+        raise ValueError("measure_host needs requests >= 1 and positive loads")
     model = workload.model
     trace = workload.make_trace(requests, seed=1, arrival="poisson")
     sched = config.scheduler_config()
     capacity = simulate(profile, requests_from_trace(trace, 1e6), sched).summary()["throughput_rps"]
-    rate = load * capacity
+    grid_only = replace(profile, host=1.0, host_by_load=())
     engine = Engine(room_for(config, workload, trace), [model])
     await engine.start()
+    points = []
     try:
         if executor is not None:
             share_kernel_choices(executor, engine)
         top_k = int(profile.meta.get("top_k", 0))  # the requests the grid was timed for
         send = engine_sender(engine, model, workload.specs(trace), top_k=top_k, vectors=not top_k)
-        await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
         (worker,) = engine.workers
-        before = 1.0 if speed is None else speed()
-        with timing_plans(worker) as times:
+        for load in loads:
+            rate = load * capacity
             await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-        drift = (before + (1.0 if speed is None else speed())) / 2
+            before = 1.0 if speed is None else speed()
+            with timing_plans(worker) as times:
+                rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+            drift = (before + (1.0 if speed is None else speed())) / 2
+            if not times:
+                raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
+            steps_per_s = sum(plan.num_cell_steps for plan, _ in times) / rep.wall_s
+            points.append((steps_per_s, served_over_model(times, grid_only) / drift))
     finally:
         await engine.shutdown(grace=0)
-    if not times:
-        raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
-    return served_over_model(times, replace(profile, host=1.0)) / drift
+    return points
 
 
 @contextlib.contextmanager
@@ -425,10 +430,14 @@ def timing_plans(worker: DeviceWorker) -> Iterator[list[tuple[StepPlan, float]]]
         worker.plan_times = None
 
 
-def served_over_model(times: Sequence[tuple[StepPlan, float]], profile: StepProfile) -> float:
-    """Served plans' seconds over what ``profile`` charges the same plans: 1 where the
-    model of them is right."""
-    return sum(t for _, t in times) / sum(profile.cost(plan) for plan, _ in times)
+def served_over_model(
+    times: Sequence[tuple[StepPlan, float]],
+    profile: StepProfile,
+    steps_per_s: float | None = None,
+) -> float:
+    """Served plans' seconds over what ``profile`` charges the same plans, served at
+    ``steps_per_s`` cell-steps a second (its host factor there): 1 where the model is right."""
+    return sum(t for _, t in times) / sum(profile.cost(plan, steps_per_s) for plan, _ in times)
 
 
 def room_for(config: EngineConfig, workload: Workload, trace: Trace) -> EngineConfig:

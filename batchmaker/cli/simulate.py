@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -40,9 +39,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--host-requests",
         type=int,
         default=400,
-        help="requests of a synthetic overload (3 x the predicted capacity) that the "
-        "engine serves, to measure its plans' times served, at saturation, against the "
-        "grid's (the profile's host factor); 0: skip it, and the factor is 1",
+        help="requests of a synthetic load that the engine serves at a quarter of the "
+        "predicted capacity and at 3 x, to measure its plans' times served against the "
+        "grid's (the profile's host factors); 0: skip it, and the factor is 1",
     )
     prof.add_argument(
         "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"
@@ -114,8 +113,13 @@ def run_profile(args: argparse.Namespace) -> int:
                 requests=args.host_requests,
             )
         )
-        profile = dataclasses.replace(profile, host=host)
-        print(f"host factor {host:.3f}: the served engine's plans over the grid's", flush=True)
+        profile = profile.with_host(host)
+        for steps_per_s, factor in profile.host_by_load:
+            print(
+                f"host factor {factor:.3f} at {steps_per_s:.0f} cell-steps/s: the served engine's "
+                "plans over the grid's",
+                flush=True,
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     print(f"wrote {out}")

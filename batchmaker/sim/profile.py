@@ -191,6 +191,16 @@ class Unfold:
             raise ProfileError("unfold.decoder: a seq2seq model needs its decoder's cell type")
 
 
+def _points(raw: Any) -> tuple[tuple[float, float], ...]:
+    """``host_by_load`` as read from JSON: pairs of numbers, or an error naming it."""
+    try:
+        return tuple((float(u), float(h)) for u, h in raw)
+    except (TypeError, ValueError):
+        raise ProfileError(
+            f"host_by_load: a list of [cell-steps per second, factor] pairs, got {raw!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class StepProfile:
     """One model on one device: its cell types, pools, how requests unfold, and costs."""
@@ -206,16 +216,31 @@ class StepProfile:
     meta: dict[str, Any] = field(default_factory=dict)
     """How it was measured: date, torch version, threads, command. Carried, not read."""
     host: float = 1.0
-    """The served engine's plans over what the grid charges them (``measure_host``): the
-    grid times each plan alone, and a serving engine runs it beside its event loop (the
-    streams' outputs, admissions, the clients), which shares the host and, in Python, the
-    GIL. Every plan costs the grid's cost times this. Measured at saturation, where
-    capacity is decided (``stepcost.HOST_LOAD``); 1 for a profile from before it was
-    measured."""
+    """The served engine's plans over what the grid charges them at saturation
+    (``measure_host``): the grid times each plan alone, and a serving engine runs it
+    beside its event loop (the streams' outputs, admissions, the clients), which shares
+    the host and, in Python, the GIL. Where no load is known (``cost`` without one, the
+    planner's floor on a request's work), every plan costs the grid's cost times this.
+    1 for a profile from before it was measured."""
+    host_by_load: tuple[tuple[float, float], ...] = ()
+    """The same ratio at each load it was measured at, as (cell-steps the device served
+    per second, factor), ascending by the first: the event loop's work, and so its toll
+    on the device's plans, grows with the outputs it hands to streams, one per row per
+    step. Between the points a plan costs the linear interpolation at the cell-steps per
+    second of the second before it; outside them, the nearest point's. Empty: ``host`` at
+    every load."""
 
     def __post_init__(self) -> None:
         if not self.host > 0.0:
             raise ProfileError(f"host: must be a positive number, got {self.host}")
+        rates = [u for u, _ in self.host_by_load]
+        if any(not u >= 0.0 or not h > 0.0 for u, h in self.host_by_load):
+            raise ProfileError(
+                "host_by_load: each point is [cell-steps per second >= 0, factor > 0], got "
+                f"{[list(p) for p in self.host_by_load]}"
+            )
+        if rates != sorted(set(rates)):
+            raise ProfileError(f"host_by_load: cell-steps per second must ascend, got {rates}")
         names = {spec.name for spec in self.cell_types}
         for spec in self.cell_types:
             if spec.name not in self.costs:
@@ -229,13 +254,36 @@ class StepProfile:
         if self.unfold.pool not in self.pools:
             raise ProfileError(f"unfold.pool: unknown pool {self.unfold.pool!r}")
 
-    def cost(self, plan: StepPlan) -> float:
+    def cost(self, plan: StepPlan, steps_per_s: float | None = None) -> float:
         """Seconds ``plan`` takes on this device (rows that end early drop out, unless the
-        plan is padded to its longest row, as the request-level baselines are)."""
+        plan is padded to its longest row, as the request-level baselines are), with the
+        device serving ``steps_per_s`` cell-steps a second around it (``host_at``)."""
         grid = self.costs[plan.cell_type]
+        host = self.host_at(steps_per_s)
         if plan.steps is None or plan.pad_to_longest:
-            return self.host * grid.cost(plan.batch_size, plan.num_steps)
-        return self.host * grid.ragged_cost(plan.steps.tolist())
+            return host * grid.cost(plan.batch_size, plan.num_steps)
+        return host * grid.ragged_cost(plan.steps.tolist())
+
+    def host_at(self, steps_per_s: float | None) -> float:
+        """The host factor with the device serving ``steps_per_s`` cell-steps a second
+        (``host_by_load``); ``host``, the saturated one, where that is not known."""
+        points = self.host_by_load
+        if steps_per_s is None or not points:
+            return self.host
+        i = bisect.bisect_left(points, (steps_per_s,))
+        if i == 0:
+            return points[0][1]
+        if i == len(points):
+            return points[-1][1]
+        (u0, h0), (u1, h1) = points[i - 1], points[i]
+        return h0 + (h1 - h0) * (steps_per_s - u0) / (u1 - u0)
+
+    def with_host(self, points: Sequence[tuple[float, float]]) -> StepProfile:
+        """This profile with the host factors ``measure_host`` found, as (cell-steps per
+        second, factor) in the order of the loads measured: ``host`` is the last one's,
+        the overload's (saturation)."""
+        by_load = tuple(sorted((float(u), float(h)) for u, h in points))
+        return replace(self, host=float(points[-1][1]) if points else 1.0, host_by_load=by_load)
 
     def scaled(self, factor: float) -> StepProfile:
         """The same profile on a device ``factor`` times slower (> 1) or faster: every
@@ -276,6 +324,7 @@ class StepProfile:
             },
             "costs": {name: grid.to_json() for name, grid in self.costs.items()},
             "host": self.host,
+            "host_by_load": [list(p) for p in self.host_by_load],
             "meta": self.meta,
         }
 
@@ -322,6 +371,7 @@ class StepProfile:
                 costs=costs,
                 meta=dict(d.get("meta", {})),
                 host=float(d.get("host", 1.0)),
+                host_by_load=_points(d.get("host_by_load", ())),
             )
         except KeyError as exc:
             raise ProfileError(f"missing field {exc.args[0]!r}") from None

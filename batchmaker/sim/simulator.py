@@ -20,11 +20,14 @@ as long as the scheduler's own Python for that minute's plans.
 Where it differs from the live server, by design: step k's outputs reach their stream
 when step k ends (the worker hands them over when step k+1 starts: the same moment on a
 busy device), and the host's time outside the executor (admission, the event loop) is
-not modelled except as far as the profile's measured plan times include it.
+not modelled except as far as the profile's measured plan times include it: each plan
+costs the profile's host factor at the cell-steps per second its replica served over the
+second before it (``StepProfile.host_by_load``).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +54,9 @@ from scheduler import (
     TreeGraph,
     make_scheduler,
 )
+
+HOST_WINDOW_S = 1.0
+"""Seconds of a replica's past plans whose cell-steps per second its host factor is read at."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,12 @@ def simulate(
         )
     )
     live_arrivals: dict[int, float] = {}
+    # Each replica's plans over the last HOST_WINDOW_S (start, cell-steps), and their
+    # cell-steps: the load its host factor is read at (``StepProfile.host_at``).
+    recent: list[collections.deque[tuple[float, int]]] = [
+        collections.deque() for _ in range(replicas)
+    ]
+    recent_steps = [0] * replicas
 
     def ended(requests_: Iterable[SchedRequest], r: int) -> None:
         for req in requests_:
@@ -317,7 +329,12 @@ def simulate(
                 ended(sched.take_outcome().finished, r)  # expiries found by schedule()
                 if plan is not None:
                     progressed = True
-                    seconds = profile.cost(plan)
+                    window = recent[r]
+                    while window and window[0][0] <= now - HOST_WINDOW_S:
+                        recent_steps[r] -= window.popleft()[1]
+                    seconds = profile.cost(plan, recent_steps[r] / HOST_WINDOW_S)
+                    window.append((now, plan.num_cell_steps))
+                    recent_steps[r] += plan.num_cell_steps
                     sched.observe(plan, seconds)
                     run = running[r] = (now + seconds, plan)
                     busy[r] += seconds

@@ -59,21 +59,31 @@ def test_a_profile_covers_the_grid_and_runs_its_familys_trace(family: str) -> No
 
 @pytest.mark.parametrize("family", ["chain", "tree"])
 def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str) -> None:
-    """``measure_host`` serves a synthetic load on a real engine and divides its plans'
-    timed steps by the grid's cost of the same plans; the figure is the machine's, so
-    what is pinned is that it was measured (a positive ratio of many plans, the worker's
-    timing switched off again)."""
+    """``measure_host`` serves a synthetic load on a real engine at each of its loads and
+    divides its plans' timed steps by the grid's cost of the same plans; the figures are
+    the machine's, so what is pinned is that they were measured (a positive ratio of many
+    plans at each load, the overload's taken for saturation)."""
     workload = make_workload(family, tiny=True)
     config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
     profile = measure_profile(workload.model, config, repeats=1, top_k=1)
-    host = asyncio.run(measure_host(workload, config, profile, requests=60))
+    (light, light_host), (heavy, host) = asyncio.run(
+        measure_host(workload, config, profile, requests=60)
+    )
+    assert light > 0
+    assert heavy > 0
+    assert 0.1 < light_host < 10.0
     assert 0.1 < host < 10.0
+    loaded = profile.with_host([(light, light_host), (heavy, host)])
+    assert loaded.host == host
     # The grid scaled tenfold: the same engine measures about a tenth the factor.
     slow = profile.scaled(10.0)
-    assert asyncio.run(measure_host(workload, config, slow, requests=60)) < host / 3
+    ((_, slow_host),) = asyncio.run(measure_host(workload, config, slow, requests=60, loads=[3]))
+    assert slow_host < host / 3
     # A machine ten times slower than when the grid was timed: the drift is divided out,
     # not taken for the host's.
-    drifted = asyncio.run(measure_host(workload, config, profile, speed=lambda: 10.0, requests=60))
+    ((_, drifted),) = asyncio.run(
+        measure_host(workload, config, profile, speed=lambda: 10.0, requests=60, loads=[3])
+    )
     assert drifted < host / 3
     with pytest.raises(ValueError, match="requests"):
         asyncio.run(measure_host(workload, config, profile, requests=0))

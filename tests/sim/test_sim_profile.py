@@ -8,6 +8,7 @@ refused with its field named.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -151,6 +152,40 @@ def test_the_host_factor_multiplies_every_plan():
         chain_profile(grid, host=0.0)
 
 
+def test_the_host_factor_follows_the_load_it_was_measured_at():
+    """``host_by_load``: the factor at each load measured (cell-steps served per second),
+    linear between, the nearest point's outside; the saturated one (``host``, the last
+    load measured, the overload) where the load is not given."""
+    grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
+    base = chain_profile(grid)
+    loaded = base.with_host([(100.0, 0.9), (1000.0, 1.3)])
+    assert loaded.host_by_load == ((100.0, 0.9), (1000.0, 1.3))
+    assert loaded.host == 1.3
+    # An overload that read fewer cell-steps a second than the light load (a noisy
+    # machine, a tiny model whose host work dominates): its factor is still saturation's.
+    noisy = base.with_host([(1000.0, 0.9), (100.0, 1.3)])
+    assert noisy.host_by_load == ((100.0, 1.3), (1000.0, 0.9))
+    assert noisy.host == 1.3
+    plan = _plan([3])
+    for steps_per_s, factor in [
+        (0.0, 0.9),
+        (100.0, 0.9),
+        (550.0, 1.1),
+        (1000.0, 1.3),
+        (5000.0, 1.3),
+        (None, 1.3),
+    ]:
+        assert loaded.cost(plan, steps_per_s) == pytest.approx(factor * base.cost(plan))
+    assert StepProfile.from_json(json.loads(json.dumps(loaded.to_json()))) == loaded
+    older = loaded.to_json()
+    del older["host_by_load"]
+    assert StepProfile.from_json(older).host_by_load == ()
+    with pytest.raises(ProfileError, match="ascend"):
+        dataclasses.replace(loaded, host_by_load=((1000.0, 1.3), (100.0, 0.9)))
+    with pytest.raises(ProfileError, match="host_by_load"):
+        dataclasses.replace(loaded, host_by_load=((100.0, 0.0),))
+
+
 def test_a_scaled_profile_costs_every_plan_that_many_times_more():
     """``bench-sim`` scales a profile by the machine's drift since it was measured."""
     grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
@@ -183,6 +218,8 @@ def mutate(path, change):
         (lambda d: d["costs"]["lstm"].update(seconds=[[1.0]]), "costs.lstm: seconds"),
         (lambda d: d["costs"]["lstm"].update(ragged=[[0.0]]), "costs.lstm: ragged"),
         (lambda d: d.update(host=-1), "host"),
+        (lambda d: d.update(host_by_load=[[100.0]]), "host_by_load"),
+        (lambda d: d.update(host_by_load=[[100.0, 1.0], [50.0, 1.1]]), "host_by_load"),
         (lambda d: d["unfold"].update(family="graph"), "unfold.family"),
         (lambda d: d["unfold"].update(cell="gru"), "unfold"),
         (lambda d: d["cell_types"][0].update(pool="elsewhere"), "pool"),

@@ -47,6 +47,23 @@ def test_a_request_alone_takes_the_sum_of_its_steps():
     assert result.busy == pytest.approx([20 * MS])
 
 
+def test_each_plan_costs_the_host_factor_at_its_replicas_recent_load():
+    """A host factor of 1 up to 1,000 cell-steps served a second and 2 from 10,000: a
+    request alone (one row's step every 2 ms: 500 a second) runs at the grid's cost, and
+    a saturating load (64 rows' steps every 2 ms or so: over 10,000 a second) at twice
+    it, so it serves half as many requests a second, but for the first fraction of a
+    second (its window filling)."""
+    base = chain_profile(flat_grid(2 * MS))
+    loaded = base.with_host([(1000.0, 1.0), (10000.0, 2.0)])
+    lone = chains([0.5], [10])
+    assert simulate(loaded, lone, one_step()).latency == pytest.approx([20 * MS])
+    # 2,000 requests a second for 6 s, past even the grid's 1,600 (the excess refused).
+    crowd = chains([i / 2000 for i in range(12000)], [20] * 12000)
+    full = simulate(base, crowd, one_step()).summary()["throughput_rps"]
+    slow = simulate(loaded, crowd, one_step()).summary()["throughput_rps"]
+    assert slow / full == pytest.approx(0.5, rel=0.05)
+
+
 def test_a_multi_step_plan_costs_what_the_grid_says_for_its_length():
     profile = chain_profile(flat_grid(2 * MS, per_step=0.5 * MS))
     result = simulate(profile, chains([0.0], [10]), SchedulerConfig(max_steps_per_plan=32))

@@ -350,16 +350,16 @@ def _run(
 
 
 HOST_REQUESTS = 400
-"""Requests ``measure_host`` replays, after as many uncounted."""
+"""Requests ``measure_host`` replays at each load, after as many uncounted."""
 HOST_LOADS = (0.25, 3.0)
 """Its loads, as shares of the capacity the grid predicts for the same requests: a light
 one, and an overload (as ``bench-sim`` finds capacity), where the device runs saturated.
 
-Two, because the host's toll grows with load. One factor measured at half load charged
-the served plans 0.92-0.97 x their time at a quarter of capacity, about 1.0 at half, and
-1.05-1.18 x at capacity, and the capacity prediction was as far off; one measured at
-saturation over-charged a quarter load by 18%, and its p99 by 23% (``bench-sim``, seq2seq
-and trees, 2026-12-05)."""
+Two, because the host's toll grows with load. With one factor measured at half load,
+the served plans took 0.92-0.97 x its charge at a quarter of capacity, about 1.0 at half,
+and 1.05-1.18 x at capacity, and the capacity prediction was as far off; with one measured
+at saturation, the plans of a quarter load took 0.82 x its charge, and the predicted p99
+was 1.23 x the measured (``bench-sim``, seq2seq and trees, 2026-12-05)."""
 
 
 async def measure_host(

@@ -56,6 +56,7 @@ from batchmaker.bench.stepcost import (
     measure_profile,
     room_for,
     served_over_model,
+    served_steps_per_s,
     share_kernel_choices,
     timing_plans,
 )
@@ -175,7 +176,7 @@ async def check(
             # the simulator charges the same plans (1 where the grid, its ragged factors
             # and its host factor are right; the rest is the scheduler's, which both run).
             # At the replay's cell-steps per second: its host factor there.
-            m["steps_per_s"] = sum(plan.num_cell_steps for plan, _ in served) / m["wall_s"]
+            m["steps_per_s"] = served_steps_per_s(served, m["wall_s"])
             m["plans_over_model"] = served_over_model(served, scaled, m["steps_per_s"])
             return m, predicted(rate, scaled)
 

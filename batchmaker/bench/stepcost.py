@@ -411,8 +411,9 @@ async def measure_host(
             drift = (before + (1.0 if speed is None else speed())) / 2
             if not times:
                 raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
-            steps_per_s = sum(plan.num_cell_steps for plan, _ in times) / rep.wall_s
-            points.append((steps_per_s, served_over_model(times, grid_only) / drift))
+            points.append(
+                (served_steps_per_s(times, rep.wall_s), served_over_model(times, grid_only) / drift)
+            )
     finally:
         await engine.shutdown(grace=0)
     return points
@@ -428,6 +429,12 @@ def timing_plans(worker: DeviceWorker) -> Iterator[list[tuple[StepPlan, float]]]
         yield times
     finally:
         worker.plan_times = None
+
+
+def served_steps_per_s(times: Sequence[tuple[StepPlan, float]], wall_s: float) -> float:
+    """Cell-steps the plans of ``times`` computed per second of a replay lasting
+    ``wall_s``: the load a host factor is measured and read at (``StepProfile.host_at``)."""
+    return sum(plan.num_cell_steps for plan, _ in times) / wall_s
 
 
 def served_over_model(

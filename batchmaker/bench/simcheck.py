@@ -24,8 +24,8 @@ plan costs only from plans run on a chosen kernel, reaches the longer plans that
 at 64 rows over a few replays (the chain's first three at the overload did 157, 179
 and 201 req/s, against the simulator's 203). So before each compared replay the engine
 replays the same load uncounted until a replay ran no kernel on trial and was less
-than ``SETTLED`` faster than the one before (``warm``); the trial plans left in each
-measured replay are in the JSON (``trial_plans``: 0 when warm).
+than ``stepcost.SETTLED`` faster than the one before (``stepcost.settle``); the trial
+plans left in each measured replay are in the JSON (``trial_plans``: 0 when warm).
 
 The engine is cellular with its defaults; the simulator runs the same scheduler
 configuration. Absolute figures drift with this machine's speed, so the profile is
@@ -57,6 +57,7 @@ from batchmaker.bench.stepcost import (
     room_for,
     served_over_model,
     served_steps_per_s,
+    settle,
     share_kernel_choices,
     timing_plans,
 )
@@ -75,12 +76,6 @@ TRACES = {
     "tree": "docs/bench/trace-tree-poisson-seed0.json",
 }
 """The repository's recorded traces, used unless ``--trace`` names another."""
-
-
-WARMUP_REPLAYS = 6
-"""Most uncounted replays of a load before its compared one (``warm``)."""
-SETTLED = 0.03
-"""A warm-up replay less than this much faster than the one before ends the warm-up."""
 
 
 def _stats(latencies: np.ndarray, throughput: float, completed: int) -> dict[str, float]:
@@ -103,6 +98,7 @@ async def check(
     loads: Sequence[float] = (0.25, 0.5, 0.9),
     overload: float = 3.0,
     repeats: int = 5,
+    host_replays: int | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Predicted against measured for ``family``; see the module docstring."""
@@ -123,7 +119,9 @@ async def check(
     executor.load_cells(CellSet.of([model], config.num_slots))()
     profile = measure_profile(model, config, top_k=TOP_K, repeats=repeats, executor=executor)
     probe = SpeedProbe(model, config, profile, executor, top_k=TOP_K, repeats=repeats)
-    host = await measure_host(workload, config, profile, executor=executor, speed=probe.factor)
+    host = await measure_host(
+        workload, config, profile, executor=executor, speed=probe.factor, replays=host_replays
+    )
     profile = profile.with_host(host)
     log(
         f"{family}: profiled in {time.perf_counter() - t0:.1f} s; host factor "
@@ -148,17 +146,12 @@ async def check(
             return sum(w.stats.num_trial_plans for w in engine.workers)
 
         async def warm(rate: float) -> None:
-            """Replay uncounted until a replay ran no kernel on trial and was less than
-            ``SETTLED`` faster than the one before (see the module docstring)."""
-            previous = 0.0
-            for _ in range(WARMUP_REPLAYS):
-                trials = trial_plans()
-                got = (await measured(rate))["throughput_rps"]
-                trials = trial_plans() - trials
-                log(f"{family}: warm-up at {rate:.1f} req/s: {got:.1f} req/s, {trials} trials")
-                if not trials and got < previous * (1 + SETTLED):
-                    return
-                previous = got
+            async def replay_once() -> float:
+                return (await measured(rate))["throughput_rps"]
+
+            await settle(
+                replay_once, trial_plans, log=lambda s: log(f"{family}: at {rate:.1f} req/s: {s}")
+            )
 
         async def compared(rate: float) -> tuple[dict[str, float], dict[str, float]]:
             """The warmed engine's replay, and the simulator's with the profile scaled by
@@ -232,7 +225,14 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
         for _ in range(args.runs):
             out["runs"].append(
                 asyncio.run(
-                    check(family.strip(), config, tiny=args.tiny, trace=trace, repeats=args.repeats)
+                    check(
+                        family.strip(),
+                        config,
+                        tiny=args.tiny,
+                        trace=trace,
+                        repeats=args.repeats,
+                        host_replays=args.host_replays,
+                    )
                 )
             )
     for r in out["runs"]:

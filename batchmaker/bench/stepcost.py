@@ -19,9 +19,10 @@ such a plan, a factor per point (``CostGrid.ragged``), since a kernel that drops
 not always the kernel that runs rows ending together.
 
 Last, ``measure_host``: the engine serving a synthetic Poisson load at a quarter of the
-capacity the grid predicts and at an overload, its plans' times over the grid's cost of
-the same plans at each (``StepProfile.host_by_load``), since the grid times each plan
-alone and a server runs it beside its event loop, whose work grows with the load.
+capacity the grid predicts and at an overload, warmed until it settles, its plans' times
+over the grid's cost of the same plans at each, the median of a few replays
+(``StepProfile.host_by_load``), since the grid times each plan alone and a server runs
+it beside its event loop, whose work grows with the load.
 
 The result is a ``batchmaker.sim.profile.StepProfile``: JSON the simulator reads with no
 model and no torch.
@@ -36,7 +37,7 @@ import platform
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -350,7 +351,7 @@ def _run(
 
 
 HOST_REQUESTS = 400
-"""Requests ``measure_host`` replays at each load, after as many uncounted."""
+"""Requests ``measure_host`` replays at each load, each replay."""
 HOST_LOADS = (0.25, 3.0)
 """Its loads, as shares of the capacity the grid predicts for the same requests: a light
 one, and an overload (as ``bench-sim`` finds capacity), where the device runs saturated.
@@ -360,6 +361,37 @@ the served plans took 0.92-0.97 x its charge at a quarter of capacity, about 1.0
 and 1.05-1.18 x at capacity, and the capacity prediction was as far off; with one measured
 at saturation, the plans of a quarter load took 0.82 x its charge, and the predicted p99
 was 1.23 x the measured (``bench-sim``, seq2seq and trees, 2026-12-05)."""
+HOST_REPLAYS = 3
+"""Timed replays per load, after the warm-up (``settle``); the factor is their median.
+One replay to the next, the factor moves by up to 7%: a tree profile's overload factor
+read 0.78, 1.14 and 1.29 in three runs of one timed replay each (2026-12-05)."""
+WARMUP_REPLAYS = 6
+"""Most uncounted replays of a load before the timed ones (``settle``)."""
+SETTLED = 0.03
+"""A warm-up replay less than this much faster than the one before ends the warm-up."""
+
+
+async def settle(
+    replay_once: Callable[[], Awaitable[float]],
+    trial_plans: Callable[[], int],
+    *,
+    log: Callable[[str], object] | None = None,
+) -> None:
+    """Replay a load uncounted (``replay_once``: its throughput) until a replay ran no
+    kernel on trial and was less than ``SETTLED`` faster than the one before, at most
+    ``WARMUP_REPLAYS``: an engine serves a load faster over its first replays, as the
+    kernel chooser tries each new plan shape and the scheduler learns the longer plans'
+    costs (``simcheck``'s docstring has the figures)."""
+    previous = 0.0
+    for _ in range(WARMUP_REPLAYS):
+        trials = trial_plans()
+        got = await replay_once()
+        trials = trial_plans() - trials
+        if log is not None:
+            log(f"warm-up: {got:.1f} req/s, {trials} trials")
+        if not trials and got < previous * (1 + SETTLED):
+            return
+        previous = got
 
 
 async def measure_host(
@@ -371,14 +403,17 @@ async def measure_host(
     speed: Callable[[], float] | None = None,
     requests: int = HOST_REQUESTS,
     loads: Sequence[float] = HOST_LOADS,
+    replays: int | None = None,
 ) -> list[tuple[float, float]]:
     """The served engine's plans over what ``profile``'s grid charges them, at each of
     ``loads`` (the ``StepProfile.host_by_load`` points: cell-steps served per second, factor):
     an in-process engine replays a synthetic Poisson trace of ``requests`` requests at
-    each load times the simulator's capacity for it, once uncounted, then once with each
-    plan's step timed (``DeviceWorker.plan_times``, plans run on a chosen kernel only).
-    ``executor``: the one the profile was measured on, whose kernel choices the engine
-    starts with, as ``bench-sim`` does.
+    each load times the simulator's capacity for it, uncounted until settled
+    (``settle``), then ``replays`` times with each plan's step timed
+    (``DeviceWorker.plan_times``, plans run on a chosen kernel only; ``None``:
+    ``HOST_REPLAYS``); each figure is the median of those. ``executor``: the one the
+    profile was measured on, whose kernel choices the engine starts with, as
+    ``bench-sim`` does.
 
     ``speed``: how much slower the device runs now than when the grid was timed
     (``SpeedProbe.factor``), asked before and after each timed replay; the ratio is
@@ -386,8 +421,9 @@ async def measure_host(
     since the grid. Without it a shared machine's drift went into the factor: a seq2seq
     profile read 0.93, and the simulator, which scales by the drift again when it
     compares, predicted 1.33 x the engine's capacity."""
-    if requests < 1 or not loads or not all(f > 0 for f in loads):
-        raise ValueError("measure_host needs requests >= 1 and positive loads")
+    replays = HOST_REPLAYS if replays is None else replays
+    if requests < 1 or replays < 1 or not loads or not all(f > 0 for f in loads):
+        raise ValueError("measure_host needs requests >= 1, replays >= 1 and positive loads")
     model = workload.model
     trace = workload.make_trace(requests, seed=1, arrival="poisson")
     sched = config.scheduler_config()
@@ -404,16 +440,23 @@ async def measure_host(
         (worker,) = engine.workers
         for load in loads:
             rate = load * capacity
-            await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-            before = 1.0 if speed is None else speed()
-            with timing_plans(worker) as times:
+
+            async def replay_once(rate: float = rate) -> float:
                 rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-            drift = (before + (1.0 if speed is None else speed())) / 2
-            if not times:
-                raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
-            points.append(
-                (served_steps_per_s(times, rep.wall_s), served_over_model(times, grid_only) / drift)
-            )
+                return rep.throughput_rps
+
+            await settle(replay_once, lambda: worker.stats.num_trial_plans)
+            rates, factors = [], []
+            for _ in range(replays):
+                before = 1.0 if speed is None else speed()
+                with timing_plans(worker) as times:
+                    rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+                drift = (before + (1.0 if speed is None else speed())) / 2
+                if not times:
+                    raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
+                rates.append(served_steps_per_s(times, rep.wall_s))
+                factors.append(served_over_model(times, grid_only) / drift)
+            points.append((statistics.median(rates), statistics.median(factors)))
     finally:
         await engine.shutdown(grace=0)
     return points

@@ -318,6 +318,24 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"tls": tls, "token": token}
 
 
+def add_host_replays_flag(p: argparse.ArgumentParser) -> None:
+    """``--host-replays``, for the commands that measure a profile's host factors."""
+    p.add_argument(
+        "--host-replays",
+        type=int,
+        default=None,
+        help="timed replays per load of the host-factor measurement, after its warm-up; "
+        "each factor is their median (default 3; each replay moves it by up to 7%%)",
+    )
+
+
+def host_replays(args: argparse.Namespace) -> int | None:
+    """``--host-replays``, checked; ``None`` (``measure_host``'s default) where not given."""
+    if args.host_replays is not None and args.host_replays < 1:
+        raise ValueError("--host-replays must be >= 1")
+    return args.host_replays
+
+
 def bad_input(message: str) -> Exception:
     from batchmaker.errors import InvalidRequestError
 

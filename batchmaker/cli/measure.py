@@ -185,6 +185,7 @@ def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", type=Path, help="one family's trace instead of the repository's")
     p.add_argument("--runs", type=int, default=1, help="repeat per family")
     p.add_argument("--repeats", type=int, default=5, help="timed plans per profile grid point")
+    flags.add_host_replays_flag(p)
     p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))
 
 
@@ -296,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "bench-sim":
         from batchmaker.bench.simcheck import run_simcheck_cli
 
+        flags.host_replays(args)  # checked before minutes of profiling
         return _in_process(args, run_simcheck_cli)
     if args.command == "bench-slo":
         from batchmaker.bench.slobench import run_slobench_cli

@@ -43,6 +43,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "predicted capacity and at 3 x, to measure its plans' times served against the "
         "grid's (the profile's host factors); 0: skip it, and the factor is 1",
     )
+    flags.add_host_replays_flag(prof)
     prof.add_argument(
         "--out", type=Path, help="the profile JSON; default profiles/FAMILY-DEVICE.json"
     )
@@ -86,6 +87,7 @@ def run_profile(args: argparse.Namespace) -> int:
         raise ValueError("--device: a profile is of one device; give one")
     if args.host_requests < 0:
         raise ValueError("--host-requests must be >= 0")
+    replays = flags.host_replays(args)
     set_cpu_threads(config)
     workload = make_workload(args.family, tiny=args.tiny)
     model = workload.model
@@ -111,6 +113,7 @@ def run_profile(args: argparse.Namespace) -> int:
                 executor=executor,
                 speed=probe.factor,
                 requests=args.host_requests,
+                replays=replays,
             )
         )
         profile = profile.with_host(host)

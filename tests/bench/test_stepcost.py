@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import pytest
 
-from batchmaker.bench.stepcost import SpeedProbe, measure_host, measure_profile
+from batchmaker.bench.stepcost import (
+    SETTLED,
+    WARMUP_REPLAYS,
+    SpeedProbe,
+    measure_host,
+    measure_profile,
+    settle,
+)
 from batchmaker.bench.workloads import make_workload
 from batchmaker.cli.main import main
 from batchmaker.config import EngineConfig
@@ -77,16 +85,69 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
     assert loaded.host == host
     # The grid scaled tenfold: the same engine measures about a tenth the factor.
     slow = profile.scaled(10.0)
-    ((_, slow_host),) = asyncio.run(measure_host(workload, config, slow, requests=60, loads=[3]))
+    ((_, slow_host),) = asyncio.run(
+        measure_host(workload, config, slow, requests=60, loads=[3], replays=1)
+    )
     assert slow_host < host / 3
     # A machine ten times slower than when the grid was timed: the drift is divided out,
     # not taken for the host's.
     ((_, drifted),) = asyncio.run(
-        measure_host(workload, config, profile, speed=lambda: 10.0, requests=60, loads=[3])
+        measure_host(
+            workload, config, profile, speed=lambda: 10.0, requests=60, loads=[3], replays=1
+        )
     )
     assert drifted < host / 3
+    # Each load's factor is the median of its timed replays: one replay in three read on
+    # a machine ten times slower leaves it, two take it (a mean would move with either).
+    for drifts, slower in (([1.0, 10.0, 1.0], False), ([10.0, 1.0, 10.0], True)):
+        speed = functools.partial(next, iter(d for d in drifts for _ in ("before", "after")))
+        ((_, got),) = asyncio.run(
+            measure_host(workload, config, profile, speed=speed, requests=60, loads=[3])
+        )
+        assert (got < host / 3) is slower
     with pytest.raises(ValueError, match="requests"):
         asyncio.run(measure_host(workload, config, profile, requests=0))
+    with pytest.raises(ValueError, match="replays"):
+        asyncio.run(measure_host(workload, config, profile, replays=0))
+
+
+def _replays(throughputs: list[float], trials: list[int]) -> tuple[list[float], object, object]:
+    """A scripted engine for ``settle``: each replay's throughput and trial plans."""
+    done: list[float] = []
+    count = [0]
+
+    async def replay_once() -> float:
+        i = len(done)
+        count[0] += trials[i]
+        done.append(throughputs[i])
+        return throughputs[i]
+
+    return done, replay_once, lambda: count[0]
+
+
+@pytest.mark.parametrize(
+    ("throughputs", "trials", "replays"),
+    [
+        # Settled at the third: no trial and under SETTLED faster than the second.
+        ([100.0, 150.0, 150.0 * (1 + SETTLED / 2), 999.0], [0, 0, 0, 0], 3),
+        # Still speeding up by more than SETTLED: goes on.
+        ([100.0, 110.0, 120.0, 121.0, 999.0], [0, 0, 0, 0, 0], 4),
+        # No faster, but a kernel was still on trial: goes on.
+        ([100.0, 100.0, 100.0, 999.0], [5, 2, 0, 0], 3),
+        # Never settles: stops at WARMUP_REPLAYS.
+        (
+            [float(10 * (i + 1)) for i in range(WARMUP_REPLAYS + 2)],
+            [1] * (WARMUP_REPLAYS + 2),
+            WARMUP_REPLAYS,
+        ),
+    ],
+)
+def test_settle_replays_until_no_trial_and_no_faster(
+    throughputs: list[float], trials: list[int], replays: int
+) -> None:
+    done, replay_once, trial_plans = _replays(throughputs, trials)
+    asyncio.run(settle(replay_once, trial_plans))  # type: ignore[arg-type]
+    assert len(done) == replays
 
 
 def test_the_speed_probe_times_every_cell_type() -> None:
@@ -115,7 +176,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("sim")
     profile, trace = tmp / "chain.json", tmp / "trace.json"
     argv = ["profile", "--family", "chain", "--tiny", "--max-batch", "4"]
-    assert main([*argv, "--max-steps-per-plan", "2", "--repeats", "1", "--out", str(profile)]) == 0
+    argv += ["--max-steps-per-plan", "2", "--repeats", "1", "--host-replays", "1"]
+    assert main([*argv, "--out", str(profile)]) == 0
     make_workload("chain", tiny=True).make_trace(30, seed=1, arrival="mmpp").save(trace)
     return profile, trace
 
@@ -174,7 +236,8 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     """A smoke run on the tiny chain model: every figure is there and came from both
     sides (the accuracy itself is a benchmark, docs/benchmarks.md, not a test)."""
     out = tmp_path / "simcheck.json"
-    argv = ["bench-sim", "--families", "chain", "--tiny", "--repeats", "1", "--out", str(out)]
+    argv = ["bench-sim", "--families", "chain", "--tiny", "--repeats", "1", "--host-replays", "1"]
+    argv += ["--out", str(out)]
     assert main(argv) == 0
     (run,) = json.loads(out.read_text())["runs"]
     assert run["family"] == "chain"
@@ -195,3 +258,12 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     # The machine's speed against the profile's, around the capacity replay and each load.
     assert len(run["speed_factors"]) == 4
     assert all(0 < f < 100 for f in run["speed_factors"])
+
+
+@pytest.mark.parametrize("command", ["profile", "bench-sim"])
+def test_host_replays_below_one_is_refused_before_any_measuring(capsys, command) -> None:
+    argv = [command, "--tiny", "--host-replays", "0"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--family" if command == "profile" else "--families", "chain"])
+    assert exc.value.code == 2
+    assert "--host-replays must be >= 1" in capsys.readouterr().err

@@ -54,11 +54,14 @@ from batchmaker.bench.stepcost import (
     SpeedProbe,
     measure_host,
     measure_profile,
+    plan_spread,
     room_for,
     served_over_model,
     served_steps_per_s,
     settle,
     share_kernel_choices,
+    spread_quantiles,
+    spread_text,
     timing_plans,
 )
 from batchmaker.bench.trace import Trace
@@ -122,10 +125,11 @@ async def check(
     host = await measure_host(
         workload, config, profile, executor=executor, speed=probe.factor, replays=host_replays
     )
-    profile = profile.with_host(host)
+    profile = profile.with_host(host.points, host.spread)
     log(
         f"{family}: profiled in {time.perf_counter() - t0:.1f} s; host factor "
         + ", ".join(f"{h:.3f} at {u:.0f} cell-steps/s" for u, h in profile.host_by_load)
+        + f"; plans' spread {spread_text(profile.host_spread)}"
     )
     sched = config.scheduler_config()
     engine = Engine(config, [model])
@@ -171,6 +175,8 @@ async def check(
             # At the replay's cell-steps per second: its host factor there.
             m["steps_per_s"] = served_steps_per_s(served, m["wall_s"])
             m["plans_over_model"] = served_over_model(served, scaled, m["steps_per_s"])
+            # And their spread around it, as the profile's (``host_spread``) would say.
+            m["plan_spread"] = dict(spread_quantiles(plan_spread(served, scaled)))
             return m, predicted(rate, scaled)
 
         def predicted(rate: float, profile: StepProfile = profile) -> dict[str, float]:

@@ -38,7 +38,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -394,6 +394,46 @@ async def settle(
         previous = got
 
 
+SPREAD_POINTS = 100
+"""Multipliers in a profile's ``host_spread``: quantiles at the middles of this many
+equal shares of the light load's plans."""
+
+
+@dataclass(frozen=True)
+class HostFactors:
+    """What ``measure_host`` found: ``StepProfile.with_host``'s arguments."""
+
+    points: list[tuple[float, float]]
+    """Per load: (cell-steps served per second, factor)."""
+    spread: tuple[float, ...]
+    """The first load's plans, one by one, around their mean (``host_spread``)."""
+
+
+def plan_spread(times: Sequence[tuple[StepPlan, float]], profile: StepProfile) -> tuple[float, ...]:
+    """``times``' plans, each its served time over ``profile``'s charge, as ``SPREAD_POINTS``
+    equally likely multipliers with mean 1: the quantiles at the middle of each share,
+    over their mean. Over the mean, so that the drift and the host factor, which scale
+    every plan alike, drop out."""
+    ratios = np.array([t / profile.cost(plan) for plan, t in times])
+    # Observed ratios, not interpolations between them: a stall is a stall.
+    q = np.quantile(ratios, (np.arange(SPREAD_POINTS) + 0.5) / SPREAD_POINTS, method="inverted_cdf")
+    return tuple(float(m) for m in q / q.mean())
+
+
+def spread_quantiles(spread: Sequence[float]) -> list[tuple[str, float]]:
+    """A spread's median, 90th and 99th multipliers, by name (none without one)."""
+    if not spread:
+        return []
+    n = len(spread)
+    return [(f"p{q}", spread[min(n - 1, n * q // 100)]) for q in (50, 90, 99)]
+
+
+def spread_text(spread: Sequence[float]) -> str:
+    """``spread_quantiles`` for a log line."""
+    got = spread_quantiles(spread)
+    return " ".join(f"{k} {v:.2f}" for k, v in got) if got else "none"
+
+
 async def measure_host(
     workload: Workload,
     config: EngineConfig,
@@ -404,14 +444,16 @@ async def measure_host(
     requests: int = HOST_REQUESTS,
     loads: Sequence[float] = HOST_LOADS,
     replays: int | None = None,
-) -> list[tuple[float, float]]:
+) -> HostFactors:
     """The served engine's plans over what ``profile``'s grid charges them, at each of
     ``loads`` (the ``StepProfile.host_by_load`` points: cell-steps served per second, factor):
     an in-process engine replays a synthetic Poisson trace of ``requests`` requests at
     each load times the simulator's capacity for it, uncounted until settled
     (``settle``), then ``replays`` times with each plan's step timed
     (``DeviceWorker.plan_times``, plans run on a chosen kernel only; ``None``:
-    ``HOST_REPLAYS``); each figure is the median of those. ``executor``: the one the
+    ``HOST_REPLAYS``); each figure is the median of those. The spread is the first
+    load's, from the plans of all its timed replays (``plan_spread``): at a light load a
+    request's latency is its own plans', and their spread is its tail. ``executor``: the one the
     profile was measured on, whose kernel choices the engine starts with, as
     ``bench-sim`` does.
 
@@ -432,6 +474,7 @@ async def measure_host(
     engine = Engine(room_for(config, workload, trace), [model])
     await engine.start()
     points = []
+    spread: tuple[float, ...] = ()
     try:
         if executor is not None:
             share_kernel_choices(executor, engine)
@@ -447,6 +490,7 @@ async def measure_host(
 
             await settle(replay_once, lambda: worker.stats.num_trial_plans)
             rates, factors = [], []
+            served: list[tuple[StepPlan, float]] = []
             for _ in range(replays):
                 before = 1.0 if speed is None else speed()
                 with timing_plans(worker) as times:
@@ -456,10 +500,13 @@ async def measure_host(
                     raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
                 rates.append(served_steps_per_s(times, rep.wall_s))
                 factors.append(served_over_model(times, grid_only) / drift)
+                served += times
             points.append((statistics.median(rates), statistics.median(factors)))
+            if not spread:
+                spread = plan_spread(served, grid_only)
     finally:
         await engine.shutdown(grace=0)
-    return points
+    return HostFactors(points, spread)
 
 
 @contextlib.contextmanager

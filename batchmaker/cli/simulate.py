@@ -72,7 +72,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from batchmaker.bench.stepcost import SpeedProbe, measure_host, measure_profile
+    from batchmaker.bench.stepcost import SpeedProbe, measure_host, measure_profile, spread_text
     from batchmaker.bench.workloads import make_workload
     from batchmaker.runtime.executor import CellSet
     from batchmaker.runtime.torch_executor import TorchExecutor, set_cpu_threads
@@ -116,13 +116,17 @@ def run_profile(args: argparse.Namespace) -> int:
                 replays=replays,
             )
         )
-        profile = profile.with_host(host)
+        profile = profile.with_host(host.points, host.spread)
         for steps_per_s, factor in profile.host_by_load:
             print(
                 f"host factor {factor:.3f} at {steps_per_s:.0f} cell-steps/s: the served engine's "
                 "plans over the grid's",
                 flush=True,
             )
+        print(
+            f"plans' spread around it (multipliers): {spread_text(profile.host_spread)}",
+            flush=True,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     print(f"wrote {out}")

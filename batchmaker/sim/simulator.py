@@ -22,7 +22,9 @@ when step k ends (the worker hands them over when step k+1 starts: the same mome
 busy device), and the host's time outside the executor (admission, the event loop) is
 not modelled except as far as the profile's measured plan times include it: each plan
 costs the profile's host factor at the cell-steps per second its replica served over the
-second before it (``StepProfile.host_by_load``).
+second before it (``StepProfile.host_by_load``), times a multiplier drawn from the
+served plans' spread around that mean (``StepProfile.host_spread``), seeded, so a run is
+repeatable.
 """
 
 from __future__ import annotations
@@ -206,8 +208,11 @@ def simulate(
     replicas: int = 1,
     record: bool = False,
     slo: SloConfig | None = None,
+    seed: int = 0,
 ) -> SimResult:
     """Run ``requests`` (ascending arrivals) through ``replicas`` devices of ``profile``.
+
+    ``seed``: of the draws from the profile's ``host_spread`` (none without one).
 
     ``slo``: run the server's SLO controller (``scheduler/slo.py``) as the engine does: one
     for all replicas, its admission limit per replica, its plan length on every scheduler,
@@ -255,6 +260,7 @@ def simulate(
         collections.deque() for _ in range(replicas)
     ]
     recent_steps = [0] * replicas
+    spread = _Spread(profile.host_spread, seed)
 
     def ended(requests_: Iterable[SchedRequest], r: int) -> None:
         for req in requests_:
@@ -332,7 +338,7 @@ def simulate(
                     window = recent[r]
                     while window and window[0][0] <= now - HOST_WINDOW_S:
                         recent_steps[r] -= window.popleft()[1]
-                    seconds = profile.cost(plan, recent_steps[r] / HOST_WINDOW_S)
+                    seconds = profile.cost(plan, recent_steps[r] / HOST_WINDOW_S) * spread.draw()
                     window.append((now, plan.num_cell_steps))
                     recent_steps[r] += plan.num_cell_steps
                     sched.observe(plan, seconds)
@@ -358,6 +364,26 @@ def simulate(
     out.first_output = np.array([np.nan if t is None else t for t in first], dtype=np.float64)
     out.finish = np.array(finish, dtype=np.float64)
     return out
+
+
+class _Spread:
+    """Multipliers drawn with replacement from ``host_spread``, in chunks (one numpy call
+    per plan would cost more than the rest of a plan's bookkeeping); always 1 without."""
+
+    CHUNK = 4096
+
+    def __init__(self, multipliers: Sequence[float], seed: int) -> None:
+        self._values = np.asarray(multipliers, dtype=np.float64)
+        self._rng = np.random.default_rng(seed)
+        self._drawn: list[float] = []
+
+    def draw(self) -> float:
+        if not len(self._values):
+            return 1.0
+        if not self._drawn:
+            picks = self._rng.integers(len(self._values), size=self.CHUNK)
+            self._drawn = self._values[picks].tolist()
+        return self._drawn.pop()
 
 
 def _count(

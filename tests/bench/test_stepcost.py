@@ -15,14 +15,17 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from batchmaker.bench.stepcost import (
     SETTLED,
+    SPREAD_POINTS,
     WARMUP_REPLAYS,
     SpeedProbe,
     measure_host,
     measure_profile,
+    plan_spread,
     settle,
 )
 from batchmaker.bench.workloads import make_workload
@@ -32,7 +35,7 @@ from batchmaker.runtime.executor import CellSet
 from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.sim.profile import StepProfile
 from batchmaker.sim.simulator import requests_from_trace, simulate
-from scheduler import SchedulerConfig
+from scheduler import SchedulerConfig, StepPlan
 
 
 @pytest.mark.parametrize("family", ["chain", "seq2seq", "tree"])
@@ -74,20 +77,25 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
     workload = make_workload(family, tiny=True)
     config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
     profile = measure_profile(workload.model, config, repeats=1, top_k=1)
-    (light, light_host), (heavy, host) = asyncio.run(
-        measure_host(workload, config, profile, requests=60)
-    )
+    measured = asyncio.run(measure_host(workload, config, profile, requests=60))
+    (light, light_host), (heavy, host) = measured.points
     assert light > 0
     assert heavy > 0
     assert 0.1 < light_host < 10.0
     assert 0.1 < host < 10.0
-    loaded = profile.with_host([(light, light_host), (heavy, host)])
+    # The light load's plans, one by one, around their mean: ascending quantiles.
+    spread = measured.spread
+    assert len(spread) == SPREAD_POINTS
+    assert list(spread) == sorted(spread)
+    assert spread[0] < 1.0 < spread[-1]
+    loaded = profile.with_host(measured.points, spread)
     assert loaded.host == host
+    assert loaded.host_spread == spread
     # The grid scaled tenfold: the same engine measures about a tenth the factor.
     slow = profile.scaled(10.0)
     ((_, slow_host),) = asyncio.run(
         measure_host(workload, config, slow, requests=60, loads=[3], replays=1)
-    )
+    ).points
     assert slow_host < host / 3
     # A machine ten times slower than when the grid was timed: the drift is divided out,
     # not taken for the host's.
@@ -95,7 +103,7 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
         measure_host(
             workload, config, profile, speed=lambda: 10.0, requests=60, loads=[3], replays=1
         )
-    )
+    ).points
     assert drifted < host / 3
     # Each load's factor is the median of its timed replays: one replay in three read on
     # a machine ten times slower leaves it, two take it (a mean would move with either).
@@ -103,12 +111,43 @@ def test_the_host_factor_is_the_served_engines_plans_over_the_grids(family: str)
         speed = functools.partial(next, iter(d for d in drifts for _ in ("before", "after")))
         ((_, got),) = asyncio.run(
             measure_host(workload, config, profile, speed=speed, requests=60, loads=[3])
-        )
+        ).points
         assert (got < host / 3) is slower
     with pytest.raises(ValueError, match="requests"):
         asyncio.run(measure_host(workload, config, profile, requests=0))
     with pytest.raises(ValueError, match="replays"):
         asyncio.run(measure_host(workload, config, profile, replays=0))
+
+
+def test_the_plans_spread_is_their_ratios_quantiles_over_their_mean() -> None:
+    """Plans served at 2, 2, 2 and 6 x their charge (a stall in four): multipliers of
+    mean 1 with a quarter at 2 (6 over the mean of 3), the rest at 2/3; the same plans
+    served all at 5 x: no spread at all (the factor is the host factor's to carry)."""
+    workload = make_workload("chain", tiny=True)
+    config = EngineConfig(max_batch=8, num_slots=64, max_steps_per_plan=4)
+    profile = measure_profile(workload.model, config, repeats=1, top_k=1)
+    plans = [_plan_of(profile, rows) for rows in (1, 2, 4, 8)]
+    times = [(p, k * profile.cost(p)) for p, k in zip(plans, (2.0, 2.0, 2.0, 6.0), strict=True)]
+    spread = plan_spread(times * 25, profile)
+    assert len(spread) == SPREAD_POINTS
+    assert sum(spread) / len(spread) == pytest.approx(1.0)
+    assert spread[: 3 * SPREAD_POINTS // 4] == pytest.approx([2 / 3] * (3 * SPREAD_POINTS // 4))
+    assert spread[-SPREAD_POINTS // 4 :] == pytest.approx([2.0] * (SPREAD_POINTS // 4))
+    even = plan_spread([(p, 5.0 * profile.cost(p)) for p in plans], profile)
+    assert even == pytest.approx([1.0] * SPREAD_POINTS)
+
+
+def _plan_of(profile: StepProfile, rows: int) -> StepPlan:
+    """A one-step plan of ``rows`` rows of the profile's main cell type."""
+    return StepPlan(
+        cell_type=profile.unfold.cell,
+        requests=[None] * rows,
+        nodes=[0] * rows,
+        emits=[True] * rows,
+        inputs=np.zeros(rows, dtype=np.int64),
+        read_slots=np.zeros((rows, 1), dtype=np.int64),
+        write_slots=np.zeros(rows, dtype=np.int64),
+    )
 
 
 def _replays(throughputs: list[float], trials: list[int]) -> tuple[list[float], object, object]:
@@ -185,6 +224,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_profile_measures_ragged_factors_and_the_host_factor(files) -> None:
     d = json.loads(files[0].read_text())
     assert d["host"] > 0
+    assert len(d["host_spread"]) == SPREAD_POINTS
     assert d["host"] != 1.0  # measured, not the default
     (grid,) = d["costs"].values()
     assert len(grid["ragged"]) == len(grid["rows"])
@@ -254,7 +294,11 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     for measured in [run["capacity"]["measured"], *(p["measured"] for p in run["points"])]:
         assert isinstance(measured["trial_plans"], int)
         assert 0 < measured["plans_over_model"] < 100
+        spread = measured["plan_spread"]
+        assert list(spread) == ["p50", "p90", "p99"]
+        assert 0 < spread["p50"] <= spread["p90"] <= spread["p99"]
     assert run["profile"]["host"] > 0
+    assert len(run["profile"]["host_spread"]) == SPREAD_POINTS
     # The machine's speed against the profile's, around the capacity replay and each load.
     assert len(run["speed_factors"]) == 4
     assert all(0 < f < 100 for f in run["speed_factors"])

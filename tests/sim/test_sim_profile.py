@@ -186,6 +186,22 @@ def test_the_host_factor_follows_the_load_it_was_measured_at():
         dataclasses.replace(loaded, host_by_load=((100.0, 0.0),))
 
 
+def test_the_plans_spread_is_multipliers_with_mean_one_and_round_trips():
+    """``host_spread``: what the simulator draws each plan's multiplier from. Its mean
+    must be 1, or it would move the host factor, which is measured apart."""
+    base = chain_profile(CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010))))
+    spread = base.with_host([(100.0, 1.1)], [0.5, 0.75, 1.0, 1.75])
+    assert spread.host_spread == (0.5, 0.75, 1.0, 1.75)
+    assert spread.host == 1.1
+    assert StepProfile.from_json(json.loads(json.dumps(spread.to_json()))) == spread
+    older = spread.to_json()
+    del older["host_spread"]
+    assert StepProfile.from_json(older).host_spread == ()
+    for bad in ([0.5, 0.5], [2.0, 0.0], [1.0, float("inf")]):
+        with pytest.raises(ProfileError, match="host_spread"):
+            dataclasses.replace(base, host_spread=tuple(bad))
+
+
 def test_a_scaled_profile_costs_every_plan_that_many_times_more():
     """``bench-sim`` scales a profile by the machine's drift since it was measured."""
     grid = CostGrid((1, 4), (1, 8), ((0.001, 0.004), (0.002, 0.010)))
@@ -220,6 +236,8 @@ def mutate(path, change):
         (lambda d: d.update(host=-1), "host"),
         (lambda d: d.update(host_by_load=[[100.0]]), "host_by_load"),
         (lambda d: d.update(host_by_load=[[100.0, 1.0], [50.0, 1.1]]), "host_by_load"),
+        (lambda d: d.update(host_spread="wide"), "host_spread"),
+        (lambda d: d.update(host_spread=[1.0, 2.0]), "host_spread"),
         (lambda d: d["unfold"].update(family="graph"), "unfold.family"),
         (lambda d: d["unfold"].update(cell="gru"), "unfold"),
         (lambda d: d["cell_types"][0].update(pool="elsewhere"), "pool"),

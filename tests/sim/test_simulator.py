@@ -64,6 +64,31 @@ def test_each_plan_costs_the_host_factor_at_its_replicas_recent_load():
     assert slow / full == pytest.approx(0.5, rel=0.05)
 
 
+def test_each_plan_draws_a_multiplier_from_the_spread_seeded():
+    """``host_spread``: each plan costs its charge times a multiplier drawn from it. A
+    request alone of ten one-step plans, with multipliers 0.5 and 1.5: its latency is
+    ten draws, between 10 and 30 ms, in steps of 2 ms; the same seed draws the same, and
+    over many requests the mean stays the charge's (20 ms), so the spread widens the
+    tail without moving the host factor. A saturating load serves as many a second."""
+    base = chain_profile(flat_grid(2 * MS))
+    spread = base.with_host([], [0.5, 1.5])
+    lone = chains([0.5], [10])
+    (one,) = simulate(spread, lone, one_step(), seed=1).latency
+    slow = (one / MS - 10) / 2  # plans that drew 1.5
+    assert slow == pytest.approx(round(slow))
+    assert 0 <= round(slow) <= 10
+    assert simulate(spread, lone, one_step(), seed=1).latency == pytest.approx([one])
+    apart = chains([i * 0.1 for i in range(400)], [10] * 400)  # never two at once
+    lat = simulate(spread, apart, one_step(), seed=2).latency
+    assert len(set(np.round(lat / MS).tolist())) > 5
+    assert lat.mean() == pytest.approx(20 * MS, rel=0.03)
+    assert np.percentile(lat, 99) > np.percentile(simulate(base, apart, one_step()).latency, 99)
+    crowd = chains([i / 2000 for i in range(6000)], [20] * 6000)
+    full = simulate(base, crowd, one_step()).summary()["throughput_rps"]
+    drawn = simulate(spread, crowd, one_step(), seed=3).summary()["throughput_rps"]
+    assert drawn / full == pytest.approx(1.0, rel=0.03)
+
+
 def test_a_multi_step_plan_costs_what_the_grid_says_for_its_length():
     profile = chain_profile(flat_grid(2 * MS, per_step=0.5 * MS))
     result = simulate(profile, chains([0.0], [10]), SchedulerConfig(max_steps_per_plan=32))

@@ -138,7 +138,7 @@ async def check(
     speeds: list[float] = []
     try:
 
-        async def measured(rate: float) -> dict[str, float]:
+        async def measured(rate: float) -> dict[str, Any]:
             send = engine_sender(engine, model, specs)
             rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
             return {
@@ -151,13 +151,13 @@ async def check(
 
         async def warm(rate: float) -> None:
             async def replay_once() -> float:
-                return (await measured(rate))["throughput_rps"]
+                return float((await measured(rate))["throughput_rps"])
 
             await settle(
                 replay_once, trial_plans, log=lambda s: log(f"{family}: at {rate:.1f} req/s: {s}")
             )
 
-        async def compared(rate: float) -> tuple[dict[str, float], dict[str, float]]:
+        async def compared(rate: float) -> tuple[dict[str, Any], dict[str, float]]:
             """The warmed engine's replay, and the simulator's with the profile scaled by
             the machine's speed around it (``SpeedProbe``: the mean of before and after)."""
             await warm(rate)

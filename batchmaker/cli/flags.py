@@ -331,9 +331,10 @@ def add_host_replays_flag(p: argparse.ArgumentParser) -> None:
 
 def host_replays(args: argparse.Namespace) -> int | None:
     """``--host-replays``, checked; ``None`` (``measure_host``'s default) where not given."""
-    if args.host_replays is not None and args.host_replays < 1:
+    replays: int | None = args.host_replays
+    if replays is not None and replays < 1:
         raise ValueError("--host-replays must be >= 1")
-    return args.host_replays
+    return replays
 
 
 def bad_input(message: str) -> Exception:

@@ -246,10 +246,11 @@ class StepProfile:
     """How the served plans' times spread around their charge, one by one: equally
     likely multipliers with mean 1 (each plan's served time over the grid's cost, at the
     light load ``measure_host`` serves, as quantiles over their mean). A request's
-    latency is the sum of its own plans, and a plan served beside the event loop now and
-    then takes several times its mean (the loop holding the GIL to admit a request or
-    hand over outputs); one factor per load charges every plan the mean, and the
-    predicted p99 came out 0.55-0.96 x the measured for trees at a quarter of capacity.
+    latency is the sum of its own plans, and a plan served beside the event loop (which
+    shares the host and the GIL) takes twice its mean or more one time in a hundred
+    (trees' 99th multiplier 2.1-2.5 on a 2-core CPU); one factor per load charges every
+    plan the mean, and the predicted p99 came out 0.55-0.96 x the measured for trees at
+    a quarter of capacity.
     The simulator multiplies each plan's cost by one of these drawn at random (seeded:
     ``simulate(seed=...)``). Empty: every plan costs its mean."""
 

@@ -351,7 +351,7 @@ def _run(
 
 
 HOST_REQUESTS = 400
-"""Requests ``measure_host`` replays at each load, each replay."""
+"""Requests of the synthetic trace ``measure_host`` replays at each load, every replay."""
 HOST_LOADS = (0.25, 3.0)
 """Its loads, as shares of the capacity the grid predicts for the same requests: a light
 one, and an overload (as ``bench-sim`` finds capacity), where the device runs saturated.
@@ -363,8 +363,10 @@ at saturation, the plans of a quarter load took 0.82 x its charge, and the predi
 was 1.23 x the measured (``bench-sim``, seq2seq and trees, 2026-12-05)."""
 HOST_REPLAYS = 3
 """Timed replays per load, after the warm-up (``settle``); the factor is their median.
-One replay to the next, the factor moves by up to 7%: a tree profile's overload factor
-read 0.78, 1.14 and 1.29 in three runs of one timed replay each (2026-12-05)."""
+One replay to the next on one engine, the factor moved by up to 7% (seq2seq, six
+overload replays each on two engines, 2026-12-05), which one timed replay carried whole.
+What the median does not remove is the host's drift from one profile to the next, an
+hour apart on a shared machine (seq2seq's overload factor 1.01, 0.97 and 1.13)."""
 WARMUP_REPLAYS = 6
 """Most uncounted replays of a load before the timed ones (``settle``)."""
 SETTLED = 0.03
@@ -453,9 +455,9 @@ async def measure_host(
     (``DeviceWorker.plan_times``, plans run on a chosen kernel only; ``None``:
     ``HOST_REPLAYS``); each figure is the median of those. The spread is the first
     load's, from the plans of all its timed replays (``plan_spread``): at a light load a
-    request's latency is its own plans', and their spread is its tail. ``executor``: the one the
-    profile was measured on, whose kernel choices the engine starts with, as
-    ``bench-sim`` does.
+    request's latency is its own plans', and their spread is its tail. ``executor``:
+    the one the profile was measured on, whose kernel choices the engine starts with,
+    as ``bench-sim`` does.
 
     ``speed``: how much slower the device runs now than when the grid was timed
     (``SpeedProbe.factor``), asked before and after each timed replay; the ratio is

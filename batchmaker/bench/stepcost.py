@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from batchmaker.bench.openloop import replay
+from batchmaker.bench.openloop import Replay, replay
 from batchmaker.bench.trace import Trace
 from batchmaker.bench.workloads import Workload, engine_sender
 from batchmaker.config import EngineConfig
@@ -475,7 +475,7 @@ async def measure_host(
     grid_only = replace(profile, host=1.0, host_by_load=())
     engine = Engine(room_for(config, workload, trace), [model])
     await engine.start()
-    points = []
+    points: list[tuple[float, float]] = []
     spread: tuple[float, ...] = ()
     try:
         if executor is not None:
@@ -483,29 +483,33 @@ async def measure_host(
         top_k = int(profile.meta.get("top_k", 0))  # the requests the grid was timed for
         send = engine_sender(engine, model, workload.specs(trace), top_k=top_k, vectors=not top_k)
         (worker,) = engine.workers
+        ask = speed or (lambda: 1.0)
+
+        async def replay_at(rate: float) -> Replay:
+            return await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
+
         for load in loads:
             rate = load * capacity
 
             async def replay_once(rate: float = rate) -> float:
-                rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-                return rep.throughput_rps
+                return (await replay_at(rate)).throughput_rps
 
             await settle(replay_once, lambda: worker.stats.num_trial_plans)
             rates, factors = [], []
             served: list[tuple[StepPlan, float]] = []
             for _ in range(replays):
-                before = 1.0 if speed is None else speed()
+                before = ask()
                 with timing_plans(worker) as times:
-                    rep = await replay(send, trace.arrivals(rate), rate=rate, lead_s=0.02)
-                drift = (before + (1.0 if speed is None else speed())) / 2
+                    rep = await replay_at(rate)
+                drift = (before + ask()) / 2
                 if not times:
                     raise RuntimeError("measure_host: the engine ran no plan on a chosen kernel")
                 rates.append(served_steps_per_s(times, rep.wall_s))
                 factors.append(served_over_model(times, grid_only) / drift)
                 served += times
-            points.append((statistics.median(rates), statistics.median(factors)))
-            if not spread:
+            if not points:  # the first load's, the light one
                 spread = plan_spread(served, grid_only)
+            points.append((statistics.median(rates), statistics.median(factors)))
     finally:
         await engine.shutdown(grace=0)
     return HostFactors(points, spread)

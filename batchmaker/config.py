@@ -14,34 +14,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler import MODES, Mode, PolicyConfig, SchedulerConfig
+from scheduler import (
+    LIVE_PER_BATCH,
+    MODES,
+    Mode,
+    PolicyConfig,
+    SchedulerConfig,
+    default_live_limit,
+)
 
 __all__ = [
+    "LIVE_PER_BATCH",
     "MODES",
     "AuthConfig",
     "EngineConfig",
     "Mode",
     "SageMakerConfig",
     "ServerConfig",
+    "default_live_limit",
     "read_tokens",
 ]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
-LIVE_PER_BATCH = 4
-"""The default admission limit per device, in max batches. In cellular batching every live
-request runs in each step of its cell type up to the max batch, so with ``n`` live a
-request's steps come round every ``n / max_batch`` batches: at four, every batch is full
-whenever the load could fill it, and a request admitted into an overload is at most about
-four times slower than in a full batch. A limit of 1,024 at the max batch of 64 queued
-about 9 s of work on the benchmark model and took 16.5 s to drain after an overload
-(docs/benchmarks.md, "Overload")."""
-
-
-def default_live_limit(max_batches: Iterable[int]) -> int:
-    """The admission limit when none is set: ``LIVE_PER_BATCH`` times the largest of
-    ``max_batches`` (the server's, and the simulator's for a profile's cell types)."""
-    return LIVE_PER_BATCH * max(max_batches)
 
 
 @dataclass(frozen=True)

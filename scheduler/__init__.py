@@ -17,7 +17,14 @@ from scheduler.graph import (
     TreeGraph,
     check_tree,
 )
-from scheduler.modes import MODES, Mode, SchedulerConfig, make_scheduler
+from scheduler.modes import (
+    LIVE_PER_BATCH,
+    MODES,
+    Mode,
+    SchedulerConfig,
+    default_live_limit,
+    make_scheduler,
+)
 from scheduler.padded import PaddedScheduler
 from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
 from scheduler.policy import PolicyConfig
@@ -27,6 +34,7 @@ from scheduler.slots import NUM_RESERVED_SLOTS, SCRATCH_SLOT, ZERO_SLOT, SlotPoo
 
 __all__ = [
     "FEEDBACK_INPUT",
+    "LIVE_PER_BATCH",
     "MODES",
     "NUM_RESERVED_SLOTS",
     "SCRATCH_SLOT",
@@ -59,5 +67,6 @@ __all__ = [
     "StepPlan",
     "TreeGraph",
     "check_tree",
+    "default_live_limit",
     "make_scheduler",
 ]

@@ -25,6 +25,23 @@ request-level batches, every ready node of the batch per step, unpadded (TensorF
 and DyNet's depth-by-depth batching of trees). ``none``: one request at a time."""
 MODES: tuple[str, ...] = get_args(Mode)
 
+LIVE_PER_BATCH = 4
+"""The default admission limit per device, in max batches. In cellular batching every live
+request runs in each step of its cell type up to the max batch, so with ``n`` live a
+request's steps come round every ``n / max_batch`` batches: at four, every batch is full
+whenever the load could fill it, and a request admitted into an overload is at most about
+four times slower than in a full batch. A limit of 1,024 at the max batch of 64 queued
+about 9 s of work on the benchmark model and took 16.5 s to drain after an overload
+(docs/benchmarks.md, "Overload"). The server, ``batchmaker simulate`` and the
+planner all default to it, so a plan is simulated with the limit it is deployed with."""
+
+
+def default_live_limit(max_batches: Iterable[int]) -> int:
+    """The admission limit when none is set: ``LIVE_PER_BATCH`` times the largest of
+    ``max_batches`` (the server's configured ones, or a profile's cell types' in the
+    simulator and the planner)."""
+    return LIVE_PER_BATCH * max(max_batches)
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:

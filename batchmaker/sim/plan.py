@@ -49,7 +49,7 @@ import numpy as np
 from batchmaker.sim.prices import Prices, ServerlessPrice
 from batchmaker.sim.profile import FAMILIES, StepProfile
 from batchmaker.sim.simulator import SimRequest, SimResult, simulate
-from scheduler import SchedulerConfig
+from scheduler import SchedulerConfig, default_live_limit
 
 RequestsAt = Callable[[float], Sequence[SimRequest]]
 """Traffic at a mean rate (requests/s): a bounded window of requests, ascending arrivals."""
@@ -58,8 +58,6 @@ STEPS_CHOICES = (1, 8, 32)
 """Max steps per plan an always-on configuration may use."""
 BATCH_DIVISORS = (1, 2)
 """An always-on configuration's max batch: the profile's, or half of it."""
-MAX_LIVE = 1024
-"""Live requests per replica (the server's default admission limit); the mix lowers it."""
 HOURS = 24
 SECONDS_PER_DAY = 86_400.0
 REL_TOL = 0.02
@@ -357,7 +355,10 @@ def quantile(parts: Iterable[tuple[np.ndarray, float]], q: float = 0.99) -> floa
 class _Config:
     batch_divisor: int
     max_steps_per_plan: int
-    max_live: int = MAX_LIVE
+    max_live: int | None = None
+    """Live requests per replica; ``None``: the server's default for the configuration's
+    max batch (``scheduler.default_live_limit``), which is what a deployment of it admits.
+    The mix lowers it."""
 
 
 @dataclass
@@ -486,13 +487,20 @@ class _Planner:
             self._variants[key] = dataclasses.replace(p, cell_types=specs)
         return self._variants[key]
 
+    def live_limit(self, hw: str, cfg: _Config) -> int:
+        """The admission limit a server deployed with ``cfg`` has by default."""
+        return default_live_limit(
+            s.max_batch for s in self.variant(hw, cfg.batch_divisor).cell_types
+        )
+
     def sim(self, hw: str, cfg: _Config, replicas: int, rate: float) -> SimResult:
         key = (hw, cfg, replicas, rate)
         if key not in self._sims:
-            config = SchedulerConfig(
-                max_steps_per_plan=cfg.max_steps_per_plan, max_num_live_requests=cfg.max_live
-            )
             profile = self.variant(hw, cfg.batch_divisor)
+            config = SchedulerConfig(
+                max_steps_per_plan=cfg.max_steps_per_plan,
+                max_num_live_requests=cfg.max_live or self.live_limit(hw, cfg),
+            )
             self._sims[key] = simulate(profile, self.requests(rate), config, replicas=replicas)
         return self._sims[key]
 
@@ -648,14 +656,16 @@ class _Planner:
         best: PlanOption | None = None
         price = self.prices.serverless[backend]
         for n in candidates:
-            # The admission limit: the largest power of two whose admitted requests meet
-            # the SLO at the peak hour (admission only bites when busy).
-            limit = 0
-            while limit < MAX_LIVE:
-                trial = _Config(cfg.batch_divisor, cfg.max_steps_per_plan, max(1, 2 * limit))
+            # The admission limit: the largest power of two (up to the server's default)
+            # whose admitted requests meet the SLO at the peak hour (admission only bites
+            # when busy).
+            limit, ceiling = 0, self.live_limit(hw, cfg)
+            while limit < ceiling:
+                wider = min(ceiling, max(1, 2 * limit))
+                trial = _Config(cfg.batch_divisor, cfg.max_steps_per_plan, wider)
                 if quantile([(self.sim(hw, trial, n, peak).latency, 1.0)]) > self.limit:
                     break
-                limit = trial.max_live
+                limit = wider
             if limit == 0:
                 continue
             admit = _Config(cfg.batch_divisor, cfg.max_steps_per_plan, limit)

@@ -171,10 +171,23 @@ def test_capacity_is_the_highest_rate_that_meets_the_slo():
 
 def test_capacity_never_exceeds_the_profiles_best_throughput():
     # With a 20 s SLO the 200-request window drains in time at any rate, so its p99
-    # alone would put no bound on capacity. The profile's does: its cheapest row-step is
-    # a 32-step plan of one row, 1/32 ms, and a request is 10 of them: 3,200/s.
+    # alone would put no bound on capacity. The profile's does: with a max batch of 64
+    # its cheapest row-step is a 32-step plan of 64 rows, 1 / (64 * 32) ms, and a
+    # request is 10 of them: 204,800/s. (The 200 requests stay under the default
+    # admission limit, 4 x 64 live, so none is refused.)
+    wide = chain_profile(flat_grid(1 * MS), max_batch=64)
+    result = plan({"box": wide}, prices(), 20.0, Traffic(even(), 500 * DAY))
+    assert result.options[0].capacity_rps == pytest.approx(64 * 32 / 10 * 1000)
+
+
+def test_capacity_is_bounded_by_the_admission_limit_a_deployment_has():
+    # A server deployed with a max batch of 1 admits 4 live requests (LIVE_PER_BATCH):
+    # past 1,000/s the backlog grows by 1 - 1000 / r of a request per arrival, and once it
+    # passes 4 the server refuses, which no SLO allows. Of 200 requests that is past
+    # about 200 * (1 - 1000 / r) = 4, r = 1,020/s; with 1,024 live (the old default, not
+    # what a deployment has) the 20 s SLO let capacity run to the work bound, 3,200/s.
     result = plan({"box": PROFILE}, prices(), 20.0, Traffic(even(), 500 * DAY))
-    assert result.options[0].capacity_rps == pytest.approx(3200)
+    assert 1000 / 1.02 <= result.options[0].capacity_rps <= 1021
 
 
 def test_always_on_that_cannot_meet_the_slo_says_so_with_its_best_p99():

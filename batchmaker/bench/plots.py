@@ -1,9 +1,10 @@
-"""PNG plots of an end-to-end benchmark report (``batchmaker bench --e2e``).
+"""PNG plots of an end-to-end benchmark report (``batchmaker bench --e2e``), and of the
+simulator's accuracy (``batchmaker bench-sim --plot``, ``plot_simcheck``).
 
 Drawn from the report as written to JSON, so a recorded run can be re-plotted
 (``--from-json``) without running it again. matplotlib (the ``plots`` extra) is
-imported inside ``plot_e2e`` with the Agg backend: nothing that serves imports this
-module, and nothing here needs a display.
+imported inside ``plot_e2e`` and ``plot_simcheck`` with the Agg backend: nothing that
+serves imports this module, and nothing here needs a display.
 
 Four figures, one PNG each:
 
@@ -22,6 +23,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,6 +59,67 @@ def plot_e2e(report: Mapping[str, Any], out_dir: Path, prefix: str) -> list[Path
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_simcheck(
+    runs: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    capacity_tolerance: float,
+    p99_tolerance: float,
+    title: str = "",
+) -> Path:
+    """``bench-sim``'s runs as predicted over measured, one panel per family: capacity and
+    the p99 at each compared load, a dot per run, a bar at the median, and the target
+    band around 1 shaded (the issue's: capacity within ``capacity_tolerance``, p99 within
+    ``p99_tolerance``). One figure for every family, so that where the model misses
+    shows at a glance, and single runs are drawn beside their median because on a shared
+    machine the runs differ more than the medians do."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in runs))
+    if not families:
+        raise ValueError("no bench-sim runs to plot")
+    fig, axes = plt.subplots(
+        1,
+        len(families),
+        figsize=(1.0 + 2.6 * len(families), 4.2),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, family in zip(axes[0], families, strict=True):
+        mine = [r for r in runs if r["family"] == family]
+        loads = [p["load"] for p in mine[0]["points"]]
+        columns = [("capacity", [r["capacity_ratio"] for r in mine], capacity_tolerance)]
+        columns += [
+            (f"p99 at {load:g}", [r["p99_ratios"][i] for r in mine], p99_tolerance)
+            for i, load in enumerate(loads)
+        ]
+        for x, (_, values, tolerance) in enumerate(columns):
+            ax.fill_between(
+                [x - 0.4, x + 0.4], 1 - tolerance, 1 + tolerance, color="#2ca02c", alpha=0.15, lw=0
+            )
+            ax.plot([x] * len(values), values, "o", color="#1f77b4", ms=5, alpha=0.7)
+            median = float(np.median(values))
+            ax.plot([x - 0.3, x + 0.3], [median] * 2, "-", color="#d62728", lw=2.5)
+        ax.axhline(1.0, color="0.4", lw=1, ls=":")
+        ax.set_xticks(range(len(columns)), [c[0] for c in columns], rotation=30, ha="right")
+        ax.set_title(f"{family} ({len(mine)} run{'s' if len(mine) > 1 else ''})", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.25)
+    axes[0][0].set_ylabel("predicted / measured")
+    fig.suptitle(
+        title
+        or f"The simulator against the engine: dots are runs, bars medians, green the target "
+        f"(capacity ±{capacity_tolerance:.0%}, p99 ±{p99_tolerance:.0%})",
+        fontsize=9,
+    )
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Figure, path: Path) -> None:

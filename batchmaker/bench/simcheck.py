@@ -79,6 +79,10 @@ TRACES = {
     "tree": "docs/bench/trace-tree-poisson-seed0.json",
 }
 """The repository's recorded traces, used unless ``--trace`` names another."""
+CAPACITY_TOLERANCE = 0.10
+"""The target (issue 14): predicted sustainable throughput within 10% of the measured."""
+P99_TOLERANCE = 0.20
+"""The target (issue 14): predicted p99 within 20% of the measured, below saturation."""
 
 
 def _stats(latencies: np.ndarray, throughput: float, completed: int) -> dict[str, float]:
@@ -225,38 +229,64 @@ async def check(
 
 
 def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
-    trace = Trace.load(args.trace) if args.trace else None
-    out: dict[str, Any] = {"runs": []}
-    for family in args.families.split(","):
-        for _ in range(args.runs):
-            out["runs"].append(
-                asyncio.run(
-                    check(
-                        family.strip(),
-                        config,
-                        tiny=args.tiny,
-                        trace=trace,
-                        repeats=args.repeats,
-                        host_replays=args.host_replays,
-                    )
-                )
-            )
-    for r in out["runs"]:
-        print(
-            f"{r['family']:8s} capacity predicted/measured {r['capacity_ratio']:.2f}; "
-            f"p99 predicted/measured at "
-            + ", ".join(
-                f"{p['load']:.2f}: {q:.2f}"
-                for p, q in zip(r["points"], r["p99_ratios"], strict=True)
-            )
-            + f"; host factor {r['profile']['host']:.2f} saturated, served plans over the "
-            "model's at "
-            + ", ".join(
-                f"{m['plans_over_model']:.2f}"
-                for m in [r["capacity"]["measured"], *(p["measured"] for p in r["points"])]
-            )
-        )
-    if args.out:
+    """Run every family ``--runs`` times (or, with ``--from-json``, read recorded runs),
+    print predicted over measured, and write the JSON (``--out``) and the plot (``--plot``)."""
+    if args.from_json:
+        out: dict[str, Any] = {"runs": []}
+        for path in args.from_json:
+            out["runs"] += json.loads(path.read_text())["runs"]
+    else:
+        out = {"runs": _run(args, config)}
+    for line in summary_lines(out["runs"]):
+        print(line)
+    if args.out and not args.from_json:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
+    if args.plot:
+        from batchmaker.bench.plots import plot_simcheck
+
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_simcheck(
+            out["runs"],
+            args.plot,
+            capacity_tolerance=CAPACITY_TOLERANCE,
+            p99_tolerance=P99_TOLERANCE,
+        )
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _run(args: argparse.Namespace, config: EngineConfig) -> list[dict[str, Any]]:
+    trace = Trace.load(args.trace) if args.trace else None
+    return [
+        asyncio.run(
+            check(
+                family.strip(),
+                config,
+                tiny=args.tiny,
+                trace=trace,
+                repeats=args.repeats,
+                host_replays=args.host_replays,
+            )
+        )
+        for family in args.families.split(",")
+        for _ in range(args.runs)
+    ]
+
+
+def summary_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per run: predicted over measured, and where the host model stood."""
+    return [
+        f"{r['family']:8s} capacity predicted/measured {r['capacity_ratio']:.2f}; "
+        f"p99 predicted/measured at "
+        + ", ".join(
+            f"{p['load']:.2f}: {q:.2f}" for p, q in zip(r["points"], r["p99_ratios"], strict=True)
+        )
+        + f"; host factor {r['profile']['host']:.2f} saturated, served plans over the "
+        "model's at "
+        + ", ".join(
+            f"{m['plans_over_model']:.2f}"
+            for m in [r["capacity"]["measured"], *(p["measured"] for p in r["points"])]
+        )
+        for r in runs
+    ]

@@ -187,6 +187,17 @@ def add_simcheck_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed plans per profile grid point")
     flags.add_host_replays_flag(p)
     p.add_argument("--out", type=Path, default=Path("bench-results/simcheck.json"))
+    p.add_argument(
+        "--plot", type=Path, help="a PNG of predicted over measured, every run, with the targets"
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="recorded runs (bench-sim's --out files, joined) to print and --plot, "
+        "instead of running",
+    )
 
 
 def add_slobench_flags(p: argparse.ArgumentParser) -> None:

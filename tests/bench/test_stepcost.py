@@ -275,10 +275,11 @@ def test_a_trace_of_another_family_is_refused(files, tmp_path, capsys) -> None:
 def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     """A smoke run on the tiny chain model: every figure is there and came from both
     sides (the accuracy itself is a benchmark, docs/benchmarks.md, not a test)."""
-    out = tmp_path / "simcheck.json"
+    out, plot = tmp_path / "simcheck.json", tmp_path / "simcheck.png"
     argv = ["bench-sim", "--families", "chain", "--tiny", "--repeats", "1", "--host-replays", "1"]
-    argv += ["--out", str(out)]
+    argv += ["--out", str(out), "--plot", str(plot)]
     assert main(argv) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (run,) = json.loads(out.read_text())["runs"]
     assert run["family"] == "chain"
     assert run["requests"] == 120

@@ -124,8 +124,40 @@ def test_recovery_is_the_first_window_back_in_the_idle_band() -> None:
     assert rec["idle_p99_s"] == pytest.approx(0.1)
     assert rec["recovery_s"] == pytest.approx(3.0)
     assert rec["windows_out_after"] == 0
-    assert "1.2 x the p99 of phase 0" in rec["definition"]
+    assert "1.2 x the p99 of phase 0 (50%, the same load before the overload)" in rec["definition"]
     assert recovery({"arrival_s": [], "latency_s": []}, [(0.5, 1.0), (1.0, 1.0)]) is None
+
+
+def test_recovery_after_the_load_steps_is_judged_at_the_same_load_before() -> None:
+    # The load steps: 25, 50, 100, 150, 100, 50, 25%, 4 s each, ten requests a second.
+    # Latency 0.1 s at 25 and 50%, 0.3 s at 100%; after the 150% the requests of the
+    # first 2 s take 1 s, then 0.3 s again: back to what 100% had before, 2 s after the
+    # drop. Judged against the 25% band (0.1 s) it would read 4 s, when the load fell to
+    # 50%: the next phase's start, not a recovery.
+    loads = [0.25, 0.5, 1.0, 1.5, 1.0, 0.5, 0.25]
+    phases = [(f, 4.0) for f in loads]
+    arrival = np.arange(280) / 10
+    phase = (arrival // 4).astype(int)
+    latency: list[float | None] = [
+        1.0 if 12 <= a < 18 else 0.3 if loads[k] >= 1.0 else 0.1
+        for a, k in zip(arrival, phase, strict=True)
+    ]
+    rec = recovery({"arrival_s": arrival.tolist(), "latency_s": latency}, phases)
+    assert rec is not None
+    assert (rec["overload_phase"], rec["idle_phase"]) == (3, 2)
+    assert rec["idle_p99_s"] == pytest.approx(0.3)
+    assert rec["recovery_s"] == pytest.approx(2.0)
+    assert "phase 2 (100%, the same load before the overload)" in rec["definition"]
+
+
+def test_without_the_same_load_before_the_idle_band_is_the_reference() -> None:
+    phases = [(0.25, 4.0), (2.0, 4.0), (0.5, 4.0)]
+    arrival = np.arange(120) / 10
+    latency: list[float | None] = [0.1] * 120
+    rec = recovery({"arrival_s": arrival.tolist(), "latency_s": latency}, phases)
+    assert rec is not None
+    assert rec["idle_phase"] == 0
+    assert "(25%, the idle band)" in rec["definition"]
 
 
 def test_an_overload_run_reports_refusals_rss_and_recovery(tmp_path: Path) -> None:
@@ -162,7 +194,7 @@ def test_an_overload_run_reports_refusals_rss_and_recovery(tmp_path: Path) -> No
     assert len(run["rss"]["t_s"]) >= 2
     assert min(run["rss"]["bytes"]) > 0
     assert run["recovery"] is not None
-    assert "idle band" in run["recovery"]["definition"]
+    assert "the same load before the overload" in run["recovery"]["definition"]
     out = tmp_path / "overload.png"
     plot(report, out)
     assert out.stat().st_size > 10_000

@@ -71,7 +71,8 @@ def test_trace_of_another_family_is_refused(tmp_path: Path) -> None:
 
 def test_runs_repeat_the_benchmark_and_summarize_medians(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    argv = ["bench", "--family=chain", *TINY, "--saturation-only", "--runs=3", f"--out={out}"]
+    argv = ["bench", "--family=chain", *TINY, "--saturation-only", "--runs=3", "--modes=cellular"]
+    argv += [f"--out={out}"]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert len(report["repeats"]) == 3

@@ -44,6 +44,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -232,9 +233,7 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
     """Run every family ``--runs`` times (or, with ``--from-json``, read recorded runs),
     print predicted over measured, and write the JSON (``--out``) and the plot (``--plot``)."""
     if args.from_json:
-        out: dict[str, Any] = {"runs": []}
-        for path in args.from_json:
-            out["runs"] += json.loads(path.read_text())["runs"]
+        out: dict[str, Any] = {"runs": [r for path in args.from_json for r in recorded(path)]}
     else:
         out = {"runs": _run(args, config)}
     for line in summary_lines(out["runs"]):
@@ -254,6 +253,18 @@ def run_simcheck_cli(args: argparse.Namespace, config: EngineConfig) -> int:
         )
         print(f"wrote {args.plot}")
     return 0
+
+
+def recorded(path: Path) -> list[dict[str, Any]]:
+    """The runs of a ``bench-sim --out`` file; a ``ValueError`` naming it otherwise (the
+    command's usage error)."""
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--from-json: {path} is not a bench-sim --out file ({exc!r})") from exc
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"--from-json: {path}: 'runs' is not a list of runs")
+    return runs
 
 
 def _run(args: argparse.Namespace, config: EngineConfig) -> list[dict[str, Any]]:

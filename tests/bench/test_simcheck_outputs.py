@@ -63,3 +63,13 @@ def test_summary_names_each_load_and_the_host(tmp_path) -> None:
 def test_a_plot_needs_runs(tmp_path) -> None:
     with pytest.raises(ValueError, match="no bench-sim runs"):
         plot_simcheck([], tmp_path / "x.png", capacity_tolerance=0.1, p99_tolerance=0.2)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"points": []}', '{"runs": 3}'])
+def test_a_file_that_is_not_a_recorded_run_is_a_usage_error(tmp_path, capsys, content) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench-sim", "--from-json", str(bad)])
+    assert exc.value.code == 2
+    assert f"--from-json: {bad}" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +180,85 @@ def make_trace(
     tokens = [rng.integers(0, vocab_size, int(k), dtype=np.int64) for k in lengths]
     targets = None if max_output_len is None else target_lengths(rng, lengths, max_output_len)
     return Trace(offsets=offsets, tokens=tokens, arrival=arrival, seed=seed, output_lengths=targets)
+
+
+MAX_LEN = {"chain": 512, "seq2seq": 128, "tree": 128}
+"""The benchmark workloads' caps (``bench/workloads.py``, which imports torch): the longest
+chain, the seq2seq decode cap, the most leaves of a tree."""
+
+
+def generate(
+    family: str,
+    n: int,
+    *,
+    seed: int = 0,
+    arrival: Arrival = "poisson",
+    burstiness: float | None = None,
+    median: float = 20,
+    p99: float = 100,
+    vocab_size: int = 1000,
+) -> Trace:
+    """Traffic of ``family`` when there is no recording to replay (``batchmaker plan`` and
+    ``batchmaker simulate`` generate it here): ``n`` requests of log-normal lengths with
+    this ``median`` and ``p99`` (tokens of a chain or a seq2seq source, leaves of a
+    tree), arriving at unit rate as ``arrival`` says; ``burstiness``: an MMPP's on-state
+    rate over its off-state rate (8 when ``None``)."""
+    if family == "tree":
+        trace = make_tree_trace(
+            n,
+            vocab_size=vocab_size,
+            seed=seed,
+            arrival=arrival,
+            median_leaves=median,
+            p99_leaves=p99,
+            max_leaves=MAX_LEN["tree"],
+        )
+    else:
+        trace = make_trace(
+            n,
+            vocab_size=vocab_size,
+            seed=seed,
+            arrival=arrival,
+            median_len=median,
+            p99_len=p99,
+            max_len=MAX_LEN["chain"],
+            max_output_len=MAX_LEN["seq2seq"] if family == "seq2seq" else None,
+        )
+    if burstiness is not None:
+        rng = np.random.default_rng(seed + 1)
+        offsets = unit_rate_offsets(rng, n, "mmpp", burst_ratio=burstiness)
+        trace = replace(trace, offsets=offsets)
+    return trace
+
+
+def read_timestamps(path: Path) -> np.ndarray:
+    """Arrival times from a file, for replaying a recorded arrival process with generated
+    or recorded requests: one number per line (seconds; blank lines and ``#`` comments
+    skipped), or a JSON list of numbers. Returned sorted and from 0 (an epoch log works
+    as is). A ``ValueError`` names the line or the entry."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            raw = [float(x) for x in json.loads(text)]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a JSON list of numbers ({exc})") from None
+    else:
+        raw = []
+        for i, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                raw.append(float(line))
+            except ValueError:
+                raise ValueError(f"{path}, line {i}: {line!r} is not a number") from None
+    times = np.sort(np.asarray(raw, dtype=np.float64))
+    if len(times) == 0:
+        raise ValueError(f"{path}: no timestamps")
+    if not np.all(np.isfinite(times)):
+        raise ValueError(f"{path}: a timestamp is not finite")
+    start: np.ndarray = times - times[0]
+    return start
 
 
 def target_lengths(

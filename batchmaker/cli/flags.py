@@ -12,11 +12,13 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchmaker.config import LIVE_PER_BATCH, MODES, EngineConfig
 
 if TYPE_CHECKING:
+    from batchmaker.bench.trace import Trace
     from batchmaker.client import AsyncClient, Client
 
 ENV_PREFIX = "BATCHMAKER_"
@@ -341,3 +343,50 @@ def bad_input(message: str) -> Exception:
     from batchmaker.errors import InvalidRequestError
 
     return InvalidRequestError(message)
+
+
+def add_generated_traffic_flags(p: argparse.ArgumentParser) -> None:
+    """How traffic is generated when no ``--trace`` is given (``plan`` and ``simulate``)."""
+    p.add_argument(
+        "--arrival",
+        choices=("poisson", "mmpp"),
+        default="poisson",
+        help="the generated trace's arrivals: Poisson, or bursty on/off (MMPP)",
+    )
+    p.add_argument(
+        "--burstiness",
+        type=float,
+        help="mmpp: the on-state rate over the off-state rate (default 8)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the generated trace")
+
+
+def check_generated_traffic(args: argparse.Namespace) -> None:
+    """``--arrival`` and ``--burstiness`` shape a generated trace, never a recorded one."""
+    if args.burstiness is not None and (args.arrival != "mmpp" or args.burstiness < 1):
+        raise ValueError("--burstiness: a ratio >= 1, and only with --arrival mmpp")
+    if args.trace and (args.arrival != "poisson" or args.burstiness is not None):
+        raise ValueError(
+            "--arrival, --burstiness: they shape a generated trace; --trace has its own"
+        )
+
+
+def load_trace(path: Path, family: str) -> Trace:
+    """The ``--trace`` file, checked against the profile's family; a ``ValueError`` naming
+    the flag, the file and the field otherwise."""
+    from batchmaker.bench.trace import Trace
+    from batchmaker.sim.plan import PlanError, check_trace
+
+    try:
+        trace = Trace.load(path)
+    except OSError as exc:
+        raise ValueError(f"--trace: {path}: cannot read it: {exc.strerror}") from None
+    except KeyError as exc:
+        raise ValueError(f"--trace: {path}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"--trace: {path}: malformed: {exc}") from None
+    try:
+        check_trace(trace, family)
+    except PlanError as exc:
+        raise ValueError(f"--trace: {path}: {exc}") from None
+    return trace

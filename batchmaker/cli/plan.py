@@ -13,13 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from batchmaker.bench.trace import Trace
-    from batchmaker.sim.plan import PlanResult
+from batchmaker.cli import flags
 
-# The benchmark workloads' caps (bench/workloads.py, which imports torch): the longest
-# chain, the seq2seq decode cap, the most leaves of a tree.
-MAX_LEN = {"chain": 512, "seq2seq": 128, "tree": 128}
+if TYPE_CHECKING:
+    from batchmaker.sim.plan import PlanResult
 
 
 def _hardware(text: str) -> tuple[str, Path]:
@@ -68,17 +65,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="relative traffic per hour: a built-in, or a JSON list of 24 weights",
     )
     p.add_argument("--trace", type=Path, help="a recorded trace (default: one is generated)")
-    p.add_argument(
-        "--arrival",
-        choices=("poisson", "mmpp"),
-        default="poisson",
-        help="the generated trace's arrivals: Poisson, or bursty on/off (MMPP)",
-    )
-    p.add_argument(
-        "--burstiness",
-        type=float,
-        help="mmpp: the on-state rate over the off-state rate (default 8)",
-    )
+    flags.add_generated_traffic_flags(p)
     p.add_argument(
         "--cold-start-s",
         type=_cold_start,
@@ -89,7 +76,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sim-requests", type=int, default=2000, help="requests per simulated window")
     p.add_argument("--max-replicas", type=int, default=64, help="the most instances tried")
-    p.add_argument("--seed", type=int, default=0, help="of the generated trace")
     p.add_argument("--out", type=Path, help="write the plan as JSON here")
     p.add_argument(
         "--json", action="store_true", help="the plan as JSON on stdout (the table on stderr)"
@@ -98,11 +84,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import numpy as np
-
-    from batchmaker.bench.trace import make_trace, make_tree_trace, unit_rate_offsets
+    from batchmaker.bench.trace import generate
     from batchmaker.sim.plan import DAILY_PROFILES, Traffic, check_model, check_weights, plan
     from batchmaker.sim.prices import SHIPPED, Prices, PricesError
     from batchmaker.sim.profile import ProfileError, StepProfile
@@ -114,12 +96,7 @@ def run_plan(args: argparse.Namespace) -> int:
     flag = "--rate" if args.requests_per_day is None else "--requests-per-day"
     if not rpd > 0:
         raise ValueError(f"{flag}: must be > 0, got {args.rate or args.requests_per_day}")
-    if args.burstiness is not None and (args.arrival != "mmpp" or args.burstiness < 1):
-        raise ValueError("--burstiness: a ratio >= 1, and only with --arrival mmpp")
-    if args.trace and (args.arrival != "poisson" or args.burstiness is not None):
-        raise ValueError(
-            "--arrival, --burstiness: they shape a generated trace; --trace has its own"
-        )
+    flags.check_generated_traffic(args)
     names = [name for name, _ in args.hardware]
     if len(set(names)) < len(names):
         raise ValueError(f"--hardware: a name given twice in {names}")
@@ -141,24 +118,11 @@ def run_plan(args: argparse.Namespace) -> int:
     )
     n = args.sim_requests
     if args.trace:
-        trace = _load_trace(args.trace, family)
-    elif family == "tree":
-        trace = make_tree_trace(
-            n, vocab_size=1000, seed=args.seed, arrival=args.arrival, max_leaves=MAX_LEN[family]
-        )
+        trace = flags.load_trace(args.trace, family)
     else:
-        trace = make_trace(
-            n,
-            vocab_size=1000,
-            seed=args.seed,
-            arrival=args.arrival,
-            max_len=MAX_LEN["chain"],
-            max_output_len=MAX_LEN[family] if family == "seq2seq" else None,
+        trace = generate(
+            family, n, seed=args.seed, arrival=args.arrival, burstiness=args.burstiness
         )
-    if args.burstiness is not None:
-        rng = np.random.default_rng(args.seed + 1)
-        offsets = unit_rate_offsets(rng, n, "mmpp", burst_ratio=args.burstiness)
-        trace = dataclasses.replace(trace, offsets=offsets)
     traffic = Traffic(lambda rate: requests_from_trace(trace, rate, n), rpd, weights)
     result = plan(
         profiles,
@@ -210,25 +174,6 @@ def _weights_file(path: Path, check: Any) -> tuple[float, ...]:
         raise ValueError(f"{where}: not JSON: {exc}") from None
     weights = d.get("weights") if isinstance(d, dict) else d
     return check(weights, where)  # type: ignore[no-any-return]
-
-
-def _load_trace(path: Path, family: str) -> Trace:
-    from batchmaker.bench.trace import Trace
-    from batchmaker.sim.plan import PlanError, check_trace
-
-    try:
-        trace = Trace.load(path)
-    except OSError as exc:
-        raise ValueError(f"--trace: {path}: cannot read it: {exc.strerror}") from None
-    except KeyError as exc:
-        raise ValueError(f"--trace: {path}: missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"--trace: {path}: malformed: {exc}") from None
-    try:
-        check_trace(trace, family)
-    except PlanError as exc:
-        raise ValueError(f"--trace: {path}: {exc}") from None
-    return trace
 
 
 def _ms(seconds: float | None) -> str:

@@ -53,8 +53,33 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="replay a trace through the real scheduler on simulated time, with a profile",
     )
     sim.add_argument("--profile", type=Path, required=True, help="from `batchmaker profile`")
-    sim.add_argument("--trace", type=Path, required=True, help="a recorded trace (`--trace-out`)")
-    sim.add_argument("--rate", type=float, required=True, help="offered load, requests/s")
+    sim.add_argument(
+        "--trace",
+        type=Path,
+        help="a recorded trace (`--trace-out`, or the repository's); default: one is generated",
+    )
+    sim.add_argument(
+        "--rate",
+        type=float,
+        help="offered load, requests/s: the trace's arrivals are scaled to it (not with "
+        "--arrivals)",
+    )
+    sim.add_argument(
+        "--arrivals",
+        type=Path,
+        metavar="FILE",
+        help="arrival times to replay instead (seconds, one a line, or a JSON list): the "
+        "trace's first requests, or as many generated ones, arrive at them",
+    )
+    sim.add_argument("--requests", type=int, default=400, help="requests in a generated trace")
+    flags.add_generated_traffic_flags(sim)
+    sim.add_argument(
+        "--length-median",
+        type=float,
+        default=20,
+        help="a generated trace's median length (tokens; a tree's leaves)",
+    )
+    sim.add_argument("--length-p99", type=float, default=100, help="and its 99th percentile")
     sim.add_argument("--mode", choices=MODES, default="cellular")
     sim.add_argument("--replicas", type=int, default=1, help="devices, each with the profile")
     sim.add_argument("--max-steps-per-plan", type=int, default=128)
@@ -134,24 +159,77 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from batchmaker.bench.trace import Trace
+    import dataclasses
+    import math
+
+    import numpy as np
+
+    from batchmaker.bench.trace import Trace, generate, read_timestamps
     from batchmaker.sim.profile import StepProfile
     from batchmaker.sim.simulator import requests_from_trace, simulate
     from scheduler import SchedulerConfig
 
-    if args.rate <= 0:
+    if (args.rate is None) == (args.arrivals is None):
+        raise ValueError("--rate or --arrivals: give one (the offered load, or its times)")
+    if args.rate is not None and args.rate <= 0:
         raise ValueError(f"--rate: must be > 0, got {args.rate}")
     if args.replicas < 1:
         raise ValueError(f"--replicas: must be >= 1, got {args.replicas}")
-    profile = StepProfile.load(args.profile)
-    if not args.trace.is_file():
-        raise ValueError(f"--trace: no such file {args.trace}")
-    trace = Trace.load(args.trace)
-    if trace.kind != profile.unfold.family:
+    flags.check_generated_traffic(args)
+    generating = {"--requests": 400, "--length-median": 20.0, "--length-p99": 100.0}
+    given = [f for f, d in generating.items() if getattr(args, f[2:].replace("-", "_")) != d]
+    if args.trace and given:
+        raise ValueError(f"{', '.join(given)}: they shape a generated trace; --trace has its own")
+    if args.requests < 1:
+        raise ValueError(f"--requests: must be >= 1, got {args.requests}")
+    if not 0 < args.length_median < args.length_p99:
         raise ValueError(
-            f"--trace: {args.trace} is a {trace.kind} trace, but the profile's model "
-            f"({profile.model}) is a {profile.unfold.family}"
+            f"--length-median, --length-p99: need 0 < median < p99, got "
+            f"{args.length_median:g} and {args.length_p99:g}"
         )
+    profile = StepProfile.load(args.profile)
+    family = profile.unfold.family
+    times = None
+    if args.arrivals is not None:
+        try:
+            times = read_timestamps(args.arrivals)
+        except OSError as exc:
+            raise ValueError(f"--arrivals: {args.arrivals}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"--arrivals: {exc}") from None
+    if args.trace:
+        if not args.trace.is_file():
+            raise ValueError(f"--trace: no such file {args.trace}")
+        trace = Trace.load(args.trace)
+        if trace.kind != family:
+            raise ValueError(
+                f"--trace: {args.trace} is a {trace.kind} trace, but the profile's model "
+                f"({profile.model}) is a {family}"
+            )
+        if times is not None and len(times) > len(trace):
+            raise ValueError(
+                f"--arrivals: {len(times)} times, but --trace {args.trace} has only "
+                f"{len(trace)} requests"
+            )
+    else:
+        trace = generate(
+            family,
+            args.requests if times is None else len(times),
+            seed=args.seed,
+            arrival=args.arrival,
+            burstiness=args.burstiness,
+            median=args.length_median,
+            p99=args.length_p99,
+        )
+    if times is not None:
+        # The times are the arrivals: offsets at unit rate, replayed at rate 1.
+        trace = dataclasses.replace(
+            trace, offsets=np.concatenate([times, trace.offsets[len(times) :]])
+        )
+        rate, limit = 1.0, len(times)
+        offered = len(times) / times[-1] if times[-1] > 0 else math.inf
+    else:
+        rate, limit, offered = args.rate, args.limit, args.rate
     config = SchedulerConfig(
         mode=args.mode,
         max_num_live_requests=args.max_live
@@ -160,14 +238,24 @@ def run_simulate(args: argparse.Namespace) -> int:
         max_batch_requests=args.padded_max_batch,
         batch_timeout_s=args.padded_timeout_ms / 1000,
     )
-    requests = requests_from_trace(trace, args.rate, args.limit)
+    requests = requests_from_trace(trace, rate, limit)
     result = simulate(profile, requests, config, replicas=args.replicas)
     summary = {
         "profile": str(args.profile),
         "model": profile.model,
         "device": profile.device,
-        "trace": str(args.trace),
-        "rate": args.rate,
+        "trace": str(args.trace)
+        if args.trace
+        else {
+            "generated": args.arrival,
+            "burstiness": args.burstiness,
+            "requests": len(trace),
+            "length_median": args.length_median,
+            "length_p99": args.length_p99,
+            "seed": args.seed,
+        },
+        "arrivals": None if args.arrivals is None else str(args.arrivals),
+        "rate": offered,
         "mode": args.mode,
         "replicas": args.replicas,
         **result.summary(),

@@ -263,6 +263,68 @@ def test_simulate_refuses_bad_input_naming_it(files, capsys, extra, message) -> 
     assert message in capsys.readouterr().err
 
 
+def test_simulate_generates_traffic_without_a_trace(files, tmp_path, capsys) -> None:
+    profile, _ = files
+    out = tmp_path / "s.json"
+    argv = ["simulate", "--profile", str(profile), "--rate", "20", "--requests", "25"]
+    argv += ["--arrival", "mmpp", "--burstiness", "4", "--seed", "3", "--length-median", "6"]
+    argv += ["--length-p99", "12"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "25 of 25 completed" in capsys.readouterr().out
+    s = json.loads(out.read_text())
+    assert s["trace"] == {
+        "generated": "mmpp",
+        "burstiness": 4.0,
+        "requests": 25,
+        "length_median": 6.0,
+        "length_p99": 12.0,
+        "seed": 3,
+    }
+    assert main([*argv, "--out", str(tmp_path / "again.json")]) == 0  # repeatable
+    assert json.loads((tmp_path / "again.json").read_text()) == s
+
+
+def test_simulate_replays_arrival_times_from_a_file(files, tmp_path, capsys) -> None:
+    profile, trace = files
+    times = tmp_path / "times.txt"
+    times.write_text("100.0\n# from a log\n100.5\n\n100.5\n102.0\n")
+    out = tmp_path / "s.json"
+    argv = ["simulate", "--profile", str(profile), "--arrivals", str(times)]
+    assert main([*argv, "--trace", str(trace), "--out", str(out)]) == 0
+    assert "4 of 4 completed" in capsys.readouterr().out
+    s = json.loads(out.read_text())
+    assert s["rate"] == pytest.approx(4 / 2.0)  # four arrivals over two seconds
+    assert s["arrivals"] == str(times)
+    assert main([*argv, "--out", str(out)]) == 0  # with generated requests as many
+    assert json.loads(out.read_text())["trace"]["requests"] == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--rate or --arrivals"),
+        (["--rate", "5", "--arrivals", "TIMES"], "--rate or --arrivals"),
+        (["--rate", "5", "--trace", "TRACE", "--requests", "9"], "--requests"),
+        (["--rate", "5", "--trace", "TRACE", "--arrival", "mmpp"], "--arrival"),
+        (["--rate", "5", "--burstiness", "4"], "--burstiness"),
+        (["--rate", "5", "--length-median", "120"], "--length-median"),
+        (["--rate", "5", "--requests", "0"], "--requests"),
+        (["--arrivals", "BAD"], "line 2: 'soon' is not a number"),
+        (["--arrivals", "TIMES", "--trace", "TRACE"], "--arrivals: 40 times"),
+    ],
+)
+def test_simulate_refuses_bad_traffic_naming_it(files, tmp_path, capsys, extra, message) -> None:
+    profile, trace = files
+    times, bad = tmp_path / "times.txt", tmp_path / "bad.txt"
+    times.write_text("\n".join(str(0.1 * i) for i in range(40)))  # the trace has 30
+    bad.write_text("0.5\nsoon\n")
+    paths = {"TIMES": str(times), "BAD": str(bad), "TRACE": str(trace)}
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--profile", str(profile), *(paths.get(a, a) for a in extra)])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_trace_of_another_family_is_refused(files, tmp_path, capsys) -> None:
     profile, _ = files
     trees = tmp_path / "trees.json"

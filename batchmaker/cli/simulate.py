@@ -17,6 +17,10 @@ from typing import Any
 from batchmaker.cli import flags
 from batchmaker.config import LIVE_PER_BATCH, MODES, default_live_limit
 
+GENERATED = (400, 20.0, 100.0)
+"""A generated trace's requests, median length and 99th-percentile length by default: the
+benchmark's (the defaults with ``--seed 0`` give the repository's chain trace)."""
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     prof = sub.add_parser(
@@ -71,15 +75,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="arrival times to replay instead (seconds, one a line, or a JSON list): the "
         "trace's first requests, or as many generated ones, arrive at them",
     )
-    sim.add_argument("--requests", type=int, default=400, help="requests in a generated trace")
+    sim.add_argument(
+        "--requests", type=int, help=f"requests in a generated trace (default {GENERATED[0]})"
+    )
     flags.add_generated_traffic_flags(sim)
     sim.add_argument(
         "--length-median",
         type=float,
-        default=20,
-        help="a generated trace's median length (tokens; a tree's leaves)",
+        help=f"a generated trace's median length, tokens or a tree's leaves (default "
+        f"{GENERATED[1]:g})",
     )
-    sim.add_argument("--length-p99", type=float, default=100, help="and its 99th percentile")
+    sim.add_argument(
+        "--length-p99", type=float, help=f"and its 99th percentile (default {GENERATED[2]:g})"
+    )
     sim.add_argument("--mode", choices=MODES, default="cellular")
     sim.add_argument("--replicas", type=int, default=1, help="devices, each with the profile")
     sim.add_argument("--max-steps-per-plan", type=int, default=128)
@@ -176,16 +184,23 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise ValueError(f"--replicas: must be >= 1, got {args.replicas}")
     flags.check_generated_traffic(args)
-    generating = {"--requests": 400, "--length-median": 20.0, "--length-p99": 100.0}
-    given = [f for f, d in generating.items() if getattr(args, f[2:].replace("-", "_")) != d]
+    shaping = {"--requests": args.requests, "--length-median": args.length_median}
+    shaping["--length-p99"] = args.length_p99
+    given = [flag for flag, v in shaping.items() if v is not None]
     if args.trace and given:
         raise ValueError(f"{', '.join(given)}: they shape a generated trace; --trace has its own")
-    if args.requests < 1:
-        raise ValueError(f"--requests: must be >= 1, got {args.requests}")
-    if not 0 < args.length_median < args.length_p99:
+    if args.arrivals is not None and args.limit is not None:
+        raise ValueError("--limit: not with --arrivals, whose times are the requests")
+    n, median, p99 = (
+        GENERATED[0] if args.requests is None else args.requests,
+        GENERATED[1] if args.length_median is None else args.length_median,
+        GENERATED[2] if args.length_p99 is None else args.length_p99,
+    )
+    if n < 1:
+        raise ValueError(f"--requests: must be >= 1, got {n}")
+    if not 0 < median < p99:
         raise ValueError(
-            f"--length-median, --length-p99: need 0 < median < p99, got "
-            f"{args.length_median:g} and {args.length_p99:g}"
+            f"--length-median, --length-p99: need 0 < median < p99, got {median:g} and {p99:g}"
         )
     profile = StepProfile.load(args.profile)
     family = profile.unfold.family
@@ -214,12 +229,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     else:
         trace = generate(
             family,
-            args.requests if times is None else len(times),
+            n if times is None else len(times),
             seed=args.seed,
             arrival=args.arrival,
             burstiness=args.burstiness,
-            median=args.length_median,
-            p99=args.length_p99,
+            median=median,
+            p99=p99,
         )
     if times is not None:
         # The times are the arrivals: offsets at unit rate, replayed at rate 1.
@@ -250,8 +265,8 @@ def run_simulate(args: argparse.Namespace) -> int:
             "generated": args.arrival,
             "burstiness": args.burstiness,
             "requests": len(trace),
-            "length_median": args.length_median,
-            "length_p99": args.length_p99,
+            "length_median": median,
+            "length_p99": p99,
             "seed": args.seed,
         },
         "arrivals": None if args.arrivals is None else str(args.arrivals),

@@ -311,6 +311,8 @@ def test_simulate_replays_arrival_times_from_a_file(files, tmp_path, capsys) -> 
         (["--rate", "5", "--requests", "0"], "--requests"),
         (["--arrivals", "BAD"], "line 2: 'soon' is not a number"),
         (["--arrivals", "TIMES", "--trace", "TRACE"], "--arrivals: 40 times"),
+        (["--arrivals", "TIMES", "--limit", "3"], "--limit"),
+        (["--rate", "5", "--trace", "TRACE", "--length-p99", "100"], "--length-p99"),
     ],
 )
 def test_simulate_refuses_bad_traffic_naming_it(files, tmp_path, capsys, extra, message) -> None:

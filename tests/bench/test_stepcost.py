@@ -341,6 +341,7 @@ def test_bench_sim_compares_prediction_with_measurement(tmp_path) -> None:
     sides (the accuracy itself is a benchmark, docs/benchmarks.md, not a test)."""
     out, plot = tmp_path / "simcheck.json", tmp_path / "simcheck.png"
     argv = ["bench-sim", "--families", "chain", "--tiny", "--repeats", "1", "--host-replays", "1"]
+    argv += ["--max-batch", "4", "--max-steps-per-plan", "2"]  # a small grid: seconds, not tens
     argv += ["--out", str(out), "--plot", str(plot)]
     assert main(argv) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,7 +40,7 @@ def test_short_soak_fails_nothing_and_frees_every_slot(
     argv = [
         "--address", server.address, "--metrics-url", server.metrics_url,
         "--server-pid", str(server.proc.pid), "--soak",
-        "--scenario", "mix", "--lengths", "benchmark", "--rate", "8", "--run-time", "20s",
+        "--scenario", "mix", "--lengths", "benchmark", "--rate", "8", "--run-time", "10s",
         "--request-timeout", "20", "--csv-prefix", str(prefix),
     ]  # fmt: skip
     done = subprocess.run(

@@ -20,14 +20,18 @@ from loadtest.report import FULL, read_requests_csv
 
 RUN = Path(__file__).resolve().parents[2] / "loadtest" / "run.py"
 MODEL = "lstm-lm"
-"""A built-in model: quick to load, and 60-step streams that are mid-way when killed."""
+"""A built-in model: quick to load, and 200-step streams that are mid-way when killed.
+With 60 steps (about 95 ms a request here) the victim's one running request sometimes
+ended between the gauges' read and the SIGKILL (``kill_when_busy``), and none was in
+flight; at 200 steps each replica holds two or three at once."""
+SEQ_LEN = 200
 
 
 def test_a_killed_replica_fails_only_its_started_streams(tmp_path: Path) -> None:
     prefix = tmp_path / "replicas"
     argv = [
         "--replicas", "3", "--kill-one-at", "3s", "--run-time", "8s",
-        "--scenario", "steady", "--model", MODEL, "--seq-len", "60", "--rate", "20",
+        "--scenario", "steady", "--model", MODEL, "--seq-len", str(SEQ_LEN), "--rate", "20",
         "--request-timeout", "20", "--serve-args", "--threads 1 --max-steps-per-plan 1",
         "--csv-prefix", str(prefix),
     ]  # fmt: skip
@@ -60,5 +64,5 @@ def test_a_killed_replica_fails_only_its_started_streams(tmp_path: Path) -> None
 
     records = [r for r in read_requests_csv(f"{prefix}_requests.csv") if r.request_type == FULL]
     assert len(records) == a["requests"]
-    assert all(r.response_length == 60 for r in records if r.ok)  # the check's own length
+    assert all(r.response_length == SEQ_LEN for r in records if r.ok)  # the check's own length
     assert len({r.request_id for r in records}) == len(records)

@@ -172,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from batchmaker.bench.trace import Trace, generate, read_timestamps
+    from batchmaker.bench.trace import generate, read_timestamps
     from batchmaker.sim.profile import StepProfile
     from batchmaker.sim.simulator import requests_from_trace, simulate
     from scheduler import SchedulerConfig
@@ -213,14 +213,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ValueError(f"--arrivals: {exc}") from None
     if args.trace:
-        if not args.trace.is_file():
-            raise ValueError(f"--trace: no such file {args.trace}")
-        trace = Trace.load(args.trace)
-        if trace.kind != family:
-            raise ValueError(
-                f"--trace: {args.trace} is a {trace.kind} trace, but the profile's model "
-                f"({profile.model}) is a {family}"
-            )
+        trace = flags.load_trace(args.trace, family)
         if times is not None and len(times) > len(trace):
             raise ValueError(
                 f"--arrivals: {len(times)} times, but --trace {args.trace} has only "

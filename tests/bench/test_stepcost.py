@@ -312,6 +312,7 @@ def test_simulate_replays_arrival_times_from_a_file(files, tmp_path, capsys) -> 
         (["--arrivals", "BAD"], "line 2: 'soon' is not a number"),
         (["--arrivals", "TIMES", "--trace", "TRACE"], "--arrivals: 40 times"),
         (["--arrivals", "TIMES", "--limit", "3"], "--limit"),
+        (["--rate", "5", "--trace", "MALFORMED"], "--trace: "),
         (["--rate", "5", "--trace", "TRACE", "--length-p99", "100"], "--length-p99"),
     ],
 )
@@ -320,7 +321,9 @@ def test_simulate_refuses_bad_traffic_naming_it(files, tmp_path, capsys, extra, 
     times, bad = tmp_path / "times.txt", tmp_path / "bad.txt"
     times.write_text("\n".join(str(0.1 * i) for i in range(40)))  # the trace has 30
     bad.write_text("0.5\nsoon\n")
-    paths = {"TIMES": str(times), "BAD": str(bad), "TRACE": str(trace)}
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text('{"offsets": [0.0]}')  # no tokens: refused, not a traceback
+    paths = {"TIMES": str(times), "BAD": str(bad), "TRACE": str(trace), "MALFORMED": str(malformed)}
     with pytest.raises(SystemExit) as exc:
         main(["simulate", "--profile", str(profile), *(paths.get(a, a) for a in extra)])
     assert exc.value.code == 2

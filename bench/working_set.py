@@ -8,7 +8,7 @@
 
 The chain benchmark model (lstm-512) with the server's defaults serves the repository's
 400-request Poisson trace at ``--rate``, ``--replays`` times in a row; one JSON line gives
-the process's RSS before the first replay and after each, and each replay's throughput
+the process's RSS (psutil) before the first replay and after each, and each replay's throughput
 and p99. ``--room`` admits the whole trace at once (as ``bench-sim`` does), for an
 overload that queues instead of refusing. One setting per process, since RSS is a
 process's: the environment variables above are read by oneDNN and glibc at start.
@@ -26,6 +26,7 @@ import os
 from dataclasses import replace
 
 import numpy as np
+import psutil
 
 from batchmaker.bench.openloop import replay
 from batchmaker.bench.stepcost import room_for
@@ -39,9 +40,9 @@ TRACE = "docs/bench/trace-poisson-seed0.json"
 
 
 def rss_mib() -> float:
-    """This process's resident set now (not its peak: the working set is what stays)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident set now (not its peak: the working set is what stays), read
+    as ``bench-slo`` and the load tests read it."""
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

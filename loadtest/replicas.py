@@ -6,9 +6,9 @@
 2. runs Locust against all of them through one target, ``ipv4:127.0.0.1:A,...``, with
    ``batchmaker.client``'s channel: ``round_robin`` and its ``RetryPolicy``
    (``--load-balancing``, ``--retry-attempts``; round_robin and 3 unless given);
-3. at ``--kill-one-at`` after Locust started, as soon as replica 0 holds a request that
-   has run a step (so the kill lands mid-stream; at most ``KILL_WAIT_S`` later), kills it
-   with SIGKILL;
+3. at ``--kill-one-at`` after Locust started, as soon as replica 0 holds two requests
+   that have run a step (so the kill lands mid-stream; at most ``KILL_WAIT_S`` later),
+   kills it with SIGKILL;
 4. waits until the survivors hold no request and every slot is free, stops them with
    SIGTERM (exit 0 expected), and joins what the client recorded with what each replica
    logged, request id by request id (``accounting``): completed, retried, failed and
@@ -43,7 +43,12 @@ from loadtest.summary import conclude
 VICTIM = 0
 """The replica that is killed (any would do: round robin spreads calls evenly)."""
 KILL_WAIT_S = 5.0
-"""Seconds past ``--kill-one-at`` to wait for the victim to hold a running request."""
+"""Seconds past ``--kill-one-at`` to wait for the victim to hold ``KILL_RUNNING`` running
+requests."""
+KILL_RUNNING = 2
+"""Running requests the victim must hold to be killed before ``KILL_WAIT_S``. Two, not one:
+the gauges are read a moment before the signal, and a lone request sometimes ended in
+that moment, so the kill met nothing in flight (a test saw it under a parallel suite)."""
 KILL_POLL_S = 0.01
 START_TIMEOUT_S = 120.0
 IDLE_TIMEOUT_S = 15.0
@@ -105,14 +110,17 @@ def replica_flags(args: argparse.Namespace, models: list[str]) -> list[str]:
     return flags + extra
 
 
-def kill_when_busy(victim: Replica, wait_s: float = KILL_WAIT_S) -> dict[str, Any]:
-    """SIGKILL ``victim`` as soon as its gauges show a request that has run a step (so
-    the kill lands mid-stream), or after ``wait_s`` whatever it holds; what it held just
-    before. The gauges are read a moment before the kill, and a request can finish or
-    arrive in between: the logs (``accounting``), not these, say what was in flight."""
+def kill_when_busy(
+    victim: Replica, wait_s: float = KILL_WAIT_S, running: int = KILL_RUNNING
+) -> dict[str, Any]:
+    """SIGKILL ``victim`` as soon as its gauges show ``running`` requests that have run a
+    step (so the kill lands mid-stream), or after ``wait_s`` whatever it holds; what it
+    held just before. The gauges are read a moment before the kill, and a request can
+    finish or arrive in between: the logs (``accounting``), not these, say what was in
+    flight."""
     deadline = time.monotonic() + wait_s
     load = scrape(victim.metrics_url)
-    while load.running < 1 and time.monotonic() < deadline:
+    while load.running < running and time.monotonic() < deadline:
         time.sleep(KILL_POLL_S)
         load = scrape(victim.metrics_url)
     victim.proc.send_signal(signal.SIGKILL)

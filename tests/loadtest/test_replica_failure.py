@@ -23,7 +23,8 @@ MODEL = "lstm-lm"
 """A built-in model: quick to load, and 200-step streams that are mid-way when killed.
 With 60 steps (about 95 ms a request here) the victim's one running request sometimes
 ended between the gauges' read and the SIGKILL (``kill_when_busy``), and none was in
-flight; at 200 steps each replica holds two or three at once."""
+flight; at 200 steps each replica holds two or three at once, and the kill waits for two
+running (``KILL_RUNNING``)."""
 SEQ_LEN = 200
 
 

@@ -20,10 +20,11 @@ import numpy as np
 # The gate and the bounded stream reads are torch-free and live in gate.py; the engine and
 # e2e tiers import them from here too, so the names are re-exported.
 from gate import GUARD_S as GUARD_S
-from gate import GatedExecutor, guarded
+from gate import GatedExecutor
 from gate import collect as collect
 from gate import drain as drain
 from gate import free_slots as free_slots
+from gate import guarded as guarded
 from gate import next_output as next_output
 
 from batchmaker import (

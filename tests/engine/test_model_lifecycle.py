@@ -5,13 +5,18 @@ device. The unload's grace-period logic is tested torch-free (tests/runtime)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from harness import (
+    GUARD_S,
     collect,
     engine_config,
     free_slots,
+    guarded,
     next_output,
     serving,
     small_model,
@@ -50,8 +55,22 @@ def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
             long_run = engine.submit(InferRequest("old", long_x))
             await gate.step()
             await gate.step()
-            # Loading happens between two steps, while "old" is mid-stream.
+            # Loading happens between two steps, while "old" is mid-stream. The gate steps
+            # only once the load's slow half (weights copied, on a thread) has handed the
+            # worker its install: stepping meanwhile raced it, and on a busy machine ran all
+            # of "old" before the load came, then waited for a step that never came.
+            worker = engine.workers[0]
+            posted = threading.Event()
+            call = worker.call
+
+            def spy(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+                done = call(fn)
+                posted.set()
+                return done
+
+            worker.call = spy  # type: ignore[method-assign]
             load = asyncio.create_task(engine.add_models([NEW]))
+            assert await guarded(asyncio.to_thread(posted.wait, GUARD_S))
             while not load.done():
                 await gate.step()
             await load

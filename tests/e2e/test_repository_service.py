@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gate import call_posted
 from harness import GUARD_S, small_model, torch_executor
 from live_server import LiveServer, e2e_config
 from reference import assert_matches_alone
@@ -67,10 +69,15 @@ def _states(client: Client) -> dict[str, str]:
     return {f"{s.name}@{s.version}": s.state for s in client.repository_index(timeout=GUARD_S)}
 
 
-def _step_until(live: LiveServer, fut: concurrent.futures.Future[object]) -> None:
-    """Run steps one at a time until ``fut`` (an admin call) is answered. Each step is one
-    the test allowed, so what ran meanwhile is known; the held stream has steps to spare."""
+def _step_until(
+    live: LiveServer, fut: concurrent.futures.Future[object], posted: threading.Event
+) -> None:
+    """Run steps one at a time until ``fut`` (an admin call) is answered, once its install
+    is ``posted`` to the worker (``call_posted``; stepping before it raced the load's
+    reading from disk). Each step is one the test allowed, so what ran meanwhile is known;
+    the held stream has steps to spare."""
     assert live.gate is not None
+    assert posted.wait(GUARD_S), "the load never reached the worker"
     while not fut.done():
         live.run(live.gate.step())
     fut.result(GUARD_S)
@@ -98,8 +105,9 @@ def test_index_then_load_while_another_model_streams(
         stream = client.infer_stream("lm", LONG, return_vectors=True, timeout=GUARD_S)
         live.wait_until(lambda: live.server.engine.num_live == 1)
         live.run(live.gate.step())
+        posted = call_posted(live.server.engine.workers[0])
         load = pool.submit(admin.load_model, "s2s", timeout=GUARD_S)
-        _step_until(live, load)
+        _step_until(live, load, posted)
         assert [(s.version, s.state) for s in load.result()] == [("1", "READY")]
         assert live.num_live() == 1  # lm is still mid-stream
         live.gate.open()

@@ -13,6 +13,7 @@ Torch-free, so the torch tier (tests/engine, tests/e2e) and the torch-free tier
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from batchmaker.errors import BatchMakerError
 from batchmaker.runtime.engine import Engine
 from batchmaker.runtime.executor import CellSet, Executor, StepResult
 from batchmaker.runtime.stream import RequestStream
+from batchmaker.runtime.worker import DeviceWorker
 from batchmaker.types import StepOutput
 from scheduler import StepPlan
 
@@ -58,6 +60,23 @@ async def drain(stream: RequestStream) -> tuple[list[StepOutput], BatchMakerErro
 def free_slots(engine: Engine, device: int = 0) -> dict[str, int]:
     """Free state slots per pool on one device, as the engine's admission counts them."""
     return engine.device_stats()[device].num_free_slots
+
+
+def call_posted(worker: DeviceWorker) -> threading.Event:
+    """An event set once ``worker.call`` has posted its next call (a model's install or
+    removal, which the worker runs at its next step boundary). A test that steps a gated
+    worker until a load is done must first wait for this: the load's slow half runs on a
+    thread, and stepping meanwhile can run out a request's steps before the load comes."""
+    posted = threading.Event()
+    call = worker.call
+
+    def spy(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+        done = call(fn)
+        posted.set()
+        return done
+
+    worker.call = spy  # type: ignore[method-assign]
+    return posted
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,10 @@ device. The unload's grace-period logic is tested torch-free (tests/runtime)."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from gate import call_posted
 from harness import (
     GUARD_S,
     collect,
@@ -59,16 +57,7 @@ def test_load_while_streaming_then_unload_while_streaming(mode: str) -> None:
             # only once the load's slow half (weights copied, on a thread) has handed the
             # worker its install: stepping meanwhile raced it, and on a busy machine ran all
             # of "old" before the load came, then waited for a step that never came.
-            worker = engine.workers[0]
-            posted = threading.Event()
-            call = worker.call
-
-            def spy(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
-                done = call(fn)
-                posted.set()
-                return done
-
-            worker.call = spy  # type: ignore[method-assign]
+            posted = call_posted(engine.workers[0])
             load = asyncio.create_task(engine.add_models([NEW]))
             assert await guarded(asyncio.to_thread(posted.wait, GUARD_S))
             while not load.done():

@@ -78,8 +78,9 @@ bench-host: $(STAMP)
 
 # Everything a lent CUDA device should record, in one command of under 8 minutes: the
 # CUDA tests, then host cost and idle latency, then saturation and efficiency against the
-# fused baselines, then host cost with CUDA graphs, on cuda:0. Needs the CUDA build of
-# torch (docs/setup.md, "GPU hosts").
+# fused baselines, then host cost with CUDA graphs, then cellular with overlapped steps
+# (host cost of one-step plans, and saturation with the device's busy fraction from its
+# events), on cuda:0. Needs the CUDA build of torch (docs/setup.md, "GPU hosts").
 GPU_OUT ?= bench-results/gpu
 bench-gpu: $(STAMP)
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch ' + torch.__version__ + ')')"
@@ -88,6 +89,8 @@ bench-gpu: $(STAMP)
 	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --out $(GPU_OUT)/host.json | tee $(GPU_OUT)/host.txt
 	$(BIN)/batchmaker bench --device cuda --threads 1 --saturation-only --runs 3 --out $(GPU_OUT)/engine.json | tail -20 | tee $(GPU_OUT)/engine.txt
 	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --steps-per-plan 1 32 --cuda-graphs --out $(GPU_OUT)/host-graphs.json | tee $(GPU_OUT)/host-graphs.txt
+	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --steps-per-plan 1 --overlap-steps --out $(GPU_OUT)/host-overlap.json | tee $(GPU_OUT)/host-overlap.txt
+	$(BIN)/batchmaker bench --device cuda --threads 1 --saturation-only --modes cellular --runs 3 --overlap-steps --out $(GPU_OUT)/engine-overlap.json | tail -20 | tee $(GPU_OUT)/engine-overlap.txt
 
 # Locust, headless and bounded, against a server it starts on 127.0.0.1 (30 s of
 # steady load by default); exits non-zero over the thresholds (loadtest/README.md).

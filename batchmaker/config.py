@@ -89,6 +89,13 @@ class EngineConfig:
     """CUDA devices: run one-step plans through CUDA graphs captured per cell type at
     power-of-two batch sizes (``cells/graphs.py``): one launch per step instead of one per
     kernel. Off by default until measured on a GPU (docs/benchmarks.md, "GPU")."""
+    overlap_steps: bool = False
+    """Plan step k+1 while the device runs step k (``DeviceWorker``, vLLM's async
+    scheduling): the device then waits for the host only where a decoder's next step
+    needs the token it just emitted. For GPUs, where the host's scheduling is otherwise
+    idle device time; on the CPU the same thread runs both, so it changes nothing there
+    but the order of work (which is how the tests check it). Off by default until
+    measured on a GPU (docs/benchmarks.md, "GPU")."""
     freeze_heap: bool = True
     """Freeze the process's heap (``gc.freeze``) once the engine has started and after each
     model load, so the collector's full passes skip torch's and the models' objects (a

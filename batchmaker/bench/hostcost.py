@@ -130,6 +130,7 @@ async def _host_cost(args: argparse.Namespace, base: EngineConfig) -> list[HostC
                 max_steps_per_plan=k,
                 devices=base.devices,
                 cuda_graphs=base.cuda_graphs,
+                overlap_steps=base.overlap_steps,
             ),
             [model],
         )
@@ -210,6 +211,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
         devices=base.devices,
         max_steps_per_plan=base.max_steps_per_plan,
         cuda_graphs=base.cuda_graphs,
+        overlap_steps=base.overlap_steps,
     )
     server = None
     if not args.no_grpc:
@@ -220,6 +222,7 @@ async def _idle(args: argparse.Namespace, base: EngineConfig) -> IdleLatency:
                 f"--models={model.name}",
                 f"--max-steps-per-plan={base.max_steps_per_plan}",
                 *(["--cuda-graphs"] if base.cuda_graphs else []),
+                *(["--overlap-steps"] if base.overlap_steps else []),
                 *(f"--device={d}" for d in base.devices),
                 *([f"--threads={base.num_threads}"] if base.num_threads else []),
             ]

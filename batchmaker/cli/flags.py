@@ -29,6 +29,14 @@ def env_value(name: str, default: Any) -> Any:
     return os.environ.get(ENV_PREFIX + name, default)
 
 
+def env_switch(name: str, default: bool, env: bool) -> bool:
+    """A switch flag's default: the variable's when ``env`` (anything but 0/false/no is
+    on), else ``default``."""
+    if not env:
+        return default
+    return env_value(name, "1" if default else "0") not in ("0", "false", "no")
+
+
 # A variable as a command's help names it: a flag's help ends with it in brackets
 # (``[PORT]``, ``[DEVICES, comma-separated]``, ``[FINISHING_FIRST=0]``), and a variable
 # without a flag is named in full (``BATCHMAKER_TOKEN``).
@@ -167,7 +175,7 @@ def add_engine_flags(
         "--no-finishing-first",
         dest="finishing_first",
         action="store_false",
-        default=env_value("FINISHING_FIRST", "1") not in ("0", "false", "no") if env else True,
+        default=env_switch("FINISHING_FIRST", True, env),
         help="cellular: pick cell types by fairness alone, not decoder (finishing) steps "
         "first [FINISHING_FIRST=0]",
     )
@@ -190,16 +198,23 @@ def add_engine_flags(
         "--step-by-step-baselines",
         dest="fused_baselines",
         action="store_false",
-        default=env_value("FUSED_BASELINES", "1") not in ("0", "false", "no") if env else True,
+        default=env_switch("FUSED_BASELINES", True, env),
         help="padded, none: run the request-level batches step by step on the cells instead "
         "of through the fused nn.LSTM/nn.GRU in one call [FUSED_BASELINES=0]",
     )
     p.add_argument(
         "--cuda-graphs",
         action="store_true",
-        default=env_value("CUDA_GRAPHS", "0") not in ("0", "false", "no") if env else False,
+        default=env_switch("CUDA_GRAPHS", False, env),
         help="CUDA devices: one-step plans replay CUDA graphs captured per cell type at "
         "power-of-two batch sizes [CUDA_GRAPHS=1]",
+    )
+    p.add_argument(
+        "--overlap-steps",
+        action="store_true",
+        default=env_switch("OVERLAP_STEPS", False, env),
+        help="plan each step while the device runs the one before (for GPUs: decoders "
+        "still wait for their tokens) [OVERLAP_STEPS=1]",
     )
     p.add_argument(
         "--slo-p99-ms",
@@ -243,6 +258,7 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         "max_steps_per_plan": args.max_steps_per_plan,
         "fused_baselines": args.fused_baselines,
         "cuda_graphs": args.cuda_graphs,
+        "overlap_steps": args.overlap_steps,
         "slo_p99_s": None if args.slo_p99_ms is None else float(args.slo_p99_ms) / 1e3,
     }
     fields.update(overrides)

@@ -122,7 +122,11 @@ class Engine:
             executor = executor_factory(device)
             executor.load_cells(cells)()  # no thread runs yet: install it here
             scheduler = make_scheduler(sched_config, specs, capacities, self._clock)
-            self._workers.append(DeviceWorker(scheduler, executor, self._deliver_threadsafe))
+            self._workers.append(
+                DeviceWorker(
+                    scheduler, executor, self._deliver_threadsafe, overlap=config.overlap_steps
+                )
+            )
             self._placements.append(_Placement(i, capacities))
         for m in models:
             self._models.setdefault(m.name, {})[m.version] = m

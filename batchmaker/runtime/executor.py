@@ -6,7 +6,9 @@ it serves (``load_cells``, ``remove_cells``). Nothing else of the device leaks
 upward, so the same engine runs the real ``TorchExecutor``
 (``batchmaker.runtime.torch_executor``), a test's gated or fault-injecting wrapper,
 or a numpy-only fake that lets engine logic be tested without torch, as vLLM's
-executor interface and httpx's transports do.
+executor interface and httpx's transports do. An ``OverlappingExecutor`` can also queue a
+plan and return before the device has run it (``launch``), for the worker's overlap of
+host and device (``EngineConfig.overlap_steps``).
 
 No torch here: cells are passed through as opaque objects.
 """
@@ -100,6 +102,37 @@ class Executor(Protocol):
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
         """Run ``plan``; call ``on_launch`` once the long-running kernel work is about to
         start (CPU) or has been queued (GPU), so the caller can overlap its own work."""
+        ...
+
+
+class LaunchedPlan(Protocol):
+    """A plan queued on a device and perhaps still running there (``launch``)."""
+
+    result: StepResult
+    """The plan's result, whole from the start: its arrays are host buffers the device
+    copies into, so it may be handed on (the scheduler keeps it in its emissions) before
+    the copies land, but its values may be read only after ``wait``."""
+
+    def wait(self) -> float:
+        """Block until ``result`` holds the plan's values; the plan's seconds on the device
+        (on a GPU, between events recorded around its work; on the CPU, its wall time).
+        Raises what the device raised; calling it again returns the same seconds."""
+        ...
+
+
+class OverlappingExecutor(Executor, Protocol):
+    """An executor that can queue a plan and return before the device has run it, so its
+    worker can schedule and queue the next plan meanwhile (``--overlap-steps``): the
+    device runs plan k while the host updates the scheduler after it and plans k+1."""
+
+    def launch(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> LaunchedPlan:
+        """Queue ``plan`` and return at once (on the CPU: run it, and return it done)."""
+        ...
+
+    def feeds_back(self, cell_type: str) -> bool:
+        """Whether ``cell_type``'s plans emit tokens that decide what its requests run next
+        (decoders): the scheduler must read them before planning again, so the worker waits
+        for such a plan before updating the scheduler."""
         ...
 
 

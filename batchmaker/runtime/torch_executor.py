@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -98,10 +99,28 @@ class TorchExecutor:
         for name in cells.pools:
             del self.pools[name]
 
+    def feeds_back(self, cell_type: str) -> bool:
+        return cell_type in self._token_index
+
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
+        launched = self.launch(plan, on_launch)
+        launched.wait()
+        return launched.result
+
+    def launch(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> _Launched:
+        """Queue ``plan`` on the device and return; on the CPU every op runs as it is
+        issued, so the plan is done when this returns. On a GPU the host copies land in
+        pinned buffers that ``result`` already views, and ``wait`` waits for an event."""
         cell = self.cells[plan.cell_type]
         pool = self._cell_pool[plan.cell_type]
         trials = cell.num_kernel_trials
+        t0 = time.perf_counter()
+        start = end = None
+        if self._cuda:
+            stream = torch.cuda.current_stream(self._device)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            start.record(stream)
         with torch.inference_mode():
             inputs = self._to_device(plan.inputs)
             reads = self._to_device(plan.read_slots)
@@ -140,10 +159,10 @@ class TorchExecutor:
                 top_ids, top_scores = self._to_host(top_ids_t), self._to_host(top_scores_t)
             # Dropping unwanted outputs here lets the allocator reuse their memory at once.
             host = self._to_host(outputs) if plan.wants_outputs else None
-            if self._cuda:
-                # One synchronisation per plan: every non-blocking copy above has landed.
-                torch.cuda.current_stream(self._device).synchronize()
-        return StepResult(
+            if end is not None:
+                # Every non-blocking copy above has landed once the device passes this.
+                end.record(stream)
+        result = StepResult(
             outputs=host,
             top_ids=top_ids,
             top_scores=top_scores,
@@ -151,6 +170,7 @@ class TorchExecutor:
             offsets=offsets,
             kernel_trial=cell.num_kernel_trials != trials,
         )
+        return _Launched(result, start, end, time.perf_counter() - t0)
 
     def synchronize(self) -> None:
         """Wait for every kernel queued on this device (a no-op on the CPU)."""
@@ -171,6 +191,34 @@ class TorchExecutor:
         buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         buf.copy_(t, non_blocking=True)
         return buf.numpy()
+
+
+class _Launched:
+    """A plan the executor queued: ``LaunchedPlan``."""
+
+    __slots__ = ("_end", "_seconds", "_start", "result")
+
+    def __init__(
+        self,
+        result: StepResult,
+        start: torch.cuda.Event | None,
+        end: torch.cuda.Event | None,
+        seconds: float,
+    ) -> None:
+        self.result = result
+        self._start = start
+        self._end = end
+        self._seconds = seconds
+        """The CPU's wall time; replaced by the device's time once a GPU plan is waited for."""
+
+    def wait(self) -> float:
+        end = self._end
+        if end is not None:
+            end.synchronize()
+            assert self._start is not None
+            self._seconds = self._start.elapsed_time(end) / 1e3
+            self._start = self._end = None
+        return self._seconds
 
 
 def _top_k(outputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

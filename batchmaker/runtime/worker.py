@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchmaker.runtime.executor import Executor
+from batchmaker.runtime.executor import Executor, LaunchedPlan, OverlappingExecutor, StepResult
 from scheduler import FinishReason, SchedRequest, Scheduler, StepOutcome, StepPlan
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,33 @@ class WorkerStats:
         return sum(s.num_rows for s in self.per_cell_type.values())
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A plan on the device whose scheduler update is done and whose outcome waits for it."""
+
+    plan: StepPlan
+    launched: LaunchedPlan
+    outcome: StepOutcome
+
+
 class DeviceWorker:
     """Drives one device's scheduler and executor on a dedicated thread."""
 
-    def __init__(self, scheduler: Scheduler, executor: Executor, deliver: Deliver) -> None:
+    def __init__(
+        self, scheduler: Scheduler, executor: Executor, deliver: Deliver, *, overlap: bool = False
+    ) -> None:
+        """``overlap``: plan the next step while the device runs this one
+        (``EngineConfig.overlap_steps``), where the executor can (``OverlappingExecutor``);
+        other executors run plan by plan."""
         self.scheduler = scheduler
         self.executor = executor
         self.device = executor.device
         self._deliver = deliver
+        self._overlapping: OverlappingExecutor | None = None
+        if overlap and hasattr(executor, "launch") and hasattr(executor, "feeds_back"):
+            self._overlapping = executor  # type: ignore[assignment]
+        self._inflight: _InFlight | None = None
+        """With overlap: the plan the device may still be running (at most one)."""
         self._cv = threading.Condition()
         self._inbox: list[_Command] = []
         self._stopping = False
@@ -265,6 +284,7 @@ class DeviceWorker:
                 )
                 self.stats.num_internal_errors += 1
                 try:
+                    self._settle()
                     self._deliver_pending()
                     self.scheduler.abort_all(FinishReason.FAILED)
                     self._deliver(self.scheduler.take_outcome(), exc)
@@ -277,6 +297,9 @@ class DeviceWorker:
         idle = False
         while True:
             inbox, stopping = self._wait_for_work(idle)
+            if stopping or any(cmd.call is not None for cmd in inbox):
+                # A call changes what the device serves: never under a plan it still runs.
+                self._settle()
             self._apply(inbox)
             # Its calls hold what they changed (an unloaded model's cells, through the
             # closure): drop them now, not when the next command replaces them.
@@ -300,6 +323,8 @@ class DeviceWorker:
         Outcomes keep their order, and none waits longer than one schedule and gather:
         with no next step to carry it, the outcome goes at once.
         """
+        if self._overlapping is not None:
+            return self._step_overlapped(self._overlapping)
         sched = self.scheduler
         t_step = time.perf_counter()
         plan = sched.schedule()
@@ -338,6 +363,94 @@ class DeviceWorker:
         if not sched.has_ready_work:
             self._deliver_pending()  # no next step will carry it
         return True
+
+    def _step_overlapped(self, executor: OverlappingExecutor) -> bool:
+        """``step`` with the host's work overlapped with the device's, as vLLM's async
+        scheduling does: queue plan k, then (while the device runs it) wait for plan k-1,
+        hand its outcome to the loop, and update the scheduler after plan k *before* its
+        results are back, so the next call plans k+1 while the device is still busy.
+
+        Updating early is exact for every plan whose rows' next nodes do not depend on what
+        it computes: chains and encoders (inputs known up front) and trees. The scheduler
+        keeps only a reference to the result, which the loop reads after ``wait``. A plan
+        of a cell that feeds its tokens back (``feeds_back``: decoders) is waited for
+        before the update, as without overlap. A slot freed by plan k's update may be taken
+        by plan k+1; the device runs plans in order, so k's writes come first.
+
+        The device's time per plan (events around it) is what the stats and the
+        scheduler's costs learn: with the host hidden behind the device, a plan costs the
+        device's time.
+        """
+        sched = self.scheduler
+        plan = sched.schedule()
+        if plan is None:
+            self._settle()
+            outcome = sched.take_outcome()  # expiries found by schedule()
+            if outcome:
+                self._deliver(outcome, None)
+            return False
+        try:
+            launched = executor.launch(plan)
+        except Exception as exc:
+            self._settle()
+            self._failed(plan, sched.fail_step(plan), exc)
+            return True
+        self._settle()  # plan k-1: the device ran it while this one was planned and queued
+        if executor.feeds_back(plan.cell_type):
+            try:
+                seconds = launched.wait()
+            except Exception as exc:
+                self._failed(plan, sched.fail_step(plan), exc)
+                return True
+            self._learn(plan, launched.result, seconds)
+            outcome = sched.update_from_output(plan, launched.result)
+            if outcome:
+                self._deliver(outcome, None)
+            return True
+        outcome = sched.update_from_output(plan, launched.result)
+        self._inflight = _InFlight(plan, launched, outcome)
+        if not sched.has_ready_work:
+            self._settle()  # no next plan to overlap with: its outcome must not wait
+        return True
+
+    def _settle(self) -> None:
+        """Wait for the plan in flight, if any, learn its cost and deliver its outcome.
+
+        If the device failed it, its requests fail with INTERNAL, those the early update
+        already ended included (their outcome was not delivered yet, so nobody saw them
+        end well), and its outputs are dropped unread."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        plan, launched, outcome = inflight.plan, inflight.launched, inflight.outcome
+        try:
+            seconds = launched.wait()
+        except Exception as exc:
+            for request in outcome.finished:
+                if request.finish_reason is not None and not request.finish_reason.is_error:
+                    request.finish_reason = FinishReason.FAILED
+            failed = self.scheduler.fail_step(plan)  # rows still live, and ended ones
+            self._failed(plan, StepOutcome(finished=outcome.finished + failed.finished), exc)
+            return
+        self._learn(plan, launched.result, seconds)
+        if outcome:
+            self._deliver(outcome, None)
+
+    def _learn(self, plan: StepPlan, result: StepResult, seconds: float) -> None:
+        """The stats and the scheduler's plan costs, after an overlapped plan ran."""
+        self._record(plan, seconds)
+        if result.kernel_trial:
+            self.stats.num_trial_plans += 1
+        else:
+            self.scheduler.observe(plan, seconds)
+        times = self.plan_times
+        if times is not None and not result.kernel_trial:
+            times.append((plan, seconds))
+
+    def _failed(self, plan: StepPlan, outcome: StepOutcome, exc: BaseException) -> None:
+        log.error("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size, exc_info=exc)
+        self.stats.num_failed_steps += 1
+        self._deliver(outcome, exc)
 
     def _deliver_pending(self) -> None:
         pending, self._pending = self._pending, None

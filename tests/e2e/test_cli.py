@@ -194,3 +194,16 @@ def test_steps_per_plan_and_the_baselines_form_are_configurable(
     assert (engine.max_steps_per_plan, engine.fused_baselines) == (8, False)
     with pytest.raises(ValueError, match="max_steps_per_plan"):
         serve_configs(build_parser().parse_args(["serve", "--max-steps-per-plan", "0"]))
+
+
+def test_overlapped_steps_are_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert engine.overlap_steps is False
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve", "--overlap-steps"]))
+    assert engine.overlap_steps is True
+    monkeypatch.setenv("BATCHMAKER_OVERLAP_STEPS", "1")
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert engine.overlap_steps is True
+    monkeypatch.setenv("BATCHMAKER_OVERLAP_STEPS", "false")
+    _, engine, _ = serve_configs(build_parser().parse_args(["serve"]))
+    assert engine.overlap_steps is False

@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from batchmaker.errors import BatchMakerError
 from batchmaker.runtime.engine import Engine
-from batchmaker.runtime.executor import CellSet, Executor, StepResult
+from batchmaker.runtime.executor import (
+    CellSet,
+    Executor,
+    LaunchedPlan,
+    OverlappingExecutor,
+    StepResult,
+)
 from batchmaker.runtime.stream import RequestStream
 from batchmaker.runtime.worker import DeviceWorker
 from batchmaker.types import StepOutput
@@ -120,7 +127,9 @@ class GatedExecutor:
     before step k is in its stream.
 
     ``load_cells`` and ``remove_cells`` go straight to the wrapped executor: models
-    load and unload through the gate, ungated.
+    load and unload through the gate, ungated. With ``overlap_steps`` the worker calls
+    ``launch`` instead, and step k-1's outcome reaches the loop only after step k is
+    queued (and logged): ``wait_done(k)`` then promises the outputs of steps before k-1.
     """
 
     def __init__(self, inner: Executor, loop: asyncio.AbstractEventLoop) -> None:
@@ -141,6 +150,20 @@ class GatedExecutor:
     # ---- the Executor interface, on the device thread -------------------------
 
     def execute(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> StepResult:
+        with self._gated(plan):
+            return self.inner.execute(plan, on_launch)
+
+    def launch(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> LaunchedPlan:
+        """``OverlappingExecutor.launch``, gated and logged as ``execute`` is (the step is
+        logged once queued: its outcome reaches the loop after the next step's launch)."""
+        with self._gated(plan):
+            return cast("OverlappingExecutor", self.inner).launch(plan, on_launch)
+
+    def feeds_back(self, cell_type: str) -> bool:
+        return cast("OverlappingExecutor", self.inner).feeds_back(cell_type)
+
+    @contextlib.contextmanager
+    def _gated(self, plan: StepPlan) -> Iterator[None]:
         self._loop.call_soon_threadsafe(self._enter)
         with self._cv:
             self._cv.wait_for(lambda: self._open or self._permits > 0)
@@ -152,7 +175,7 @@ class GatedExecutor:
         try:
             if failed:
                 raise RuntimeError("injected cell failure")
-            return self.inner.execute(plan, on_launch)
+            yield
         finally:
             self._loop.call_soon_threadsafe(self._record, Step(plan.cell_type, ids, failed, steps))
 

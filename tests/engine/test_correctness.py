@@ -64,6 +64,8 @@ def batching(draw: st.DrawFn, mode: str) -> EngineConfig:
         # Multi-step plans of a few or many steps (fused whole, padded and none), or one.
         max_steps_per_plan=draw(st.sampled_from([1, 3, 32])),
         fused_baselines=draw(st.booleans()),
+        # Plan k+1 while plan k is in flight (the worker's launch/settle path).
+        overlap_steps=draw(st.booleans()),
     )
 
 

@@ -33,11 +33,11 @@ def staggered_workload(seed: int) -> tuple[list[InferRequest], list[Arrival]]:
     return requests, plan
 
 
-def check_device(device: str, mode: str) -> None:
+def check_device(device: str, mode: str, *, overlap: bool = False) -> None:
     requests, plan = staggered_workload(seed=3)
 
     async def main() -> None:
-        config = engine_config(mode, devices=(device,))
+        config = engine_config(mode, devices=(device,), overlap_steps=overlap)
         async with serving(config, [LM, VEC]) as (engine, _):
             (stats,) = engine.device_stats()
             assert stats.device == device
@@ -48,9 +48,10 @@ def check_device(device: str, mode: str) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["plan-by-plan", "overlapped"])
 @pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
-def test_cpu_device_serves_and_reports_itself(mode: str) -> None:
-    check_device("cpu", mode)
+def test_cpu_device_serves_and_reports_itself(mode: str, overlap: bool) -> None:
+    check_device("cpu", mode, overlap=overlap)
 
 
 @pytest.mark.gpu
@@ -58,6 +59,15 @@ def test_cpu_device_serves_and_reports_itself(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
 def test_cuda_device_equals_plain_torch_run_alone(mode: str) -> None:
     check_device("cuda", mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["cellular", "padded", "none"])
+def test_cuda_overlapped_steps_equal_plain_torch_run_alone(mode: str) -> None:
+    """``--overlap-steps`` on a GPU, where it matters: results read from pinned buffers
+    only after each plan's event, plan k+1 queued before plan k is waited for."""
+    check_device("cuda", mode, overlap=True)
 
 
 def test_a_cuda_device_without_cuda_is_refused_at_construction() -> None:
@@ -76,7 +86,9 @@ def test_bad_device_lists_are_config_errors(devices: tuple[str, ...], says: str)
         EngineConfig(devices=devices)
 
 
-def check_families(device: str, mode: str, tol: float, *, step_graphs: bool = False) -> None:
+def check_families(
+    device: str, mode: str, tol: float, *, step_graphs: bool = False, overlap: bool = False
+) -> None:
     """Seq2seq (tokens fed back through the device's int64 state) and trees (gathers of
     ``[B, 2]`` child slots) on ``device`` equal plain torch on the CPU, request by request."""
     rng = np.random.default_rng(7)
@@ -92,7 +104,7 @@ def check_families(device: str, mode: str, tol: float, *, step_graphs: bool = Fa
         requests.append(InferRequest("tree", TreeInput(tokens, children), top_k=1))
 
     async def main() -> None:
-        config = engine_config(mode, devices=(device,))
+        config = engine_config(mode, devices=(device,), overlap_steps=overlap)
         async with serving(config, [S2S, TREE], step_graphs=step_graphs) as (engine, _):
             streams = [engine.submit(r) for r in requests]
             outputs = [await s.collect() for s in streams]
@@ -105,9 +117,10 @@ def check_families(device: str, mode: str, tol: float, *, step_graphs: bool = Fa
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["plan-by-plan", "overlapped"])
 @pytest.mark.parametrize("mode", ["cellular", "level"])
-def test_cpu_device_serves_seq2seq_and_trees(mode: str) -> None:
-    check_families("cpu", mode, 1e-5)
+def test_cpu_device_serves_seq2seq_and_trees(mode: str, overlap: bool) -> None:
+    check_families("cpu", mode, 1e-5, overlap=overlap)
 
 
 @pytest.mark.gpu
@@ -115,3 +128,11 @@ def test_cpu_device_serves_seq2seq_and_trees(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["cellular", "padded", "level", "none"])
 def test_cuda_device_serves_seq2seq_and_trees_as_plain_torch(mode: str) -> None:
     check_families("cuda", mode, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["cellular", "level"])
+def test_cuda_overlapped_seq2seq_and_trees_equal_plain_torch(mode: str) -> None:
+    """Decoders wait for their tokens, encoders and trees overlap."""
+    check_families("cuda", mode, 1e-4, overlap=True)

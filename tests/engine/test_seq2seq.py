@@ -219,6 +219,8 @@ def batching(draw: st.DrawFn, mode: str) -> EngineConfig:
         # Encoders run in multi-step plans (or fused whole, padded and none) or one step each.
         max_steps_per_plan=draw(st.sampled_from([1, 3, 32])),
         fused_baselines=draw(st.booleans()),
+        # Plan k+1 while plan k is in flight (the worker's launch/settle path).
+        overlap_steps=draw(st.booleans()),
     )
 
 

@@ -173,6 +173,8 @@ def batching(draw: st.DrawFn, mode: str) -> EngineConfig:
         max_batch=max_batch,
         padded_max_batch=draw(st.integers(1, min(max_batch, 4))),
         padded_timeout_s=draw(st.sampled_from([0.0, 0.001])),
+        # Plan k+1 while plan k is in flight (the worker's launch/settle path).
+        overlap_steps=draw(st.booleans()),
     )
 
 

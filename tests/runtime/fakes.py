@@ -81,6 +81,16 @@ class FakeExecutor:
         self.loaded: list[CellSet] = []
         self.removed: list[CellSet] = []
         self.installed_on: list[str] = []
+        self.feeding: set[str] = set()
+        """Cell types ``feeds_back`` names (as a decoder's would be): the worker must wait
+        for their plans before updating the scheduler."""
+        self.fail_wait_when: Callable[[StepPlan], bool] | None = None
+        """Called on the device thread at each ``launch``; ``True`` makes that plan's
+        ``wait`` raise, as a GPU reports a failed kernel when it is synchronised with."""
+        self.events: list[tuple[str, int]] = []
+        """``("launch", n)`` and ``("wait", n)`` for the ``n``-th launched plan, in order."""
+        self.num_in_flight = 0
+        """Launched plans not yet waited for."""
 
     def load_cells(self, cells: CellSet) -> Callable[[], None]:
         clash = (set(cells.cells) & set(self.cells)) | (set(cells.pools) & set(self.pools))
@@ -105,6 +115,8 @@ class FakeExecutor:
         return install
 
     def remove_cells(self, cells: CellSet) -> None:
+        if self.num_in_flight:
+            raise AssertionError(f"cells removed under {self.num_in_flight} plan(s) in flight")
         self.removed.append(cells)
         for name in cells.cells:
             del self.cells[name]
@@ -157,6 +169,62 @@ class FakeExecutor:
             top_scores=top_scores,
             offsets=offsets,
         )
+
+    # ---- the OverlappingExecutor half: plans that land later, as on a GPU ----------------
+
+    def launch(self, plan: StepPlan, on_launch: Callable[[], None] | None = None) -> FakeLaunch:
+        """Run ``plan`` (the states move now, as a GPU's stream orders them) but hand back
+        a result that holds poison until ``wait``: NaN scores and outputs, id -1, as a
+        pinned buffer holds garbage until its copy lands. A worker that read or delivered
+        a result before waiting for it would stream wrong numbers, and the tests' exact
+        comparison would see them."""
+        done = self.execute(plan, on_launch)
+        fail = self.fail_wait_when is not None and self.fail_wait_when(plan)
+        n = sum(e == "launch" for e, _ in self.events)
+        self.events.append(("launch", n))
+        self.num_in_flight += 1
+        return FakeLaunch(self, n, done, fail)
+
+    def feeds_back(self, cell_type: str) -> bool:
+        return cell_type in self.feeding
+
+
+def _poisoned(a: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return None
+    return np.full_like(a, -1 if a.dtype.kind == "i" else np.nan)
+
+
+class FakeLaunch:
+    """A ``LaunchedPlan`` of the fake: its ``result`` is poison until ``wait``."""
+
+    def __init__(self, executor: FakeExecutor, n: int, done: StepResult, fail: bool) -> None:
+        self._executor = executor
+        self._n = n
+        self._done: StepResult | None = done
+        self._fail = fail
+        self.result = StepResult(
+            outputs=_poisoned(done.outputs),
+            top_ids=_poisoned(done.top_ids),
+            top_scores=_poisoned(done.top_scores),
+            tokens=_poisoned(done.tokens),
+            offsets=done.offsets,  # computed on the host from the plan, as the real one does
+            kernel_trial=done.kernel_trial,
+        )
+
+    def wait(self) -> float:
+        done, self._done = self._done, None
+        if done is None:
+            return 0.0
+        self._executor.events.append(("wait", self._n))
+        self._executor.num_in_flight -= 1
+        if self._fail:
+            raise RuntimeError("injected device failure")
+        for name in ("outputs", "top_ids", "top_scores", "tokens"):
+            src = getattr(done, name)
+            if src is not None:
+                np.copyto(getattr(self.result, name), src)
+        return 0.0
 
 
 class FakeChainModel(Model):

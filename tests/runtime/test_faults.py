@@ -25,14 +25,19 @@ INPUTS = {rid: _rng.integers(0, 50, n).tolist() for rid, n in (("a", 5), ("b", 5
 INPUTS["d"] = _rng.integers(0, 50, 4).tolist()
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["plan-by-plan", "overlapped"])
 @pytest.mark.parametrize(
     ("mode", "batch_of_c"),
     [("cellular", {"c", "d"}), ("padded", {"c", "d"}), ("none", {"c"})],
 )
 def test_a_failing_step_fails_only_its_batch_and_the_engine_keeps_serving(
-    mode: str, batch_of_c: set[str]
+    mode: str, batch_of_c: set[str], overlap: bool
 ) -> None:
-    config = engine_config(mode, max_batch=2, padded_max_batch=2, padded_timeout_s=0)
+    """``overlap``: the step raises as it is queued (``launch``), with the plan before it
+    possibly still in flight; that plan's requests must not be failed with it."""
+    config = engine_config(
+        mode, max_batch=2, padded_max_batch=2, padded_timeout_s=0, overlap_steps=overlap
+    )
 
     async def main() -> None:
         async with serving(config, [LM], gated=True) as (engine, gate):

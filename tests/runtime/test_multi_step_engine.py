@@ -3,7 +3,8 @@ row's steps in one call (``FakeChainModel(runs=True)``), and the engine must del
 cancel, expire and count exactly as it does one step at a time.
 
 - A hypothesis property drives random requests through cellular, padded and none, with
-  ``max_steps_per_plan`` and the baselines' fused form drawn, and with submissions,
+  ``max_steps_per_plan``, the baselines' fused form and ``overlap_steps`` (the fake's
+  results then land only when waited for) drawn, and with submissions,
   cancellations and deadlines landing while the gate holds a multi-step plan. Every
   request that completes streams exactly the fake's ``reference``; one cancelled or
   expired streams an exact prefix and then its error; every slot comes back.
@@ -98,6 +99,7 @@ def scenarios(draw):
     mode = draw(st.sampled_from(MODES))
     cap = draw(st.sampled_from([2, 5, 32]))
     fused = draw(st.booleans())
+    overlap = draw(st.booleans())
     arrivals = []
     for i in range(draw(st.integers(1, 6))):
         model = draw(st.sampled_from(["lm", "lm", "other"]))
@@ -125,14 +127,16 @@ def scenarios(draw):
         )
     # Phases at which the manual clock moves on one second (timeouts are 1..3 s).
     ticks = draw(st.lists(st.integers(0, 8), max_size=3))
-    return mode, cap, fused, arrivals, ticks
+    return mode, cap, fused, overlap, arrivals, ticks
 
 
 @settings(max_examples=40, deadline=None)
 @given(scenario=scenarios())
 def test_every_request_streams_its_reference_or_an_exact_prefix_and_its_error(scenario):
-    mode, cap, fused, arrivals, ticks = scenario
-    config = engine_config(mode, max_steps_per_plan=cap, fused_baselines=fused)
+    mode, cap, fused, overlap, arrivals, ticks = scenario
+    config = engine_config(
+        mode, max_steps_per_plan=cap, fused_baselines=fused, overlap_steps=overlap
+    )
     last = max([*(a.phase for a in arrivals), *(a.cancel or 0 for a in arrivals), *ticks])
 
     async def main() -> None:

@@ -1,0 +1,215 @@
+"""Latency of several engine configurations at one fixed load, in turn, in one run.
+
+    .venv/bin/python bench/fixed_rate.py --rate 55 --rounds 3 \\
+        --config padded:mode=padded --config cellular:mode=cellular \\
+        --config k8:mode=cellular,max_steps_per_plan=8
+
+``batchmaker bench`` finds each mode's sustainable rate by bisection. That takes hours
+with three runs on this machine, and the latency at another mode's limit comes out of
+its sweeps. This script answers a narrower question in minutes: at one rate, say the
+baseline's limit, what p50 and p99 does each configuration give? It replays the
+repository's Poisson trace (``docs/bench/trace-poisson-seed0.json``, the chain
+workload's 2 x 512 LSTM LM) open-loop into one engine per configuration. Each engine
+gets one uncounted replay first (kernel trials, learned plan costs). Then the
+configurations take turns within each round, so a machine that slows down slows them
+all alike. The ratios to the first configuration are taken within each round, and
+their median and range are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import statistics
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE = ROOT / "docs" / "bench" / "trace-poisson-seed0.json"
+
+
+def parse_config(text: str) -> tuple[str, dict[str, object]]:
+    """``name:field=value,field=value`` -> the name and ``EngineConfig`` overrides, each
+    value parsed as the field's type (``int``, ``float``, ``bool`` or ``str``)."""
+    from batchmaker.config import EngineConfig
+
+    name, _, rest = text.partition(":")
+    if not name or not rest:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected name:field=value[,field=value]")
+    kinds = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
+    overrides: dict[str, object] = {}
+    for item in rest.split(","):
+        field, _, value = item.partition("=")
+        kind = str(kinds.get(field, ""))
+        if not kind or not value:
+            known = ", ".join(sorted(kinds))
+            raise argparse.ArgumentTypeError(f"{item!r}: not field=value of EngineConfig ({known})")
+        if kind.startswith("bool"):
+            overrides[field] = value.lower() in ("1", "true", "yes", "on")
+        elif kind.startswith("int"):
+            overrides[field] = int(value)
+        elif kind.startswith("float"):
+            overrides[field] = float(value)
+        else:
+            overrides[field] = value
+    try:
+        EngineConfig(**overrides)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:  # a bad value, named by EngineConfig
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    return name, overrides
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    from batchmaker.bench.openloop import replay
+    from batchmaker.bench.reference import TOP_K
+    from batchmaker.bench.trace import Trace
+    from batchmaker.bench.workloads import make_workload
+    from batchmaker.config import EngineConfig
+    from batchmaker.runtime.engine import Engine
+    from batchmaker.runtime.torch_executor import set_cpu_threads
+    from batchmaker.types import InferRequest, StepOutput
+
+    set_cpu_threads(EngineConfig())
+    workload = make_workload("chain", tiny=args.tiny)
+    model = workload.model
+    trace = (
+        Trace.load(args.trace)
+        if args.trace
+        else workload.make_trace(args.requests, seed=0, arrival="poisson")
+    )
+    specs = workload.specs(trace)
+    n = min(args.requests, len(trace))
+    configs = dict(args.config)
+    engines = {name: Engine(EngineConfig(**kw), [model]) for name, kw in configs.items()}  # type: ignore[arg-type]
+    for engine in engines.values():
+        await engine.start()
+
+    async def point(name: str, tag: str) -> tuple[float, float, int]:
+        engine = engines[name]
+
+        async def send(i: int) -> AsyncIterator[list[StepOutput]]:
+            spec = specs[i]
+            stream = engine.submit(
+                InferRequest(
+                    model.name,
+                    spec.inputs,
+                    request_id=f"{tag}-{i}",
+                    top_k=TOP_K,
+                    max_output_length=spec.max_output_length,
+                )
+            )
+            try:
+                while chunk := await stream.next_chunk():
+                    yield chunk
+            finally:
+                stream.cancel()
+
+        rep = await replay(send, trace.arrivals(args.rate, n), rate=args.rate, lead_s=0.02)
+        done = rep.latency_s[~np.isnan(rep.latency_s)]
+        return float(np.percentile(done, 50)), float(np.percentile(done, 99)), len(done)
+
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
+    try:
+        for name in engines:
+            await point(name, f"warm-{name}")
+        for r in range(args.rounds):
+            for name in engines:
+                p50, p99, completed = await point(name, f"{name}-{r}")
+                rounds[name].append({"p50_s": p50, "p99_s": p99, "completed": completed})
+                print(
+                    f"round {r + 1}/{args.rounds} {name:>14s}: p50 {p50 * 1e3:7.1f} ms, "
+                    f"p99 {p99 * 1e3:7.1f} ms, {completed}/{n} completed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        for engine in engines.values():
+            await engine.shutdown(grace=0)
+    return {
+        "command": " ".join(sys.argv),
+        "rate": args.rate,
+        "requests": n,
+        "configs": configs,
+        "rounds": rounds,
+        "summary": summarize(rounds),
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "low": min(values), "high": max(values)}
+
+
+def summarize(rounds: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, object]]:
+    """Each configuration's p50 and p99 (median [range] over rounds), and its ratios to the
+    first configuration's, taken within each round."""
+    base = next(iter(rounds))
+    out: dict[str, dict[str, object]] = {}
+    for name, rs in rounds.items():
+        entry: dict[str, object] = {q: _spread([r[q] for r in rs]) for q in ("p50_s", "p99_s")}
+        if name != base:
+            for q in ("p50_s", "p99_s"):
+                ratios = [r[q] / b[q] for r, b in zip(rs, rounds[base], strict=True)]
+                entry[f"{q[:3]}_over_{base}"] = _spread(ratios)
+        out[name] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, required=True, help="requests per second")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=400, help="requests per replay")
+    p.add_argument(
+        "--config",
+        type=parse_config,
+        action="append",
+        help="name:field=value,... of EngineConfig; repeatable; the first is the baseline "
+        "(default: padded:mode=padded and cellular:mode=cellular)",
+    )
+    p.add_argument("--trace", type=Path, default=TRACE, help="a chain trace (Trace.save)")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and trace (smoke tests)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.rate <= 0 or args.requests < 1:
+        p.error("--rounds and --requests must be >= 1 and --rate > 0")
+    if args.config is None:
+        args.config = [("padded", {"mode": "padded"}), ("cellular", {"mode": "cellular"})]
+    names = [name for name, _ in args.config]
+    if len(set(names)) != len(names):
+        p.error(f"--config: names must differ, got {names}")
+    if args.tiny:
+        args.trace = None
+    result = asyncio.run(run(args))
+    summary = result["summary"]
+    assert isinstance(summary, dict)
+    base = names[0]
+    print(f"{args.rate:g} req/s, {result['requests']} requests a replay, {args.rounds} rounds:")
+    for name, entry in summary.items():
+        p50, p99 = entry["p50_s"], entry["p99_s"]
+        line = (
+            f"  {name:>14s}  p50 {p50['median'] * 1e3:7.1f} ms [{p50['low'] * 1e3:.1f}, "
+            f"{p50['high'] * 1e3:.1f}]  p99 {p99['median'] * 1e3:7.1f} ms [{p99['low'] * 1e3:.1f}, "
+            f"{p99['high'] * 1e3:.1f}]"
+        )
+        if name != base:
+            r50, r99 = entry[f"p50_over_{base}"], entry[f"p99_over_{base}"]
+            line += (
+                f"  over {base}: p50 {r50['median']:.2f} [{r50['low']:.2f}, {r50['high']:.2f}]"
+                f", p99 {r99['median']:.2f} [{r99['low']:.2f}, {r99['high']:.2f}]"
+            )
+        print(line)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -19,7 +19,7 @@ from batchmaker.cli.main import build_parser
 
 MAKEFILE = Path(__file__).resolve().parents[2] / "Makefile"
 _VARIABLE = re.compile(r"\$\((\w+)\)")
-_SETTING = re.compile(r"^(\w+)[ \t]*\?=[ \t]*(.*)$", re.MULTILINE)
+_SETTING = re.compile(r"^(\w+)[ \t]*[?:]?=[ \t]*(.*)$", re.MULTILINE)
 
 
 def _commands() -> list[tuple[str, list[str]]]:
@@ -35,7 +35,8 @@ def _commands() -> list[tuple[str, list[str]]]:
         if not line.startswith("\t$(BIN)/batchmaker "):
             continue
         command = line.strip().split(" | ", 1)[0]
-        command = _VARIABLE.sub(lambda v: settings.get(v.group(1), ""), command)
+        for _ in range(5):  # variables inside variables, a few levels
+            command = _VARIABLE.sub(lambda v: settings.get(v.group(1), ""), command)
         found.append((target, shlex.split(command)[1:]))
     return found
 

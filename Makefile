@@ -76,27 +76,13 @@ bench-e2e: $(STAMP)
 bench-host: $(STAMP)
 	$(BIN)/batchmaker bench-host $(BENCH_ARGS)
 
-# Everything a lent CUDA device should record, in one command meant to fit 8 minutes (an
-# estimate: no GPU has run it yet), most important first, so a run cut short keeps what
-# matters: the CUDA tests; host cost and idle latency against cuDNN; saturation and
-# efficiency of the three modes against the fused baselines; cellular with overlapped
-# steps (saturation, with the device's busy fraction from its events, then host cost at
-# one step per plan); host cost with CUDA graphs. Saturation windows are 3 s, not the
-# CPU's 6: a GPU runs thousands of plans in one, and 2 runs x 3 modes x 2 forms x 4
-# windows of 6 s would take the whole budget. Each command writes its own files, and a
-# failing one does not stop the rest. Needs the CUDA build of torch (docs/setup.md,
-# "GPU hosts").
+# Everything a CUDA host should record, in one command meant to fit 8 minutes (an estimate:
+# no GPU has run it yet), most important first: bench/gpu/run.sh says what and why. On a
+# machine lent by this workplace's device tool, without network, run bench/gpu/device.sh
+# instead (it says how). Needs the CUDA build of torch (docs/setup.md, "GPU hosts").
 GPU_OUT ?= bench-results/gpu
-GPU_SAT = --device cuda --threads 1 --saturation-only --runs 3 --saturation-seconds 3
 bench-gpu: $(STAMP)
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device (torch ' + torch.__version__ + ')')"
-	mkdir -p $(GPU_OUT)
-	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider | tee $(GPU_OUT)/tests.txt
-	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --out $(GPU_OUT)/host.json | tee $(GPU_OUT)/host.txt
-	$(BIN)/batchmaker bench $(GPU_SAT) --out $(GPU_OUT)/engine.json | tail -20 | tee $(GPU_OUT)/engine.txt
-	$(BIN)/batchmaker bench $(GPU_SAT) --modes cellular --overlap-steps --out $(GPU_OUT)/engine-overlap.json | tail -20 | tee $(GPU_OUT)/engine-overlap.txt
-	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --steps-per-plan 1 --overlap-steps --out $(GPU_OUT)/host-overlap.json | tee $(GPU_OUT)/host-overlap.txt
-	$(BIN)/batchmaker bench-host --device cuda --threads 1 --rounds 5 --steps-per-plan 1 32 --cuda-graphs --out $(GPU_OUT)/host-graphs.json | tee $(GPU_OUT)/host-graphs.txt
+	PY=$(BIN)/python OUT=$(GPU_OUT) bench/gpu/run.sh
 
 # Locust, headless and bounded, against a server it starts on 127.0.0.1 (30 s of
 # steady load by default); exits non-zero over the thresholds (loadtest/README.md).

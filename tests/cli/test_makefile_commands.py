@@ -1,15 +1,19 @@
-"""Every ``batchmaker`` command the Makefile runs parses, and its engine flags make a
-valid ``EngineConfig``.
+"""Every ``batchmaker`` command the Makefile and ``bench/gpu/run.sh`` run parses, and its
+engine flags make a valid ``EngineConfig``.
 
-``make bench-gpu`` matters most: it runs only where a GPU is lent, for a few minutes in
-all, so a misspelt flag there would cost the one chance to record the GPU figures. The
-commands are read from the Makefile itself, so the test follows it.
+``make bench-gpu`` (``bench/gpu/run.sh``) matters most: it runs only where a GPU is lent,
+for a few minutes in all, so a misspelt flag there would cost the one chance to record
+the GPU figures. The commands are read from the files themselves (the script through
+its ``DRY_RUN``), so the test follows them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,9 @@ import pytest
 from batchmaker.cli import flags
 from batchmaker.cli.main import build_parser
 
-MAKEFILE = Path(__file__).resolve().parents[2] / "Makefile"
+ROOT = Path(__file__).resolve().parents[2]
+MAKEFILE = ROOT / "Makefile"
+GPU_RUN = ROOT / "bench" / "gpu" / "run.sh"
 _VARIABLE = re.compile(r"\$\((\w+)\)")
 _SETTING = re.compile(r"^(\w+)[ \t]*[?:]?=[ \t]*(.*)$", re.MULTILINE)
 
@@ -44,14 +50,42 @@ def _commands() -> list[tuple[str, list[str]]]:
 COMMANDS = _commands()
 
 
-def test_the_makefile_runs_the_gpu_benchmarks_it_promises() -> None:
-    """The control: the reading found bench-gpu's five commands, so an empty list cannot
-    pass the test below."""
-    gpu = [argv for target, argv in COMMANDS if target == "bench-gpu"]
-    assert len(gpu) == 5, gpu
-    assert all("--device" in argv and "cuda" in argv for argv in gpu)
-    assert any("--overlap-steps" in argv for argv in gpu)
-    assert any("--cuda-graphs" in argv for argv in gpu)
+def _gpu_commands() -> list[tuple[str, list[str]]]:
+    """``(step, argv)`` of each batchmaker command bench/gpu/run.sh runs (``make bench-gpu``
+    and the lent machine's ``device.sh``), as bash expands them (``DRY_RUN=1``)."""
+    with tempfile.TemporaryDirectory() as out:
+        printed = subprocess.run(
+            ["bash", str(GPU_RUN)],
+            env={**os.environ, "DRY_RUN": "1", "OUT": out, "PY": "python"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    steps = [shlex.split(line) for line in printed.splitlines() if line.strip()]
+    return [
+        (f"bench/gpu/run.sh {argv[0]}", argv[4:])
+        for argv in steps
+        if argv[2:4] == ["-m", "batchmaker"]
+    ]
+
+
+GPU = _gpu_commands()
+COMMANDS += GPU
+
+
+def test_the_gpu_run_records_what_it_promises() -> None:
+    """The control: the dry run printed the five benchmark commands (and the tests), so an
+    empty list cannot pass the test below."""
+    assert [name.split()[-1] for name, _ in GPU] == [
+        "host",
+        "engine",
+        "engine-overlap",
+        "host-overlap",
+        "host-graphs",
+    ]
+    assert all(argv[argv.index("--device") + 1] == "cuda" for _, argv in GPU)
+    assert "bench/gpu/run.sh" in MAKEFILE.read_text()  # make bench-gpu runs it
 
 
 @pytest.mark.parametrize(

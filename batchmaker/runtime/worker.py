@@ -148,7 +148,9 @@ class DeviceWorker:
         self.plan_times: list[tuple[StepPlan, float]] | None = None
         """When a list, each plan run on a chosen kernel (no trial) and the seconds of its
         whole step (schedule, execute, update), as ``batchmaker profile`` times its grid:
-        how the served engine's plans compare with the profile's (``measure_host``)."""
+        how the served engine's plans compare with the profile's (``measure_host``). With
+        overlap the host's part of a step hides behind the device's, so it is the plan's
+        device seconds instead."""
 
     def start(self) -> None:
         self._thread.start()

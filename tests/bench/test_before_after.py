@@ -4,28 +4,19 @@ driver, this tree against itself, reports every figure with its per-round ratios
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+
+from bench import before_after
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "before_after.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("before_after", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_probe_measures_this_tree() -> None:
-    figures = _load().probe(reps=1)
+    figures = before_after.probe(reps=1)
     assert set(figures) == {"us_per_token_alone", "rows_per_s", "idle_ms"}
     assert all(v > 0 for v in figures.values())
 

@@ -5,31 +5,19 @@ ratios to the first, taken within each round; configurations are parsed as
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "fixed_rate.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fixed_rate", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench import fixed_rate
 
 
 def test_a_tiny_run_reports_each_config_and_its_ratios(tmp_path: Path) -> None:
     out = tmp_path / "fixed.json"
     argv = ["--tiny", "--rate", "40", "--rounds", "2", "--requests", "20", "--out", str(out)]
     argv += ["--config", "padded:mode=padded", "--config", "cell:mode=cellular,overlap_steps=1"]
-    assert _load().main(argv) == 0
+    assert fixed_rate.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["configs"] == {
         "padded": {"mode": "padded"},
@@ -55,7 +43,7 @@ def test_ratios_are_taken_within_each_round() -> None:
         "base": [{"p50_s": 1.0, "p99_s": 2.0}, {"p50_s": 4.0, "p99_s": 8.0}],
         "x": [{"p50_s": 2.0, "p99_s": 2.0}, {"p50_s": 2.0, "p99_s": 4.0}],
     }
-    summary = _load().summarize(rounds)
+    summary = fixed_rate.summarize(rounds)
     assert summary["x"]["p50_over_base"] == {"median": 1.25, "low": 0.5, "high": 2.0}
     assert summary["x"]["p99_over_base"] == {"median": 0.75, "low": 0.5, "high": 1.0}
 
@@ -71,4 +59,4 @@ def test_ratios_are_taken_within_each_round() -> None:
 )
 def test_a_bad_config_is_refused_by_name(text: str, says: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=says):
-        _load().parse_config(text)
+        fixed_rate.parse_config(text)

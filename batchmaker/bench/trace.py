@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,15 +168,17 @@ def make_trace(
     p99_len: float = 100,
     max_len: int = 512,
     max_output_len: int | None = None,
+    burst_ratio: float = 8.0,
 ) -> Trace:
-    """A chain trace, or with ``max_output_len`` a seq2seq one (see ``target_lengths``).
+    """A chain trace, or with ``max_output_len`` a seq2seq one (see ``target_lengths``);
+    ``burst_ratio``: an ``mmpp`` arrival's (``unit_rate_offsets``).
 
     The targets are drawn after everything else, so a seq2seq trace's sources and
     arrivals are the chain trace's of the same seed.
     """
     rng = np.random.default_rng(seed)
     lengths = sentence_lengths(rng, n, median=median_len, p99=p99_len, max_len=max_len)
-    offsets = unit_rate_offsets(rng, n, arrival)
+    offsets = unit_rate_offsets(rng, n, arrival, burst_ratio=burst_ratio)
     tokens = [rng.integers(0, vocab_size, int(k), dtype=np.int64) for k in lengths]
     targets = None if max_output_len is None else target_lengths(rng, lengths, max_output_len)
     return Trace(offsets=offsets, tokens=tokens, arrival=arrival, seed=seed, output_lengths=targets)
@@ -203,6 +205,7 @@ def generate(
     this ``median`` and ``p99`` (tokens of a chain or a seq2seq source, leaves of a
     tree), arriving at unit rate as ``arrival`` says; ``burstiness``: an MMPP's on-state
     rate over its off-state rate (8 when ``None``)."""
+    burst_ratio = 8.0 if burstiness is None else burstiness
     if family == "tree":
         trace = make_tree_trace(
             n,
@@ -212,6 +215,7 @@ def generate(
             median_leaves=median,
             p99_leaves=p99,
             max_leaves=MAX_LEN["tree"],
+            burst_ratio=burst_ratio,
         )
     else:
         trace = make_trace(
@@ -223,11 +227,8 @@ def generate(
             p99_len=p99,
             max_len=MAX_LEN["chain"],
             max_output_len=MAX_LEN["seq2seq"] if family == "seq2seq" else None,
+            burst_ratio=burst_ratio,
         )
-    if burstiness is not None:
-        rng = np.random.default_rng(seed + 1)
-        offsets = unit_rate_offsets(rng, n, "mmpp", burst_ratio=burstiness)
-        trace = replace(trace, offsets=offsets)
     return trace
 
 
@@ -282,8 +283,10 @@ def make_tree_trace(
     median_leaves: float = 20,
     p99_leaves: float = 100,
     max_leaves: int = 128,
+    burst_ratio: float = 8.0,
 ) -> Trace:
-    """Random binary trees over sentence-length leaf counts, with random leaf tokens.
+    """Random binary trees over sentence-length leaf counts, with random leaf tokens;
+    ``burst_ratio``: an ``mmpp`` arrival's (``unit_rate_offsets``).
 
     A tree of ``k`` leaves has ``2k - 1`` nodes (every internal node has two children,
     as in a binarised parse); leaves read word ids in ``[1, vocab_size)`` and internal
@@ -293,7 +296,7 @@ def make_tree_trace(
         raise ValueError(f"vocab_size must be >= 2 (one id is the phrase token), got {vocab_size}")
     rng = np.random.default_rng(seed)
     leaves = sentence_lengths(rng, n, median=median_leaves, p99=p99_leaves, max_len=max_leaves)
-    offsets = unit_rate_offsets(rng, n, arrival)
+    offsets = unit_rate_offsets(rng, n, arrival, burst_ratio=burst_ratio)
     tokens, children = [], []
     for k in leaves:
         tok, ch = random_binary_tree(rng, int(k), vocab_size)

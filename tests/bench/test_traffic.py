@@ -48,6 +48,17 @@ def test_burstiness_makes_the_gaps_more_uneven() -> None:
     assert cv(bursty) > 1.3
 
 
+@pytest.mark.parametrize("family", ["chain", "tree"])
+def test_the_default_burstiness_is_the_one_named(family: str) -> None:
+    """``--burstiness 8`` is the documented default: it must give the very trace that
+    leaving it out gives, and another ratio another trace."""
+    default = generate(family, 200, seed=4, arrival="mmpp")
+    named = generate(family, 200, seed=4, arrival="mmpp", burstiness=8.0)
+    other = generate(family, 200, seed=4, arrival="mmpp", burstiness=2.0)
+    assert np.array_equal(default.offsets, named.offsets)
+    assert not np.array_equal(default.offsets, other.offsets)
+
+
 def test_timestamps_are_sorted_from_zero(tmp_path: Path) -> None:
     lines = tmp_path / "t.txt"
     lines.write_text("# epoch seconds\n1700000002.5\n\n1700000001.0\n1700000001.0 # twice\n")

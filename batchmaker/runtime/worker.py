@@ -346,9 +346,7 @@ class DeviceWorker:
             result = self.executor.execute(plan, handoff)
         except Exception as exc:
             handoff()
-            log.exception("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size)
-            self.stats.num_failed_steps += 1
-            self._deliver(sched.fail_step(plan), exc)
+            self._failed(plan, sched.fail_step(plan), exc)
             return True
         handoff()  # in case the executor never called it
         self._record(plan, time.perf_counter() - t0)
@@ -450,6 +448,8 @@ class DeviceWorker:
             times.append((plan, seconds))
 
     def _failed(self, plan: StepPlan, outcome: StepOutcome, exc: BaseException) -> None:
+        """The device raised on ``plan``: log it, count it, and fail ``outcome``'s requests
+        with ``exc`` (INTERNAL), whichever path ran the plan."""
         log.error("cell %s failed on a batch of %d", plan.cell_type, plan.batch_size, exc_info=exc)
         self.stats.num_failed_steps += 1
         self._deliver(outcome, exc)

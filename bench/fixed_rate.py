@@ -25,7 +25,6 @@ import dataclasses
 import json
 import statistics
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +66,11 @@ def parse_config(text: str) -> tuple[str, dict[str, object]]:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     from batchmaker.bench.openloop import replay
-    from batchmaker.bench.reference import TOP_K
     from batchmaker.bench.trace import Trace
-    from batchmaker.bench.workloads import make_workload
+    from batchmaker.bench.workloads import engine_sender, make_workload
     from batchmaker.config import EngineConfig
     from batchmaker.runtime.engine import Engine
     from batchmaker.runtime.torch_executor import set_cpu_threads
-    from batchmaker.types import InferRequest, StepOutput
 
     set_cpu_threads(EngineConfig())
     workload = make_workload("chain", tiny=args.tiny)
@@ -90,26 +87,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for engine in engines.values():
         await engine.start()
 
-    async def point(name: str, tag: str) -> tuple[float, float, int]:
-        engine = engines[name]
-
-        async def send(i: int) -> AsyncIterator[list[StepOutput]]:
-            spec = specs[i]
-            stream = engine.submit(
-                InferRequest(
-                    model.name,
-                    spec.inputs,
-                    request_id=f"{tag}-{i}",
-                    top_k=TOP_K,
-                    max_output_length=spec.max_output_length,
-                )
-            )
-            try:
-                while chunk := await stream.next_chunk():
-                    yield chunk
-            finally:
-                stream.cancel()
-
+    async def point(name: str) -> tuple[float, float, int]:
+        send = engine_sender(engines[name], model, specs)
         rep = await replay(send, trace.arrivals(args.rate, n), rate=args.rate, lead_s=0.02)
         done = rep.latency_s[~np.isnan(rep.latency_s)]
         return float(np.percentile(done, 50)), float(np.percentile(done, 99)), len(done)
@@ -117,10 +96,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
     try:
         for name in engines:
-            await point(name, f"warm-{name}")
+            await point(name)
         for r in range(args.rounds):
             for name in engines:
-                p50, p99, completed = await point(name, f"{name}-{r}")
+                p50, p99, completed = await point(name)
                 rounds[name].append({"p50_s": p50, "p99_s": p99, "completed": completed})
                 print(
                     f"round {r + 1}/{args.rounds} {name:>14s}: p50 {p50 * 1e3:7.1f} ms, "

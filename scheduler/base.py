@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,19 @@ def completion_reason(request: SchedRequest) -> FinishReason:
 # A row of a plan: the request and node it runs, or (None, -1, None) for padding.
 Row = tuple[SchedRequest | None, int, NodeSpec | None]
 PADDING_ROW: Row = (None, -1, None)
+
+
+class PlanRows(NamedTuple):
+    """Some rows of a plan, as the plan holds them (``StepPlan``'s fields of the same name)."""
+
+    requests: list[SchedRequest | None]
+    nodes: list[int]
+    emits: list[bool]
+    inputs: np.ndarray
+    reads: np.ndarray
+    writes: np.ndarray
+    top_k: int
+    wants_outputs: bool
 
 
 class Scheduler(ABC):
@@ -277,9 +290,16 @@ class Scheduler(ABC):
 
     def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:
         """Record that ``plan`` ran; returns what to deliver."""
+        self._update_rows(plan, result, 0)
+        self._after_step()
+        return self.take_outcome()
+
+    def _update_rows(self, plan: StepPlan, result: Any, first: int) -> None:
+        """Record that rows ``first ..`` of ``plan`` ran, one node (or one run) each."""
         tokens = getattr(result, "tokens", None)
         steps = plan.steps
-        for row, request in enumerate(plan.requests):
+        for row in range(first, len(plan.requests)):
+            request = plan.requests[row]
             if request is None or request.finished:
                 continue
             node = plan.nodes[row]
@@ -292,13 +312,21 @@ class Scheduler(ABC):
                 ready = request.graph.complete(node, token)
             else:
                 ready = request.graph.complete_run(node, n)
-            request.num_outstanding += len(ready) - 1
-            for i in ready:
-                self._push(request, i, request.graph.node(i))
-            if request.num_outstanding == 0:
-                self._on_complete(request)
-        self._after_step()
-        return self.take_outcome()
+            self._queue_next(request, ready)
+
+    def _queue_next(self, request: SchedRequest, ready: list[int]) -> None:
+        """``request``'s node (or run) just done made ``ready`` ready: queue them, or end it."""
+        request.num_outstanding += len(ready) - 1
+        for i in ready:
+            self._push(request, i, request.graph.node(i))
+        if request.num_outstanding == 0:
+            self._on_complete(request)
+
+    def _start(self, request: SchedRequest, now: float) -> None:
+        """``request``'s first node is in a plan (at clock time ``now``): it is in flight."""
+        request.started = True
+        request.started_at = now
+        self._num_queued -= 1
 
     def _build_plan(
         self,
@@ -313,8 +341,33 @@ class Scheduler(ABC):
         ``lengths``: each row's run (its steps in this plan), when the plan runs more than
         one step; padding rows run one.
         """
-        arity = cell_type.arity
         num_steps = max(lengths) if lengths else 1
+        part = self._plan_rows(cell_type, rows, lengths, num_steps)
+        return StepPlan(
+            cell_type=cell_type.name,
+            requests=part.requests,
+            nodes=part.nodes,
+            emits=part.emits,
+            inputs=part.inputs,
+            read_slots=part.reads,
+            write_slots=part.writes,
+            top_k=part.top_k,
+            wants_outputs=part.wants_outputs,
+            num_steps=num_steps,
+            steps=None if num_steps == 1 else np.array(lengths, dtype=np.int64),
+            pad_to_longest=pad_to_longest and num_steps > 1,
+        )
+
+    def _plan_rows(
+        self,
+        cell_type: CellTypeSpec,
+        rows: list[Row],
+        lengths: list[int] | None,
+        num_steps: int,
+    ) -> PlanRows:
+        """The rows' part of a plan of ``num_steps`` steps, row by row (a plan may also hold
+        a persistent batch's rows, built as arrays: ``scheduler/lanes.py``)."""
+        arity = cell_type.arity
         requests: list[SchedRequest | None] = []
         nodes: list[int] = []
         emits: list[bool] = []
@@ -343,9 +396,7 @@ class Scheduler(ABC):
             if not request.started:
                 if now < 0:
                     now = self.clock.now()
-                request.started = True
-                request.started_at = now
-                self._num_queued -= 1
+                self._start(request, now)
             emits.append(spec.emits)
             if num_steps == 1:
                 inputs.append(spec.input)
@@ -370,19 +421,15 @@ class Scheduler(ABC):
             for k, x in enumerate(inputs):
                 if rows[k][0] is not None:
                     input_array[k, : len(x)] = x
-        return StepPlan(
-            cell_type=cell_type.name,
-            requests=requests,
-            nodes=nodes,
-            emits=emits,
-            inputs=input_array,
-            read_slots=np.array(reads, dtype=np.int64).reshape(len(rows), arity),
-            write_slots=np.array(writes, dtype=np.int64),
-            top_k=top_k,
-            wants_outputs=wants_outputs,
-            num_steps=num_steps,
-            steps=None if num_steps == 1 else np.array(lengths, dtype=np.int64),
-            pad_to_longest=pad_to_longest and num_steps > 1,
+        return PlanRows(
+            requests,
+            nodes,
+            emits,
+            input_array,
+            np.array(reads, dtype=np.int64).reshape(len(rows), arity),
+            np.array(writes, dtype=np.int64),
+            top_k,
+            wants_outputs,
         )
 
     # ---- what each policy decides --------------------------------------------

@@ -39,12 +39,16 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
 
 from scheduler.base import Row, Scheduler
 from scheduler.clock import Clock
 from scheduler.cost import PlanCosts
 from scheduler.graph import NodeSpec
-from scheduler.plan import CellTypeSpec, StepPlan
+from scheduler.lanes import NODE, LaneBatch
+from scheduler.plan import CellTypeSpec, StepOutcome, StepPlan
 from scheduler.policy import PolicyConfig, pick_cell_type
 from scheduler.queues import ReadyQueue
 from scheduler.request import SchedRequest
@@ -117,12 +121,18 @@ class CellularScheduler(Scheduler):
         # Fairness counts steps, not clock time: a simulator's clock (or a coarse one)
         # may not move between steps, and equal times would let one type starve another.
         self._num_steps = 0
+        self._flight: tuple[StepPlan, LaneBatch] | None = None
+        """The plan in flight whose first rows are a persistent batch's, and that batch."""
 
     def _on_cell_types_changed(self) -> None:
         for name in set(self.queues) - set(self.cell_types):
             self.costs.forget(name)
         # A removed type's queue is empty: its requests ended before it was removed.
-        self.queues = {name: self.queues.get(name) or ReadyQueue(name) for name in self.cell_types}
+        # A persistent batch for each cell type whose nodes read one state (not trees').
+        self.queues = {
+            name: self.queues.get(name) or ReadyQueue(name, spec.max_batch * (spec.arity == 1))
+            for name, spec in self.cell_types.items()
+        }
         self._candidates = [(spec, self.queues[name]) for name, spec in self.cell_types.items()]
 
     def num_ready(self, cell_type: str) -> int:
@@ -141,7 +151,9 @@ class CellularScheduler(Scheduler):
             self.queues[spec.cell_type].push(request, node, spec, self._num_steps)
 
     def _push(self, request: SchedRequest, node: int, spec: NodeSpec) -> None:
-        self.queues[spec.cell_type].push(request, node, spec, self._num_steps)
+        queue = self.queues[spec.cell_type]
+        if not queue.seat(request, node, self._num_steps):
+            queue.push(request, node, spec, self._num_steps)
 
     def _on_finish(self, request: SchedRequest) -> None:
         if request.num_outstanding:
@@ -155,24 +167,140 @@ class CellularScheduler(Scheduler):
         spec, queue = choice
         self._num_steps += 1
         queue.last_served = self._num_steps
-        rows: list[Row] = list(queue.pop(spec.max_batch))
         self.arrivals.started(now)
-        return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
+        lane = queue.lane
+        if lane is None or lane.in_flight:
+            rows: list[Row] = list(queue.pop(spec.max_batch))
+            return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
+        lane.drop_dead()
+        rows = []
+        for row in queue.pop(spec.max_batch - len(lane.reqs)):
+            request, node, _ = row
+            seat = request.graph.lane(node)
+            if seat is None:
+                rows.append(row)
+                continue
+            if not request.started:
+                self._start(request, now)
+            lane.join(request, node, seat)
+        if not lane.reqs:
+            return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
+        return self._lane_plan(spec, queue, lane, rows)
+
+    def _lane_plan(
+        self, spec: CellTypeSpec, queue: ReadyQueue, lane: LaneBatch, rows: list[Row]
+    ) -> StepPlan:
+        """A plan of every row of the persistent batch, then ``rows`` (graphs without lanes)."""
+        runs = self._lane_runs(spec, queue, lane, rows)
+        if runs is None:
+            num_steps, steps, lengths = 1, None, None
+        else:
+            num_steps, steps, lengths = runs
+        inputs, reads, writes, lane_emits = lane.launch(steps, num_steps)
+        requests: list[SchedRequest | None] = list(lane.reqs)
+        nodes: list[int] = lane.cols[: len(requests), NODE].tolist()
+        emits = list(lane_emits)
+        top_k, wants_outputs = lane.top_k, lane.wants_outputs
+        if rows:
+            part = self._plan_rows(spec, rows, lengths, num_steps)
+            requests += part.requests
+            nodes += part.nodes
+            emits += part.emits
+            inputs = np.concatenate([inputs, part.inputs])
+            reads = np.concatenate([reads, part.reads])
+            writes = np.concatenate([writes, part.writes])
+            top_k = max(top_k, part.top_k)
+            wants_outputs = wants_outputs or part.wants_outputs
+            if steps is not None:
+                assert lengths is not None
+                steps = np.concatenate([steps, np.array(lengths, dtype=np.int64)])
+        plan = StepPlan(
+            cell_type=spec.name,
+            requests=requests,
+            nodes=nodes,
+            emits=emits,
+            inputs=inputs,
+            read_slots=reads,
+            write_slots=writes,
+            top_k=top_k,
+            wants_outputs=wants_outputs,
+            num_steps=num_steps,
+            steps=steps,
+        )
+        self._flight = (plan, lane)
+        return plan
+
+    def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:
+        flight = self._flight
+        first = 0
+        if flight is not None and flight[0] is plan:
+            self._flight = None
+            lane = flight[1]
+            first = lane.in_flight
+            steps = None if plan.steps is None else plan.steps[:first]
+            exits = lane.land(result, steps, plan.num_steps, self._outcome.emissions)
+            queue = self.queues[plan.cell_type]
+            if lane.reqs and queue.heap_size == 0:
+                queue.ready_since = self._num_steps  # its rows are ready again
+            for request, end in exits:
+                self._queue_next(request, request.graph.complete_run(end - 1, 1))
+        self._update_rows(plan, result, first)
+        self._after_step()
+        return self.take_outcome()
+
+    def fail_step(self, plan: StepPlan) -> StepOutcome:
+        outcome = super().fail_step(plan)
+        flight = self._flight
+        if flight is not None and flight[0] is plan:
+            self._flight = None
+            flight[1].abandon()
+        return outcome
 
     def _run_lengths(
         self, spec: CellTypeSpec, queue: ReadyQueue, rows: list[Row]
     ) -> list[int] | None:
         """Each row's steps in this plan (see the module docstring), or ``None`` for one."""
-        cap = self.max_steps_per_plan
-        if cap == 1 or not spec.runs:
+        if not self._may_run_several(spec, queue):
             return None
-        if any(q for q in self.queues.values() if q is not queue):
-            return None
-        runs = [r.graph.run_length(node, cap) for r, node, _ in rows if r is not None]
-        k = self._best_length(spec.name, runs) if queue else self._free_length(spec, runs)
+        runs = [r.graph.run_length(node, self.max_steps_per_plan) for r, node, _ in rows if r]
+        k = self._plan_length(spec, queue, runs)
         if k <= 1:
             return None
         return [min(n, k) for n in runs]
+
+    def _lane_runs(
+        self, spec: CellTypeSpec, queue: ReadyQueue, lane: LaneBatch, rows: list[Row]
+    ) -> tuple[int, np.ndarray, list[int]] | None:
+        """A plan with a persistent batch: its length, each lane row's steps and each other
+        row's, or ``None`` for one step."""
+        if not self._may_run_several(spec, queue):
+            return None
+        cap = self.max_steps_per_plan
+        others = [r.graph.run_length(node, cap) for r, node, _ in rows if r]
+        if lane.left >= cap:  # every row of the batch has a whole plan's steps left
+            k = self._plan_length(spec, queue, [cap] * len(lane.reqs) + others)
+            if k <= 1:
+                return None
+            steps = np.full(len(lane.reqs), k, dtype=np.int64)
+        else:
+            lane_runs = lane.runs(cap)
+            k = self._plan_length(spec, queue, lane_runs.tolist() + others)
+            if k <= 1:
+                return None
+            steps = np.minimum(lane_runs, k)
+        lengths = [min(n, k) for n in others]
+        return max(int(steps.max()), max(lengths, default=1)), steps, lengths
+
+    def _may_run_several(self, spec: CellTypeSpec, queue: ReadyQueue) -> bool:
+        if self.max_steps_per_plan == 1 or not spec.runs:
+            return False
+        return not any(q for q in self.queues.values() if q is not queue)
+
+    def _plan_length(self, spec: CellTypeSpec, queue: ReadyQueue, runs: list[int]) -> int:
+        # Nodes left waiting (the batch is full): the length doing most rows' steps per second.
+        if queue.heap_size:
+            return self._best_length(spec.name, runs)
+        return self._free_length(spec, runs)
 
     def observe(self, plan: StepPlan, seconds: float) -> None:
         self.costs.observe(plan.cell_type, plan.batch_size, plan.num_steps, seconds)

@@ -46,6 +46,24 @@ class NodeSpec(NamedTuple):
     """Whether its output streams to the client as a step."""
 
 
+class Lane(NamedTuple):
+    """A stretch of a request's nodes that a cell type's persistent batch can carry as one
+    row (``scheduler/lanes.py``): nodes ``index .. end-1`` of one cell type with arity 1,
+    node ``i`` followed by node ``i+1`` alone (no other node of the request is ready or
+    running meanwhile), each reading and writing one slot handle, with inputs known ahead
+    (``run_inputs``). Chains and encoders are lanes; the scheduler then
+    tracks such a row by its next node number instead of asking the graph node by node."""
+
+    end: int
+    """One past the stretch's last node."""
+    handle: int
+    """The request-local slot handle every node of it reads and writes."""
+    zero_at: int
+    """The node of the stretch that reads the zero state instead (a first node), or -1."""
+    emits: bool
+    """Whether each of its nodes streams a step."""
+
+
 class RequestGraph(ABC):
     """The unfolded computation of one request."""
 
@@ -113,6 +131,17 @@ class RequestGraph(ABC):
         at the run's own last step, not after padding to a longer one)."""
         return True
 
+    def lane(self, index: int) -> Lane | None:
+        """The lane that starts at the ready node ``index``, if the graph has one there.
+
+        The scheduler then runs nodes ``index .. end-1`` without calling ``node`` or
+        ``complete`` for each: they must be exactly what ``node`` would say (the lane's
+        handle, ``zero_at``, ``emits``, ``run_inputs``), and completing them must change
+        nothing in the graph. After the last one it calls ``complete_run(end - 1, 1)`` for
+        the nodes that follow the lane.
+        """
+        return None
+
 
 class ChainGraph(RequestGraph):
     """A sequence model over known inputs: node ``i`` reads node ``i-1``'s state.
@@ -176,6 +205,9 @@ class ChainGraph(RequestGraph):
 
     def continues_after(self, index: int, length: int) -> bool:
         return index + length < self._n
+
+    def lane(self, index: int) -> Lane | None:
+        return Lane(self._n, 0, 0 if index == 0 else -1, True)
 
 
 FEEDBACK_INPUT = -1
@@ -260,6 +292,10 @@ class Seq2SeqGraph(RequestGraph):
         if index + length > self._n:
             raise ValueError(f"a run from node {index} of {length} steps leaves the encoder")
         return [index + length]  # the next encoder node, or the decoder's first
+
+    def lane(self, index: int) -> Lane | None:
+        # The encoder; decoder steps depend on the token just emitted.
+        return Lane(self._n, 0, 0 if index == 0 else -1, False) if index < self._n else None
 
 
 class TreeGraph(RequestGraph):

@@ -84,13 +84,15 @@ class StepPlan:
     @property
     def num_real(self) -> int:
         """Rows doing requested work (the rest is padding)."""
-        return sum(r is not None for r in self.requests)
+        return len(self.requests) - self.requests.count(None)
 
     @property
     def num_cell_steps(self) -> int:
         """Cell-steps of requested work: each real row's steps."""
         if self.steps is None:
             return self.num_real
+        if None not in self.requests:
+            return int(self.steps.sum())
         return int(sum(int(n) for r, n in zip(self.requests, self.steps, strict=True) if r))
 
     @property

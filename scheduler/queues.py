@@ -6,6 +6,11 @@ admission order (oldest first). A heap gives that order in O(log n) per node.
 An aborted request's entries stay in the heap, counted as dead, and are skipped when
 popped; the heap is rebuilt without them once they are half of it. So a cancel costs
 O(1) (amortised), and a mass disconnect of n requests O(n), not one rebuild each.
+
+Beside the heap, a queue may hold its cell type's persistent batch (``lane``,
+``scheduler/lanes.py``): the running rows of chains, which come first in that order
+anyway, kept as arrays from their first step to their last instead of popped and
+pushed back each step.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import heapq
 
 from scheduler.graph import NodeSpec
+from scheduler.lanes import LaneBatch
 from scheduler.request import SchedRequest
 
 COMPACT_MIN = 64
@@ -28,10 +34,13 @@ _Entry = tuple[int, int, int, int, SchedRequest, NodeSpec]
 class ReadyQueue:
     """Nodes of one cell type whose dependencies are done."""
 
-    __slots__ = ("_count", "_dead", "_heap", "cell_type", "last_served", "ready_since")
+    __slots__ = ("_count", "_dead", "_heap", "cell_type", "lane", "last_served", "ready_since")
 
-    def __init__(self, cell_type: str) -> None:
+    def __init__(self, cell_type: str, lane_capacity: int = 0) -> None:
+        """``lane_capacity``: the seats of a persistent batch (the cell type's max batch),
+        or 0 for none (cell types whose nodes read several states: trees)."""
         self.cell_type = cell_type
+        self.lane = LaneBatch(lane_capacity) if lane_capacity else None
         self._heap: list[_Entry] = []
         self._count: dict[int, int] = {}
         """Live entries per request (by admission seq): what a removal marks dead."""
@@ -45,12 +54,19 @@ class ReadyQueue:
         tie-break (a step count, not clock time, so equal timestamps cannot starve a type)."""
 
     def __len__(self) -> int:
-        """Ready nodes of live requests (dead entries excluded)."""
+        """Ready nodes of live requests (dead entries excluded), in the heap and the lane."""
+        lane = self.lane
+        n = len(self._heap) - self._dead
+        return n if lane is None else n + lane.num_ready
+
+    @property
+    def heap_size(self) -> int:
+        """Ready nodes in the heap: those not in the persistent batch."""
         return len(self._heap) - self._dead
 
     def push(self, request: SchedRequest, node: int, spec: NodeSpec, step: int = 0) -> None:
         """Queue a ready node; ``step`` is the scheduler's step count (for ``ready_since``)."""
-        if len(self._heap) == self._dead:
+        if not self:
             self.ready_since = step
         seq = request.seq
         self._count[seq] = self._count.get(seq, 0) + 1
@@ -78,9 +94,27 @@ class ReadyQueue:
             out.append((request, e[3], e[5]))
         return out
 
+    def seat(self, request: SchedRequest, node: int, step: int = 0) -> bool:
+        """Seat a started request's ready node in the persistent batch, if the batch is not
+        in flight, has a free seat, and the graph has a lane there; False: push it."""
+        lane = self.lane
+        if lane is None or not lane.can_join():
+            return False
+        spec = request.graph.lane(node)
+        if spec is None:
+            return False
+        if not self:
+            self.ready_since = step
+        lane.join(request, node, spec)
+        return True
+
     def remove_request(self, request: SchedRequest) -> int:
         """Drop every node of ``request`` (finished: its entries are skipped from now on);
         returns how many were dropped."""
+        lane = self.lane
+        seated = lane is not None and request.seq in lane.members
+        if lane is not None and seated:
+            lane.leave(request)
         dropped = self._count.pop(request.seq, 0)
         if dropped:
             self._dead += dropped
@@ -88,4 +122,4 @@ class ReadyQueue:
                 self._heap = [e for e in self._heap if not e[4].finished]
                 heapq.heapify(self._heap)
                 self._dead = 0
-        return dropped
+        return dropped + seated

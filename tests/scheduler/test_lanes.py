@@ -1,0 +1,138 @@
+"""The persistent batch (``scheduler/lanes.py``): chains far longer than the inputs'
+window, so rows are refilled and the arena compacted, with token and vector inputs, one
+and several steps per plan; graphs without lanes in the same batch; a failed plan; and
+the ``Lane`` contract of the graphs that offer one.
+
+The driver checks every plan row against the request's own inputs, slot and node, so an
+input taken from the wrong offset of the arena, a stale read slot or a row kept past its
+lane's end fails here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from driver import check_cellular_run, drive
+from factories import CELL, FakeResult, create_requests, make_cellular
+
+from scheduler import ChainGraph, FinishReason, Seq2SeqGraph
+from scheduler.graph import ZERO_STATE
+from scheduler.lanes import WINDOW, LaneBatch
+
+
+class NoLaneChain(ChainGraph):
+    """A chain that offers no lane: its rows take the row-by-row path."""
+
+    def lane(self, index: int):
+        return None
+
+
+@pytest.fixture
+def compactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the arena's compactions (the real method runs), so a test can show it
+    exercised them."""
+    calls: list[int] = []
+    real = LaneBatch._compact
+
+    def counted(self: LaneBatch, extra: int):
+        calls.append(extra)
+        return real(self, extra)
+
+    monkeypatch.setattr(LaneBatch, "_compact", counted)
+    return calls
+
+
+@pytest.mark.parametrize("vector_dim", [None, 3])
+@pytest.mark.parametrize("cap", [1, 7, 64])
+def test_long_chains_refill_and_compact_the_arena(
+    cap: int, vector_dim: int | None, compactions: list[int]
+) -> None:
+    rng = np.random.default_rng(cap)
+    lengths = rng.integers(1, 6 * WINDOW, size=30).tolist()
+    requests = create_requests(30, lengths=lengths, vector_dim=vector_dim)
+    arrivals: dict[int, list] = {}
+    for r, when in zip(requests, rng.integers(0, 400, size=30).tolist(), strict=True):
+        arrivals.setdefault(when, []).append(r)
+    sched = make_cellular(max_batch=8, capacity=12, max_steps_per_plan=cap)
+    log = drive(sched, arrivals=arrivals, step_seconds=0.0)
+    check_cellular_run(sched, log)
+    assert compactions, "the run never filled the arena"
+    assert all(log.finished[r.request_id] is FinishReason.COMPLETED for r in requests)
+
+
+@pytest.mark.parametrize("cap", [1, 8])
+def test_graphs_without_lanes_share_the_batch(cap: int) -> None:
+    requests = create_requests(12, lengths=[3, 40, 7, 300, 1, 20, 9, 2, 60, 5, 11, 4])
+    for r in requests[::3]:
+        r.graph = NoLaneChain(CELL, r.tag, CELL)
+    sched = make_cellular(max_batch=4, capacity=6, max_steps_per_plan=cap)
+    log = drive(sched, arrivals={0: requests[:6], 5: requests[6:]})
+    check_cellular_run(sched, log)
+    kinds = [{type(r.graph) for r in s.plan.requests if r} for s in log.steps]
+    assert {ChainGraph, NoLaneChain} in kinds, "no plan held both kinds of rows"
+
+
+def test_a_failed_plan_frees_its_seats() -> None:
+    sched = make_cellular(max_batch=4, capacity=8)
+    first = create_requests(3, lengths=50)
+    for r in first:
+        sched.add_request(r)
+    plan = sched.schedule()
+    assert plan is not None
+    sched.update_from_output(plan, FakeResult(plan))
+    plan = sched.schedule()
+    assert plan is not None
+    assert set(plan.requests) == set(first)
+    outcome = sched.fail_step(plan)
+    assert {r.request_id for r in outcome.finished} == {r.request_id for r in first}
+    assert all(r.finish_reason is FinishReason.FAILED for r in first)
+    assert sched.queue_depths() == {CELL: 0}
+    assert not sched.has_ready_work
+    # The batch is empty again: new requests take every seat, from their first node.
+    later = create_requests(4, lengths=3, first_index=3)
+    log = drive(sched, arrivals=later)
+    assert [s.plan.nodes for s in log.steps] == [[0] * 4, [1] * 4, [2] * 4]
+    assert all(r.finish_reason is FinishReason.COMPLETED for r in later)
+
+
+def test_inputs_of_another_shape_in_one_batch_are_refused() -> None:
+    sched = make_cellular(max_batch=4)
+    tokens = create_requests(1, lengths=4)
+    vectors = create_requests(1, lengths=4, vector_dim=3, first_index=1)
+    sched.add_request(tokens[0])
+    sched.add_request(vectors[0])
+    with pytest.raises(ValueError, match=r"inputs of shape \(3,\) in a batch of inputs of shape"):
+        sched.schedule()
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        ChainGraph("c", [5, 6, 7, 8, 9], "p"),
+        ChainGraph("c", np.ones((6, 3), dtype=np.float64), "p", max_steps=4),
+        Seq2SeqGraph("enc", "dec", [4, 5, 6], "p", bos=1, eos=2, max_steps=3),
+    ],
+    ids=["chain", "capped-vectors", "seq2seq"],
+)
+def test_a_lane_says_what_its_nodes_say(graph: ChainGraph | Seq2SeqGraph) -> None:
+    """Every node a lane covers is the node the graph would hand out one by one (the
+    scheduler trusts the lane instead of calling ``node``), and the node after it is the
+    one ``complete_run`` reports."""
+    index = graph.initial_nodes()[0]
+    while (lane := graph.lane(index)) is not None:
+        assert lane.end > index
+        inputs = graph.run_inputs(index, lane.end - index)
+        for i in range(index, lane.end):
+            spec = graph.node(i)
+            assert graph.lane(i) == lane._replace(zero_at=lane.zero_at if i == index else -1)
+            assert spec.reads == ((ZERO_STATE,) if i == lane.zero_at else (lane.handle,))
+            assert spec.write == lane.handle
+            assert spec.emits == lane.emits
+            np.testing.assert_array_equal(np.asarray(spec.input), inputs[i - index])
+        ready = graph.complete_run(lane.end - 1, 1)
+        assert ready == ([] if isinstance(graph, ChainGraph) else [lane.end])
+        if not ready:
+            return
+        index = ready[0]
+    assert isinstance(graph, Seq2SeqGraph)
+    assert index == 3

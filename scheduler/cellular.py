@@ -242,8 +242,8 @@ class CellularScheduler(Scheduler):
             queue = self.queues[plan.cell_type]
             if lane.reqs and queue.heap_size == 0:
                 queue.ready_since = self._num_steps  # its rows are ready again
-            for request, end in exits:
-                self._queue_next(request, request.graph.complete_run(end - 1, 1))
+            for request, last, token in exits:
+                self._queue_next(request, request.graph.complete(last, token))
         self._update_rows(plan, result, first)
         self._after_step()
         return self.take_outcome()
@@ -273,7 +273,7 @@ class CellularScheduler(Scheduler):
     ) -> tuple[int, np.ndarray, list[int]] | None:
         """A plan with a persistent batch: its length, each lane row's steps and each other
         row's, or ``None`` for one step."""
-        if not self._may_run_several(spec, queue):
+        if lane.num_eos or not self._may_run_several(spec, queue):
             return None
         cap = self.max_steps_per_plan
         others = [r.graph.run_length(node, cap) for r, node, _ in rows if r]

@@ -51,8 +51,10 @@ class Lane(NamedTuple):
     row (``scheduler/lanes.py``): nodes ``index .. end-1`` of one cell type with arity 1,
     node ``i`` followed by node ``i+1`` alone (no other node of the request is ready or
     running meanwhile), each reading and writing one slot handle, with inputs known ahead
-    (``run_inputs``). Chains and encoders are lanes; the scheduler then
-    tracks such a row by its next node number instead of asking the graph node by node."""
+    (``run_inputs``; a decoder's are ``FEEDBACK_INPUT``, which the device resolves). It
+    may end early, at the first node that emits ``eos``. Chains, encoders and greedy
+    decoders are lanes; the scheduler then tracks such a row by its next node number
+    instead of asking the graph node by node."""
 
     end: int
     """One past the stretch's last node."""
@@ -62,6 +64,8 @@ class Lane(NamedTuple):
     """The node of the stretch that reads the zero state instead (a first node), or -1."""
     emits: bool
     """Whether each of its nodes streams a step."""
+    eos: int = -1
+    """A token that ends the lane at the node that emits it (a decoder's EOS), or -1."""
 
 
 class RequestGraph(ABC):
@@ -134,11 +138,11 @@ class RequestGraph(ABC):
     def lane(self, index: int) -> Lane | None:
         """The lane that starts at the ready node ``index``, if the graph has one there.
 
-        The scheduler then runs nodes ``index .. end-1`` without calling ``node`` or
-        ``complete`` for each: they must be exactly what ``node`` would say (the lane's
-        handle, ``zero_at``, ``emits``, ``run_inputs``), and completing them must change
-        nothing in the graph. After the last one it calls ``complete_run(end - 1, 1)`` for
-        the nodes that follow the lane.
+        The scheduler then runs nodes ``index ..`` without calling ``node`` or ``complete``
+        for each: they must be exactly what ``node`` would say (the lane's handle,
+        ``zero_at``, ``emits``, ``run_inputs``), and completing any but the last must change
+        nothing in the graph. After the last (``end - 1``, or the one that emitted ``eos``)
+        it calls ``complete(last, token)`` for the nodes that follow the lane.
         """
         return None
 
@@ -286,6 +290,12 @@ class Seq2SeqGraph(RequestGraph):
         return min(max_steps, self._n - index) if index < self._n else 1
 
     def run_inputs(self, index: int, length: int) -> np.ndarray:
+        n = self._n
+        if index >= n:  # the decoder's: BOS, then the token each step emitted
+            inputs = np.full(length, FEEDBACK_INPUT, dtype=np.int64)
+            if index == n:
+                inputs[0] = self._bos
+            return inputs
         return np.asarray(self._inputs[index : index + length], dtype=np.int64)
 
     def complete_run(self, index: int, length: int) -> list[int]:
@@ -294,8 +304,12 @@ class Seq2SeqGraph(RequestGraph):
         return [index + length]  # the next encoder node, or the decoder's first
 
     def lane(self, index: int) -> Lane | None:
-        # The encoder; decoder steps depend on the token just emitted.
-        return Lane(self._n, 0, 0 if index == 0 else -1, False) if index < self._n else None
+        n = self._n
+        if index < n:  # the encoder
+            return Lane(n, 0, 0 if index == 0 else -1, False)
+        # The decoder, to its output cap or its EOS (runs of it stay one step: each input
+        # is the token just emitted, but no step needs the host to know it).
+        return Lane(n + self._max, 0, -1, True, self._eos)
 
 
 class TreeGraph(RequestGraph):

@@ -35,9 +35,10 @@ from scheduler.slots import ZERO_SLOT
 
 # The columns of ``LaneBatch.cols``: next node, lane end, the arena offset of node 0's
 # input and the node up to which the arena holds inputs, the slot, the node that reads the
-# zero state, the slot the next step reads, streams, top-k, wants outputs.
-NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS = range(10)
-_NUM_COLS = 10
+# zero state, the slot the next step reads, streams, top-k, wants outputs, the token that
+# ends the lane early (or -1).
+NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS, EOS = range(11)
+_NUM_COLS = 11
 
 WINDOW = 256
 """Inputs ahead of a row's next node that a refill copies into the arena (or what the
@@ -76,6 +77,7 @@ class LaneBatch:
         "in_flight",
         "left",
         "members",
+        "num_eos",
         "reqs",
         "top_k",
         "wants_outputs",
@@ -99,6 +101,8 @@ class LaneBatch:
         """Whether a seated request wants the full output rows."""
         self.left = 0
         """At most the steps any row has left in its lane (a lower bound; exact after a leave)."""
+        self.num_eos = 0
+        """Rows whose lane may end early, at a token (decoders): checked after every plan."""
         self._emits: list[bool] = []
         self._emit_rows: list[int] = []
         self._headroom = 0
@@ -129,6 +133,7 @@ class LaneBatch:
             lane.emits,
             request.top_k,
             request.wants_outputs,
+            lane.eos,
         )
         self.reqs.append(request)
         self.members.add(request.seq)
@@ -138,6 +143,7 @@ class LaneBatch:
         self.top_k = max(self.top_k, request.top_k)
         self.wants_outputs = self.wants_outputs or request.wants_outputs
         self.left = lane.end - node if row == 0 else min(self.left, lane.end - node)
+        self.num_eos += lane.eos >= 0
         self._headroom = 0  # its inputs are not in the arena yet
 
     def leave(self, request: SchedRequest) -> None:
@@ -191,11 +197,12 @@ class LaneBatch:
 
     def land(
         self, result: object, steps: np.ndarray | None, num_steps: int, emissions: list[Emission]
-    ) -> list[tuple[SchedRequest, int]]:
+    ) -> list[tuple[SchedRequest, int, int | None]]:
         """The plan in flight (``num_steps`` long) ran: emit its rows' steps (live requests
-        only), advance every row, and drop the rows whose lane ended or whose request did.
-        Returns the first (with each one's lane end), for the scheduler to report to their
-        graphs."""
+        only), advance every row, and drop the rows whose lane ended (at its end, or at its
+        ``eos`` in ``result.tokens``) or whose request did. Returns the first, each with its
+        last node and the token it emitted (if the result has tokens), for the scheduler
+        to report to their graphs."""
         n, self.in_flight = self.in_flight, 0
         gone, self.gone = self.gone, 0
         reqs = self.reqs
@@ -219,10 +226,14 @@ class LaneBatch:
         c[:, READ] = c[:, SLOT]  # every row is past a first node now
         self._headroom -= num_steps
         self.left -= num_steps
-        exits: list[tuple[SchedRequest, int]] = []
-        if self.left <= 0 or gone:
+        exits: list[tuple[SchedRequest, int, int | None]] = []
+        tokens = getattr(result, "tokens", None)
+        if self.left <= 0 or gone or self.num_eos:
             left = c[:, END] - c[:, NODE]
             done = left <= 0
+            if self.num_eos and tokens is not None:
+                eos = c[:, EOS]
+                done |= (np.asarray(tokens).reshape(-1)[:n] == eos) & (eos >= 0)
             if gone:
                 alive = np.array([r.finish_reason is None for r in reqs], dtype=bool)
                 ended = (done & alive).nonzero()[0]
@@ -230,8 +241,12 @@ class LaneBatch:
             else:
                 ended = done.nonzero()[0]
                 leaving = done
-            exits = [(reqs[i], int(c[i, END])) for i in ended.tolist()]
-            for r, _ in exits:
+            last = c[:, NODE] - 1
+            exits = [
+                (reqs[i], int(last[i]), None if tokens is None else int(tokens[i]))
+                for i in ended.tolist()
+            ]
+            for r, _, _ in exits:
                 self.members.discard(r.seq)
             if exits or gone:
                 self._keep(~leaving)
@@ -249,7 +264,7 @@ class LaneBatch:
         if not keep.any():
             self.reqs = []
             self._emits, self._emit_rows = [], []
-            self.top_k, self.wants_outputs, self.left = 0, False, 0
+            self.top_k, self.wants_outputs, self.left, self.num_eos = 0, False, 0, 0
             self._top = 0  # nothing in the arena is needed any more
             return
         n = len(self.reqs)
@@ -262,6 +277,7 @@ class LaneBatch:
         self.top_k = int(c[:, TOP_K].max())
         self.wants_outputs = bool(c[:, WANTS].any())
         self.left = int((c[:, END] - c[:, NODE]).min())
+        self.num_eos = int((c[:, EOS] >= 0).sum())
 
     # ---- the inputs' arena ------------------------------------------------------------
 

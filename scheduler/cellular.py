@@ -196,16 +196,14 @@ class CellularScheduler(Scheduler):
             num_steps, steps, lengths = 1, None, None
         else:
             num_steps, steps, lengths = runs
-        inputs, reads, writes, lane_emits = lane.launch(steps, num_steps)
-        requests: list[SchedRequest | None] = list(lane.reqs)
+        inputs, requests, emits, reads, writes = lane.launch(steps, num_steps)
         nodes: list[int] = lane.cols[: len(requests), NODE].tolist()
-        emits = list(lane_emits)
         top_k, wants_outputs = lane.top_k, lane.wants_outputs
-        if rows:
+        if rows:  # new lists: the batch's own are shared by its plans
             part = self._plan_rows(spec, rows, lengths, num_steps)
-            requests += part.requests
+            requests = requests + part.requests
             nodes += part.nodes
-            emits += part.emits
+            emits = emits + part.emits
             inputs = np.concatenate([inputs, part.inputs])
             reads = np.concatenate([reads, part.reads])
             writes = np.concatenate([writes, part.writes])

@@ -68,7 +68,9 @@ class LaneBatch:
         "_arena",
         "_emit_rows",
         "_emits",
+        "_firsts",
         "_headroom",
+        "_plan",
         "_top",
         "capacity",
         "cols",
@@ -105,6 +107,12 @@ class LaneBatch:
         """Rows whose lane may end early, at a token (decoders): checked after every plan."""
         self._emits: list[bool] = []
         self._emit_rows: list[int] = []
+        self._firsts = 0
+        """Rows whose next step is their first (they read the zero state)."""
+        self._plan: tuple[list[SchedRequest | None], list[bool], np.ndarray, np.ndarray] | None
+        self._plan = None
+        """A plan's requests, emits, read and write slots while nobody joins or leaves:
+        new lists and arrays each time it changes, never changed once handed out."""
         self._headroom = 0
         self._arena: np.ndarray | None = None
         self._top = 0
@@ -144,7 +152,9 @@ class LaneBatch:
         self.wants_outputs = self.wants_outputs or request.wants_outputs
         self.left = lane.end - node if row == 0 else min(self.left, lane.end - node)
         self.num_eos += lane.eos >= 0
+        self._firsts += node == lane.zero_at
         self._headroom = 0  # its inputs are not in the arena yet
+        self._plan = None
 
     def leave(self, request: SchedRequest) -> None:
         """``request`` ended: its row goes at the next ``drop_dead``, or when its plan lands."""
@@ -167,10 +177,11 @@ class LaneBatch:
 
     def launch(
         self, steps: np.ndarray | None, num_steps: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bool]]:
+    ) -> tuple[np.ndarray, list[SchedRequest | None], list[bool], np.ndarray, np.ndarray]:
         """Put every row in flight for a plan of ``num_steps`` steps, ``steps`` of them for
-        each row (``None``: one each); returns its inputs, read slots (``[B, 1]``), write
-        slots, and which rows stream."""
+        each row (``None``: one each); returns its inputs, requests, which rows stream,
+        read slots (``[B, 1]``) and write slots. The lists and slot arrays are shared by
+        the plans of an unchanged batch: a caller must not change them."""
         n = len(self.reqs)
         c = self.cols[:n]
         node = c[:, NODE]
@@ -193,7 +204,11 @@ class LaneBatch:
             inputs = arena[np.where(valid, first[:, None] + ks, 0)]
             inputs[~valid] = 0
         self.in_flight = n
-        return inputs, c[:, READ : READ + 1].copy(), c[:, SLOT].copy(), self._emits
+        if self._plan is None:
+            reads, writes = c[:, READ : READ + 1].copy(), c[:, SLOT].copy()
+            self._plan = (list(self.reqs), list(self._emits), reads, writes)
+        requests, emits, reads, writes = self._plan
+        return inputs, requests, emits, reads, writes
 
     def land(
         self, result: object, steps: np.ndarray | None, num_steps: int, emissions: list[Emission]
@@ -223,7 +238,10 @@ class LaneBatch:
                     emissions.append(Emission(r, r.num_emitted, result, row, k))
                     r.num_emitted += k
             c[:, NODE] += steps
-        c[:, READ] = c[:, SLOT]  # every row is past a first node now
+        if self._firsts:  # every row is past its first node now
+            c[:, READ] = c[:, SLOT]
+            self._firsts = 0
+            self._plan = None
         self._headroom -= num_steps
         self.left -= num_steps
         exits: list[tuple[SchedRequest, int, int | None]] = []
@@ -265,6 +283,7 @@ class LaneBatch:
             self.reqs = []
             self._emits, self._emit_rows = [], []
             self.top_k, self.wants_outputs, self.left, self.num_eos = 0, False, 0, 0
+            self._firsts, self._plan = 0, None
             self._top = 0  # nothing in the arena is needed any more
             return
         n = len(self.reqs)
@@ -278,6 +297,8 @@ class LaneBatch:
         self.wants_outputs = bool(c[:, WANTS].any())
         self.left = int((c[:, END] - c[:, NODE]).min())
         self.num_eos = int((c[:, EOS] >= 0).sum())
+        self._firsts = int((c[:, READ] != c[:, SLOT]).sum())
+        self._plan = None
 
     # ---- the inputs' arena ------------------------------------------------------------
 

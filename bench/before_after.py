@@ -18,11 +18,18 @@ what a user of that tree gets. What it measures (docs/benchmarks.md, "Host cost"
   (cell-rows per second): the engine's own cost per step and per row;
 - ``lstm-1x512`` (one LSTM layer of 512, vocabulary 1000), in-process: ten 100-token
   requests alone (ms per request).
+
+``--steps-per-plan K`` caps the engine's plans at K steps (1: one step per plan, where
+the host's cost per step shows). ``--scheduler`` probes the scheduler alone instead, on
+a manual clock with a fabricated result, which is what stays on the host per step
+whatever the device: microseconds a plan of one step for 1 and 64 chain rows (LM
+tokens) and 64 seq2seq decoder rows, and a 32-step plan of 64 chain rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -34,10 +41,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("us_per_token_alone", "rows_per_s", "idle_ms")
+SCHEDULER_FIGURES = ("chain_1_us", "chain_64_us", "seq2seq_64_us", "chain_64_k32_us")
 HIGHER_IS_BETTER = {"rows_per_s"}
 
 
-def probe(reps: int) -> dict[str, float]:
+def probe(reps: int, steps_per_plan: int | None = None) -> dict[str, float]:
     """One round's figures for whichever tree is on ``sys.path``."""
     import asyncio
 
@@ -67,6 +75,8 @@ def probe(reps: int) -> dict[str, float]:
 
     async def run() -> dict[str, float]:
         config = EngineConfig(max_batch=64, num_slots=256, max_num_live_requests=256)
+        if steps_per_plan is not None:
+            config = dataclasses.replace(config, max_steps_per_plan=steps_per_plan)
         async with Engine(config, [tiny, wide]) as engine:
             for _ in range(min(reps, 3)):  # warm-up
                 await asyncio.gather(*(read(engine, request(tiny.name, 32)) for _ in range(64)))
@@ -89,6 +99,61 @@ def probe(reps: int) -> dict[str, float]:
     return asyncio.run(run())
 
 
+def scheduler_probe(reps: int) -> dict[str, float]:
+    """One round of the scheduler alone (``--scheduler``) for the tree on ``sys.path``:
+    microseconds per plan, the best of ``reps`` timings of a few thousand steps each."""
+    import numpy as np
+
+    from scheduler import (
+        CellTypeSpec,
+        CellularScheduler,
+        ChainGraph,
+        ManualClock,
+        SchedRequest,
+        Seq2SeqGraph,
+    )
+
+    class Result:
+        """What an executor hands back, as the scheduler reads it: decoders' tokens."""
+
+        def __init__(self, rows: int) -> None:
+            self.tokens = np.full(rows, 7, dtype=np.int64)  # never EOS (0)
+
+    def per_plan(rows: int, seq2seq: bool, steps: int, plans: int) -> float:
+        length = (reps * plans + 10) * steps + 1  # no request ends while timed
+        tokens = np.arange(length, dtype=np.int64) % 31 + 1  # shared: graphs only read it
+        types = [CellTypeSpec("c", 64, "p", runs=True)]
+        if seq2seq:
+            types.append(CellTypeSpec("d", 64, "p", rank=1))
+        sched = CellularScheduler(
+            types, {"p": 128}, ManualClock(), max_num_live_requests=128, max_steps_per_plan=steps
+        )
+        for i in range(rows):
+            graph = (
+                Seq2SeqGraph("c", "d", [3], "p", bos=1, eos=0, max_steps=length)
+                if seq2seq
+                else ChainGraph("c", tokens, "p")
+            )
+            sched.add_request(SchedRequest(f"r{i}", graph, top_k=1))
+        result = Result(rows)
+        for _ in range(3):  # into the steady batch (a seq2seq row's encoder, then decoding)
+            sched.update_from_output(sched.schedule(), result)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(plans):
+                sched.update_from_output(sched.schedule(), result)
+            best = min(best, (time.perf_counter() - t0) / plans * 1e6)
+        return best
+
+    return {
+        "chain_1_us": per_plan(1, False, 1, 4000),
+        "chain_64_us": per_plan(64, False, 1, 1000),
+        "seq2seq_64_us": per_plan(64, True, 1, 1000),
+        "chain_64_k32_us": per_plan(64, False, 32, 1000),
+    }
+
+
 def _tree(spec: str, keep: list[Path]) -> Path:
     path = Path(spec)
     if path.is_dir():
@@ -103,10 +168,10 @@ def _tree(spec: str, keep: list[Path]) -> Path:
     return tmp
 
 
-def _run_probe(tree: Path, reps: int) -> dict[str, float]:
+def _run_probe(tree: Path, reps: int, options: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--probe", "--reps", str(reps)],
+        [sys.executable, str(Path(__file__).resolve()), "--probe", "--reps", str(reps), *options],
         cwd=tree,
         env=env,
         check=True,
@@ -128,11 +193,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="probe pairs; at least 3")
     parser.add_argument("--reps", type=int, default=10, help="requests or waves per figure")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results/before-after.json")
+    parser.add_argument(
+        "--steps-per-plan", type=int, metavar="K", help="cap the engine's plans at K steps"
+    )
+    parser.add_argument(
+        "--scheduler", action="store_true", help="probe the scheduler alone, not the engine"
+    )
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        print(json.dumps(probe(args.reps)))
+        figures = (
+            scheduler_probe(args.reps) if args.scheduler else probe(args.reps, args.steps_per_plan)
+        )
+        print(json.dumps(figures))
         return 0
+    if args.scheduler and args.steps_per_plan is not None:
+        parser.error("--steps-per-plan is for the engine's probe, not --scheduler's")
+    options = ["--scheduler"] if args.scheduler else []
+    if args.steps_per_plan is not None:
+        options += ["--steps-per-plan", str(args.steps_per_plan)]
     if args.before is None:
         parser.error("--before is required")
     if args.rounds < 3:
@@ -142,7 +221,9 @@ def main() -> int:
         trees = {"before": _tree(args.before, worktrees), "after": _tree(args.after, worktrees)}
         rounds: list[dict[str, dict[str, float]]] = []
         for i in range(args.rounds):
-            rounds.append({name: _run_probe(tree, args.reps) for name, tree in trees.items()})
+            rounds.append(
+                {name: _run_probe(tree, args.reps, options) for name, tree in trees.items()}
+            )
             print(f"round {i + 1}/{args.rounds}: {json.dumps(rounds[-1])}", file=sys.stderr)
     finally:
         for w in worktrees:
@@ -156,7 +237,7 @@ def main() -> int:
         "rounds": rounds,
     }
     print(f"{'figure':20s} {'before':>24s} {'after':>24s} {'better by (x)':>22s}")
-    for fig in FIGURES:
+    for fig in SCHEDULER_FIGURES if args.scheduler else FIGURES:
         before = [r["before"][fig] for r in rounds]
         after = [r["after"][fig] for r in rounds]
         gain = [

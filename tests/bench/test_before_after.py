@@ -21,6 +21,17 @@ def test_the_probe_measures_this_tree() -> None:
     assert all(v > 0 for v in figures.values())
 
 
+def test_the_scheduler_probe_measures_this_tree() -> None:
+    figures = before_after.scheduler_probe(reps=1)
+    assert set(figures) == set(before_after.SCHEDULER_FIGURES)
+    assert all(v > 0 for v in figures.values())
+
+
+def test_the_engine_probe_takes_a_plan_length() -> None:
+    figures = before_after.probe(reps=1, steps_per_plan=1)
+    assert all(v > 0 for v in figures.values())
+
+
 def test_a_tree_against_itself(tmp_path: Path) -> None:
     out = tmp_path / "ba.json"
     argv = ["--before", str(ROOT), "--rounds", "3", "--reps", "1", "--out", str(out)]
@@ -35,6 +46,22 @@ def test_a_tree_against_itself(tmp_path: Path) -> None:
             s = report[fig][side]
             assert 0 < s["low"] <= s["median"] <= s["high"], (fig, side)
     assert "better by" in run.stdout
+
+
+def test_the_scheduler_alone_against_itself(tmp_path: Path) -> None:
+    out = tmp_path / "ba.json"
+    argv = ["--before", str(ROOT), "--rounds", "3", "--reps", "1", "--scheduler"]
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    for fig in before_after.SCHEDULER_FIGURES:
+        assert 0 < report[fig]["gain"]["low"] <= report[fig]["gain"]["high"], fig
+    assert "us_per_token_alone" not in report
 
 
 def test_fewer_than_three_rounds_is_refused() -> None:

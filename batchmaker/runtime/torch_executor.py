@@ -59,6 +59,11 @@ class TorchExecutor:
         self._cell_pool: dict[str, StatePool] = {}
         self._token_index: dict[str, int] = {}
         """Which new state of each cell is the token it emitted (decoders), if any."""
+        self._slots: dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        """Per cell type, the last plan's read and write slot arrays and their device copies.
+        A persistent batch hands the same arrays to every plan while nobody joins or leaves
+        (``scheduler/lanes.py``), never changed once handed out, so on a GPU they are copied
+        up once per membership, not once per step."""
 
     def pool_of(self, cell_type: str) -> StatePool:
         """The state pool ``cell_type`` reads and writes on this device."""
@@ -96,6 +101,7 @@ class TorchExecutor:
             del self.cells[name]
             del self._cell_pool[name]
             self._token_index.pop(name, None)
+            self._slots.pop(name, None)
         for name in cells.pools:
             del self.pools[name]
 
@@ -123,8 +129,7 @@ class TorchExecutor:
             start.record(stream)
         with torch.inference_mode():
             inputs = self._to_device(plan.inputs)
-            reads = self._to_device(plan.read_slots)
-            writes = self._to_device(plan.write_slots)
+            reads, writes = self._slots_on_device(plan)
             offsets = None
             if plan.steps is None and self.graphs is not None:
                 # Gather, step and scatter in one graph replay (on the CPU, eagerly).
@@ -176,6 +181,18 @@ class TorchExecutor:
         """Wait for every kernel queued on this device (a no-op on the CPU)."""
         if self._cuda:
             torch.cuda.synchronize(self._device)
+
+    def _slots_on_device(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plan's read and write slots on the device: the last plan's copies when its
+        batch handed out the very same arrays (identity, not equality: the arrays are kept
+        here, so an id cannot be reused while cached). On the CPU a copy costs nothing,
+        and the same path runs so that every CPU test exercises it."""
+        last = self._slots.get(plan.cell_type)
+        if last is not None and last[0] is plan.read_slots and last[1] is plan.write_slots:
+            return last[2], last[3]
+        reads, writes = self._to_device(plan.read_slots), self._to_device(plan.write_slots)
+        self._slots[plan.cell_type] = (plan.read_slots, plan.write_slots, reads, writes)
+        return reads, writes
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)

@@ -14,8 +14,13 @@ from reference import assert_matches_alone
 
 from batchmaker import Engine, EngineConfig, InferRequest
 from batchmaker.models.seq2seq import seq2seq_model
+from batchmaker.models.sequence import recurrent_model
 from batchmaker.models.tree import tree_model
+from batchmaker.runtime.engine import scheduler_parts
+from batchmaker.runtime.executor import CellSet
+from batchmaker.runtime.torch_executor import TorchExecutor
 from batchmaker.types import TreeInput
+from scheduler import CellularScheduler, ManualClock, SchedRequest
 
 LM = small_model("lstm", num_layers=2, name="lm")
 VEC = small_model("gru", vectors=True, name="vec")
@@ -68,6 +73,59 @@ def test_cuda_overlapped_steps_equal_plain_torch_run_alone(mode: str) -> None:
     """``--overlap-steps`` on a GPU, where it matters: results read from pinned buffers
     only after each plan's event, plan k+1 queued before plan k is waited for."""
     check_device("cuda", mode, overlap=True)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+            ],
+        ),
+    ],
+)
+def test_an_unchanged_batch_copies_its_slots_to_the_device_once(device: str) -> None:
+    """The persistent batch hands every plan the same slot arrays until a request joins or
+    leaves; the executor then reuses their device copies, and the outputs stay those of
+    each request alone."""
+    model = recurrent_model("lm", "lstm", vocab_size=30, hidden_size=8, output_dim=30, seed=2)
+    config = EngineConfig(max_batch=4, num_slots=8)
+    specs, pools = scheduler_parts([model], config)
+    sched = CellularScheduler(specs, pools, ManualClock(), max_num_live_requests=8)
+    executor = TorchExecutor(device)
+    executor.load_cells(CellSet.of([model], num_slots=8))()
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 30, n) for n in (5, 9, 9)]
+    rows: dict[str, list[np.ndarray]] = {}
+    for i, x in enumerate(inputs[:2]):
+        request = InferRequest("lm", x)
+        sched.add_request(SchedRequest(f"r{i}", model.build_graph(request)))
+    copies = []
+    for step in range(8):
+        if step == 3:  # a join: new arrays, copied again
+            sched.add_request(SchedRequest("r2", model.build_graph(InferRequest("lm", inputs[2]))))
+        plan = sched.schedule()
+        assert plan is not None
+        result = executor.execute(plan)
+        copies.append(executor._slots[plan.cell_type][2])
+        outcome = sched.update_from_output(plan, result)
+        for e in outcome.emissions:
+            assert result.outputs is not None
+            rows.setdefault(e.request.request_id, []).append(result.outputs[e.row].copy())
+    # Plan 0 reads the zero state; 1 and 2 share one batch; 3 seats r2, 4 is past r2's
+    # zero-state read, r0 (5 steps) left after plan 4; 6 and 7 share one batch again.
+    assert [copies[i] is copies[i - 1] for i in range(1, 8)] == [
+        False, True, False, False, False, True, True
+    ]  # fmt: skip
+    for i, x in enumerate(inputs):
+        want = model.reference(InferRequest("lm", x))
+        got = np.stack(rows[f"r{i}"])
+        assert got.shape == (min(len(x), 8 - 3 * (i == 2)), want.shape[1])
+        np.testing.assert_allclose(got, want[: len(got)], atol=1e-5)
 
 
 def test_a_cuda_device_without_cuda_is_refused_at_construction() -> None:

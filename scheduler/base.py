@@ -55,6 +55,19 @@ class PlanRows(NamedTuple):
     top_k: int
     wants_outputs: bool
 
+    def then(self, other: PlanRows) -> PlanRows:
+        """These rows followed by ``other``'s (new lists and arrays)."""
+        return PlanRows(
+            self.requests + other.requests,
+            self.nodes + other.nodes,
+            self.emits + other.emits,
+            np.concatenate([self.inputs, other.inputs]),
+            np.concatenate([self.reads, other.reads]),
+            np.concatenate([self.writes, other.writes]),
+            max(self.top_k, other.top_k),
+            self.wants_outputs or other.wants_outputs,
+        )
+
 
 class Scheduler(ABC):
     """Base of the cellular scheduler and the request-level baselines."""
@@ -343,6 +356,18 @@ class Scheduler(ABC):
         """
         num_steps = max(lengths) if lengths else 1
         part = self._plan_rows(cell_type, rows, lengths, num_steps)
+        steps = None if num_steps == 1 else np.array(lengths, dtype=np.int64)
+        return self._plan_of(cell_type, part, num_steps, steps, pad_to_longest=pad_to_longest)
+
+    @staticmethod
+    def _plan_of(
+        cell_type: CellTypeSpec,
+        part: PlanRows,
+        num_steps: int,
+        steps: np.ndarray | None,
+        *,
+        pad_to_longest: bool = False,
+    ) -> StepPlan:
         return StepPlan(
             cell_type=cell_type.name,
             requests=part.requests,
@@ -354,7 +379,7 @@ class Scheduler(ABC):
             top_k=part.top_k,
             wants_outputs=part.wants_outputs,
             num_steps=num_steps,
-            steps=None if num_steps == 1 else np.array(lengths, dtype=np.int64),
+            steps=steps,
             pad_to_longest=pad_to_longest and num_steps > 1,
         )
 

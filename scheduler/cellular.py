@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.base import Row, Scheduler
+from scheduler.base import PlanRows, Row, Scheduler
 from scheduler.clock import Clock
 from scheduler.cost import PlanCosts
 from scheduler.graph import NodeSpec
@@ -198,33 +198,15 @@ class CellularScheduler(Scheduler):
             num_steps, steps, lengths = runs
         inputs, requests, emits, reads, writes = lane.launch(steps, num_steps)
         nodes: list[int] = lane.cols[: len(requests), NODE].tolist()
-        top_k, wants_outputs = lane.top_k, lane.wants_outputs
+        part = PlanRows(
+            requests, nodes, emits, inputs, reads, writes, lane.top_k, lane.wants_outputs
+        )
         if rows:  # new lists: the batch's own are shared by its plans
-            part = self._plan_rows(spec, rows, lengths, num_steps)
-            requests = requests + part.requests
-            nodes += part.nodes
-            emits = emits + part.emits
-            inputs = np.concatenate([inputs, part.inputs])
-            reads = np.concatenate([reads, part.reads])
-            writes = np.concatenate([writes, part.writes])
-            top_k = max(top_k, part.top_k)
-            wants_outputs = wants_outputs or part.wants_outputs
+            part = part.then(self._plan_rows(spec, rows, lengths, num_steps))
             if steps is not None:
                 assert lengths is not None
                 steps = np.concatenate([steps, np.array(lengths, dtype=np.int64)])
-        plan = StepPlan(
-            cell_type=spec.name,
-            requests=requests,
-            nodes=nodes,
-            emits=emits,
-            inputs=inputs,
-            read_slots=reads,
-            write_slots=writes,
-            top_k=top_k,
-            wants_outputs=wants_outputs,
-            num_steps=num_steps,
-            steps=steps,
-        )
+        plan = self._plan_of(spec, part, num_steps, steps)
         self._flight = (plan, lane)
         return plan
 

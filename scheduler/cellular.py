@@ -4,6 +4,12 @@ Every step runs one cell type over up to its max batch of ready nodes, drawn
 from any mix of requests. A request joins at its first node and leaves after
 its last, so no request waits for a longer one and nothing is padded.
 
+Requests in flight go first, and they never outnumber the batch, so a running chain,
+encoder or decoder is in every plan of its cell type until it leaves. Those rows sit in
+the queue's persistent batch (``scheduler/lanes.py``), arrays that change only when a
+request joins or leaves; a plan takes all of them, then ready nodes from the heap while
+seats are free, and new chains take their seats in the batch from then on.
+
 Several steps per plan: when the chosen cell type can run runs (``CellTypeSpec.runs``)
 and no other cell type has ready work, one plan may cover up to
 ``max_steps_per_plan`` consecutive steps of every row, executed in one fused call,

@@ -307,8 +307,9 @@ class Seq2SeqGraph(RequestGraph):
         n = self._n
         if index < n:  # the encoder
             return Lane(n, 0, 0 if index == 0 else -1, False)
-        # The decoder, to its output cap or its EOS (runs of it stay one step: each input
-        # is the token just emitted, but no step needs the host to know it).
+        # The decoder, to its output cap or its EOS: one step a plan, each step's input the
+        # token the last one emitted, which the device reads from the request's state; the
+        # host only compares it with EOS.
         return Lane(n + self._max, 0, -1, True, self._eos)
 
 

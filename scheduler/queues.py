@@ -8,8 +8,8 @@ popped; the heap is rebuilt without them once they are half of it. So a cancel c
 O(1) (amortised), and a mass disconnect of n requests O(n), not one rebuild each.
 
 Beside the heap, a queue may hold its cell type's persistent batch (``lane``,
-``scheduler/lanes.py``): the running rows of chains, which come first in that order
-anyway, kept as arrays from their first step to their last instead of popped and
+``scheduler/lanes.py``): the running rows of chains, encoders and decoders, which come
+first in that order anyway, kept as arrays from their first step to their last instead of popped and
 pushed back each step.
 """
 

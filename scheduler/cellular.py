@@ -127,8 +127,8 @@ class CellularScheduler(Scheduler):
         # Fairness counts steps, not clock time: a simulator's clock (or a coarse one)
         # may not move between steps, and equal times would let one type starve another.
         self._num_steps = 0
-        self._flight: tuple[StepPlan, LaneBatch] | None = None
-        """The plan in flight whose first rows are a persistent batch's, and that batch."""
+        self._flight: tuple[StepPlan, ReadyQueue] | None = None
+        """The plan in flight whose first rows are a persistent batch's, and its queue."""
 
     def _on_cell_types_changed(self) -> None:
         for name in set(self.queues) - set(self.cell_types):
@@ -177,21 +177,21 @@ class CellularScheduler(Scheduler):
         lane = queue.lane
         if lane is None or lane.in_flight:
             rows: list[Row] = list(queue.pop(spec.max_batch))
-            return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
-        lane.drop_dead()
-        rows = []
-        for row in queue.pop(spec.max_batch - len(lane.reqs)):
-            request, node, _ = row
-            seat = request.graph.lane(node)
-            if seat is None:
-                rows.append(row)
-                continue
-            if not request.started:
-                self._start(request, now)
-            lane.join(request, node, seat)
-        if not lane.reqs:
-            return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
-        return self._lane_plan(spec, queue, lane, rows)
+        else:
+            lane.drop_dead()
+            rows = []
+            for row in queue.pop(spec.max_batch - len(lane.reqs)):
+                request, node, _ = row
+                seat = request.graph.lane(node)
+                if seat is None:
+                    rows.append(row)
+                    continue
+                if not request.started:
+                    self._start(request, now)
+                lane.join(request, node, seat)
+            if lane.reqs:
+                return self._lane_plan(spec, queue, lane, rows)
+        return self._build_plan(spec, rows, self._run_lengths(spec, queue, rows))
 
     def _lane_plan(
         self, spec: CellTypeSpec, queue: ReadyQueue, lane: LaneBatch, rows: list[Row]
@@ -213,7 +213,7 @@ class CellularScheduler(Scheduler):
                 assert lengths is not None
                 steps = np.concatenate([steps, np.array(lengths, dtype=np.int64)])
         plan = self._plan_of(spec, part, num_steps, steps)
-        self._flight = (plan, lane)
+        self._flight = (plan, queue)
         return plan
 
     def update_from_output(self, plan: StepPlan, result: Any) -> StepOutcome:
@@ -221,13 +221,12 @@ class CellularScheduler(Scheduler):
         first = 0
         if flight is not None and flight[0] is plan:
             self._flight = None
-            lane = flight[1]
-            first = lane.in_flight
+            queue = flight[1]
+            assert queue.lane is not None
+            first = queue.lane.in_flight
             steps = None if plan.steps is None else plan.steps[:first]
-            exits = lane.land(result, steps, plan.num_steps, self._outcome.emissions)
-            queue = self.queues[plan.cell_type]
-            if lane.reqs and queue.heap_size == 0:
-                queue.ready_since = self._num_steps  # its rows are ready again
+            emissions = self._outcome.emissions
+            exits = queue.land(result, steps, plan.num_steps, emissions, self._num_steps)
             for request, last, token in exits:
                 self._queue_next(request, request.graph.complete(last, token))
         self._update_rows(plan, result, first)
@@ -239,7 +238,8 @@ class CellularScheduler(Scheduler):
         flight = self._flight
         if flight is not None and flight[0] is plan:
             self._flight = None
-            flight[1].abandon()
+            assert flight[1].lane is not None
+            flight[1].lane.abandon()
         return outcome
 
     def _run_lengths(

@@ -245,13 +245,15 @@ class LaneBatch:
         self._headroom -= num_steps
         self.left -= num_steps
         exits: list[tuple[SchedRequest, int, int | None]] = []
-        tokens = getattr(result, "tokens", None)
         if self.left <= 0 or gone or self.num_eos:
+            tokens = getattr(result, "tokens", None)
+            if tokens is not None:
+                tokens = np.asarray(tokens).reshape(-1)
             left = c[:, END] - c[:, NODE]
             done = left <= 0
             if self.num_eos and tokens is not None:
                 eos = c[:, EOS]
-                done |= (np.asarray(tokens).reshape(-1)[:n] == eos) & (eos >= 0)
+                done |= (tokens[:n] == eos) & (eos >= 0)
             if gone:
                 alive = np.array([r.finish_reason is None for r in reqs], dtype=bool)
                 ended = (done & alive).nonzero()[0]

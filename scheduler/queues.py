@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import heapq
 
+import numpy as np
+
 from scheduler.graph import NodeSpec
 from scheduler.lanes import LaneBatch
+from scheduler.plan import Emission
 from scheduler.request import SchedRequest
 
 COMPACT_MIN = 64
@@ -107,6 +110,23 @@ class ReadyQueue:
             self.ready_since = step
         lane.join(request, node, spec)
         return True
+
+    def land(
+        self,
+        result: object,
+        steps: np.ndarray | None,
+        num_steps: int,
+        emissions: list[Emission],
+        step: int,
+    ) -> list[tuple[SchedRequest, int, int | None]]:
+        """The persistent batch's plan ran (``LaneBatch.land``); the rows it keeps are
+        ready again at the scheduler's step count ``step``."""
+        lane = self.lane
+        assert lane is not None
+        exits = lane.land(result, steps, num_steps, emissions)
+        if lane.reqs and not self.heap_size:
+            self.ready_since = step
+        return exits
 
     def remove_request(self, request: SchedRequest) -> int:
         """Drop every node of ``request`` (finished: its entries are skipped from now on);

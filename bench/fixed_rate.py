@@ -14,6 +14,12 @@ gets one uncounted replay first (kernel trials, learned plan costs). Then the
 configurations take turns within each round, so a machine that slows down slows them
 all alike. The ratios to the first configuration are taken within each round, and
 their median and range are reported.
+
+Where the time went, per configuration: the median time a request waited for its first
+step (the engine's ``queue_time``) and the median of the rest. ``--alone`` also times
+every request by itself on each engine, one after another, and reports the median of
+each request's latency less its own time alone: what sharing the engine cost it, set
+apart from how long it is.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ import dataclasses
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from batchmaker.runtime.engine import Engine
+    from batchmaker.runtime.stream import RequestStream
+
 TRACE = ROOT / "docs" / "bench" / "trace-poisson-seed0.json"
 
 
@@ -87,26 +99,60 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for engine in engines.values():
         await engine.start()
 
-    async def point(name: str) -> tuple[float, float, int]:
-        send = engine_sender(engines[name], model, specs)
-        rep = await replay(send, trace.arrivals(args.rate, n), rate=args.rate, lead_s=0.02)
-        done = rep.latency_s[~np.isnan(rep.latency_s)]
-        return float(np.percentile(done, 50)), float(np.percentile(done, 99)), len(done)
+    async def point(name: str) -> dict[str, float]:
+        queued = np.full(n, np.nan)
 
+        def ended(i: int, stream: RequestStream) -> None:
+            if stream.queue_time is not None:
+                queued[i] = stream.queue_time
+
+        send = engine_sender(engines[name], model, specs, on_end=ended)
+        rep = await replay(send, trace.arrivals(args.rate, n), rate=args.rate, lead_s=0.02)
+        ok = ~np.isnan(rep.latency_s) & ~np.isnan(queued)
+        latency, queue = rep.latency_s[ok], queued[ok]
+        entry = {
+            "p50_s": float(np.percentile(latency, 50)),
+            "p99_s": float(np.percentile(latency, 99)),
+            "completed": int(ok.sum()),
+            # Where a request's time went: waiting for its first step, then running.
+            "queue_p50_s": float(np.median(queue)),
+            "run_p50_s": float(np.median(latency - queue)),
+        }
+        if name in alone:
+            entry["over_alone_p50_s"] = float(np.median(latency - alone[name][ok]))
+        return entry
+
+    async def by_itself(name: str) -> np.ndarray:
+        """Each request sent only after the one before it has ended: its time alone."""
+        send = engine_sender(engines[name], model, specs)
+        seconds = np.full(n, np.nan)
+        for i in range(n):
+            start = time.monotonic()
+            async with contextlib.aclosing(send(i)) as chunks:
+                async for _ in chunks:
+                    pass
+            seconds[i] = time.monotonic() - start
+        return seconds
+
+    alone: dict[str, np.ndarray] = {}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
     try:
         for name in engines:
             await point(name)
+            if args.alone:
+                alone[name] = await by_itself(name)
         for r in range(args.rounds):
             for name in engines:
-                p50, p99, completed = await point(name)
-                rounds[name].append({"p50_s": p50, "p99_s": p99, "completed": completed})
+                entry = await point(name)
+                rounds[name].append(entry)
                 print(
-                    f"round {r + 1}/{args.rounds} {name:>14s}: p50 {p50 * 1e3:7.1f} ms, "
-                    f"p99 {p99 * 1e3:7.1f} ms, {completed}/{n} completed",
+                    f"round {r + 1}/{args.rounds} {name:>14s}: p50 {entry['p50_s'] * 1e3:7.1f} ms"
+                    f" (queued {entry['queue_p50_s'] * 1e3:.1f}), p99 {entry['p99_s'] * 1e3:7.1f}"
+                    f" ms, {entry['completed']}/{n} completed",
                     file=sys.stderr,
                     flush=True,
                 )
+        costs = {name: _plan_costs(engine) for name, engine in engines.items()}
     finally:
         for engine in engines.values():
             await engine.shutdown(grace=0)
@@ -116,7 +162,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "requests": n,
         "configs": configs,
         "rounds": rounds,
+        "alone_p50_s": {name: float(np.median(s)) for name, s in alone.items()},
+        "plan_costs": costs,
         "summary": summarize(rounds),
+    }
+
+
+def _plan_costs(engine: Engine) -> dict[str, dict[str, list[list[float]]]]:
+    """What the engine's scheduler learned a plan costs: cell type -> rows bucket -> [steps,
+    seconds, plans seen] (``PlanCosts.table``); empty for a scheduler that learns none."""
+    costs = getattr(engine.workers[0].scheduler, "costs", None)
+    if costs is None:
+        return {}
+    return {
+        cell: {str(rows): [list(p) for p in points] for rows, points in by_rows.items()}
+        for cell, by_rows in costs.table().items()
     }
 
 
@@ -125,12 +185,13 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def summarize(rounds: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, object]]:
-    """Each configuration's p50 and p99 (median [range] over rounds), and its ratios to the
-    first configuration's, taken within each round."""
+    """Each configuration's figures (median [range] over rounds), and the ratios of its
+    p50 and p99 to the first configuration's, taken within each round."""
     base = next(iter(rounds))
     out: dict[str, dict[str, object]] = {}
     for name, rs in rounds.items():
-        entry: dict[str, object] = {q: _spread([r[q] for r in rs]) for q in ("p50_s", "p99_s")}
+        figures = [q for q in rs[0] if q.endswith("_s")]
+        entry: dict[str, object] = {q: _spread([r[q] for r in rs]) for q in figures}
         if name != base:
             for q in ("p50_s", "p99_s"):
                 ratios = [r[q] / b[q] for r, b in zip(rs, rounds[base], strict=True)]
@@ -153,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--trace", type=Path, default=TRACE, help="a chain trace (Trace.save)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and trace (smoke tests)")
+    p.add_argument(
+        "--alone",
+        action="store_true",
+        help="also time each request alone on each engine, one after another, and report "
+        "the median of each request's latency less its time alone",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.rounds < 1 or args.rate <= 0 or args.requests < 1:
@@ -176,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{p50['high'] * 1e3:.1f}]  p99 {p99['median'] * 1e3:7.1f} ms [{p99['low'] * 1e3:.1f}, "
             f"{p99['high'] * 1e3:.1f}]"
         )
+        queue, ran = entry.get("queue_p50_s"), entry.get("run_p50_s")
+        if queue and ran:
+            line += f"  queued {queue['median'] * 1e3:.1f} ms, then ran {ran['median'] * 1e3:.1f}"
+        if over := entry.get("over_alone_p50_s"):
+            alone = result["alone_p50_s"][name] * 1e3
+            line += f" (alone {alone:.1f}; each over its own alone {over['median'] * 1e3:.1f})"
         if name != base:
             r50, r99 = entry[f"p50_over_{base}"], entry[f"p99_over_{base}"]
             line += (

@@ -16,7 +16,7 @@ Builds models and traces, never an engine: nothing here runs a request.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,6 +38,7 @@ from batchmaker.models.seq2seq import Seq2SeqModel, seq2seq_model
 from batchmaker.models.sequence import SequenceModel, recurrent_model
 from batchmaker.models.tree import TreeModel, tree_model
 from batchmaker.runtime.engine import Engine
+from batchmaker.runtime.stream import RequestStream
 from batchmaker.types import InferRequest, StepOutput, TreeInput
 
 FAMILIES: tuple[str, ...] = ("chain", "seq2seq", "tree")
@@ -64,9 +65,12 @@ def engine_sender(
     *,
     top_k: int = TOP_K,
     vectors: bool = False,
+    on_end: Callable[[int, RequestStream], None] | None = None,
 ) -> Send:
     """Request ``i`` of ``specs`` to an in-process engine, for an open-loop replay
     (``openloop.replay``): its steps as they arrive, cancelled if the replay stops it.
+    ``on_end(i, stream)`` sees each stream once it has ended, for what the engine
+    measured of it (its ``queue_time``).
 
     Each asks for its top ``top_k`` ids and scores only, not the output vectors (unless
     ``vectors``), as the step-cost profiles are measured (``stepcost.measure_profile``):
@@ -88,6 +92,8 @@ def engine_sender(
                 yield chunk
         finally:
             stream.cancel()
+            if on_end is not None:
+                on_end(i, stream)
 
     return send
 

@@ -37,6 +37,24 @@ def test_a_tiny_run_reports_each_config_and_its_ratios(tmp_path: Path) -> None:
     assert "p50_over_padded" not in result["summary"]["padded"]
 
 
+def test_the_breakdown_splits_each_latency_into_queue_and_run(tmp_path: Path) -> None:
+    out = tmp_path / "fixed.json"
+    argv = ["--tiny", "--rate", "40", "--rounds", "1", "--requests", "12", "--alone"]
+    assert fixed_rate.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for name in ("padded", "cellular"):
+        (entry,) = result["rounds"][name]
+        assert 0 <= entry["queue_p50_s"] < entry["p50_s"]
+        assert 0 < entry["run_p50_s"] <= entry["p99_s"]
+        assert 0 < result["alone_p50_s"][name] < entry["p99_s"]
+        assert entry["over_alone_p50_s"] < entry["p50_s"]
+    # The cellular scheduler learns its plans' costs; the padded one learns none.
+    assert result["plan_costs"]["padded"] == {}
+    ((_cell, buckets),) = result["plan_costs"]["cellular"].items()
+    assert buckets
+    assert all(count >= 1 and seconds > 0 for pts in buckets.values() for _, seconds, count in pts)
+
+
 def test_ratios_are_taken_within_each_round() -> None:
     """Round by round, not median over median: here the medians' ratio would be 1.0."""
     rounds = {

@@ -26,7 +26,7 @@ from scheduler.modes import (
     make_scheduler,
 )
 from scheduler.padded import PaddedScheduler
-from scheduler.plan import CellTypeSpec, Emission, StepOutcome, StepPlan
+from scheduler.plan import CellTypeSpec, Emission, EmissionBlock, StepOutcome, StepPlan
 from scheduler.policy import PolicyConfig
 from scheduler.request import FinishReason, SchedRequest
 from scheduler.slo import SloConfig, SloController, SloDecision
@@ -46,6 +46,7 @@ __all__ = [
     "ChainGraph",
     "Clock",
     "Emission",
+    "EmissionBlock",
     "FinishReason",
     "ManualClock",
     "Mode",

@@ -475,7 +475,7 @@ class Scheduler(ABC):
     def _schedule(self, now: float) -> StepPlan | None: ...
 
     def _emit(self, emission: Emission) -> None:
-        self._outcome.emissions.append(emission)
+        self._outcome.emitted.append(emission)
 
     def _on_complete(self, request: SchedRequest) -> None:
         self._finish(request, completion_reason(request))

@@ -225,8 +225,8 @@ class CellularScheduler(Scheduler):
             assert queue.lane is not None
             first = queue.lane.in_flight
             steps = None if plan.steps is None else plan.steps[:first]
-            emissions = self._outcome.emissions
-            exits = queue.land(result, steps, plan.num_steps, emissions, self._num_steps)
+            emitted = self._outcome.emitted
+            exits = queue.land(result, steps, plan.num_steps, emitted, self._num_steps)
             for request, last, token in exits:
                 self._queue_next(request, request.graph.complete(last, token))
         self._update_rows(plan, result, first)

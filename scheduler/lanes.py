@@ -10,12 +10,13 @@ known ahead.
 
 ``LaneBatch`` keeps those rows (``Lane``, ``scheduler/graph.py``) as columns of one
 int64 array: next node, end, slot, the node that reads the zero state, whether it
-streams, its top-k. A plan's index arrays are a few numpy operations on them, whatever
-the batch, and the update after it advances every row at once; what is left per row is
-the ``Emission`` each streamed step hands to the engine. Before this, every row of every
-step went through the ready heap, the graph's ``node`` and ``complete``, and a loop
-that built the plan's arrays from Python lists: about 3 µs a row, which is what a GPU's
-step would wait for (docs/engine.md, "The persistent batch").
+streams, its top-k, its place in its output stream. A plan's index arrays are a few numpy
+operations on them, whatever the batch; the update after it advances every row at once,
+and hands the streamed rows to the engine as one ``EmissionBlock`` whose lists are the
+batch's own, with no object per row. Before this, every row of every step went through
+the ready heap, the graph's ``node`` and ``complete``, and a loop that built the plan's
+arrays from Python lists: about 3 µs a row, which is what a GPU's step would wait for
+(docs/engine.md, "The persistent batch").
 
 Inputs come from an arena: each row's next inputs, up to a window ahead, copied from
 its graph (``run_inputs``) into one array, so a plan's inputs are one fancy index
@@ -26,24 +27,42 @@ request is copied beyond its window, so long vector inputs are not held twice.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from scheduler.graph import Lane
-from scheduler.plan import Emission
+from scheduler.plan import Emission, EmissionBlock
 from scheduler.request import SchedRequest
 from scheduler.slots import ZERO_SLOT
 
 # The columns of ``LaneBatch.cols``: next node, lane end, the arena offset of node 0's
 # input and the node up to which the arena holds inputs, the slot, the node that reads the
 # zero state, the slot the next step reads, streams, top-k, wants outputs, the token that
-# ends the lane early (or -1).
-NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS, EOS = range(11)
-_NUM_COLS = 11
+# ends the lane early (or -1), and the request's next step in its output stream (its
+# ``num_emitted``, kept here while it is seated and written back when it leaves).
+NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS, EOS, STEP = range(12)
+_NUM_COLS = 12
 
 WINDOW = 256
 """Inputs ahead of a row's next node that a refill copies into the arena (or what the
 plan needs, if more). Long enough that a refill is rare, short enough that a long
 request's inputs are not all copied."""
+
+
+class _Seated(NamedTuple):
+    """What a plan of the batch takes from who is seated, built again only when that
+    changes (a join, a leave, a row's first step), and never changed once handed out."""
+
+    requests: list[SchedRequest | None]
+    emits: list[bool]
+    reads: np.ndarray
+    writes: np.ndarray
+    streamed: list[SchedRequest]
+    """The requests of the rows that stream, in row order."""
+    streamed_rows: list[int]
+    streamed_at: np.ndarray
+    """``streamed_rows`` as an index array."""
 
 
 class LaneBatch:
@@ -66,8 +85,6 @@ class LaneBatch:
 
     __slots__ = (
         "_arena",
-        "_emit_rows",
-        "_emits",
         "_firsts",
         "_headroom",
         "_plan",
@@ -105,14 +122,9 @@ class LaneBatch:
         """At most the steps any row has left in its lane (a lower bound; exact after a leave)."""
         self.num_eos = 0
         """Rows whose lane may end early, at a token (decoders): checked after every plan."""
-        self._emits: list[bool] = []
-        self._emit_rows: list[int] = []
         self._firsts = 0
         """Rows whose next step is their first (they read the zero state)."""
-        self._plan: tuple[list[SchedRequest | None], list[bool], np.ndarray, np.ndarray] | None
-        self._plan = None
-        """A plan's requests, emits, read and write slots while nobody joins or leaves:
-        new lists and arrays each time it changes, never changed once handed out."""
+        self._plan: _Seated | None = None
         self._headroom = 0
         self._arena: np.ndarray | None = None
         self._top = 0
@@ -142,12 +154,10 @@ class LaneBatch:
             request.top_k,
             request.wants_outputs,
             lane.eos,
+            request.num_emitted,
         )
         self.reqs.append(request)
         self.members.add(request.seq)
-        self._emits.append(lane.emits)
-        if lane.emits:
-            self._emit_rows.append(row)
         self.top_k = max(self.top_k, request.top_k)
         self.wants_outputs = self.wants_outputs or request.wants_outputs
         self.left = lane.end - node if row == 0 else min(self.left, lane.end - node)
@@ -204,40 +214,54 @@ class LaneBatch:
             inputs = arena[np.where(valid, first[:, None] + ks, 0)]
             inputs[~valid] = 0
         self.in_flight = n
-        if self._plan is None:
+        seated = self._plan
+        if seated is None:
+            emits = c[:, EMITS].astype(bool)
+            at = emits.nonzero()[0]
+            rows = at.tolist()
             reads, writes = c[:, READ : READ + 1].copy(), c[:, SLOT].copy()
-            self._plan = (list(self.reqs), list(self._emits), reads, writes)
-        requests, emits, reads, writes = self._plan
-        return inputs, requests, emits, reads, writes
+            streamed = [self.reqs[i] for i in rows]
+            seated = self._plan = _Seated(
+                list(self.reqs), emits.tolist(), reads, writes, streamed, rows, at
+            )
+        return inputs, seated.requests, seated.emits, seated.reads, seated.writes
 
     def land(
-        self, result: object, steps: np.ndarray | None, num_steps: int, emissions: list[Emission]
+        self,
+        result: object,
+        steps: np.ndarray | None,
+        num_steps: int,
+        emitted: list[Emission | EmissionBlock],
     ) -> list[tuple[SchedRequest, int, int | None]]:
-        """The plan in flight (``num_steps`` long) ran: emit its rows' steps (live requests
-        only), advance every row, and drop the rows whose lane ended (at its end, or at its
-        ``eos`` in ``result.tokens``) or whose request did. Returns the first, each with its
-        last node and the token it emitted (if the result has tokens), for the scheduler
-        to report to their graphs."""
+        """The plan in flight (``num_steps`` long) ran: emit its streamed rows' steps (live
+        requests only) as one block, advance every row, and drop the rows whose lane ended
+        (at its end, or at its ``eos`` in ``result.tokens``) or whose request did. Returns
+        the first, each with its last node and the token it emitted (if the result has
+        tokens), for the scheduler to report to their graphs."""
         n, self.in_flight = self.in_flight, 0
         gone, self.gone = self.gone, 0
         reqs = self.reqs
         c = self.cols[:n]
-        if steps is None:
-            for row in self._emit_rows:
-                r = reqs[row]
-                if r.finish_reason is None:
-                    emissions.append(Emission(r, r.num_emitted, result, row))
-                    r.num_emitted += 1
-            c[:, NODE] += 1
-        else:
-            counts = steps.tolist()
-            for row in self._emit_rows:
-                r = reqs[row]
-                if r.finish_reason is None:
-                    k = counts[row]
-                    emissions.append(Emission(r, r.num_emitted, result, row, k))
-                    r.num_emitted += k
-            c[:, NODE] += steps
+        seated = self._plan
+        assert seated is not None, "land without launch"
+        requests, rows, at = seated.streamed, seated.streamed_rows, seated.streamed_at
+        if gone and requests:  # rows launched live stay live, unless they ended in flight
+            live = [i for i, r in enumerate(requests) if r.finish_reason is None]
+            requests, rows, at = [requests[i] for i in live], [rows[i] for i in live], at[live]
+        if requests:
+            first = c[at, STEP]
+            counts = None if steps is None else steps[at]
+            c[at, STEP] = first + (1 if counts is None else counts)
+            emitted.append(
+                EmissionBlock(
+                    result,
+                    requests,
+                    rows,
+                    first.tolist(),
+                    None if counts is None else counts.tolist(),
+                )
+            )
+        c[:, NODE] += 1 if steps is None else steps
         if self._firsts:  # every row is past its first node now
             c[:, READ] = c[:, SLOT]
             self._firsts = 0
@@ -281,20 +305,18 @@ class LaneBatch:
 
     def _keep(self, keep: np.ndarray) -> None:
         """Keep the rows ``keep`` marks, in order, and recompute what depends on them."""
+        n = len(self.reqs)
+        for row in (~keep).nonzero()[0].tolist():  # the rows leaving take their stream position
+            self.reqs[row].num_emitted = int(self.cols[row, STEP])
         if not keep.any():
             self.reqs = []
-            self._emits, self._emit_rows = [], []
             self.top_k, self.wants_outputs, self.left, self.num_eos = 0, False, 0, 0
             self._firsts, self._plan = 0, None
             self._top = 0  # nothing in the arena is needed any more
             return
-        n = len(self.reqs)
         self.reqs = [r for r, k in zip(self.reqs, keep.tolist(), strict=True) if k]
         c = self.cols[: len(self.reqs)]
         c[:] = self.cols[:n][keep]
-        emits = c[:, EMITS].astype(bool)
-        self._emits = emits.tolist()
-        self._emit_rows = emits.nonzero()[0].tolist()
         self.top_k = int(c[:, TOP_K].max())
         self.wants_outputs = bool(c[:, WANTS].any())
         self.left = int((c[:, END] - c[:, NODE]).min())

@@ -138,7 +138,7 @@ class PaddedScheduler(Scheduler):
             return
         for emission in self._buffered:
             if not emission.request.finished:
-                self._outcome.emissions.append(emission)
+                self._outcome.emitted.append(emission)
         for request in self._completed:
             if not request.finished:
                 self._finish(request, completion_reason(request))

@@ -21,7 +21,7 @@ import numpy as np
 
 from scheduler.graph import NodeSpec
 from scheduler.lanes import LaneBatch
-from scheduler.plan import Emission
+from scheduler.plan import Emission, EmissionBlock
 from scheduler.request import SchedRequest
 
 COMPACT_MIN = 64
@@ -116,14 +116,14 @@ class ReadyQueue:
         result: object,
         steps: np.ndarray | None,
         num_steps: int,
-        emissions: list[Emission],
+        emitted: list[Emission | EmissionBlock],
         step: int,
     ) -> list[tuple[SchedRequest, int, int | None]]:
         """The persistent batch's plan ran (``LaneBatch.land``); the rows it keeps are
         ready again at the scheduler's step count ``step``."""
         lane = self.lane
         assert lane is not None
-        exits = lane.land(result, steps, num_steps, emissions)
+        exits = lane.land(result, steps, num_steps, emitted)
         if lane.reqs and not self.heap_size:
             self.ready_since = step
         return exits

@@ -475,21 +475,19 @@ class Engine:
         worker guards each step: whatever one stream raises fails that request alone
         (INTERNAL; it leaves its batch at the next step), and every finished request still
         returns its admission count and slots, so nothing else hangs or leaks."""
-        for e in outcome.emissions:
-            request = e.request
+        for request, step, res, row, count in outcome.each():
             stream, k = request.tag, request.top_k
-            res = e.result
             try:
                 # One block per request per plan: the plan's arrays and where its rows start;
                 # nothing is sliced, and no per-step object is built, until a reader asks.
                 stream.push(
                     StepBlock(
-                        e.step,
-                        e.count,
+                        step,
+                        count,
                         outputs=res.outputs if request.wants_outputs else None,
                         top_ids=res.top_ids if k else None,
                         top_scores=res.top_scores if k else None,
-                        start=e.row if res.offsets is None else int(res.offsets[e.row]),
+                        start=row if res.offsets is None else int(res.offsets[row]),
                         k=k,
                     )
                 )

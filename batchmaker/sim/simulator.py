@@ -283,8 +283,8 @@ def simulate(
                 running[r] = None
                 done = run[1]
                 outcome = scheds[r].update_from_output(done, _Result(done.batch_size))
-                for e in outcome.emissions:
-                    i = e.request.tag
+                for emitted in outcome.each():
+                    i = emitted[0].tag
                     if first[i] is None:
                         first[i] = now
                 ended(outcome.finished, r)

@@ -1,7 +1,8 @@
 """The persistent batch (``scheduler/lanes.py``): chains far longer than the inputs'
 window, so rows are refilled and the arena compacted, with token and vector inputs, one
-and several steps per plan; graphs without lanes in the same batch; a failed plan; and
-the ``Lane`` contract of the graphs that offer one.
+and several steps per plan; graphs without lanes in the same batch; a failed plan; the
+streamed rows of a plan as one block, and a request's place in its stream across lanes;
+and the ``Lane`` contract of the graphs that offer one.
 
 The driver checks every plan row against the request's own inputs, slot and node, so an
 input taken from the wrong offset of the arena, a stale read slot or a row kept past its
@@ -15,7 +16,7 @@ import pytest
 from driver import check_cellular_run, drive
 from factories import CELL, FakeResult, create_requests, make_cellular
 
-from scheduler import ChainGraph, FinishReason, Seq2SeqGraph
+from scheduler import ChainGraph, EmissionBlock, FinishReason, Seq2SeqGraph
 from scheduler.graph import ZERO_STATE
 from scheduler.lanes import WINDOW, LaneBatch
 
@@ -25,6 +26,18 @@ class NoLaneChain(ChainGraph):
 
     def lane(self, index: int):
         return None
+
+
+class SegmentedChain(ChainGraph):
+    """A chain whose lanes are segments of ``SEGMENT`` nodes: a request leaves its lane
+    after each and joins again for the next, so it must carry its place in its stream."""
+
+    SEGMENT = 5
+
+    def lane(self, index: int):
+        whole = super().lane(index)
+        assert whole is not None
+        return whole._replace(end=min(whole.end, (index // self.SEGMENT + 1) * self.SEGMENT))
 
 
 @pytest.fixture
@@ -70,6 +83,49 @@ def test_graphs_without_lanes_share_the_batch(cap: int) -> None:
     check_cellular_run(sched, log)
     kinds = [{type(r.graph) for r in s.plan.requests if r} for s in log.steps]
     assert {ChainGraph, NoLaneChain} in kinds, "no plan held both kinds of rows"
+
+
+@pytest.mark.parametrize("cap", [1, 8])
+def test_a_request_keeps_its_place_in_its_stream_from_lane_to_lane(cap: int) -> None:
+    """Inside a lane the stream's next step lives in the batch's arrays; a request that
+    leaves one lane and joins the next must go on from there, not from 0 or from where it
+    joined the first (the driver checks every emission's step against its node)."""
+    requests = create_requests(8, lengths=[17, 3, 12, 5, 26, 9, 1, 14])
+    for r in requests[::2]:
+        r.graph = SegmentedChain(CELL, r.tag, CELL)
+    sched = make_cellular(max_batch=4, capacity=6, max_steps_per_plan=cap)
+    log = drive(sched, arrivals={0: requests[:5], 3: requests[5:]})
+    check_cellular_run(sched, log)
+    assert all(r.num_emitted == len(r.tag) for r in requests)
+
+
+def test_a_plan_streams_its_lane_rows_as_one_block_that_later_plans_leave_alone() -> None:
+    sched = make_cellular(max_batch=4, capacity=4)
+    a, b, c = create_requests(3, lengths=6)
+    sched.add_request(a)
+    sched.add_request(b)
+    plan = sched.schedule()
+    assert plan is not None
+    (block,) = sched.update_from_output(plan, FakeResult(plan)).emitted
+    assert isinstance(block, EmissionBlock)
+    assert (block.requests, block.rows, block.steps, block.counts) == ([a, b], [0, 1], [0, 0], None)
+    kept = (list(block.requests), list(block.rows), list(block.steps))
+    # A join, a second step and a leave build new lists; the block handed out is unchanged.
+    sched.add_request(c)
+    for _ in range(2):
+        plan = sched.schedule()
+        assert plan is not None
+        (later,) = sched.update_from_output(plan, FakeResult(plan)).emitted
+        assert isinstance(later, EmissionBlock)
+    assert sched.abort(a.request_id)
+    plan = sched.schedule()
+    assert plan is not None
+    (last,) = sched.update_from_output(plan, FakeResult(plan)).emitted
+    assert isinstance(last, EmissionBlock)
+    assert (block.requests, block.rows, block.steps) == kept
+    assert (later.requests, later.steps) == ([a, b, c], [2, 2, 1])
+    assert (last.requests, last.steps) == ([b, c], [3, 2])
+    assert a.num_emitted == 3
 
 
 def test_a_failed_plan_frees_its_seats() -> None:

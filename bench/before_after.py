@@ -23,7 +23,8 @@ what a user of that tree gets. What it measures (docs/benchmarks.md, "Host cost"
 the host's cost per step shows). ``--scheduler`` probes the scheduler alone instead, on
 a manual clock with a fabricated result, which is what stays on the host per step
 whatever the device: microseconds a plan of one step for 1 and 64 chain rows (LM
-tokens) and 64 seq2seq decoder rows, and a 32-step plan of 64 chain rows.
+tokens) and 64 seq2seq decoder rows, and a 32-step plan of 64 chain rows, each with
+the reading of its streamed rows that the engine's delivery does.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("us_per_token_alone", "rows_per_s", "idle_ms")
@@ -101,7 +103,8 @@ def probe(reps: int, steps_per_plan: int | None = None) -> dict[str, float]:
 
 def scheduler_probe(reps: int) -> dict[str, float]:
     """One round of the scheduler alone (``--scheduler``) for the tree on ``sys.path``:
-    microseconds per plan, the best of ``reps`` timings of a few thousand steps each."""
+    microseconds per plan, the best of ``reps`` timings of a few thousand steps each. A
+    plan's time includes reading its streamed rows, which the engine must do with them."""
     import numpy as np
 
     from scheduler import (
@@ -137,14 +140,25 @@ def scheduler_probe(reps: int) -> dict[str, float]:
             sched.add_request(SchedRequest(f"r{i}", graph, top_k=1))
         result = Result(rows)
         for _ in range(3):  # into the steady batch (a seq2seq row's encoder, then decoding)
-            sched.update_from_output(sched.schedule(), result)
+            deliver(sched.update_from_output(sched.schedule(), result))
         best = float("inf")
         for _ in range(reps):
             t0 = time.perf_counter()
             for _ in range(plans):
-                sched.update_from_output(sched.schedule(), result)
+                deliver(sched.update_from_output(sched.schedule(), result))
             best = min(best, (time.perf_counter() - t0) / plans * 1e6)
         return best
+
+    def deliver(outcome: Any) -> None:
+        """Read every streamed row's fields, as the engine's delivery does, the way the
+        tree offers them (``StepOutcome.each`` since 52a3c51, ``Emission`` objects before)."""
+        each = getattr(outcome, "each", None)
+        if each is not None:
+            for _request, _step, _result, _row, _count in each():
+                pass
+        else:
+            for e in outcome.emissions:
+                _ = e.request, e.step, e.result, e.row, e.count
 
     return {
         "chain_1_us": per_plan(1, False, 1, 4000),

@@ -39,9 +39,10 @@ from scheduler.slots import ZERO_SLOT
 # The columns of ``LaneBatch.cols``: next node, lane end, the arena offset of node 0's
 # input and the node up to which the arena holds inputs, the slot, the node that reads the
 # zero state, the slot the next step reads, streams, top-k, wants outputs, the token that
-# ends the lane early (or -1), and the request's next step in its output stream (its
-# ``num_emitted``, kept here while it is seated and written back when it leaves).
-NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS, EOS, STEP = range(12)
+# ends the lane early (or -1), and (rows that stream) the request's place in its output
+# stream less its next node: ``NODE + BASE`` is its ``num_emitted`` while it is seated,
+# with no update per plan, written back when it leaves.
+NODE, END, OFF, AVAIL, SLOT, ZERO_AT, READ, EMITS, TOP_K, WANTS, EOS, BASE = range(12)
 _NUM_COLS = 12
 
 WINDOW = 256
@@ -154,7 +155,7 @@ class LaneBatch:
             request.top_k,
             request.wants_outputs,
             lane.eos,
-            request.num_emitted,
+            request.num_emitted - node,
         )
         self.reqs.append(request)
         self.members.add(request.seq)
@@ -244,14 +245,18 @@ class LaneBatch:
         c = self.cols[:n]
         seated = self._plan
         assert seated is not None, "land without launch"
-        requests, rows, at = seated.streamed, seated.streamed_rows, seated.streamed_at
-        if gone and requests:  # rows launched live stay live, unless they ended in flight
-            live = [i for i, r in enumerate(requests) if r.finish_reason is None]
-            requests, rows, at = [requests[i] for i in live], [rows[i] for i in live], at[live]
-        if requests:
-            first = c[at, STEP]
+        alive = None if not gone else np.array([r.finish_reason is None for r in reqs], dtype=bool)
+        requests, rows, counts = seated.streamed, seated.streamed_rows, steps
+        if len(requests) == n and alive is None:  # every row streams: no fancy index
+            first = c[:, NODE] + c[:, BASE]
+        elif requests:
+            at = seated.streamed_at
+            if alive is not None:  # rows launched live stay live, unless they ended in flight
+                live = alive[at].nonzero()[0].tolist()
+                requests, rows, at = [requests[i] for i in live], [rows[i] for i in live], at[live]
+            first = c[at, NODE] + c[at, BASE]
             counts = None if steps is None else steps[at]
-            c[at, STEP] = first + (1 if counts is None else counts)
+        if requests:
             emitted.append(
                 EmissionBlock(
                     result,
@@ -261,6 +266,8 @@ class LaneBatch:
                     None if counts is None else counts.tolist(),
                 )
             )
+        if alive is not None:  # the rows that ended emitted nothing: their place stays
+            c[~alive, BASE] -= 1 if steps is None else steps[~alive]
         c[:, NODE] += 1 if steps is None else steps
         if self._firsts:  # every row is past its first node now
             c[:, READ] = c[:, SLOT]
@@ -278,8 +285,7 @@ class LaneBatch:
             if self.num_eos and tokens is not None:
                 eos = c[:, EOS]
                 done |= (tokens[:n] == eos) & (eos >= 0)
-            if gone:
-                alive = np.array([r.finish_reason is None for r in reqs], dtype=bool)
+            if alive is not None:
                 ended = (done & alive).nonzero()[0]
                 leaving = done | ~alive
             else:
@@ -306,8 +312,9 @@ class LaneBatch:
     def _keep(self, keep: np.ndarray) -> None:
         """Keep the rows ``keep`` marks, in order, and recompute what depends on them."""
         n = len(self.reqs)
-        for row in (~keep).nonzero()[0].tolist():  # the rows leaving take their stream position
-            self.reqs[row].num_emitted = int(self.cols[row, STEP])
+        c = self.cols[:n]
+        for row in ((~keep) & (c[:, EMITS] != 0)).nonzero()[0].tolist():  # their stream's place
+            self.reqs[row].num_emitted = int(c[row, NODE] + c[row, BASE])
         if not keep.any():
             self.reqs = []
             self.top_k, self.wants_outputs, self.left, self.num_eos = 0, False, 0, 0

@@ -159,6 +159,12 @@ class StepOutcome:
 
     def each(self) -> Iterator[EmittedRow]:
         """Every streamed row as a tuple, whichever way it was emitted; no object a row."""
+        emitted = self.emitted
+        if len(emitted) == 1 and isinstance(emitted[0], EmissionBlock):
+            return iter(emitted[0])  # a persistent batch's plan alone: no generator
+        return self._each()
+
+    def _each(self) -> Iterator[EmittedRow]:
         for part in self.emitted:
             if isinstance(part, Emission):
                 yield part.request, part.step, part.result, part.row, part.count

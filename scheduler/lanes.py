@@ -159,6 +159,7 @@ class LaneBatch:
         )
         self.reqs.append(request)
         self.members.add(request.seq)
+        request.lane = self
         self.top_k = max(self.top_k, request.top_k)
         self.wants_outputs = self.wants_outputs or request.wants_outputs
         self.left = lane.end - node if row == 0 else min(self.left, lane.end - node)
@@ -174,6 +175,14 @@ class LaneBatch:
             self.gone += 1
         else:
             self.dead += 1
+
+    def place(self, request: SchedRequest) -> int:
+        """Steps of ``request``'s stream handed out so far (``SchedRequest.num_emitted``),
+        for a request seated here; O(rows), for readers off the hot path."""
+        row = self.reqs.index(request)
+        if not self.cols[row, EMITS]:  # its place moves only where it streams
+            return request._num_emitted
+        return int(self.cols[row, NODE] + self.cols[row, BASE])
 
     def drop_dead(self) -> None:
         if self.dead:
@@ -313,8 +322,11 @@ class LaneBatch:
         """Keep the rows ``keep`` marks, in order, and recompute what depends on them."""
         n = len(self.reqs)
         c = self.cols[:n]
-        for row in ((~keep) & (c[:, EMITS] != 0)).nonzero()[0].tolist():  # their stream's place
-            self.reqs[row].num_emitted = int(c[row, NODE] + c[row, BASE])
+        for row in (~keep).nonzero()[0].tolist():  # the rows leaving take their stream's place
+            request = self.reqs[row]
+            if c[row, EMITS]:
+                request.num_emitted = int(c[row, NODE] + c[row, BASE])
+            request.lane = None
         if not keep.any():
             self.reqs = []
             self.top_k, self.wants_outputs, self.left, self.num_eos = 0, False, 0, 0

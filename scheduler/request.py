@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.graph import RequestGraph
+
+if TYPE_CHECKING:
+    from scheduler.lanes import LaneBatch
 
 
 class FinishReason(enum.StrEnum):
@@ -38,11 +41,12 @@ class SchedRequest:
     """Mutable per-request state, touched only by the thread that owns the scheduler."""
 
     __slots__ = (
+        "_num_emitted",
         "arrival",
         "deadline",
         "finish_reason",
         "graph",
-        "num_emitted",
+        "lane",
         "num_outstanding",
         "priority",
         "request_id",
@@ -91,10 +95,25 @@ class SchedRequest:
         self.started_at = -1.0
         """Clock time its first node was scheduled; ``started_at - arrival`` is its queue
         time (what vLLM and Triton report as queue duration)."""
-        self.num_emitted = 0
+        self._num_emitted = 0
+        self.lane: LaneBatch | None = None
+        """The persistent batch it has a row in, if any, which then keeps its place in its
+        output stream (``num_emitted``)."""
         self.num_outstanding = 0
         """Nodes ready or running; the request is complete when this reaches 0."""
         self.finish_reason: FinishReason | None = None
+
+    @property
+    def num_emitted(self) -> int:
+        """Steps of its output stream handed out so far. While it has a row in a persistent
+        batch, the batch keeps the count with no update per plan (``LaneBatch.place``); it
+        is written back here when the row leaves."""
+        lane = self.lane
+        return self._num_emitted if lane is None else lane.place(self)
+
+    @num_emitted.setter
+    def num_emitted(self, value: int) -> None:
+        self._num_emitted = value
 
     @property
     def finished(self) -> bool:

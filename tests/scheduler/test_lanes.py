@@ -110,6 +110,9 @@ def test_a_plan_streams_its_lane_rows_as_one_block_that_later_plans_leave_alone(
     assert isinstance(block, EmissionBlock)
     assert (block.requests, block.rows, block.steps, block.counts) == ([a, b], [0, 1], [0, 0], None)
     kept = (list(block.requests), list(block.rows), list(block.steps))
+    # Seated, a request's count is the batch's, read without a write per plan.
+    assert a.lane is not None
+    assert a.num_emitted == b.num_emitted == 1
     # A join, a second step and a leave build new lists; the block handed out is unchanged.
     sched.add_request(c)
     for _ in range(2):
@@ -125,7 +128,10 @@ def test_a_plan_streams_its_lane_rows_as_one_block_that_later_plans_leave_alone(
     assert (block.requests, block.rows, block.steps) == kept
     assert (later.requests, later.steps) == ([a, b, c], [2, 2, 1])
     assert (last.requests, last.steps) == ([b, c], [3, 2])
+    assert a.lane is None
     assert a.num_emitted == 3
+    assert b.lane is not None
+    assert b.num_emitted == 4
 
 
 def test_a_failed_plan_frees_its_seats() -> None:

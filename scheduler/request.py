@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from scheduler.graph import RequestGraph
-
-if TYPE_CHECKING:
-    from scheduler.lanes import LaneBatch
 
 
 class FinishReason(enum.StrEnum):
@@ -35,6 +32,13 @@ class FinishReason(enum.StrEnum):
     def is_error(self) -> bool:
         """Whether the request ended with an error rather than a finish reason."""
         return self not in (FinishReason.COMPLETED, FinishReason.LENGTH)
+
+
+class Batch(Protocol):
+    """A persistent batch a request has a row in (``scheduler.lanes.LaneBatch``), which
+    keeps the request's place in its output stream while it is seated."""
+
+    def place(self, request: SchedRequest) -> int: ...
 
 
 class SchedRequest:
@@ -96,7 +100,7 @@ class SchedRequest:
         """Clock time its first node was scheduled; ``started_at - arrival`` is its queue
         time (what vLLM and Triton report as queue duration)."""
         self._num_emitted = 0
-        self.lane: LaneBatch | None = None
+        self.lane: Batch | None = None
         """The persistent batch it has a row in, if any, which then keeps its place in its
         output stream (``num_emitted``)."""
         self.num_outstanding = 0

@@ -108,18 +108,19 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
         send = engine_sender(engines[name], model, specs, on_end=ended)
         rep = await replay(send, trace.arrivals(args.rate, n), rate=args.rate, lead_s=0.02)
-        ok = ~np.isnan(rep.latency_s) & ~np.isnan(queued)
-        latency, queue = rep.latency_s[ok], queued[ok]
+        done = ~np.isnan(rep.latency_s)
+        latency = rep.latency_s[done]
+        ran = done & ~np.isnan(queued)  # every completed request ran; said, not assumed
         entry = {
             "p50_s": float(np.percentile(latency, 50)),
             "p99_s": float(np.percentile(latency, 99)),
-            "completed": int(ok.sum()),
+            "completed": int(done.sum()),
             # Where a request's time went: waiting for its first step, then running.
-            "queue_p50_s": float(np.median(queue)),
-            "run_p50_s": float(np.median(latency - queue)),
+            "queue_p50_s": float(np.median(queued[ran])),
+            "run_p50_s": float(np.median(rep.latency_s[ran] - queued[ran])),
         }
         if name in alone:
-            entry["over_alone_p50_s"] = float(np.median(latency - alone[name][ok]))
+            entry["over_alone_p50_s"] = float(np.median(rep.latency_s[done] - alone[name][done]))
         return entry
 
     async def by_itself(name: str) -> np.ndarray:
@@ -232,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.trace = None
     result = asyncio.run(run(args))
-    summary = result["summary"]
+    summary, alone_p50 = result["summary"], result["alone_p50_s"]
     assert isinstance(summary, dict)
+    assert isinstance(alone_p50, dict)
     base = names[0]
     print(f"{args.rate:g} req/s, {result['requests']} requests a replay, {args.rounds} rounds:")
     for name, entry in summary.items():
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if queue and ran:
             line += f"  queued {queue['median'] * 1e3:.1f} ms, then ran {ran['median'] * 1e3:.1f}"
         if over := entry.get("over_alone_p50_s"):
-            alone = result["alone_p50_s"][name] * 1e3
+            alone = alone_p50[name] * 1e3
             line += f" (alone {alone:.1f}; each over its own alone {over['median'] * 1e3:.1f})"
         if name != base:
             r50, r99 = entry[f"p50_over_{base}"], entry[f"p99_over_{base}"]

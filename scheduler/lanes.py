@@ -179,7 +179,10 @@ class LaneBatch:
     def place(self, request: SchedRequest) -> int:
         """Steps of ``request``'s stream handed out so far (``SchedRequest.num_emitted``),
         for a request seated here; O(rows), for readers off the hot path."""
-        row = self.reqs.index(request)
+        try:
+            row = self.reqs.index(request)
+        except ValueError:  # it left between the caller's look and this one
+            return request._num_emitted
         if not self.cols[row, EMITS]:  # its place moves only where it streams
             return request._num_emitted
         return int(self.cols[row, NODE] + self.cols[row, BASE])

@@ -95,7 +95,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     specs = workload.specs(trace)
     n = min(args.requests, len(trace))
     configs = dict(args.config)
-    engines = {name: Engine(EngineConfig(**kw), [model]) for name, kw in configs.items()}  # type: ignore[arg-type]
+    engines = {name: Engine(EngineConfig(**kw), [model]) for name, kw in configs.items()}
     for engine in engines.values():
         await engine.start()
 

@@ -183,9 +183,14 @@ class LaneBatch:
             row = self.reqs.index(request)
         except ValueError:  # it left between the caller's look and this one
             return request._num_emitted
-        if not self.cols[row, EMITS]:  # its place moves only where it streams
-            return request._num_emitted
-        return int(self.cols[row, NODE] + self.cols[row, BASE])
+        return self._place_at(row)
+
+    def _place_at(self, row: int) -> int:
+        """The stream place of the request in row ``row``: ``NODE + BASE`` where it streams."""
+        c = self.cols
+        if not c[row, EMITS]:  # its place moves only where it streams
+            return self.reqs[row]._num_emitted
+        return int(c[row, NODE] + c[row, BASE])
 
     def drop_dead(self) -> None:
         if self.dead:
@@ -324,11 +329,9 @@ class LaneBatch:
     def _keep(self, keep: np.ndarray) -> None:
         """Keep the rows ``keep`` marks, in order, and recompute what depends on them."""
         n = len(self.reqs)
-        c = self.cols[:n]
         for row in (~keep).nonzero()[0].tolist():  # the rows leaving take their stream's place
             request = self.reqs[row]
-            if c[row, EMITS]:
-                request.num_emitted = int(c[row, NODE] + c[row, BASE])
+            request.num_emitted = self._place_at(row)
             request.lane = None
         if not keep.any():
             self.reqs = []
